@@ -1,0 +1,32 @@
+# famix: the two commands that matter are `make demo` and `make test`;
+# both install what is missing (libtorch from PyPI into a per-user cache) first.
+SHELL := /bin/bash
+export LIBTORCH_USE_PYTORCH := 1
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+FAMIX := target/release/famix
+
+.PHONY: setup build test demo fixtures bench clean
+
+setup:
+	@command -v cargo >/dev/null || { echo "famix needs a Rust toolchain (cargo): https://rustup.rs" >&2; exit 1; }
+	@tools/setup-libtorch.sh
+
+build: setup
+	cargo build --release
+
+test: build
+	cargo test --release
+
+demo: build
+	$(FAMIX) demo --out demo-out
+
+bench: build
+	$(FAMIX) bench --device cpu --what infer,train,mine --batch 2 --crop 256 --infer-size 512x512 --json
+
+# Regenerates the committed PyTorch parity fixtures (needs numpy/ftfy/regex in the venv).
+fixtures: setup
+	tools/setup-libtorch.sh --tools
+	.venv/bin/python tools/make_fixtures.py
+
+clean:
+	cargo clean

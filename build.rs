@@ -1,0 +1,36 @@
+//! Links famix against the libtorch that torch-sys found and makes the binary
+//! self-contained: an rpath to libtorch, and libtorch_cuda kept in NEEDED (rustc links
+//! with --as-needed, which would otherwise drop it and CUDA would never register).
+//! Also compiles the small C++ shim for what tch does not expose (autocast).
+use std::path::PathBuf;
+
+fn main() {
+    let lib = PathBuf::from(
+        std::env::var("DEP_TCH_LIBTORCH_LIB")
+            .expect("torch-sys did not export DEP_TCH_LIBTORCH_LIB (is libtorch installed? run `make setup`)"),
+    );
+    println!("cargo:rerun-if-changed=csrc/shim.cpp");
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rustc-link-arg=-Wl,--enable-new-dtags,-rpath,{}", lib.display());
+    println!("cargo:rustc-link-search=native={}", lib.display());
+    let has_cuda = lib.join("libtorch_cuda.so").exists();
+    if has_cuda {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch,-ltorch_cuda,--as-needed");
+    } else {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch,--as-needed");
+    }
+    let include = lib.join("../include");
+    // torch-sys compiles with the ABI libtorch was built with; PyPI wheels use the C++11 ABI.
+    let abi = std::env::var("FAMIX_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .file("csrc/shim.cpp")
+        .compile("famix_shim");
+}

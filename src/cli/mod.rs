@@ -1,0 +1,56 @@
+//! The `famix` command line: one subcommand per job.
+
+mod clip_cmds;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "famix",
+    version,
+    about = "FAMix: language-guided domain-generalised semantic segmentation (CLIP ResNet + DeepLabv3+, libtorch)",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print CLIP image embeddings of images (one JSON line per image).
+    EncodeImage(clip_cmds::EncodeImageArgs),
+    /// Print CLIP text embeddings (one JSON line per text).
+    EncodeText(clip_cmds::EncodeTextArgs),
+    /// Print CLIP BPE token ids (one JSON line per text).
+    Tokenize(clip_cmds::TokenizeArgs),
+    /// Zero-shot classification of images against text labels (CLIP sanity check).
+    ZeroShot(clip_cmds::ZeroShotArgs),
+    /// Download an OpenAI CLIP ResNet checkpoint (SHA-256 verified, resumable).
+    DownloadClip(clip_cmds::DownloadArgs),
+}
+
+/// Runs the CLI; returns the process exit code. Errors print their whole cause chain.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Command::EncodeImage(a) => clip_cmds::encode_image(a),
+        Command::EncodeText(a) => clip_cmds::encode_text(a),
+        Command::Tokenize(a) => clip_cmds::tokenize(a),
+        Command::ZeroShot(a) => clip_cmds::zero_shot(a),
+        Command::DownloadClip(a) => clip_cmds::download(a),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            1
+        }
+    }
+}
+
+/// `--device` help shared by the subcommands that compute.
+pub const DEVICE_HELP: &str = "Device: auto (first CUDA GPU if any, else CPU), cpu, cuda or cuda:N";

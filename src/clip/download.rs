@@ -1,0 +1,126 @@
+//! Downloads OpenAI's published CLIP ResNet checkpoints into a cache folder. The
+//! SHA-256 is part of each URL (as in CLIP's own loader) and is verified; a partial
+//! download resumes with an HTTP Range request and is renamed into place only when
+//! complete and verified.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+pub const OPENAI_BASE: &str = "https://openaipublic.azureedge.net/clip/models";
+
+/// (name, sha256, file name) of the ResNet CLIP checkpoints famix supports.
+pub const MODELS: &[(&str, &str, &str)] = &[
+    ("RN50", "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762", "RN50.pt"),
+    ("RN101", "8fa8567bab74a42d41c5915025a8e4538c3bdbe8804a470a72f30b0d94fab599", "RN101.pt"),
+    ("RN50x4", "7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd", "RN50x4.pt"),
+    ("RN50x16", "52378b407f34354e150460fe41077663dd5b39c54cd0bfd2b27167a4a06ec9aa", "RN50x16.pt"),
+    ("RN50x64", "be1cfb55d75a9666199fb2206c106743da0f6468c9d327f3e0d0a543a9919d9c", "RN50x64.pt"),
+];
+
+/// CLIP's own cache folder, so downloads are shared with the Python tools.
+pub fn default_cache_dir() -> PathBuf {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("clip")
+}
+
+pub fn lookup(name: &str) -> Result<(&'static str, &'static str, &'static str)> {
+    MODELS
+        .iter()
+        .find(|(n, _, _)| n.eq_ignore_ascii_case(name))
+        .copied()
+        .ok_or_else(|| anyhow!("unknown CLIP model {name:?}; choose one of {}", names().join(", ")))
+}
+
+pub fn names() -> Vec<&'static str> {
+    MODELS.iter().map(|m| m.0).collect()
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Downloads `name` from `base_url` (OpenAI's by default) into `dir`; returns the
+/// verified file's path. An existing verified file is reused.
+pub fn download(name: &str, dir: &Path, base_url: &str, progress: bool) -> Result<PathBuf> {
+    let (_, sha, file) = lookup(name)?;
+    fetch(base_url, sha, file, dir, progress)
+}
+
+/// Fetches `{base_url}/{sha}/{file}` into `dir/file`, resuming `dir/file.partial`.
+pub fn fetch(base_url: &str, sha: &str, file: &str, dir: &Path, progress: bool) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let target = dir.join(file);
+    if target.is_file() {
+        if sha256_file(&target)? == sha {
+            return Ok(target);
+        }
+        eprintln!("{} exists but its SHA-256 does not match; downloading again", target.display());
+        std::fs::remove_file(&target)?;
+    }
+    let partial = dir.join(format!("{file}.partial"));
+    let url = format!("{}/{sha}/{file}", base_url.trim_end_matches('/'));
+    let have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    let mut req = ureq::get(&url);
+    if have > 0 {
+        req = req.set("Range", &format!("bytes={have}-"));
+    }
+    let resp = req.call().map_err(|e| anyhow!("download of {url} failed: {e}"))?;
+    let status = resp.status();
+    let (mut out, start) = match status {
+        206 => (OpenOptions::new().append(true).open(&partial)?, have),
+        200 => (std::fs::File::create(&partial)?, 0),
+        s => bail!("download of {url}: unexpected HTTP status {s}"),
+    };
+    let total = resp.header("Content-Length").and_then(|v| v.parse::<u64>().ok()).map(|n| n + start);
+    let bar = if progress {
+        let b = indicatif::ProgressBar::new(total.unwrap_or(0));
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .unwrap()
+                .progress_chars("=> "),
+        );
+        b.set_message(file.to_string());
+        b.set_position(start);
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut reader = resp.into_reader();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = reader.read(&mut buf).with_context(|| format!("connection lost while downloading {url}; run again to resume"))?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n])?;
+        bar.inc(n as u64);
+    }
+    out.sync_all()?;
+    drop(out);
+    bar.finish_and_clear();
+    let got = sha256_file(&partial)?;
+    if got != sha {
+        std::fs::remove_file(&partial)?;
+        bail!("downloaded {file} has SHA-256 {got}, expected {sha}; the partial file was removed, run again");
+    }
+    std::fs::rename(&partial, &target)?;
+    Ok(target)
+}

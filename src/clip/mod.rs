@@ -1,0 +1,89 @@
+//! CLIP: the ResNet image tower, the text tower, the BPE tokenizer, image
+//! preprocessing, weight import and the checkpoint downloader.
+
+pub mod download;
+pub mod preprocess;
+pub mod resnet;
+pub mod text;
+pub mod tokenizer;
+pub mod weights;
+
+use std::path::Path;
+
+use anyhow::{anyhow, Context, Result};
+use tch::{nn, Device, Tensor};
+
+pub use resnet::{ModifiedResNet, OutputStride, ResNetConfig};
+pub use text::{TextConfig, TextTransformer};
+pub use weights::StateDict;
+
+/// A frozen CLIP model (famix never trains CLIP's own weights).
+pub struct Clip {
+    pub vs: nn::VarStore,
+    pub visual: ModifiedResNet,
+    pub text: Option<TextTransformer>,
+    pub logit_scale: Option<f64>,
+}
+
+impl Clip {
+    /// A randomly initialised CLIP of the given shape (benchmarks, the demo, tests).
+    pub fn random(visual: &ResNetConfig, text: Option<&TextConfig>, device: Device, os: OutputStride) -> Self {
+        let mut vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let v = ModifiedResNet::new(&(&root / "visual"), visual, true, os);
+        let t = text.map(|c| TextTransformer::new(&root, c));
+        vs.freeze();
+        Clip { vs, visual: v, text: t, logit_scale: Some((1.0f64 / 0.07).ln()) }
+    }
+
+    /// Loads a CLIP checkpoint (OpenAI TorchScript, open_clip state dict, safetensors;
+    /// gzip-compressed too), inferring the architecture from its shapes.
+    pub fn load(path: &Path, device: Device, os: OutputStride) -> Result<Self> {
+        let sd = StateDict::load(path)?;
+        Self::from_state_dict(&sd, device, os)
+    }
+
+    pub fn from_state_dict(sd: &StateDict, device: Device, os: OutputStride) -> Result<Self> {
+        let path = &sd.path;
+        if !sd.has_prefix("visual.") {
+            let hint = if sd.has_prefix("backbone.") || sd.has_prefix("classifier.") {
+                " (this looks like a segmenter checkpoint: use it with --checkpoint)"
+            } else {
+                ""
+            };
+            return Err(anyhow!("{}: no CLIP image tower ('visual.*' keys) in this file{hint}", path.display()));
+        }
+        let vcfg = ResNetConfig::infer(&sd.tensors, "visual.").with_context(|| format!("{}", path.display()))?;
+        let tcfg = TextConfig::infer(&sd.tensors).with_context(|| format!("{}", path.display()))?;
+        let mut clip = Self::random(&vcfg, tcfg.as_ref(), Device::Cpu, os);
+        let has_text = tcfg.is_some();
+        weights::load_vars(&clip.vs, "", &sd.tensors, "", &|k| !has_text && k == "text_projection", path, "CLIP model")?;
+        clip.logit_scale = sd.tensors.get("logit_scale").map(|t| t.double_value(&[]));
+        clip.vs.set_device(device);
+        Ok(clip)
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// Image embeddings (N, embed) of preprocessed images (N, 3, R, R), R = input resolution.
+    pub fn encode_image(&self, images: &Tensor) -> Result<Tensor> {
+        tch::no_grad(|| self.visual.encode(images))
+    }
+
+    pub fn text(&self) -> Result<&TextTransformer> {
+        self.text.as_ref().ok_or_else(|| anyhow!("this checkpoint has no CLIP text tower (image-only weights)"))
+    }
+
+    /// Text embeddings (N, embed) of token rows (N, context).
+    pub fn encode_text(&self, tokens: &Tensor) -> Result<Tensor> {
+        let t = self.text()?;
+        tch::no_grad(|| t.encode(&tokens.to_device(self.device())))
+    }
+}
+
+/// L2-normalises rows.
+pub fn l2_normalize(x: &Tensor) -> Tensor {
+    x / x.norm_scalaropt_dim(2.0, [-1], true)
+}

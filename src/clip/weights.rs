@@ -1,0 +1,121 @@
+//! Weight import: any supported checkpoint file → a name → tensor map, and a strict
+//! copy into a model's variables (missing, unexpected and mis-shaped keys are listed
+//! in one error; nothing is loaded partially).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use tch::{nn, Tensor};
+
+use crate::io::archive::{self, Format};
+
+/// The tensors of one checkpoint file, keys normalised (a DataParallel `module.`
+/// prefix is dropped).
+pub struct StateDict {
+    pub path: PathBuf,
+    pub format: Format,
+    pub tensors: HashMap<String, Tensor>,
+    /// The top-level pickled object (PyTorch files), for non-tensor entries.
+    pub top: Option<crate::io::pickle::Value>,
+    /// safetensors `__metadata__`.
+    pub metadata: HashMap<String, String>,
+}
+
+impl StateDict {
+    pub fn load(path: &Path) -> Result<Self> {
+        let loaded = archive::load_file(path)?;
+        let tensors: HashMap<String, Tensor> = loaded
+            .tensors
+            .into_iter()
+            .map(|(k, v)| (k.strip_prefix("module.").map(str::to_string).unwrap_or(k), v))
+            .collect();
+        if tensors.is_empty() {
+            bail!("{}: the file holds no tensors", path.display());
+        }
+        Ok(StateDict { path: path.to_path_buf(), format: loaded.format, tensors, top: loaded.top, metadata: loaded.metadata })
+    }
+
+    pub fn has_prefix(&self, prefix: &str) -> bool {
+        self.tensors.keys().any(|k| k.starts_with(prefix))
+    }
+}
+
+/// Keys that checkpoints carry but no famix model has a variable for.
+pub fn is_bookkeeping_key(k: &str) -> bool {
+    k.ends_with("num_batches_tracked")
+        || matches!(k, "input_resolution" | "context_length" | "vocab_size" | "logit_scale")
+        || k.ends_with("attn_mask")
+}
+
+const MAX_LISTED: usize = 12;
+
+fn listing(title: &str, items: &[String]) -> String {
+    let mut s = format!("\n  {title} ({}): ", items.len());
+    s.push_str(&items.iter().take(MAX_LISTED).cloned().collect::<Vec<_>>().join(", "));
+    if items.len() > MAX_LISTED {
+        s.push_str(&format!(", … and {} more", items.len() - MAX_LISTED));
+    }
+    s
+}
+
+/// Copies `src[src_prefix + name]` into every variable `dst_prefix + name` of `vs`.
+/// Keys under `src_prefix` that match no variable are errors unless `ignore` says
+/// otherwise. `what` names the model in messages.
+pub fn load_vars(
+    vs: &nn::VarStore,
+    dst_prefix: &str,
+    src: &HashMap<String, Tensor>,
+    src_prefix: &str,
+    ignore: &dyn Fn(&str) -> bool,
+    origin: &Path,
+    what: &str,
+) -> Result<()> {
+    let vars: HashMap<String, Tensor> = vs
+        .variables()
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_prefix(dst_prefix).map(|s| (s.to_string(), v)))
+        .collect();
+    let mut missing = Vec::new();
+    let mut shapes = Vec::new();
+    for (name, var) in &vars {
+        match src.get(&format!("{src_prefix}{name}")) {
+            None => missing.push(format!("{src_prefix}{name}")),
+            Some(t) if t.size() != var.size() => {
+                shapes.push(format!("{src_prefix}{name} (file {:?}, model {:?})", t.size(), var.size()))
+            }
+            _ => {}
+        }
+    }
+    let expected: BTreeSet<&String> = vars.keys().collect();
+    let mut unexpected: Vec<String> = src
+        .keys()
+        .filter_map(|k| k.strip_prefix(src_prefix).map(|rest| (k, rest)))
+        .filter(|(k, rest)| !expected.contains(&rest.to_string()) && !is_bookkeeping_key(k) && !ignore(k))
+        .map(|(k, _)| k.clone())
+        .collect();
+    missing.sort();
+    shapes.sort();
+    unexpected.sort();
+    if !missing.is_empty() || !shapes.is_empty() || !unexpected.is_empty() {
+        let mut msg = format!("{}: the checkpoint does not match the {what}", origin.display());
+        if !missing.is_empty() {
+            msg.push_str(&listing("missing keys", &missing));
+        }
+        if !shapes.is_empty() {
+            msg.push_str(&listing("wrong shapes", &shapes));
+        }
+        if !unexpected.is_empty() {
+            msg.push_str(&listing("unexpected keys", &unexpected));
+        }
+        bail!(msg);
+    }
+    tch::no_grad(|| -> Result<()> {
+        for (name, var) in &vars {
+            let t = &src[&format!("{src_prefix}{name}")];
+            let mut v = var.shallow_clone();
+            v.f_copy_(&t.to_kind(var.kind()))?;
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,53 @@
+//! `--device auto|cpu|cuda|cuda:N` parsing.
+
+use anyhow::{bail, Result};
+use tch::Device;
+
+/// Parses a device spec; `auto` picks the first CUDA device when one is usable.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let s = spec.trim().to_ascii_lowercase();
+    let dev = match s.as_str() {
+        "auto" => {
+            if tch::Cuda::is_available() {
+                Device::Cuda(0)
+            } else {
+                Device::Cpu
+            }
+        }
+        "cpu" => Device::Cpu,
+        "cuda" | "gpu" => Device::Cuda(0),
+        _ => match s.strip_prefix("cuda:") {
+            Some(n) => match n.parse::<usize>() {
+                Ok(i) => Device::Cuda(i),
+                Err(_) => bail!("bad device {spec:?}: expected auto, cpu, cuda or cuda:N"),
+            },
+            None => bail!("bad device {spec:?}: expected auto, cpu, cuda or cuda:N"),
+        },
+    };
+    if let Device::Cuda(i) = dev {
+        let n = tch::Cuda::device_count() as usize;
+        if n == 0 {
+            bail!("device {spec:?} requested but CUDA is not available (no GPU, or libtorch without CUDA)");
+        }
+        if i >= n {
+            bail!("device {spec:?} requested but only {n} CUDA device(s) exist");
+        }
+    }
+    Ok(dev)
+}
+
+pub fn device_name(d: Device) -> String {
+    match d {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        Device::Mps => "mps".into(),
+        Device::Vulkan => "vulkan".into(),
+    }
+}
+
+/// Waits for queued device work (for timing).
+pub fn synchronize(d: Device) {
+    if let Device::Cuda(i) = d {
+        tch::Cuda::synchronize(i as i64);
+    }
+}

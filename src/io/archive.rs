@@ -1,0 +1,298 @@
+//! Reading tensors from the checkpoint files users bring: PyTorch zip archives
+//! (`torch.save` state dicts, reference `.pth` training checkpoints, TorchScript
+//! archives such as OpenAI's `RN50.pt`), legacy `torch.save` streams, safetensors,
+//! and any of these gzip-compressed. Everything comes back as f32 CPU tensors
+//! (fp16/bf16/f64 are converted), keyed by their state-dict names.
+
+use std::collections::HashMap;
+use std::io::{Cursor, Read};
+use std::path::Path;
+use std::rc::Rc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use tch::{Kind, Tensor};
+
+use super::pickle::{self, Storage, StorageDtype, TensorRef, Value};
+
+/// The detected container format of a checkpoint file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// A zip written by `torch.save` (state dict or a dict that holds one).
+    TorchZip,
+    /// A TorchScript archive (`torch.jit.save`/`trace`): the module tree in data.pkl.
+    TorchScript,
+    /// The pre-1.6 `torch.save` stream.
+    TorchLegacy,
+    Safetensors,
+}
+
+/// A loaded checkpoint: named tensors in file order, plus the top-level pickled value
+/// (for non-tensor entries such as a reference checkpoint's `cur_itrs`).
+pub struct LoadedFile {
+    pub format: Format,
+    pub tensors: Vec<(String, Tensor)>,
+    pub top: Option<Value>,
+    /// safetensors `__metadata__`, if any.
+    pub metadata: HashMap<String, String>,
+}
+
+impl LoadedFile {
+    pub fn into_map(self) -> HashMap<String, Tensor> {
+        self.tensors.into_iter().collect()
+    }
+}
+
+/// Reads a file's bytes, transparently un-gzipping `.gz` content.
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .with_context(|| format!("{}: corrupt gzip data", path.display()))?;
+        return Ok(out);
+    }
+    Ok(raw)
+}
+
+/// Loads every tensor of a checkpoint file. Errors name the file and the problem.
+pub fn load_file(path: &Path) -> Result<LoadedFile> {
+    let bytes = read_bytes(path)?;
+    load_bytes(&bytes).with_context(|| format!("{}: not a readable checkpoint", path.display()))
+}
+
+pub fn load_bytes(bytes: &[u8]) -> Result<LoadedFile> {
+    if bytes.len() < 8 {
+        bail!("file is empty or truncated ({} bytes)", bytes.len());
+    }
+    if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
+        return load_torch_zip(bytes);
+    }
+    if bytes[0] == 0x80 && bytes.len() > 2 && bytes[1] <= 5 {
+        let top = pickle::legacy_load(bytes).context("legacy torch.save format")?;
+        let mut tensors = Vec::new();
+        collect_state_dict(&select_state_dict(&top), "", &mut tensors, &mut StorageCache::default())?;
+        return Ok(LoadedFile { format: Format::TorchLegacy, tensors, top: Some(top), metadata: HashMap::new() });
+    }
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    if bytes.len() > 8 && bytes[8] == b'{' && header_len < bytes.len() {
+        return load_safetensors(bytes);
+    }
+    bail!("unknown format (expected a PyTorch .pt/.pth/.bin zip archive, a TorchScript archive, or .safetensors)")
+}
+
+#[derive(Default)]
+struct StorageCache {
+    by_ptr: HashMap<*const Storage, Tensor>,
+}
+
+impl StorageCache {
+    fn flat(&mut self, s: &Rc<Storage>) -> Result<Tensor> {
+        let key = Rc::as_ptr(s);
+        if let Some(t) = self.by_ptr.get(&key) {
+            return Ok(t.shallow_clone());
+        }
+        let kind = match s.dtype {
+            StorageDtype::F64 => Kind::Double,
+            StorageDtype::F32 => Kind::Float,
+            StorageDtype::F16 => Kind::Half,
+            StorageDtype::BF16 => Kind::BFloat16,
+            StorageDtype::I64 => Kind::Int64,
+            StorageDtype::I32 => Kind::Int,
+            StorageDtype::I16 => Kind::Int16,
+            StorageDtype::I8 => Kind::Int8,
+            StorageDtype::U8 => Kind::Uint8,
+            StorageDtype::Bool => Kind::Bool,
+        };
+        let n = (s.data.len() / s.dtype.size()) as i64;
+        let t = Tensor::f_from_data_size(&s.data, &[n], kind)?;
+        self.by_ptr.insert(key, t.shallow_clone());
+        Ok(t)
+    }
+
+    fn tensor(&mut self, r: &TensorRef) -> Result<Tensor> {
+        let flat = self.flat(&r.storage)?;
+        let t = flat.f_as_strided(&r.size, &r.stride, Some(r.offset as i64))?;
+        Ok(to_f32_if_float(t.contiguous()))
+    }
+}
+
+fn to_f32_if_float(t: Tensor) -> Tensor {
+    match t.kind() {
+        Kind::Half | Kind::BFloat16 | Kind::Double => t.to_kind(Kind::Float),
+        _ => t,
+    }
+}
+
+fn load_torch_zip(bytes: &[u8]) -> Result<LoadedFile> {
+    let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).context("corrupt zip archive (truncated download?)")?;
+    let names: Vec<String> = zip.file_names().map(str::to_string).collect();
+    let pkl = names
+        .iter()
+        .filter(|n| n.ends_with("/data.pkl") || *n == "data.pkl")
+        .min_by_key(|n| n.len())
+        .ok_or_else(|| anyhow!("zip archive without data.pkl: not a PyTorch file"))?
+        .clone();
+    let prefix = pkl.trim_end_matches("data.pkl").to_string();
+    let is_script = names.iter().any(|n| n.starts_with(&format!("{prefix}code/")) || *n == format!("{prefix}constants.pkl"));
+    let mut data_pkl = Vec::new();
+    zip.by_name(&pkl)?.read_to_end(&mut data_pkl).with_context(|| format!("reading {pkl}"))?;
+
+    let mut storages: HashMap<String, Rc<Storage>> = HashMap::new();
+    let mut persistent = |pid: &Value| -> Result<Value> {
+        let t = pid.list_items().ok_or_else(|| anyhow!("persistent id is not a tuple"))?;
+        if t.first().and_then(|v| v.as_str()) != Some("storage") || t.len() < 3 {
+            bail!("unsupported persistent id {:?}", t.first());
+        }
+        let dtype = pickle::storage_dtype(&t[1])?;
+        let key = t[2].as_str().ok_or_else(|| anyhow!("storage key is not a string"))?.to_string();
+        if let Some(s) = storages.get(&key) {
+            return Ok(Value::Storage(s.clone()));
+        }
+        let entry = format!("{prefix}data/{key}");
+        let mut data = Vec::new();
+        zip.by_name(&entry)
+            .with_context(|| format!("archive lacks tensor data {entry} (truncated file?)"))?
+            .read_to_end(&mut data)
+            .with_context(|| format!("reading {entry}"))?;
+        if let Some(numel) = t.get(4).and_then(|v| v.as_int()) {
+            if data.len() < numel as usize * dtype.size() {
+                bail!("{entry} holds {} bytes, {} expected (truncated file?)", data.len(), numel as usize * dtype.size());
+            }
+        }
+        let s = Rc::new(Storage { dtype, data });
+        storages.insert(key, s.clone());
+        Ok(Value::Storage(s))
+    };
+    let mut pos = 0;
+    let top = pickle::load(&data_pkl, &mut pos, &mut persistent).with_context(|| format!("decoding {pkl}"))?;
+
+    let mut tensors = Vec::new();
+    let mut cache = StorageCache::default();
+    let format = if is_script || matches!(top, Value::Object(_)) {
+        collect_module(&top, "", &mut tensors, &mut cache, 0)?;
+        Format::TorchScript
+    } else {
+        collect_state_dict(&select_state_dict(&top), "", &mut tensors, &mut cache)?;
+        Format::TorchZip
+    };
+    Ok(LoadedFile { format, tensors, top: Some(top), metadata: HashMap::new() })
+}
+
+/// A `torch.save` dict may be the state dict itself or wrap it (`model_state` in the
+/// FAMix reference, `state_dict` in open_clip training checkpoints).
+fn select_state_dict(top: &Value) -> Value {
+    for key in ["model_state", "state_dict", "model"] {
+        if let Some(v @ Value::Dict(_)) = top.get(key) {
+            return v;
+        }
+    }
+    top.clone()
+}
+
+fn collect_state_dict(v: &Value, prefix: &str, out: &mut Vec<(String, Tensor)>, cache: &mut StorageCache) -> Result<()> {
+    let items = v.dict_items().ok_or_else(|| anyhow!("top-level object is a {}, not a state dict", v.type_name()))?;
+    for (k, val) in items {
+        let name = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
+        match &val {
+            Value::Tensor(r) => {
+                let t = cache.tensor(r).with_context(|| format!("tensor {name}"))?;
+                out.push((name, t))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// TorchScript: each module is an object whose `__setstate__` dict maps attribute
+/// names to parameters, buffers and submodules.
+fn collect_module(v: &Value, prefix: &str, out: &mut Vec<(String, Tensor)>, cache: &mut StorageCache, depth: usize) -> Result<()> {
+    if depth > 64 {
+        bail!("TorchScript module tree is too deep");
+    }
+    let state = match v {
+        Value::Object(o) => o.borrow().state.clone(),
+        _ => return Ok(()),
+    };
+    let Some(state) = state else { return Ok(()) };
+    let Some(items) = state.dict_items() else { return Ok(()) };
+    for (k, val) in items {
+        let name = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
+        match &val {
+            Value::Tensor(r) => out.push((name.clone(), cache.tensor(r).with_context(|| format!("tensor {name}"))?)),
+            Value::Object(_) => collect_module(&val, &name, out, cache, depth + 1)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn load_safetensors(bytes: &[u8]) -> Result<LoadedFile> {
+    use safetensors::{tensor::Dtype, SafeTensors};
+    let (_, meta) = SafeTensors::read_metadata(bytes).context("corrupt safetensors header")?;
+    let st = SafeTensors::deserialize(bytes).context("corrupt safetensors file (truncated?)")?;
+    let metadata = meta.metadata().clone().unwrap_or_default();
+    // Keep file order (offsets) so listings are stable.
+    let mut names: Vec<(usize, String)> = st
+        .names()
+        .into_iter()
+        .map(|n| (meta.info(n).map(|i| i.data_offsets.0).unwrap_or(0), n.to_string()))
+        .collect();
+    names.sort();
+    let mut tensors = Vec::with_capacity(names.len());
+    for (_, name) in names {
+        let view = st.tensor(&name)?;
+        let kind = match view.dtype() {
+            Dtype::F32 => Kind::Float,
+            Dtype::F16 => Kind::Half,
+            Dtype::BF16 => Kind::BFloat16,
+            Dtype::F64 => Kind::Double,
+            Dtype::I64 => Kind::Int64,
+            Dtype::I32 => Kind::Int,
+            Dtype::I16 => Kind::Int16,
+            Dtype::I8 => Kind::Int8,
+            Dtype::U8 => Kind::Uint8,
+            Dtype::BOOL => Kind::Bool,
+            other => bail!("tensor {name}: unsupported safetensors dtype {other:?}"),
+        };
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let t = Tensor::f_from_data_size(view.data(), &shape, kind).with_context(|| format!("tensor {name}"))?;
+        tensors.push((name, to_f32_if_float(t)));
+    }
+    Ok(LoadedFile { format: Format::Safetensors, tensors, top: None, metadata })
+}
+
+/// Writes tensors (any device, f32/i64/u8...) to a safetensors file atomically.
+pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: Option<HashMap<String, String>>) -> Result<()> {
+    let bytes = safetensors_bytes(tensors, metadata)?;
+    crate::io::atomic_write(path, &bytes)
+}
+
+pub fn safetensors_bytes(tensors: &[(String, Tensor)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let t = t.detach().to_device(tch::Device::Cpu).contiguous();
+        let (dtype, t) = match t.kind() {
+            Kind::Float => (Dtype::F32, t),
+            Kind::Double => (Dtype::F64, t),
+            Kind::Half => (Dtype::F16, t),
+            Kind::BFloat16 => (Dtype::BF16, t),
+            Kind::Int64 => (Dtype::I64, t),
+            Kind::Int => (Dtype::I32, t),
+            Kind::Uint8 => (Dtype::U8, t),
+            Kind::Bool => (Dtype::BOOL, t),
+            k => bail!("tensor {name}: cannot store kind {k:?} in safetensors"),
+        };
+        let numel = t.numel();
+        let mut buf = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+        t.f_copy_data_u8(&mut buf, numel)?;
+        owned.push((name.clone(), dtype, t.size().iter().map(|&d| d as usize).collect(), buf));
+    }
+    let views: Vec<(String, TensorView)> = owned
+        .iter()
+        .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b)?)))
+        .collect::<Result<_>>()?;
+    Ok(safetensors::serialize(views, metadata)?)
+}

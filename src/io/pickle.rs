@@ -1,0 +1,761 @@
+//! A small Python pickle virtual machine, enough for the files PyTorch writes:
+//! `torch.save` archives (protocol 2), TorchScript `data.pkl`, the legacy
+//! `torch.save` stream that plain `pickle.dump` of a tensor embeds, and numpy scalars.
+//!
+//! Unknown classes never fail the load: they become opaque [`Value::Object`]s that
+//! keep their constructor arguments and `__setstate__` state, so a caller only errors
+//! when a value it actually needs has an unexpected shape.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// Element types of PyTorch storages that famix can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageDtype {
+    F64,
+    F32,
+    F16,
+    BF16,
+    I64,
+    I32,
+    I16,
+    I8,
+    U8,
+    Bool,
+}
+
+impl StorageDtype {
+    pub fn size(self) -> usize {
+        match self {
+            StorageDtype::F64 | StorageDtype::I64 => 8,
+            StorageDtype::F32 | StorageDtype::I32 => 4,
+            StorageDtype::F16 | StorageDtype::BF16 | StorageDtype::I16 => 2,
+            StorageDtype::I8 | StorageDtype::U8 | StorageDtype::Bool => 1,
+        }
+    }
+
+    /// From a storage class name (`FloatStorage`) or a `torch.<dtype>` name (`float32`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "DoubleStorage" | "float64" | "double" => StorageDtype::F64,
+            "FloatStorage" | "float32" | "float" => StorageDtype::F32,
+            "HalfStorage" | "float16" | "half" => StorageDtype::F16,
+            "BFloat16Storage" | "bfloat16" => StorageDtype::BF16,
+            "LongStorage" | "int64" | "long" => StorageDtype::I64,
+            "IntStorage" | "int32" | "int" => StorageDtype::I32,
+            "ShortStorage" | "int16" | "short" => StorageDtype::I16,
+            "CharStorage" | "int8" => StorageDtype::I8,
+            "ByteStorage" | "uint8" => StorageDtype::U8,
+            "BoolStorage" | "bool" => StorageDtype::Bool,
+            _ => return None,
+        })
+    }
+}
+
+/// A storage: raw little-endian bytes of `dtype` elements.
+#[derive(Debug)]
+pub struct Storage {
+    pub dtype: StorageDtype,
+    pub data: Vec<u8>,
+}
+
+/// A strided view on a storage, as `torch._utils._rebuild_tensor_v2` describes it.
+#[derive(Debug, Clone)]
+pub struct TensorRef {
+    pub storage: Rc<Storage>,
+    pub offset: usize,
+    pub size: Vec<i64>,
+    pub stride: Vec<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub module: String,
+    pub name: String,
+    pub args: Vec<Value>,
+    pub state: Option<Value>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Value {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+    Tuple(Rc<Vec<Value>>),
+    List(Rc<RefCell<Vec<Value>>>),
+    Dict(Rc<RefCell<Vec<(Value, Value)>>>),
+    Global(String, String),
+    Object(Rc<RefCell<Object>>),
+    Storage(Rc<Storage>),
+    Tensor(Rc<TensorRef>),
+    /// The pickle MARK sentinel; never escapes the VM.
+    Mark,
+}
+
+impl Value {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Value::Int(i) => Some(*i),
+            Value::Bool(b) => Some(*b as i64),
+            _ => None,
+        }
+    }
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Float(f) => Some(*f),
+            Value::Int(i) => Some(*i as f64),
+            // numpy scalars (e.g. the reference's best_score, a numpy.float64).
+            Value::Object(o) => {
+                let o = o.borrow();
+                if o.module.starts_with("numpy") && o.name == "scalar" && o.args.len() == 2 {
+                    if let Value::Bytes(b) = &o.args[1] {
+                        if b.len() == 8 {
+                            return Some(f64::from_le_bytes(b[..8].try_into().ok()?));
+                        }
+                        if b.len() == 4 {
+                            return Some(f32::from_le_bytes(b[..4].try_into().ok()?) as f64);
+                        }
+                    }
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+    /// Items of a dict (also of an OrderedDict), with string keys.
+    pub fn dict_items(&self) -> Option<Vec<(String, Value)>> {
+        match self {
+            Value::Dict(d) => Some(
+                d.borrow()
+                    .iter()
+                    .filter_map(|(k, v)| k.as_str().map(|k| (k.to_string(), v.clone())))
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+    pub fn get(&self, key: &str) -> Option<Value> {
+        match self {
+            Value::Dict(d) => d.borrow().iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v.clone()),
+            _ => None,
+        }
+    }
+    pub fn list_items(&self) -> Option<Vec<Value>> {
+        match self {
+            Value::List(l) => Some(l.borrow().clone()),
+            Value::Tuple(t) => Some(t.as_ref().clone()),
+            _ => None,
+        }
+    }
+    pub fn type_name(&self) -> String {
+        match self {
+            Value::None => "None".into(),
+            Value::Bool(_) => "bool".into(),
+            Value::Int(_) => "int".into(),
+            Value::Float(_) => "float".into(),
+            Value::Str(_) => "str".into(),
+            Value::Bytes(_) => "bytes".into(),
+            Value::Tuple(_) => "tuple".into(),
+            Value::List(_) => "list".into(),
+            Value::Dict(_) => "dict".into(),
+            Value::Global(m, n) => format!("{m}.{n}"),
+            Value::Object(o) => {
+                let o = o.borrow();
+                format!("{}.{}", o.module, o.name)
+            }
+            Value::Storage(_) => "storage".into(),
+            Value::Tensor(_) => "tensor".into(),
+            Value::Mark => "mark".into(),
+        }
+    }
+}
+
+/// Resolves a pickle persistent id (PyTorch's storage references) to a value.
+pub type PersistentLoad<'a> = dyn FnMut(&Value) -> Result<Value> + 'a;
+
+/// Unpickles one pickle from `data` starting at `*pos`; advances `pos` past STOP.
+pub fn load(data: &[u8], pos: &mut usize, persistent: &mut PersistentLoad) -> Result<Value> {
+    let mut vm = Vm { data, pos: *pos, stack: Vec::new(), memo: HashMap::new(), persistent };
+    let v = vm.run()?;
+    *pos = vm.pos;
+    Ok(v)
+}
+
+/// Unpickles a buffer holding exactly one pickle and no persistent ids.
+pub fn load_plain(data: &[u8]) -> Result<Value> {
+    let mut pos = 0;
+    load(data, &mut pos, &mut |pid| bail!("unexpected persistent id {pid:?} in a plain pickle"))
+}
+
+struct Vm<'a, 'p> {
+    data: &'a [u8],
+    pos: usize,
+    stack: Vec<Value>,
+    memo: HashMap<u32, Value>,
+    persistent: &'p mut PersistentLoad<'p>,
+}
+
+impl<'a, 'p> Vm<'a, 'p> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.pos + n > self.data.len() {
+            bail!("pickle truncated at byte {} (wanted {n} more bytes)", self.pos);
+        }
+        let s = &self.data[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap()))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    fn line(&mut self) -> Result<&'a str> {
+        let start = self.pos;
+        while self.pos < self.data.len() && self.data[self.pos] != b'\n' {
+            self.pos += 1;
+        }
+        if self.pos >= self.data.len() {
+            bail!("pickle truncated inside a text line");
+        }
+        let s = std::str::from_utf8(&self.data[start..self.pos]).context("pickle text line is not UTF-8")?;
+        self.pos += 1;
+        Ok(s)
+    }
+    fn pop(&mut self) -> Result<Value> {
+        self.stack.pop().ok_or_else(|| anyhow!("pickle stack underflow"))
+    }
+    fn top(&mut self) -> Result<&mut Value> {
+        self.stack.last_mut().ok_or_else(|| anyhow!("pickle stack underflow"))
+    }
+    fn pop_mark(&mut self) -> Result<Vec<Value>> {
+        let idx = self
+            .stack
+            .iter()
+            .rposition(|v| matches!(v, Value::Mark))
+            .ok_or_else(|| anyhow!("pickle MARK not found"))?;
+        let items = self.stack.split_off(idx + 1);
+        self.stack.pop();
+        Ok(items)
+    }
+    fn memo_get(&self, idx: u32) -> Result<Value> {
+        self.memo.get(&idx).cloned().ok_or_else(|| anyhow!("pickle memo key {idx} missing"))
+    }
+
+    fn run(&mut self) -> Result<Value> {
+        loop {
+            let op = self.u8()?;
+            match op {
+                0x80 => {
+                    self.u8()?; // PROTO
+                }
+                0x95 => {
+                    self.u64()?; // FRAME
+                }
+                b'.' => return self.pop(), // STOP
+                b'(' => self.stack.push(Value::Mark),
+                b'N' => self.stack.push(Value::None),
+                0x88 => self.stack.push(Value::Bool(true)),
+                0x89 => self.stack.push(Value::Bool(false)),
+                b'J' => {
+                    let v = self.u32()? as i32;
+                    self.stack.push(Value::Int(v as i64))
+                }
+                b'K' => {
+                    let v = self.u8()?;
+                    self.stack.push(Value::Int(v as i64))
+                }
+                b'M' => {
+                    let v = self.u16()?;
+                    self.stack.push(Value::Int(v as i64))
+                }
+                b'I' => {
+                    let l = self.line()?;
+                    let v = match l {
+                        "00" => Value::Bool(false),
+                        "01" => Value::Bool(true),
+                        _ => Value::Int(l.parse().with_context(|| format!("bad pickle INT {l:?}"))?),
+                    };
+                    self.stack.push(v)
+                }
+                b'L' => {
+                    let l = self.line()?.trim_end_matches('L');
+                    self.stack.push(Value::Int(l.parse().with_context(|| format!("bad pickle LONG {l:?}"))?))
+                }
+                0x8a => {
+                    let n = self.u8()? as usize;
+                    let b = self.take(n)?;
+                    self.stack.push(long_from_bytes(b))
+                }
+                0x8b => {
+                    let n = self.u32()? as usize;
+                    let b = self.take(n)?;
+                    self.stack.push(long_from_bytes(b))
+                }
+                b'G' => {
+                    let b = self.take(8)?;
+                    self.stack.push(Value::Float(f64::from_be_bytes(b.try_into().unwrap())))
+                }
+                b'F' => {
+                    let l = self.line()?;
+                    self.stack.push(Value::Float(l.parse().with_context(|| format!("bad pickle FLOAT {l:?}"))?))
+                }
+                b'X' => {
+                    let n = self.u32()? as usize;
+                    let s = self.take(n)?;
+                    self.stack.push(Value::Str(String::from_utf8_lossy(s).into_owned()))
+                }
+                0x8c => {
+                    let n = self.u8()? as usize;
+                    let s = self.take(n)?;
+                    self.stack.push(Value::Str(String::from_utf8_lossy(s).into_owned()))
+                }
+                0x8d => {
+                    let n = self.u64()? as usize;
+                    let s = self.take(n)?;
+                    self.stack.push(Value::Str(String::from_utf8_lossy(s).into_owned()))
+                }
+                b'V' => {
+                    let l = self.line()?;
+                    self.stack.push(Value::Str(l.to_string()))
+                }
+                b'T' => {
+                    let n = self.u32()? as usize;
+                    let s = self.take(n)?;
+                    self.stack.push(Value::Bytes(s.to_vec()))
+                }
+                b'U' => {
+                    let n = self.u8()? as usize;
+                    let s = self.take(n)?;
+                    self.stack.push(Value::Bytes(s.to_vec()))
+                }
+                b'B' => {
+                    let n = self.u32()? as usize;
+                    let s = self.take(n)?;
+                    self.stack.push(Value::Bytes(s.to_vec()))
+                }
+                b'C' => {
+                    let n = self.u8()? as usize;
+                    let s = self.take(n)?;
+                    self.stack.push(Value::Bytes(s.to_vec()))
+                }
+                0x8e => {
+                    let n = self.u64()? as usize;
+                    let s = self.take(n)?;
+                    self.stack.push(Value::Bytes(s.to_vec()))
+                }
+                b'S' => {
+                    let l = self.line()?;
+                    let s = l.trim_matches(|c| c == '\'' || c == '"');
+                    self.stack.push(Value::Str(s.to_string()))
+                }
+                b')' => self.stack.push(Value::Tuple(Rc::new(vec![]))),
+                b't' => {
+                    let items = self.pop_mark()?;
+                    self.stack.push(Value::Tuple(Rc::new(items)))
+                }
+                0x85 => {
+                    let a = self.pop()?;
+                    self.stack.push(Value::Tuple(Rc::new(vec![a])))
+                }
+                0x86 => {
+                    let b = self.pop()?;
+                    let a = self.pop()?;
+                    self.stack.push(Value::Tuple(Rc::new(vec![a, b])))
+                }
+                0x87 => {
+                    let c = self.pop()?;
+                    let b = self.pop()?;
+                    let a = self.pop()?;
+                    self.stack.push(Value::Tuple(Rc::new(vec![a, b, c])))
+                }
+                b']' => self.stack.push(Value::List(Rc::new(RefCell::new(vec![])))),
+                b'l' => {
+                    let items = self.pop_mark()?;
+                    self.stack.push(Value::List(Rc::new(RefCell::new(items))))
+                }
+                b'a' => {
+                    let v = self.pop()?;
+                    match self.top()? {
+                        Value::List(l) => l.borrow_mut().push(v),
+                        other => bail!("pickle APPEND on {}", other.type_name()),
+                    }
+                }
+                b'e' => {
+                    let items = self.pop_mark()?;
+                    match self.top()? {
+                        Value::List(l) => l.borrow_mut().extend(items),
+                        other => bail!("pickle APPENDS on {}", other.type_name()),
+                    }
+                }
+                b'}' => self.stack.push(Value::Dict(Rc::new(RefCell::new(vec![])))),
+                b'd' => {
+                    let items = self.pop_mark()?;
+                    self.stack.push(Value::Dict(Rc::new(RefCell::new(pairs(items)?))))
+                }
+                b's' => {
+                    let v = self.pop()?;
+                    let k = self.pop()?;
+                    dict_set(self.top()?, vec![(k, v)])?;
+                }
+                b'u' => {
+                    let items = self.pop_mark()?;
+                    let p = pairs(items)?;
+                    dict_set(self.top()?, p)?;
+                }
+                0x8f => self.stack.push(Value::List(Rc::new(RefCell::new(vec![])))), // EMPTY_SET
+                0x90 => {
+                    // ADDITEMS
+                    let items = self.pop_mark()?;
+                    if let Value::List(l) = self.top()? {
+                        l.borrow_mut().extend(items)
+                    }
+                }
+                0x91 => {
+                    let items = self.pop_mark()?; // FROZENSET
+                    self.stack.push(Value::Tuple(Rc::new(items)))
+                }
+                b'p' => {
+                    let l = self.line()?;
+                    let idx: u32 = l.parse().context("bad pickle PUT")?;
+                    let v = self.top()?.clone();
+                    self.memo.insert(idx, v);
+                }
+                b'q' => {
+                    let idx = self.u8()? as u32;
+                    let v = self.top()?.clone();
+                    self.memo.insert(idx, v);
+                }
+                b'r' => {
+                    let idx = self.u32()?;
+                    let v = self.top()?.clone();
+                    self.memo.insert(idx, v);
+                }
+                0x94 => {
+                    let idx = self.memo.len() as u32;
+                    let v = self.top()?.clone();
+                    self.memo.insert(idx, v);
+                }
+                b'g' => {
+                    let l = self.line()?;
+                    let idx: u32 = l.parse().context("bad pickle GET")?;
+                    let v = self.memo_get(idx)?;
+                    self.stack.push(v)
+                }
+                b'h' => {
+                    let idx = self.u8()? as u32;
+                    let v = self.memo_get(idx)?;
+                    self.stack.push(v)
+                }
+                b'j' => {
+                    let idx = self.u32()?;
+                    let v = self.memo_get(idx)?;
+                    self.stack.push(v)
+                }
+                b'c' => {
+                    let module = self.line()?.to_string();
+                    let name = self.line()?.to_string();
+                    self.stack.push(Value::Global(module, name))
+                }
+                0x93 => {
+                    let name = self.pop()?;
+                    let module = self.pop()?;
+                    match (module, name) {
+                        (Value::Str(m), Value::Str(n)) => self.stack.push(Value::Global(m, n)),
+                        _ => bail!("pickle STACK_GLOBAL with non-string operands"),
+                    }
+                }
+                b'R' => {
+                    let args = self.pop()?;
+                    let func = self.pop()?;
+                    let args = match args {
+                        Value::Tuple(t) => t.as_ref().clone(),
+                        other => bail!("pickle REDUCE with {} arguments", other.type_name()),
+                    };
+                    let v = self.call(func, args)?;
+                    self.stack.push(v)
+                }
+                0x81 => {
+                    // NEWOBJ
+                    let args = self.pop()?;
+                    let cls = self.pop()?;
+                    let args = args.list_items().unwrap_or_default();
+                    let v = self.call(cls, args)?;
+                    self.stack.push(v)
+                }
+                0x92 => {
+                    // NEWOBJ_EX
+                    let _kwargs = self.pop()?;
+                    let args = self.pop()?;
+                    let cls = self.pop()?;
+                    let args = args.list_items().unwrap_or_default();
+                    let v = self.call(cls, args)?;
+                    self.stack.push(v)
+                }
+                b'b' => {
+                    let state = self.pop()?;
+                    match self.top()? {
+                        Value::Object(o) => o.borrow_mut().state = Some(state),
+                        // OrderedDict / tensors get attribute state we do not need.
+                        _ => {}
+                    }
+                }
+                b'Q' => {
+                    let pid = self.pop()?;
+                    let v = (self.persistent)(&pid)?;
+                    self.stack.push(v)
+                }
+                b'P' => {
+                    let l = self.line()?.to_string();
+                    let v = (self.persistent)(&Value::Str(l))?;
+                    self.stack.push(v)
+                }
+                b'0' => {
+                    self.pop()?;
+                }
+                b'2' => {
+                    let v = self.top()?.clone();
+                    self.stack.push(v)
+                }
+                b'1' => {
+                    self.pop_mark()?;
+                }
+                other => bail!("unsupported pickle opcode 0x{other:02x} at byte {}", self.pos - 1),
+            }
+        }
+    }
+
+    /// REDUCE / NEWOBJ: the few callables PyTorch files need are interpreted; the rest
+    /// become opaque objects.
+    fn call(&mut self, func: Value, args: Vec<Value>) -> Result<Value> {
+        let (module, name) = match &func {
+            Value::Global(m, n) => (m.as_str(), n.as_str()),
+            other => bail!("pickle call of a non-global {}", other.type_name()),
+        };
+        match (module, name) {
+            ("collections", "OrderedDict") | ("builtins", "dict") | ("__builtin__", "dict") => {
+                let items = match args.first() {
+                    Some(Value::List(l)) => l
+                        .borrow()
+                        .iter()
+                        .filter_map(|p| match p {
+                            Value::Tuple(t) if t.len() == 2 => Some((t[0].clone(), t[1].clone())),
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => vec![],
+                };
+                Ok(Value::Dict(Rc::new(RefCell::new(items))))
+            }
+            ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
+                rebuild_tensor(&args)
+            }
+            ("torch._utils", "_rebuild_parameter") | ("torch._utils", "_rebuild_parameter_with_state") => {
+                args.into_iter().next().ok_or_else(|| anyhow!("_rebuild_parameter without data"))
+            }
+            ("torch.storage", "_load_from_bytes") => match args.first() {
+                Some(Value::Bytes(b)) => legacy_load(b).context("reading an embedded legacy torch.save stream"),
+                _ => bail!("_load_from_bytes without bytes"),
+            },
+            ("builtins", "set") | ("builtins", "frozenset") | ("builtins", "list") => {
+                Ok(args.into_iter().next().unwrap_or(Value::List(Rc::new(RefCell::new(vec![])))))
+            }
+            ("builtins", "tuple") => Ok(Value::Tuple(Rc::new(args.into_iter().next().and_then(|v| v.list_items()).unwrap_or_default()))),
+            _ => Ok(Value::Object(Rc::new(RefCell::new(Object {
+                module: module.to_string(),
+                name: name.to_string(),
+                args,
+                state: None,
+            })))),
+        }
+    }
+}
+
+fn long_from_bytes(b: &[u8]) -> Value {
+    if b.is_empty() {
+        return Value::Int(0);
+    }
+    if b.len() > 8 {
+        // Too large for i64 (e.g. the legacy magic number); keep the low bits.
+        let mut buf = [0u8; 8];
+        buf.copy_from_slice(&b[..8]);
+        return Value::Int(i64::from_le_bytes(buf));
+    }
+    let neg = b[b.len() - 1] & 0x80 != 0;
+    let mut buf = if neg { [0xffu8; 8] } else { [0u8; 8] };
+    buf[..b.len()].copy_from_slice(b);
+    Value::Int(i64::from_le_bytes(buf))
+}
+
+fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>> {
+    if items.len() % 2 != 0 {
+        bail!("pickle dict with an odd number of items");
+    }
+    let mut out = Vec::with_capacity(items.len() / 2);
+    let mut it = items.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+fn dict_set(target: &mut Value, items: Vec<(Value, Value)>) -> Result<()> {
+    match target {
+        Value::Dict(d) => {
+            let mut d = d.borrow_mut();
+            for (k, v) in items {
+                if let Some(slot) = d.iter_mut().find(|(ek, _)| keys_equal(ek, &k)) {
+                    slot.1 = v;
+                } else {
+                    d.push((k, v));
+                }
+            }
+            Ok(())
+        }
+        // e.g. SETITEMS into an opaque object's __dict__: keep it as state.
+        Value::Object(o) => {
+            let mut o = o.borrow_mut();
+            let st = o.state.get_or_insert_with(|| Value::Dict(Rc::new(RefCell::new(vec![]))));
+            dict_set(st, items)
+        }
+        other => bail!("pickle SETITEM(S) on {}", other.type_name()),
+    }
+}
+
+fn keys_equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Str(x), Value::Str(y)) => x == y,
+        (Value::Int(x), Value::Int(y)) => x == y,
+        _ => false,
+    }
+}
+
+fn ints(v: &Value, what: &str) -> Result<Vec<i64>> {
+    v.list_items()
+        .ok_or_else(|| anyhow!("tensor {what} is a {}, not a tuple", v.type_name()))?
+        .iter()
+        .map(|x| x.as_int().ok_or_else(|| anyhow!("tensor {what} holds a non-integer")))
+        .collect()
+}
+
+fn rebuild_tensor(args: &[Value]) -> Result<Value> {
+    if args.len() < 4 {
+        bail!("_rebuild_tensor_v2 with {} arguments", args.len());
+    }
+    let storage = match &args[0] {
+        Value::Storage(s) => s.clone(),
+        other => bail!("_rebuild_tensor_v2 storage is a {}", other.type_name()),
+    };
+    let offset = args[1].as_int().ok_or_else(|| anyhow!("tensor offset is not an integer"))? as usize;
+    let size = ints(&args[2], "size")?;
+    let stride = ints(&args[3], "stride")?;
+    // Validate the view fits in the storage now, so later reads cannot go out of bounds.
+    let numel_storage = storage.data.len() / storage.dtype.size();
+    if size.iter().all(|&s| s > 0) {
+        let last: i64 = size.iter().zip(&stride).map(|(s, st)| (s - 1) * st).sum::<i64>() + offset as i64;
+        if last as usize >= numel_storage {
+            bail!("tensor view (offset {offset}, size {size:?}, stride {stride:?}) exceeds its storage of {numel_storage} elements (file truncated?)");
+        }
+    }
+    Ok(Value::Tensor(Rc::new(TensorRef { storage, offset, size, stride })))
+}
+
+/// Storage dtype from the storage-type global in a persistent id.
+pub fn storage_dtype(v: &Value) -> Result<StorageDtype> {
+    match v {
+        Value::Global(_, name) => {
+            StorageDtype::from_name(name).ok_or_else(|| anyhow!("unsupported storage type {name}"))
+        }
+        other => bail!("storage type is a {}", other.type_name()),
+    }
+}
+
+/// Reads the legacy (pre-zip) `torch.save` stream: magic, protocol, sys info, the
+/// object pickle, the storage keys, then each storage's raw bytes.
+pub fn legacy_load(data: &[u8]) -> Result<Value> {
+    let mut pos = 0;
+    let magic = load_plain_at(data, &mut pos)?;
+    if magic.as_int().is_none() {
+        bail!("not a legacy torch.save stream (bad magic)");
+    }
+    let _protocol = load_plain_at(data, &mut pos)?;
+    let _sys_info = load_plain_at(data, &mut pos)?;
+    // Storages are referenced before their bytes appear: collect placeholders first.
+    let mut pending: Vec<(String, StorageDtype, usize)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let obj_start = pos;
+    {
+        let mut pl = |pid: &Value| -> Result<Value> {
+            let t = pid.list_items().ok_or_else(|| anyhow!("legacy persistent id is not a tuple"))?;
+            if t.first().and_then(|v| v.as_str()) != Some("storage") || t.len() < 5 {
+                bail!("unsupported legacy persistent id");
+            }
+            let dtype = storage_dtype(&t[1])?;
+            let key = t[2].as_str().ok_or_else(|| anyhow!("storage key is not a string"))?.to_string();
+            let numel = t[4].as_int().unwrap_or(0) as usize;
+            if seen.insert(key.clone()) {
+                pending.push((key.clone(), dtype, numel));
+            }
+            Ok(Value::Str(format!("\u{0}famix-storage:{key}")))
+        };
+        load(data, &mut pos, &mut pl)?;
+    }
+    let keys = load_plain_at(data, &mut pos)?;
+    let keys: Vec<String> = keys
+        .list_items()
+        .ok_or_else(|| anyhow!("legacy storage key list missing"))?
+        .iter()
+        .filter_map(|k| k.as_str().map(str::to_string))
+        .collect();
+    let mut storages: HashMap<String, Rc<Storage>> = HashMap::new();
+    for key in &keys {
+        let (_, dtype, _) = pending
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .ok_or_else(|| anyhow!("legacy storage {key} was never referenced"))?;
+        if pos + 8 > data.len() {
+            bail!("legacy torch.save stream truncated before storage {key}");
+        }
+        let n = u64::from_le_bytes(data[pos..pos + 8].try_into().unwrap()) as usize;
+        pos += 8;
+        let nbytes = n * dtype.size();
+        if pos + nbytes > data.len() {
+            bail!("legacy torch.save stream truncated inside storage {key}");
+        }
+        storages.insert(key.clone(), Rc::new(Storage { dtype: *dtype, data: data[pos..pos + nbytes].to_vec() }));
+        pos += nbytes;
+    }
+    // Second pass over the object pickle, now with the storages available.
+    let mut p2 = obj_start;
+    load(data, &mut p2, &mut |pid: &Value| {
+        let t = pid.list_items().unwrap_or_default();
+        let key = t.get(2).and_then(|v| v.as_str()).unwrap_or_default();
+        storages
+            .get(key)
+            .cloned()
+            .map(Value::Storage)
+            .ok_or_else(|| anyhow!("legacy storage {key} has no data"))
+    })
+}
+
+fn load_plain_at(data: &[u8], pos: &mut usize) -> Result<Value> {
+    load(data, pos, &mut |_| bail!("unexpected persistent id"))
+}

@@ -1,0 +1,117 @@
+//! The few layers famix's models are made of, with PyTorch's parameter names
+//! (`weight`, `bias`, `running_mean`, `running_var`) so state dicts map one to one.
+//! Stride/padding/dilation are call arguments, not fields: the same weights serve a
+//! backbone at several output strides.
+
+use tch::{nn, Tensor};
+
+pub const BN_EPS: f64 = 1e-5;
+pub const BN_MOMENTUM: f64 = 0.1;
+
+#[derive(Debug)]
+pub struct Conv2d {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Conv2d {
+    /// PyTorch's default init (kaiming-uniform with a = sqrt(5), i.e. U(±1/sqrt(fan_in))).
+    pub fn new(p: &nn::Path, cin: i64, cout: i64, k: i64, bias: bool) -> Self {
+        let fan_in = (cin * k * k) as f64;
+        let bound = 1.0 / fan_in.sqrt();
+        let weight = p.var("weight", &[cout, cin, k, k], nn::Init::Uniform { lo: -bound, up: bound });
+        let bias = bias.then(|| p.var("bias", &[cout], nn::Init::Uniform { lo: -bound, up: bound }));
+        Conv2d { weight, bias }
+    }
+
+    /// Kaiming-normal (fan_in, gain sqrt(2)) as `nn.init.kaiming_normal_` does; the
+    /// DeepLab head's init.
+    pub fn new_kaiming_normal(p: &nn::Path, cin: i64, cout: i64, k: i64, bias: bool) -> Self {
+        let fan_in = (cin * k * k) as f64;
+        let std = (2.0 / fan_in).sqrt();
+        let weight = p.var("weight", &[cout, cin, k, k], nn::Init::Randn { mean: 0.0, stdev: std });
+        let bound = 1.0 / fan_in.sqrt();
+        let bias = bias.then(|| p.var("bias", &[cout], nn::Init::Uniform { lo: -bound, up: bound }));
+        Conv2d { weight, bias }
+    }
+
+    pub fn forward(&self, x: &Tensor, stride: i64, padding: i64, dilation: i64) -> Tensor {
+        x.conv2d(&self.weight, self.bias.as_ref(), [stride, stride], [padding, padding], [dilation, dilation], 1)
+    }
+
+    pub fn forward1(&self, x: &Tensor) -> Tensor {
+        self.forward(x, 1, 0, 1)
+    }
+}
+
+#[derive(Debug)]
+pub struct BatchNorm2d {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+}
+
+impl BatchNorm2d {
+    pub fn new(p: &nn::Path, c: i64) -> Self {
+        BatchNorm2d {
+            weight: p.var("weight", &[c], nn::Init::Const(1.0)),
+            bias: p.var("bias", &[c], nn::Init::Const(0.0)),
+            running_mean: p.zeros_no_train("running_mean", &[c]),
+            running_var: p.ones_no_train("running_var", &[c]),
+        }
+    }
+
+    /// `train` = batch statistics and running-stat updates (PyTorch `.train()`),
+    /// otherwise the running statistics (`.eval()`).
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        Tensor::batch_norm(
+            x,
+            Some(&self.weight),
+            Some(&self.bias),
+            Some(&self.running_mean),
+            Some(&self.running_var),
+            train,
+            BN_MOMENTUM,
+            BN_EPS,
+            true,
+        )
+    }
+}
+
+#[derive(Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(p: &nn::Path, cin: i64, cout: i64, bias: bool) -> Self {
+        let bound = 1.0 / (cin as f64).sqrt();
+        Linear {
+            weight: p.var("weight", &[cout, cin], nn::Init::Uniform { lo: -bound, up: bound }),
+            bias: bias.then(|| p.var("bias", &[cout], nn::Init::Uniform { lo: -bound, up: bound })),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+#[derive(Debug)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl LayerNorm {
+    pub fn new(p: &nn::Path, c: i64) -> Self {
+        LayerNorm { weight: p.var("weight", &[c], nn::Init::Const(1.0)), bias: p.var("bias", &[c], nn::Init::Const(0.0)) }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let c = *x.size().last().unwrap();
+        x.layer_norm([c], Some(&self.weight), Some(&self.bias), 1e-5, true)
+    }
+}

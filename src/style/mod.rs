@@ -1,0 +1,3 @@
+//! Language-driven styles: prompts, mining (patch-wise PIN), the style bank and
+//! local style mixing.
+pub mod prompts;

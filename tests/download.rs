@@ -1,0 +1,96 @@
+//! `download-clip` against a loopback HTTP server (never the internet): fresh
+//! download, resume with Range, SHA-256 mismatch, reuse of a verified file.
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
+use famix::clip::download::{fetch, sha256_file};
+use sha2::{Digest, Sha256};
+
+/// Serves `body` for any GET; honours `Range: bytes=N-`. Records request headers.
+fn serve(body: Vec<u8>, requests: usize) -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(requests) {
+            let mut s = stream.unwrap();
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            log2.lock().unwrap().push(head.clone());
+            let start = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("range: bytes=").map(|r| r.trim_end_matches('-').trim().to_string()))
+                .and_then(|n| n.trim_end_matches('-').parse::<usize>().ok());
+            let (status, part) = match start {
+                Some(n) => ("206 Partial Content", &body[n..]),
+                None => ("200 OK", &body[..]),
+            };
+            let _ = write!(s, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", part.len());
+            let _ = s.write_all(part);
+            let _ = s.flush();
+            let mut rest = Vec::new();
+            let _ = reader.read_to_end(&mut rest);
+        }
+    });
+    (format!("http://{addr}"), log)
+}
+
+fn sha(b: &[u8]) -> String {
+    Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn downloads_verifies_and_resumes() {
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let digest = sha(&body);
+    let dir = common::tmpdir();
+
+    // Fresh download.
+    let (base, log) = serve(body.clone(), 1);
+    let path = fetch(&base, &digest, "RN-test.pt", dir.path(), false).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), body);
+    assert!(log.lock().unwrap()[0].starts_with(&format!("GET /{digest}/RN-test.pt ")));
+
+    // A verified file is reused without any request (the server would accept none).
+    let (base_dead, log_dead) = serve(vec![], 0);
+    assert_eq!(fetch(&base_dead, &digest, "RN-test.pt", dir.path(), false).unwrap(), path);
+    assert!(log_dead.lock().unwrap().is_empty());
+
+    // Resume: half a partial file → a Range request for the rest.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(dir.path().join("RN-test.pt.partial"), &body[..80_000]).unwrap();
+    let (base, log) = serve(body.clone(), 1);
+    let path = fetch(&base, &digest, "RN-test.pt", dir.path(), false).unwrap();
+    assert_eq!(sha256_file(&path).unwrap(), digest);
+    assert!(log.lock().unwrap()[0].to_ascii_lowercase().contains("range: bytes=80000-"));
+    assert!(!dir.path().join("RN-test.pt.partial").exists());
+}
+
+#[test]
+fn checksum_mismatch_is_rejected() {
+    let dir = common::tmpdir();
+    let (base, _) = serve(b"not the model".to_vec(), 1);
+    let wanted = "0".repeat(64);
+    let err = fetch(&base, &wanted, "RN-bad.pt", dir.path(), false).unwrap_err();
+    assert!(format!("{err:#}").contains("SHA-256"), "{err:#}");
+    assert!(!dir.path().join("RN-bad.pt").exists());
+    assert!(!dir.path().join("RN-bad.pt.partial").exists());
+}
+
+#[test]
+fn unknown_model_name_lists_choices() {
+    let (code, _, err) = common::run_famix(&["download-clip", "ViT-B/32", "--dir", "/tmp/never-used"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("RN50") && err.contains("RN101"), "{err}");
+}

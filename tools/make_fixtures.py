@@ -1,0 +1,350 @@
+"""Regenerates famix's committed PyTorch parity fixtures (tests/fixtures/).
+
+Run with `make fixtures` (torch 2.11 venv + numpy/ftfy/regex/pillow/open_clip's
+tokenizer). Everything is seeded, so reruns give identical files.
+
+Models are tiny random-weight CLIP ResNets; the PyTorch side is tools/famix_ref.py,
+written from SPEC.md. Large checkpoints are stored gzip-compressed (famix reads .gz
+transparently); the text tower's 49408-row token embedding holds coarsely quantised
+values so it compresses well.
+"""
+import gzip
+import importlib.util
+import io
+import json
+import os
+import pickle
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.dirname(__file__))
+import famix_ref as R  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+OUT = os.path.join(ROOT, "tests", "fixtures")
+PROMPTS = json.load(open(os.path.join(ROOT, "assets", "prompts.json")))
+
+torch.set_num_threads(2)
+
+
+def gz(path, data):
+    with open(path, "wb") as f:
+        f.write(gzip.compress(data, mtime=0))
+
+
+def save_gz_torch(obj, path):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    gz(path, buf.getvalue())
+
+
+def open_clip_tokenizer():
+    spec = importlib.util.find_spec("open_clip")
+    folder = os.path.dirname(spec.origin)
+    s = importlib.util.spec_from_file_location("oc_tokenizer", os.path.join(folder, "tokenizer.py"))
+    mod = importlib.util.module_from_spec(s)
+    s.loader.exec_module(mod)
+    return mod.SimpleTokenizer()
+
+
+def tokenize(tok, texts, ctx=77):
+    out = torch.zeros(len(texts), ctx, dtype=torch.long)
+    for i, t in enumerate(texts):
+        ids = [tok.sot_token_id] + tok.encode(t) + [tok.eot_token_id]
+        out[i, :len(ids)] = torch.tensor(ids)
+    return out
+
+
+# ------------------------------------------------------------------ CLIP models
+TEXTS = ["a photo of a cat", "Ethereal Mist style road", "photo", ""]
+
+# Smallest widths that keep multi-head attention: width 4 → 2 heads of 64 in the
+# attention pool; text width 32 → 2 heads of 16.
+CLIP_A = dict(vision_layers=[1, 1, 3, 3], vision_width=4, embed_dim=64, image_resolution=224,
+              text_width=32, text_layers=2)
+CLIP_B = dict(vision_layers=[2, 1, 2, 4], vision_width=4, embed_dim=48, image_resolution=64)
+
+
+def used_token_ids():
+    tok = open_clip_tokenizer()
+    ids = set()
+    for t in famix_prompt_corpus() + TEXTS + ["road", "sky", "car"]:
+        ids.update(tok.encode(t))
+    return sorted(ids)
+
+
+def make_clip(cfg, seed):
+    torch.manual_seed(seed)
+    m = R.CLIP(**cfg)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        R.random_bn_stats(m, g)
+        # Values on a 1/256 grid: the same tests, much smaller gzip files.
+        for t in list(m.parameters()) + list(m.buffers()):
+            if t.is_floating_point():
+                t.copy_((t * 256).round() / 256)
+        if m.has_text:
+            # Only the token rows the fixtures use are non-zero (49408 rows otherwise
+            # dominate the files); start/end tokens included.
+            w = m.token_embedding.weight
+            keep = torch.tensor(used_token_ids() + [49406, 49407])
+            rows = w[keep].clone()
+            w.zero_()
+            w[keep] = rows
+            m.logit_scale.fill_(2.5)
+    return m.eval()
+
+
+def fp16_like_openai(traced):
+    """OpenAI's RN50.pt stores conv/linear weights (and projections) as fp16, BN in fp32."""
+    for name, p in traced.named_parameters():
+        if "bn" in name or name.endswith("downsample.1.weight") or name.endswith("downsample.1.bias") \
+                or name.startswith("ln_") or ".ln_" in name or "positional_embedding" in name or name == "logit_scale":
+            continue
+        p.data = p.data.half()
+    return traced
+
+
+def save_clip_formats(m, stem, example):
+    sd = {k: v.clone() for k, v in m.state_dict().items()}
+    traced = torch.jit.trace(m, example, check_trace=False)
+    buf = io.BytesIO()
+    torch.jit.save(traced, buf)
+    script = buf.getvalue()
+    import copy
+    traced16 = fp16_like_openai(torch.jit.trace(copy.deepcopy(m), example, check_trace=False))
+    buf = io.BytesIO()
+    torch.jit.save(traced16, buf)
+    script16 = buf.getvalue()
+    st_buf = {k: v.contiguous() for k, v in sd.items()}
+    if m.has_text:
+        gz(f"{OUT}/{stem}_script.pt.gz", script)
+        gz(f"{OUT}/{stem}_script_fp16.pt.gz", script16)
+        save_gz_torch(sd, f"{OUT}/{stem}_state.pt.gz")
+        tmp = f"{OUT}/.tmp.safetensors"
+        save_file(st_buf, tmp)
+        gz(f"{OUT}/{stem}.safetensors.gz", open(tmp, "rb").read())
+        os.remove(tmp)
+    else:
+        # Variant B: plain (uncompressed) files.
+        open(f"{OUT}/{stem}_script.pt", "wb").write(script)
+        torch.save(sd, f"{OUT}/{stem}_state.pt")
+        save_file(st_buf, f"{OUT}/{stem}.safetensors")
+    # What the fp16 file holds, rounded back to fp32: expected outputs for that file.
+    m16 = make_clip_from_state(m, {k: v.float() for k, v in traced16.state_dict().items()})
+    return m16
+
+
+def make_clip_from_state(m, sd):
+    import copy
+    m2 = copy.deepcopy(m)
+    m2.load_state_dict(sd, strict=False)
+    return m2.eval()
+
+
+def pil_clip_crop(img, n):
+    w, h = img.size
+    if w <= h:
+        nw, nh = n, int(n * h / w)
+    else:
+        nw, nh = int(n * w / h), n
+    img = img.resize((nw, nh), Image.BICUBIC)
+    top = int(round((nh - n) / 2.0))
+    left = int(round((nw - n) / 2.0))
+    return img.crop((left, top, left + n, top + n))
+
+
+def to_normalized(img):
+    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(255)
+    mean = torch.tensor(R.CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(R.CLIP_STD).view(3, 1, 1)
+    return ((x - mean) / std).unsqueeze(0)
+
+
+def test_image(w, h, seed):
+    g = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), ((xx + yy) * 3) % 256], -1)
+    noise = g.integers(0, 60, size=(h, w, 3))
+    return Image.fromarray(np.clip(base + noise - 30, 0, 255).astype(np.uint8), "RGB")
+
+
+def clip_fixtures(tok):
+    exp = {}
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    exp["x64"] = x
+    img = test_image(96, 80, 3)
+    img.save(f"{OUT}/img_a.png")
+    for name, cfg, seed in [("clip_a", CLIP_A, 100), ("clip_b", CLIP_B, 200)]:
+        m = make_clip(cfg, seed)
+        res = cfg["image_resolution"]
+        m16 = save_clip_formats(m, name, torch.randn(1, 3, res, res))
+        v = m.visual
+        with torch.no_grad():
+            exp[f"{name}.layer1"] = v.low(x)
+            for os_ in (8, 16, 32):
+                v.set_output_stride(os_)
+                exp[f"{name}.layer4_os{os_}"] = v.high(v.low(x))
+            v.set_output_stride(32)
+            crop = pil_clip_crop(img, res)
+            crop.save(f"{OUT}/img_a_crop{res}.png")
+            xi = to_normalized(crop)
+            exp[f"{name}.image_embedding"] = m.encode_image(xi)
+            exp[f"{name}_fp16.image_embedding"] = m16.encode_image(xi)
+            if m.has_text:
+                texts = TEXTS
+                exp[f"{name}.text_tokens"] = tokenize(tok, texts)
+                exp[f"{name}.text_embedding"] = m.encode_text(tokenize(tok, texts))
+                exp[f"{name}_fp16.text_embedding"] = m16.encode_text(tokenize(tok, texts))
+                for i, p in enumerate(["Ethereal Mist style road", "photo"]):
+                    t = tokenize(tok, [tpl.format(p) for tpl in PROMPTS["templates"]])
+                    e = m.encode_text(t).mean(0)
+                    exp[f"{name}.prompt_embedding{i}"] = e / e.norm()
+                labels = ["road", "sky", "car"]
+                te = []
+                for l in labels:
+                    e = m.encode_text(tokenize(tok, [tpl.format(l) for tpl in PROMPTS["templates"]])).mean(0)
+                    te.append(e / e.norm())
+                te = torch.stack(te)
+                ie = m.encode_image(xi)
+                ie = ie / ie.norm(dim=-1, keepdim=True)
+                exp[f"{name}.zero_shot_probs"] = (m.logit_scale.exp() * ie @ te.T).softmax(-1)
+    save_file({k: v.contiguous() for k, v in exp.items()}, f"{OUT}/expected_clip.safetensors")
+    return make_clip(CLIP_A, 100)
+
+
+# ------------------------------------------------------------------ tokenizer
+def famix_prompt_corpus():
+    texts = []
+    for tpl in PROMPTS["templates"]:
+        for style in PROMPTS["random_styles"]:
+            for c in PROMPTS["class_names"]:
+                texts.append(tpl.format(f"{style} {c}"))
+        texts.append(tpl.format(PROMPTS["ignore_class_prompt"]))
+    return texts
+
+
+MISC_TEXTS = [
+    "", " ", "Hello, World!", "a photo of a dog.", "It's a DOG's life; they're here, we've been, I'm ok, you'll see, he'd go",
+    "don't can't won't", "100 bottles of beer: 3.14159, 2e10, 1,000,000", "café naïve résumé façade Æsir œuvre",
+    "Straße Ärger Öl Übermut", "東京 タワー 서울 Москва αβγ", "emoji 😀🚗🌧️ and 👩‍👩‍👧", "   lots   of \t whitespace \n here  ",
+    "&amp; &lt;tag&gt; &quot;quoted&quot; &#39;x&#39;", "“curly” ‘quotes’", "ﬁne ﬂuffy ligatures", "ＦＵＬＬ　ｗｉｄｔｈ",
+    "punctuation!!! ??? ... --- ((brackets)) [x] {y} <z> @#$%^&*", "under_score snake_case CamelCase",
+    "MiXeD CaSe WoRdS", "a" * 200, "the quick brown fox " * 30, "e\u0301 combining accent", "tab\tseparated\tvalues",
+    "numbers12345words", "#hashtag @mention http://example.com/path?q=1",
+]
+
+
+def tokenizer_fixtures(tok):
+    corpus = famix_prompt_corpus()
+    buf = bytearray()
+    for t in corpus:
+        ids = [tok.sot_token_id] + tok.encode(t) + [tok.eot_token_id]
+        buf += np.array([len(ids)] + ids, dtype="<u2").tobytes()
+    gz(f"{OUT}/tokens_famix.u16.gz", bytes(buf))
+    misc = []
+    for t in MISC_TEXTS:
+        ids = [tok.sot_token_id] + tok.encode(t) + [tok.eot_token_id]
+        misc.append({"text": t, "ids": ids})
+    json.dump({"count_famix": len(corpus), "misc": misc}, open(f"{OUT}/tokens_misc.json", "w"), ensure_ascii=False, indent=0)
+
+
+# ------------------------------------------------------------------ segmenter
+SEG = dict(layers=CLIP_A["vision_layers"], width=4, num_classes=5, aspp_ch=16, low_ch=8)
+
+
+class PolyLR(torch.optim.lr_scheduler.LRScheduler):
+    def __init__(self, opt, max_iters, power=0.9, min_lr=1e-6):
+        self.max_iters, self.power, self.min_lr = max_iters, power, min_lr
+        super().__init__(opt)
+
+    def get_lr(self):
+        return [max(b * (1 - self.last_epoch / self.max_iters) ** self.power, self.min_lr) for b in self.base_lrs]
+
+
+def make_segmenter(clip_a):
+    torch.manual_seed(300)
+    seg = R.Segmenter(SEG["layers"], SEG["width"], SEG["num_classes"], 16, SEG["aspp_ch"], SEG["low_ch"])
+    sd = {k[len("visual."):]: v for k, v in clip_a.state_dict().items()
+          if k.startswith("visual.") and not k.startswith("visual.attnpool")}
+    seg.backbone.load_state_dict(sd)
+    with torch.no_grad():
+        R.random_bn_stats(seg.classifier, torch.Generator().manual_seed(301))
+    return seg
+
+
+def segmenter_fixtures(clip_a):
+    seg = make_segmenter(clip_a)
+    exp = {}
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 3, 48, 48, generator=g)
+    exp["x"] = x
+    seg.eval()
+    with torch.no_grad():
+        for os_ in (8, 16, 32):
+            seg.set_output_stride(os_)
+            exp[f"logits_os{os_}"] = seg(x)
+    seg.set_output_stride(16)
+    # Reference-layout training checkpoint (+ a plain famix-importable state).
+    ref_state = {k: v for k, v in seg.state_dict().items()}
+    opt = torch.optim.SGD([{"params": seg.backbone.parameters(), "lr": 0.01},
+                           {"params": seg.classifier.parameters(), "lr": 0.1}], lr=0.1, momentum=0.9, weight_decay=1e-4)
+    sched = PolyLR(opt, 100)
+    torch.save({"cur_itrs": 750, "model_state": ref_state, "optimizer_state": opt.state_dict(),
+                "scheduler_state": sched.state_dict(), "best_score": np.float64(0.4242)}, f"{OUT}/seg_a_ref.pth")
+    # Labels predicted for img_a.png at OS16, scale 1 (eval transform = ToTensor+Normalize).
+    img = Image.open(f"{OUT}/img_a.png").convert("RGB")
+    with torch.no_grad():
+        xi = to_normalized(img)
+        pred = seg(xi).argmax(1)[0].to(torch.uint8).numpy()
+        Image.fromarray(pred, "L").save(f"{OUT}/seg_a_pred_img_a.png")
+        # scale 0.5 and ensemble (resizes with align_corners=True, as the reference's eval).
+        small = F.interpolate(xi, scale_factor=0.5, mode="bilinear", align_corners=True)
+        lo = F.interpolate(seg(small), size=xi.shape[-2:], mode="bilinear", align_corners=True)
+        exp["img_a_logits_s05"] = lo
+        exp["img_a_logits_ens"] = (lo + seg(xi)) / 2
+    # One synthetic-policy training step: gradients, BN statistics and SGD update.
+    R.freeze_synthetic(seg)
+    R.set_train_modes(seg)
+    seg.classifier.aspp.project[3].p = 0.0  # dropout off for a deterministic comparison
+    y = torch.randint(0, SEG["num_classes"], (2, 48, 48), generator=g)
+    y[:, :8, :8] = 255
+    exp["y"] = y
+    params = [(n, p) for n, p in seg.named_parameters() if p.requires_grad]
+    opt = torch.optim.SGD([{"params": [p for n, p in params if n.startswith("backbone")], "lr": 0.01},
+                           {"params": [p for n, p in params if n.startswith("classifier")], "lr": 0.1}],
+                          lr=0.1, momentum=0.9, weight_decay=1e-4)
+    out = seg(x)
+    loss = F.cross_entropy(out, y, ignore_index=255, label_smoothing=0.1)
+    opt.zero_grad()
+    loss.backward()
+    exp["train_loss"] = loss.detach().reshape(1)
+    for n, p in params:
+        exp[f"grad.{n}"] = p.grad.clone()
+    opt.step()
+    for n, p in params:
+        exp[f"after.{n}"] = p.detach().clone()
+    for n, b in seg.named_buffers():
+        if "running" in n:
+            exp[f"buffer.{n}"] = b.clone()
+    save_file({k: v.contiguous() for k, v in exp.items()}, f"{OUT}/expected_seg.safetensors")
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    tok = open_clip_tokenizer()
+    tokenizer_fixtures(tok)
+    clip_a = clip_fixtures(tok)
+    segmenter_fixtures(clip_a)
+    total = sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT))
+    print(f"fixtures written to {OUT}: {total / 1e6:.2f} MB")
+
+
+if __name__ == "__main__":
+    main()
