@@ -51,3 +51,33 @@ pub fn synchronize(d: Device) {
         tch::Cuda::synchronize(i as i64);
     }
 }
+
+extern "C" {
+    fn famix_autocast_set(device: i32, enabled: bool);
+}
+
+/// bf16 autocast for the current thread while alive (tch 0.24 does not expose it).
+pub struct Autocast {
+    device: Option<i32>,
+}
+
+impl Autocast {
+    pub fn new(d: Device, enabled: bool) -> Self {
+        if !enabled {
+            return Autocast { device: None };
+        }
+        let id = if matches!(d, Device::Cuda(_)) { 1 } else { 0 };
+        // SAFETY: plain calls into libtorch's thread-local autocast state.
+        unsafe { famix_autocast_set(id, true) };
+        Autocast { device: Some(id) }
+    }
+}
+
+impl Drop for Autocast {
+    fn drop(&mut self) {
+        if let Some(id) = self.device {
+            // SAFETY: as above.
+            unsafe { famix_autocast_set(id, false) };
+        }
+    }
+}

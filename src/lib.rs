@@ -8,9 +8,12 @@
 
 pub mod cli;
 pub mod clip;
+pub mod data;
 pub mod device;
 pub mod imageops;
 pub mod io;
+pub mod model;
 pub mod nn;
 pub mod rng;
 pub mod style;
+pub mod train;

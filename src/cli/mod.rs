@@ -1,6 +1,7 @@
 //! The `famix` command line: one subcommand per job.
 
 mod clip_cmds;
+mod predict;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,10 @@ enum Command {
     ZeroShot(clip_cmds::ZeroShotArgs),
     /// Download an OpenAI CLIP ResNet checkpoint (SHA-256 verified, resumable).
     DownloadClip(clip_cmds::DownloadArgs),
+    /// Segment images: train-id PNGs, colour maps and overlays.
+    Predict(predict::PredictArgs),
+    /// Convert a reference FAMix .pth checkpoint into a famix checkpoint.
+    ImportCheckpoint(predict::ImportArgs),
 }
 
 /// Runs the CLI; returns the process exit code. Errors print their whole cause chain.
@@ -39,6 +44,8 @@ pub fn main() -> i32 {
         Command::Tokenize(a) => clip_cmds::tokenize(a),
         Command::ZeroShot(a) => clip_cmds::zero_shot(a),
         Command::DownloadClip(a) => clip_cmds::download(a),
+        Command::Predict(a) => predict::predict(a),
+        Command::ImportCheckpoint(a) => predict::import(a),
     };
     match res {
         Ok(code) => code,
@@ -54,3 +61,15 @@ pub fn main() -> i32 {
 
 /// `--device` help shared by the subcommands that compute.
 pub const DEVICE_HELP: &str = "Device: auto (first CUDA GPU if any, else CPU), cpu, cuda or cuda:N";
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {prefix}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}

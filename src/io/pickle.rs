@@ -575,6 +575,12 @@ impl<'a, 'p> Vm<'a, 'p> {
                 Some(Value::Bytes(b)) => legacy_load(b).context("reading an embedded legacy torch.save stream"),
                 _ => bail!("_load_from_bytes without bytes"),
             },
+            // Protocol 2 pickles `bytes` as _codecs.encode(latin-1 text, 'latin1').
+            ("_codecs", "encode") => match (args.first(), args.get(1).and_then(|v| v.as_str())) {
+                (Some(Value::Str(s)), Some("latin1" | "latin-1")) => Ok(Value::Bytes(s.chars().map(|c| c as u32 as u8).collect())),
+                (Some(Value::Str(s)), _) => Ok(Value::Bytes(s.as_bytes().to_vec())),
+                _ => bail!("_codecs.encode without text"),
+            },
             ("builtins", "set") | ("builtins", "frozenset") | ("builtins", "list") => {
                 Ok(args.into_iter().next().unwrap_or(Value::List(Rc::new(RefCell::new(vec![])))))
             }

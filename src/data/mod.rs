@@ -1,0 +1,52 @@
+//! Datasets, label conversion, augmentation and the threaded loader.
+pub mod labels;
+pub mod prefetch;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+pub fn is_image_file(p: &Path) -> bool {
+    matches!(
+        p.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(),
+        Some("png" | "jpg" | "jpeg")
+    )
+}
+
+/// All PNG/JPEG files under `dir`, recursively, sorted.
+pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("cannot list folder {}", d.display()))? {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if is_image_file(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Expands files and folders into (image path, output stem relative to the output
+/// folder); folder inputs keep their sub-folder structure.
+pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, PathBuf)>> {
+    let mut out = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            for p in list_images(input)? {
+                let rel = p.strip_prefix(input).unwrap_or(&p).with_extension("");
+                out.push((p, rel));
+            }
+        } else if input.exists() {
+            let stem = PathBuf::from(input.file_stem().unwrap_or_default());
+            out.push((input.clone(), stem));
+        } else {
+            bail!("input {} does not exist", input.display());
+        }
+    }
+    Ok(out)
+}

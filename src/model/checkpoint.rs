@@ -1,0 +1,171 @@
+//! famix segmenter checkpoints and reference-checkpoint import.
+//!
+//! A famix checkpoint `NAME.safetensors` holds every parameter and BN buffer under
+//! the reference's names (`backbone.*`, `classifier.*`) and, in its safetensors
+//! metadata, a JSON header (architecture, output stride, classes, palette, freeze
+//! policy, training step, best mIoU, optimiser-state file, famix version). The same
+//! header is written beside it as `NAME.json` for people and scripts. Files are
+//! written atomically. Reference FAMix `*.pth` files load directly.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Tensor};
+
+use crate::clip::weights::{load_vars, StateDict};
+use crate::clip::{OutputStride, ResNetConfig};
+use crate::data::labels::{default_class_names, default_palette};
+use crate::io::archive::{save_safetensors, Format};
+use crate::model::deeplab::HeadConfig;
+use crate::model::segmenter::{FreezePolicy, Segmenter, SegmenterConfig};
+
+pub const FORMAT: &str = "famix-segmenter";
+pub const FORMAT_VERSION: u32 = 1;
+const META_KEY: &str = "famix";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    pub format: String,
+    pub format_version: u32,
+    pub famix_version: String,
+    #[serde(flatten)]
+    pub model: SegmenterConfig,
+    /// Training iterations done when this was written.
+    pub step: u64,
+    pub best_miou: Option<f64>,
+    /// The optimiser/training-state file next to this checkpoint, if any.
+    pub optimizer_state: Option<String>,
+    /// Free-form provenance (CLIP checkpoint, dataset, style bank, ...).
+    #[serde(default)]
+    pub source: serde_json::Value,
+}
+
+impl CheckpointMeta {
+    pub fn new(model: &SegmenterConfig) -> Self {
+        CheckpointMeta {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            famix_version: env!("CARGO_PKG_VERSION").into(),
+            model: model.clone(),
+            step: 0,
+            best_miou: None,
+            optimizer_state: None,
+            source: serde_json::Value::Null,
+        }
+    }
+}
+
+/// `run/latest` → `run/latest.safetensors`, `run/latest.json` → `.safetensors`.
+pub fn weights_path(path: &Path) -> PathBuf {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("safetensors") => path.to_path_buf(),
+        Some("json") => path.with_extension("safetensors"),
+        _ if !path.exists() => PathBuf::from(format!("{}.safetensors", path.display())),
+        _ => path.to_path_buf(),
+    }
+}
+
+pub fn sidecar_path(weights: &Path) -> PathBuf {
+    weights.with_extension("json")
+}
+
+/// Writes weights + header atomically (temp file + rename), then the JSON sidecar.
+pub fn save(seg: &Segmenter, meta: &CheckpointMeta, path: &Path) -> Result<PathBuf> {
+    let path = weights_path(path);
+    let mut tensors: Vec<(String, Tensor)> = seg.vs.variables().into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let header = serde_json::to_string(meta)?;
+    let md: HashMap<String, String> = [(META_KEY.to_string(), header)].into_iter().collect();
+    save_safetensors(&path, &tensors, Some(md))?;
+    crate::io::atomic_write_json(&sidecar_path(&path), meta)?;
+    Ok(path)
+}
+
+/// What was loaded and from where.
+pub struct Loaded {
+    pub model: Segmenter,
+    pub meta: CheckpointMeta,
+    pub path: PathBuf,
+    pub imported: bool,
+}
+
+/// Loads a famix checkpoint or a reference FAMix `.pth`. `output_stride` overrides
+/// the stored one (reference files do not record it; they default to 16).
+pub fn load(path: &Path, device: Device, output_stride: Option<OutputStride>) -> Result<Loaded> {
+    let wpath = weights_path(path);
+    let src = if wpath.exists() { wpath } else { path.to_path_buf() };
+    if !src.exists() {
+        bail!("checkpoint {} not found", path.display());
+    }
+    let sd = StateDict::load(&src)?;
+    if sd.format == Format::Safetensors && sd.metadata.contains_key(META_KEY) {
+        let meta: CheckpointMeta = serde_json::from_str(&sd.metadata[META_KEY])
+            .with_context(|| format!("{}: unreadable famix header", src.display()))?;
+        if meta.format != FORMAT {
+            bail!("{}: format {:?}, expected {FORMAT:?}", src.display(), meta.format);
+        }
+        if meta.format_version > FORMAT_VERSION {
+            bail!(
+                "{}: checkpoint format version {} is newer than this famix ({FORMAT_VERSION}); upgrade famix",
+                src.display(),
+                meta.format_version
+            );
+        }
+        let mut cfg = meta.model.clone();
+        if let Some(os) = output_stride {
+            cfg.output_stride = os;
+        }
+        let model = Segmenter::new(cfg, Device::Cpu).with_context(|| format!("{}", src.display()))?;
+        load_vars(&model.vs, "", &sd.tensors, "", &|_| false, &src, "segmenter described by its header")?;
+        let model = to_device(model, device);
+        return Ok(Loaded { model, meta, path: src, imported: false });
+    }
+    let (model, meta) = import_state(&sd, device, output_stride.unwrap_or(OutputStride::Os16))?;
+    Ok(Loaded { model, meta, path: src, imported: true })
+}
+
+fn to_device(mut model: Segmenter, device: Device) -> Segmenter {
+    model.vs.set_device(device);
+    model
+}
+
+/// A reference checkpoint's `model_state` (or a bare state dict with the same keys).
+pub fn import_state(sd: &StateDict, device: Device, os: OutputStride) -> Result<(Segmenter, CheckpointMeta)> {
+    let path = &sd.path;
+    if !sd.has_prefix("backbone.") || !sd.has_prefix("classifier.") {
+        let hint = if sd.has_prefix("visual.") { " (this is a CLIP checkpoint: use it with --clip)" } else { "" };
+        bail!("{}: not a segmenter checkpoint (no backbone.*/classifier.* weights){hint}", path.display());
+    }
+    let backbone = ResNetConfig::infer(&sd.tensors, "backbone.").with_context(|| format!("{}", path.display()))?;
+    let get = |k: &str| -> Result<Vec<i64>> {
+        sd.tensors.get(k).map(|t| t.size()).ok_or_else(|| anyhow!("{}: missing {k}", path.display()))
+    };
+    let num_classes = get("classifier.classifier.3.weight")?[0];
+    let head = HeadConfig {
+        num_classes,
+        aspp_channels: get("classifier.aspp.project.0.weight")?[0],
+        low_proj_channels: get("classifier.project.0.weight")?[0],
+        dropout: 0.1,
+    };
+    let cfg = SegmenterConfig {
+        backbone: ResNetConfig { output_dim: None, ..backbone },
+        head,
+        output_stride: os,
+        class_names: default_class_names(num_classes as usize),
+        palette: default_palette(num_classes as usize),
+        freeze: FreezePolicy::Synthetic,
+    };
+    let model = Segmenter::new(cfg.clone(), Device::Cpu)?;
+    load_vars(&model.vs, "", &sd.tensors, "", &|k| k.starts_with("backbone.attnpool."), path, "FAMix segmenter")?;
+    let mut meta = CheckpointMeta::new(&cfg);
+    if let Some(top) = &sd.top {
+        if let Some(it) = top.get("cur_itrs").and_then(|v| v.as_int()) {
+            meta.step = it.max(0) as u64;
+        }
+        meta.best_miou = top.get("best_score").and_then(|v| v.as_f64());
+    }
+    meta.source = serde_json::json!({"imported_from": path.display().to_string()});
+    Ok((to_device(model, device), meta))
+}

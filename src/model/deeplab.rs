@@ -1,0 +1,113 @@
+//! DeepLabv3+ head (SPEC §1): 48-channel low-level projection of layer1, ASPP on
+//! layer4 (1×1, three dilated 3×3, image pooling; 256 channels), fuse 304 → 256,
+//! classify. Names follow the reference (`classifier.aspp.convs.1.0.weight`, ...).
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+use crate::clip::OutputStride;
+use crate::nn::{BatchNorm2d, Conv2d};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadConfig {
+    pub num_classes: i64,
+    /// ASPP / decoder width (256 in the reference).
+    pub aspp_channels: i64,
+    /// Low-level projection width (48 in the reference).
+    pub low_proj_channels: i64,
+    /// Dropout after the ASPP projection (0.1 in the reference).
+    #[serde(default = "default_dropout")]
+    pub dropout: f64,
+}
+
+fn default_dropout() -> f64 {
+    0.1
+}
+
+impl HeadConfig {
+    pub fn reference(num_classes: i64) -> Self {
+        HeadConfig { num_classes, aspp_channels: 256, low_proj_channels: 48, dropout: 0.1 }
+    }
+}
+
+/// ASPP atrous rates for an output stride (the reference: 12/24/36 at OS8, else 6/12/18).
+pub fn aspp_rates(os: OutputStride) -> [i64; 3] {
+    match os {
+        OutputStride::Os8 => [12, 24, 36],
+        _ => [6, 12, 18],
+    }
+}
+
+#[derive(Debug)]
+struct ConvBn {
+    conv: Conv2d,
+    bn: BatchNorm2d,
+}
+
+impl ConvBn {
+    fn new(p: &nn::Path, conv_name: &str, bn_name: &str, cin: i64, cout: i64, k: i64) -> Self {
+        ConvBn {
+            conv: Conv2d::new_kaiming_normal(&(p / conv_name), cin, cout, k, false),
+            bn: BatchNorm2d::new(&(p / bn_name), cout),
+        }
+    }
+    fn forward(&self, x: &Tensor, padding: i64, dilation: i64, train: bool) -> Tensor {
+        self.bn.forward(&self.conv.forward(x, 1, padding, dilation), train).relu()
+    }
+}
+
+#[derive(Debug)]
+pub struct DeepLabHead {
+    project: ConvBn,
+    aspp_1x1: ConvBn,
+    aspp_dilated: [ConvBn; 3],
+    aspp_pool: ConvBn,
+    aspp_project: ConvBn,
+    fuse: ConvBn,
+    classify: Conv2d,
+    rates: [i64; 3],
+    pub config: HeadConfig,
+}
+
+impl DeepLabHead {
+    pub fn new(p: &nn::Path, low_channels: i64, high_channels: i64, c: &HeadConfig, os: OutputStride) -> Self {
+        let a = p / "aspp";
+        let convs = &a / "convs";
+        let ch = c.aspp_channels;
+        let clf = p / "classifier";
+        DeepLabHead {
+            project: ConvBn::new(&(p / "project"), "0", "1", low_channels, c.low_proj_channels, 1),
+            aspp_1x1: ConvBn::new(&(&convs / "0"), "0", "1", high_channels, ch, 1),
+            aspp_dilated: [1, 2, 3].map(|i| ConvBn::new(&(&convs / i), "0", "1", high_channels, ch, 3)),
+            aspp_pool: ConvBn::new(&(&convs / "4"), "1", "2", high_channels, ch, 1),
+            aspp_project: ConvBn::new(&(&a / "project"), "0", "1", 5 * ch, ch, 1),
+            fuse: ConvBn::new(&clf, "0", "1", ch + c.low_proj_channels, ch, 3),
+            classify: Conv2d::new_kaiming_normal(&(&clf / "3"), ch, c.num_classes, 1, true),
+            rates: aspp_rates(os),
+            config: c.clone(),
+        }
+    }
+
+    pub fn set_output_stride(&mut self, os: OutputStride) {
+        self.rates = aspp_rates(os);
+    }
+
+    /// Logits at the low-level (stride-4) resolution.
+    pub fn forward(&self, low: &Tensor, high: &Tensor, train: bool) -> Tensor {
+        let low = self.project.forward(low, 0, 1, train);
+        let (h, w) = (high.size()[2], high.size()[3]);
+        let mut branches = vec![self.aspp_1x1.forward(high, 0, 1, train)];
+        for (conv, &r) in self.aspp_dilated.iter().zip(&self.rates) {
+            branches.push(conv.forward(high, r, r, train));
+        }
+        let pooled = self.aspp_pool.forward(&high.adaptive_avg_pool2d([1, 1]), 0, 1, train);
+        branches.push(pooled.upsample_bilinear2d([h, w], false, None, None));
+        let mut x = self.aspp_project.forward(&Tensor::cat(&branches, 1), 0, 1, train);
+        if train && self.config.dropout > 0.0 {
+            x = x.dropout(self.config.dropout, true);
+        }
+        let x = x.upsample_bilinear2d([low.size()[2], low.size()[3]], false, None, None);
+        let x = self.fuse.forward(&Tensor::cat(&[low, x], 1), 1, 1, train);
+        self.classify.forward1(&x)
+    }
+}

@@ -1,0 +1,2 @@
+//! Training: optimiser, schedule and the FAMix training loop.
+pub mod sgd;

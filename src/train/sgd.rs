@@ -1,0 +1,83 @@
+//! SGD with momentum and weight decay, as `torch.optim.SGD` (dampening 0, no
+//! Nesterov), with its momentum buffers kept by parameter name so they can be saved
+//! and restored for exact resume.
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use tch::Tensor;
+
+pub struct Sgd {
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub buffers: HashMap<String, Tensor>,
+}
+
+impl Sgd {
+    pub fn new(momentum: f64, weight_decay: f64) -> Self {
+        Sgd { momentum, weight_decay, buffers: HashMap::new() }
+    }
+
+    /// One update of each group's parameters with that group's learning rate.
+    /// Parameters without a gradient are skipped, as PyTorch does.
+    pub fn step(&mut self, groups: &[(f64, &[(String, Tensor)])]) {
+        tch::no_grad(|| {
+            for (lr, params) in groups {
+                for (name, p) in params.iter() {
+                    let g = p.grad();
+                    if !g.defined() {
+                        continue;
+                    }
+                    let mut d = if self.weight_decay != 0.0 { g + p * self.weight_decay } else { g };
+                    if self.momentum != 0.0 {
+                        d = match self.buffers.get_mut(name) {
+                            Some(buf) => {
+                                let _ = buf.g_mul_scalar_(self.momentum);
+                                let _ = buf.g_add_(&d);
+                                buf.shallow_clone()
+                            }
+                            None => {
+                                let buf = d.detach().copy();
+                                self.buffers.insert(name.clone(), buf.shallow_clone());
+                                buf
+                            }
+                        };
+                    }
+                    let mut p = p.shallow_clone();
+                    let _ = p.g_sub_(&(d * *lr));
+                }
+            }
+        })
+    }
+
+    pub fn zero_grad(params: &[(String, Tensor)]) {
+        for (_, p) in params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.detach_();
+                let _ = g.zero_();
+            }
+        }
+    }
+
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> =
+            self.buffers.iter().map(|(k, t)| (format!("momentum.{k}"), t.shallow_clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, device: tch::Device) -> Result<()> {
+        self.buffers = tensors
+            .iter()
+            .filter_map(|(k, t)| k.strip_prefix("momentum.").map(|n| (n.to_string(), t.to_device(device))))
+            .collect();
+        Ok(())
+    }
+}
+
+/// Poly learning rate: lr·(1 − it/max_it)^power, never below `min_lr` (the reference's PolyLR).
+pub fn poly_lr(base: f64, it: u64, max_it: u64, power: f64, min_lr: f64) -> f64 {
+    let frac = 1.0 - it as f64 / max_it.max(1) as f64;
+    (base * frac.max(0.0).powf(power)).max(min_lr)
+}
