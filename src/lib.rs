@@ -10,6 +10,7 @@ pub mod cli;
 pub mod clip;
 pub mod data;
 pub mod device;
+pub mod eval;
 pub mod imageops;
 pub mod io;
 pub mod model;

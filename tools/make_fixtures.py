@@ -3,6 +3,9 @@
 Run with `make fixtures` (torch 2.11 venv + numpy/ftfy/regex/pillow/open_clip's
 tokenizer). Everything is seeded, so reruns give identical files.
 
+Image operations are checked against Pillow 10.4 (the version era the reference ran
+with; Pillow 13 changed the order of its two resampling passes).
+
 Models are tiny random-weight CLIP ResNets; the PyTorch side is tools/famix_ref.py,
 written from SPEC.md. Large checkpoints are stored gzip-compressed (famix reads .gz
 transparently); the text tower's 49408-row token embedding holds coarsely quantised
@@ -336,12 +339,115 @@ def segmenter_fixtures(clip_a):
     save_file({k: v.contiguous() for k, v in exp.items()}, f"{OUT}/expected_seg.safetensors")
 
 
+# ------------------------------------------------------------------ data
+from PIL import ImageEnhance  # noqa: E402
+
+JITTER_CASES = [((0.35, 1.6, 0.7), [2, 0, 1]), ((1.8, 0.2, 1.3), [0, 1, 2]), ((0.9, 1.1, 1.7), [1, 2, 0])]
+RESIZE_CASES = [(37, 29, "bicubic"), (150, 130, "bicubic"), (50, 40, "bilinear"), (200, 170, "bilinear"), (33, 71, "nearest")]
+PIL_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+
+
+def pil_jitter(img, factors, order):
+    ops = [lambda im: ImageEnhance.Brightness(im).enhance(factors[0]),
+           lambda im: ImageEnhance.Contrast(im).enhance(factors[1]),
+           lambda im: ImageEnhance.Color(im).enhance(factors[2])]
+    for k in order:
+        img = ops[k](img)
+    return img
+
+
+def mapillary_transform(img, lbl, size):
+    """The reference's ResizeHeight + CenterCropPad semantics (label pad value 0)."""
+    w, h = img.size
+    tw = int(w / h * size)
+    img, lbl = img.resize((tw, size), Image.BICUBIC), lbl.resize((tw, size), Image.NEAREST)
+    w, h = img.size
+    pad_x = size - w if w < size else 0
+    pad_y = size - h if h < size else 0
+    if pad_x or pad_y:
+        from PIL import ImageOps
+        img = ImageOps.expand(img, border=(pad_x, pad_y, pad_x, pad_y), fill=0)
+        lbl = ImageOps.expand(lbl, border=(pad_x, pad_y, pad_x, pad_y), fill=0)
+    x1 = int(round((w - size) / 2.))
+    y1 = int(round((h - size) / 2.))
+    return img.crop((x1, y1, x1 + size, y1 + size)), lbl.crop((x1, y1, x1 + size, y1 + size))
+
+
+CS_TABLE = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13,
+            27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+
+
+def confusion_metrics(pairs, k):
+    hist = np.zeros((k, k), dtype=np.int64)
+    for gt, pred in pairs:
+        m = (gt >= 0) & (gt < k)
+        hist += np.bincount(k * gt[m].astype(int) + pred[m], minlength=k * k).reshape(k, k)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iu = np.diag(hist) / (hist.sum(1) + hist.sum(0) - np.diag(hist))
+        acc_cls = np.diag(hist) / hist.sum(1)
+    return {"miou": float(np.nanmean(iu)), "overall_acc": float(np.diag(hist).sum() / hist.sum()),
+            "mean_acc": float(np.nanmean(acc_cls)), "per_class_iou": [None if np.isnan(v) else float(v) for v in iu]}
+
+
+def data_fixtures(clip_a):
+    img = Image.open(f"{OUT}/img_a.png").convert("RGB")
+    meta = {"jitter": [], "resize": []}
+    for i, (factors, order) in enumerate(JITTER_CASES):
+        pil_jitter(img, factors, order).save(f"{OUT}/jitter_{i}.png")
+        meta["jitter"].append({"factors": factors, "order": order, "file": f"jitter_{i}.png"})
+    for w, h, f in RESIZE_CASES:
+        name = f"resize_{f}_{w}x{h}.png"
+        img.resize((w, h), PIL_FILTERS[f]).save(f"{OUT}/{name}")
+        meta["resize"].append({"width": w, "height": h, "filter": f, "file": name})
+    # Mapillary-style transform on a landscape and a portrait image (size 64 for the test).
+    g = np.random.default_rng(5)
+    for name, (w, h) in {"land": (96, 80), "port": (40, 90)}.items():
+        im = test_image(w, h, 9)
+        lb = Image.fromarray(g.integers(0, 19, size=(h, w)).astype(np.uint8), "L")
+        im.save(f"{OUT}/map_{name}_img.png")
+        lb.save(f"{OUT}/map_{name}_lbl.png")
+        ti, tl = mapillary_transform(im, lb, 64)
+        ti.save(f"{OUT}/map_{name}_img_t.png")
+        tl.save(f"{OUT}/map_{name}_lbl_t.png")
+    json.dump(meta, open(f"{OUT}/transforms.json", "w"), indent=1)
+
+    # A mini Cityscapes val split, and the metrics the PyTorch twin gets on it.
+    seg = make_segmenter(clip_a).eval()
+    root = f"{OUT}/cityscapes_mini"
+    ids = list(range(0, 34))
+    results = {}
+    preds = {1.0: [], 0.5: [], "ens": []}
+    for k, city in enumerate(["aachen", "aachen", "bonn"]):
+        os.makedirs(f"{root}/leftImg8bit/val/{city}", exist_ok=True)
+        os.makedirs(f"{root}/gtFine/val/{city}", exist_ok=True)
+        stem = f"{city}_{k:06d}_000019"
+        im = test_image(64, 40, 20 + k)
+        im.save(f"{root}/leftImg8bit/val/{city}/{stem}_leftImg8bit.png")
+        # Blocky labels so a 5-class model gets a non-trivial confusion matrix.
+        lab = np.array(g.choice(ids, size=(5, 8)), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+        Image.fromarray(lab, "L").save(f"{root}/gtFine/val/{city}/{stem}_gtFine_labelIds.png")
+        gt = np.vectorize(lambda v: CS_TABLE.get(int(v), 255))(lab).astype(np.int64)
+        with torch.no_grad():
+            x = to_normalized(im)
+            base = seg(x)
+            small = F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=True)
+            lo = F.interpolate(seg(small), size=x.shape[-2:], mode="bilinear", align_corners=True)
+        preds[1.0].append((gt, base.argmax(1)[0].numpy()))
+        preds[0.5].append((gt, lo.argmax(1)[0].numpy()))
+        preds["ens"].append((gt, ((lo + base) / 2).argmax(1)[0].numpy()))
+    results["scale1"] = confusion_metrics(preds[1.0], SEG["num_classes"])
+    results["scale05"] = confusion_metrics(preds[0.5], SEG["num_classes"])
+    results["ensemble05"] = confusion_metrics(preds["ens"], SEG["num_classes"])
+    json.dump(results, open(f"{OUT}/cityscapes_mini_expected.json", "w"), indent=1)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     tok = open_clip_tokenizer()
     tokenizer_fixtures(tok)
     clip_a = clip_fixtures(tok)
     segmenter_fixtures(clip_a)
+    data_fixtures(clip_a)
     total = sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT))
     print(f"fixtures written to {OUT}: {total / 1e6:.2f} MB")
 

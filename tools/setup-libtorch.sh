@@ -36,7 +36,7 @@ fi
 
 # Tools that regenerate fixtures also need numpy/ftfy/regex; install only on request.
 if [ "${1:-}" = "--tools" ]; then
-    "$venv/bin/pip" install --quiet --disable-pip-version-check numpy ftfy regex safetensors pillow
+    "$venv/bin/pip" install --quiet --disable-pip-version-check numpy ftfy regex safetensors "pillow==10.4.0"
     "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps open_clip_torch
 fi
 

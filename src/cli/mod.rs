@@ -1,6 +1,7 @@
 //! The `famix` command line: one subcommand per job.
 
 mod clip_cmds;
+mod eval;
 mod predict;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +34,11 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Convert a reference FAMix .pth checkpoint into a famix checkpoint.
     ImportCheckpoint(predict::ImportArgs),
+    /// Evaluate a checkpoint on a dataset split (mIoU, per-class IoU, accuracy).
+    Eval(eval::EvalArgs),
+    /// Dataset utilities.
+    #[command(subcommand)]
+    Data(eval::DataCommand),
 }
 
 /// Runs the CLI; returns the process exit code. Errors print their whole cause chain.
@@ -46,6 +52,8 @@ pub fn main() -> i32 {
         Command::DownloadClip(a) => clip_cmds::download(a),
         Command::Predict(a) => predict::predict(a),
         Command::ImportCheckpoint(a) => predict::import(a),
+        Command::Eval(a) => eval::eval(a),
+        Command::Data(c) => eval::data(c),
     };
     match res {
         Ok(code) => code,

@@ -1,7 +1,11 @@
 //! Datasets, label conversion, augmentation and the threaded loader.
+pub mod augment;
+pub mod datasets;
 pub mod labels;
+pub mod loader;
 pub mod prefetch;
 
+pub use datasets::{Dataset, DatasetKind};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};

@@ -1,0 +1,101 @@
+//! Streaming confusion matrix and the reference's metrics (SPEC §5): pixels whose
+//! label is in [0, classes) count; IoU = TP / (TP + FP + FN) per class; mIoU and mean
+//! accuracy are NaN-means (classes absent from both ground truth and prediction are
+//! left out); overall accuracy = trace / total.
+
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+pub struct Confusion {
+    pub classes: usize,
+    /// (classes·classes) int64 on the device; row = ground truth, column = prediction.
+    counts: Tensor,
+}
+
+impl Confusion {
+    pub fn new(classes: usize, device: Device) -> Self {
+        Confusion { classes, counts: Tensor::zeros([(classes * classes) as i64], (Kind::Int64, device)) }
+    }
+
+    /// Adds a batch: `gt` and `pred` are integer tensors of the same shape.
+    pub fn add(&mut self, gt: &Tensor, pred: &Tensor) {
+        let k = self.classes as i64;
+        let gt = gt.to_device(self.counts.device()).to_kind(Kind::Int64).flatten(0, -1);
+        let pred = pred.to_device(self.counts.device()).to_kind(Kind::Int64).flatten(0, -1);
+        let valid = gt.lt(k).logical_and(&gt.ge(0));
+        let idx = (gt.masked_select(&valid) * k + pred.masked_select(&valid)).clamp(0, k * k - 1);
+        self.counts += idx.bincount::<Tensor>(None, k * k);
+    }
+
+    pub fn matrix(&self) -> Vec<u64> {
+        Vec::<i64>::try_from(self.counts.to_device(Device::Cpu)).unwrap().into_iter().map(|v| v as u64).collect()
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        Metrics::from_matrix(&self.matrix(), self.classes)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Metrics {
+    pub miou: f64,
+    pub overall_acc: f64,
+    pub mean_acc: f64,
+    /// None where the class is absent from both ground truth and prediction.
+    pub per_class_iou: Vec<Option<f64>>,
+    pub per_class_acc: Vec<Option<f64>>,
+    pub pixels: u64,
+}
+
+fn nanmean(v: &[Option<f64>]) -> f64 {
+    let vals: Vec<f64> = v.iter().flatten().copied().collect();
+    if vals.is_empty() {
+        f64::NAN
+    } else {
+        vals.iter().sum::<f64>() / vals.len() as f64
+    }
+}
+
+impl Metrics {
+    pub fn from_matrix(m: &[u64], k: usize) -> Metrics {
+        let row = |i: usize| (0..k).map(|j| m[i * k + j]).sum::<u64>();
+        let col = |j: usize| (0..k).map(|i| m[i * k + j]).sum::<u64>();
+        let total: u64 = m.iter().sum();
+        let diag: u64 = (0..k).map(|i| m[i * k + i]).sum();
+        let per_class_iou: Vec<Option<f64>> = (0..k)
+            .map(|i| {
+                let denom = row(i) + col(i) - m[i * k + i];
+                (denom > 0).then(|| m[i * k + i] as f64 / denom as f64)
+            })
+            .collect();
+        let per_class_acc: Vec<Option<f64>> =
+            (0..k).map(|i| (row(i) > 0).then(|| m[i * k + i] as f64 / row(i) as f64)).collect();
+        Metrics {
+            miou: nanmean(&per_class_iou),
+            overall_acc: if total > 0 { diag as f64 / total as f64 } else { f64::NAN },
+            mean_acc: nanmean(&per_class_acc),
+            per_class_iou,
+            per_class_acc,
+            pixels: total,
+        }
+    }
+
+    /// A per-class IoU table (percentages).
+    pub fn table(&self, names: &[String]) -> String {
+        let mut s = String::new();
+        let w = names.iter().map(|n| n.len()).max().unwrap_or(5).max(5);
+        s.push_str(&format!("{:<w$}  {:>7}  {:>7}\n", "class", "IoU %", "acc %"));
+        for (i, n) in names.iter().enumerate() {
+            let f = |v: Option<f64>| v.map(|x| format!("{:7.2}", x * 100.0)).unwrap_or_else(|| format!("{:>7}", "-"));
+            s.push_str(&format!("{n:<w$}  {}  {}\n", f(self.per_class_iou[i]), f(self.per_class_acc[i])));
+        }
+        s.push_str(&format!(
+            "{:<w$}  {:7.2}\nmean acc {:.2} %, overall acc {:.2} %\n",
+            "mIoU",
+            self.miou * 100.0,
+            self.mean_acc * 100.0,
+            self.overall_acc * 100.0
+        ));
+        s
+    }
+}
