@@ -327,3 +327,87 @@ def mix_styles(f1, classes, bank_mu, bank_sigma, picks, s, g, mix=True):
             mu_m, sd_m = mu_t, sd_t
         out.append(norm * sd_m + mu_m)
     return F.relu(join_patches(torch.stack(out), g))
+
+
+# ---------------------------------------------------------------- famix's RNG
+M64 = (1 << 64) - 1
+GOLDEN = 0x9E3779B97F4A7C15
+SHUFFLE, AUGMENT, STYLE_PROMPT, STYLE_PICK, MIX_BETA, TORCH_SEED = 1, 2, 3, 4, 5, 6
+
+
+def _mix(z):
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+class Rng:
+    """SplitMix64, the generator famix derives all its random streams from."""
+
+    def __init__(self, seed):
+        self.state = seed & M64
+
+    @staticmethod
+    def derive(seed, parts):
+        s = _mix((seed + GOLDEN) & M64)
+        for p in parts:
+            s = _mix(s ^ _mix((p + GOLDEN) & M64))
+        return Rng(s)
+
+    def next(self):
+        self.state = (self.state + GOLDEN) & M64
+        return _mix(self.state)
+
+    def uniform(self):
+        return (self.next() >> 11) * (1.0 / (1 << 53))
+
+    def uniform_range(self, lo, hi):
+        return lo + (hi - lo) * self.uniform()
+
+    def below(self, n):
+        return self.next() % n
+
+    def shuffle(self, v):
+        for i in range(len(v) - 1, 0, -1):
+            j = self.below(i + 1)
+            v[i], v[j] = v[j], v[i]
+
+
+# ---------------------------------------------------------------- mining (SPEC §3)
+def select_patches(dominant, grid):
+    """First patch of each distinct class; patches ordered grid-cell-major, then image."""
+    seen, out = set(), []
+    for cell in range(grid * grid):
+        for b, d in enumerate(dominant):
+            if d[cell] not in seen:
+                seen.add(d[cell])
+                out.append((cell * len(dominant) + b, b, cell, d[cell]))
+    return out
+
+
+def pin_mine(visual, f1, selections, targets, grid, iters, lr=1.0):
+    """Patch-wise PIN for one batch: returns mu, sigma (n, C) and the loss per iteration."""
+    _, _, h, w = f1.shape
+    ph, pw = h // grid, w // grid
+    patches = torch.stack([f1[b, :, (c // grid) * ph:(c // grid + 1) * ph, (c % grid) * pw:(c % grid + 1) * pw]
+                           for _, b, c, _ in selections]).detach()
+    mu0, sd0 = calc_mean_std(patches)
+    norm = (patches - mu0) / sd0
+    mu = torch.nn.Parameter(mu0.clone())
+    sd = torch.nn.Parameter(sd0.clone())
+    opt = torch.optim.SGD([mu, sd], lr=lr, momentum=0.9, weight_decay=1e-4)
+    res = visual.attnpool.positional_embedding.shape[0]
+    grid_side = int(round((res - 1) ** 0.5)) * 8  # layer1 size for the CLIP grid
+    losses = []
+    for _ in range(iters):
+        opt.zero_grad()
+        x = F.relu(norm * sd + mu)
+        x = F.adaptive_avg_pool2d(x, (grid_side, grid_side))
+        e = visual.attnpool(visual.high(x))
+        e = e / e.norm(dim=-1, keepdim=True).clone().detach()
+        loss = (1 - torch.cosine_similarity(targets, e, dim=1)).mean()
+        losses.append(loss.item())
+        loss.backward()
+        opt.step()
+    n, c = mu.shape[:2]
+    return mu.detach().view(n, c), sd.detach().view(n, c), losses

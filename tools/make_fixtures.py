@@ -441,6 +441,102 @@ def data_fixtures(clip_a):
     json.dump(results, open(f"{OUT}/cityscapes_mini_expected.json", "w"), indent=1)
 
 
+# ------------------------------------------------------------------ mining
+def write_palette_label(path, ids):
+    im = Image.fromarray(ids.astype(np.uint8), "P")
+    im.putpalette([v for i in range(256) for v in (i, 255 - i, (3 * i) % 256)])
+    im.save(path)
+
+
+def gta5_mini():
+    """8 GTA5-layout frames (96x80) with blocky Cityscapes-id labels (palette PNGs)."""
+    root = f"{OUT}/gta5_mini"
+    os.makedirs(f"{root}/images", exist_ok=True)
+    os.makedirs(f"{root}/labels", exist_ok=True)
+    g = np.random.default_rng(77)
+    ids = [0, 7, 8, 11, 21, 23, 26]
+    for i in range(8):
+        name = f"{i + 1:05d}.png"
+        test_image(96, 80, 40 + i).save(f"{root}/images/{name}")
+        lab = np.array(g.choice(ids, size=(5, 6)), dtype=np.uint8).repeat(16, 0).repeat(16, 1)
+        write_palette_label(f"{root}/labels/{name}", lab)
+    return root
+
+
+def class_embedding(m, tok, text):
+    e = m.encode_text(tokenize(tok, [tpl.format(text) for tpl in PROMPTS["templates"]])).mean(0)
+    return e / e.norm()
+
+
+def replay_mining(m, tok, root, batch, crop, iters, seed, grid=3):
+    """famix mine-styles, replayed with famix's RNG streams (tools/famix_ref.Rng)."""
+    names = sorted(os.listdir(f"{root}/images"))
+    n = len(names)
+    per_epoch = n // batch
+    perm = list(range(n))
+    R.Rng.derive(seed, [R.SHUFFLE, 0]).shuffle(perm)
+    v = m.visual
+    v.set_output_stride(32)
+    out = {"batches": []}
+    tensors = {}
+    for bi in range(per_epoch):
+        imgs, dom = [], []
+        for k in range(batch):
+            idx = perm[bi * batch + k]
+            im = Image.open(f"{root}/images/{names[idx]}").convert("RGB")
+            lab = np.asarray(Image.open(f"{root}/labels/{names[idx]}"))
+            lab = np.vectorize(lambda t: CS_TABLE.get(int(t), 255))(lab).astype(np.uint8)
+            r = R.Rng.derive(seed, [R.AUGMENT, 0, idx])
+            h, w = lab.shape
+            top = r.below(h - crop + 1) if h > crop else 0
+            left = r.below(w - crop + 1) if w > crop else 0
+            imgs.append(im.crop((left, top, left + crop, top + crop)))
+            lc = lab[top:top + crop, left:left + crop]
+            c = crop // grid
+            dom.append([R.dominant_class(torch.from_numpy(lc[i * c:(i + 1) * c, j * c:(j + 1) * c].astype(np.int64)))
+                        for i in range(grid) for j in range(grid)])
+        x = torch.cat([to_normalized(i) for i in imgs])
+        with torch.no_grad():
+            f1 = v.low(x)
+        sel = R.select_patches(dom, grid)
+        r = R.Rng.derive(seed, [R.STYLE_PROMPT, bi])
+        prompts = []
+        for _, _, _, cls in sel:
+            if cls == 255:
+                prompts.append(PROMPTS["ignore_class_prompt"])
+            else:
+                style = PROMPTS["random_styles"][r.below(len(PROMPTS["random_styles"]))]
+                prompts.append(f"{style} {PROMPTS['class_names'][cls]}")
+        with torch.no_grad():
+            targets = torch.stack([class_embedding(m, tok, p) for p in prompts])
+        mu, sd, losses = R.pin_mine(v, f1, sel, targets, grid, iters)
+        out["batches"].append({"classes": [s[3] for s in sel], "patches": [s[0] for s in sel], "prompts": prompts,
+                               "losses": losses, "dominant": dom})
+        tensors[f"batch{bi}.mu"] = mu
+        tensors[f"batch{bi}.sigma"] = sd
+    return out, tensors
+
+
+def mining_fixtures(tok):
+    m = make_clip(CLIP_A, 100)
+    root = gta5_mini()
+    meta, tensors = replay_mining(m, tok, root, batch=4, crop=72, iters=5, seed=1)
+    json.dump(meta, open(f"{OUT}/mining_expected.json", "w"), indent=1)
+    # The reference's saved_params.pkl layout: '<class>_mu' / '<class>_std' → lists of (C,1,1) tensors.
+    g = torch.Generator().manual_seed(5)
+    ref = {}
+    for c in PROMPTS["class_names"] + ["255"]:
+        k = 2 if c in ("road", "255", "traffic light") else 0
+        ref[f"{c}_mu"] = [torch.randn(16, 1, 1, generator=g) for _ in range(k)]
+        ref[f"{c}_std"] = [torch.rand(16, 1, 1, generator=g) + 0.5 for _ in range(k)]
+    with open(f"{OUT}/saved_params.pkl", "wb") as f:
+        pickle.dump(ref, f)
+    for c in ("road", "255", "traffic light"):
+        tensors[f"ref.{c}.mu"] = torch.stack(ref[f"{c}_mu"]).view(2, 16)
+        tensors[f"ref.{c}.sigma"] = torch.stack(ref[f"{c}_std"]).view(2, 16)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, f"{OUT}/mining_expected.safetensors")
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     tok = open_clip_tokenizer()
@@ -448,6 +544,7 @@ def main():
     clip_a = clip_fixtures(tok)
     segmenter_fixtures(clip_a)
     data_fixtures(clip_a)
+    mining_fixtures(tok)
     total = sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT))
     print(f"fixtures written to {OUT}: {total / 1e6:.2f} MB")
 

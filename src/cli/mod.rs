@@ -3,6 +3,7 @@
 mod clip_cmds;
 mod eval;
 mod predict;
+mod styles;
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +40,11 @@ enum Command {
     /// Dataset utilities.
     #[command(subcommand)]
     Data(eval::DataCommand),
+    /// Mine per-class styles from text prompts with CLIP (patch-wise PIN) into a style bank.
+    MineStyles(styles::MineArgs),
+    /// Inspect or import style banks.
+    #[command(subcommand)]
+    Styles(styles::StylesCommand),
 }
 
 /// Runs the CLI; returns the process exit code. Errors print their whole cause chain.
@@ -54,6 +60,8 @@ pub fn main() -> i32 {
         Command::ImportCheckpoint(a) => predict::import(a),
         Command::Eval(a) => eval::eval(a),
         Command::Data(c) => eval::data(c),
+        Command::MineStyles(a) => styles::mine_styles(a),
+        Command::Styles(c) => styles::styles(c),
     };
     match res {
         Ok(code) => code,

@@ -117,6 +117,11 @@ impl StorageCache {
     }
 }
 
+/// One pickled tensor as an f32 (for floats) CPU tensor.
+pub fn tensor_from_ref(r: &TensorRef) -> Result<Tensor> {
+    StorageCache::default().tensor(r)
+}
+
 fn to_f32_if_float(t: Tensor) -> Tensor {
     match t.kind() {
         Kind::Half | Kind::BFloat16 | Kind::Double => t.to_kind(Kind::Float),

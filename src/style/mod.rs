@@ -1,3 +1,5 @@
 //! Language-driven styles: prompts, mining (patch-wise PIN), the style bank and
 //! local style mixing.
+pub mod bank;
+pub mod mining;
 pub mod prompts;

@@ -79,7 +79,8 @@ impl PromptSet {
     /// fixed `description` (target-aware mining, PØDA-style).
     pub fn class_prompt(&self, class: u8, rng: &mut Rng, description: Option<&str>) -> Result<String> {
         if class == 255 {
-            return Ok(self.ignore_class_prompt.clone());
+            // Target-aware mining describes the whole target domain, ignore class included.
+            return Ok(description.map(str::to_string).unwrap_or_else(|| self.ignore_class_prompt.clone()));
         }
         let name = self
             .class_names

@@ -1,0 +1,284 @@
+//! The style bank: per class, the learnt (μ, σ) pairs of mined layer1 styles.
+//!
+//! Stored as safetensors (`<class>/mu`, `<class>/sigma`, each [n, C]; `<class>` is the
+//! class name, "255" for the ignore class) plus a JSON summary beside it (counts,
+//! prompts, CLIP checkpoint hash, seed, dataset, progress). Both are written
+//! atomically. The reference's `saved_params.pkl` can be imported.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::data::labels::{default_class_names, IGNORE};
+use crate::io::archive::{load_file, save_safetensors};
+
+pub const FORMAT: &str = "famix-style-bank";
+
+/// One mined style with where it came from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StyleOrigin {
+    pub batch: u64,
+    /// Patch index in the batch (grid-cell-major, then image).
+    pub patch: usize,
+    pub prompt: String,
+    pub final_loss: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct BankSummary {
+    pub format: String,
+    pub famix_version: String,
+    pub channels: usize,
+    pub counts: BTreeMap<String, usize>,
+    /// Mining settings and provenance (dataset, CLIP hash, seed, ...), for resume checks.
+    #[serde(default)]
+    pub config: serde_json::Value,
+    /// Batches mined so far / in total (resume continues from here).
+    #[serde(default)]
+    pub batches_done: u64,
+    #[serde(default)]
+    pub batches_total: u64,
+    /// Per class, where each entry came from (same order as the tensors).
+    #[serde(default)]
+    pub origins: BTreeMap<String, Vec<StyleOrigin>>,
+    /// Mean loss of each mined batch over its iterations' last value.
+    #[serde(default)]
+    pub batch_losses: Vec<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StyleBank {
+    pub channels: usize,
+    pub class_names: Vec<String>,
+    /// class id (0..K, 255 = ignore) → (μ rows, σ rows), each row `channels` long.
+    pub entries: BTreeMap<u8, (Vec<Vec<f32>>, Vec<Vec<f32>>)>,
+    pub summary: BankSummary,
+}
+
+pub fn sidecar(path: &Path) -> PathBuf {
+    path.with_extension("json")
+}
+
+impl StyleBank {
+    pub fn new(channels: usize, class_names: Vec<String>) -> Self {
+        StyleBank {
+            channels,
+            class_names,
+            entries: BTreeMap::new(),
+            summary: BankSummary {
+                format: FORMAT.into(),
+                famix_version: env!("CARGO_PKG_VERSION").into(),
+                channels,
+                ..Default::default()
+            },
+        }
+    }
+
+    pub fn key(&self, class: u8) -> String {
+        if class == IGNORE {
+            "255".into()
+        } else {
+            self.class_names.get(class as usize).cloned().unwrap_or_else(|| format!("class{class}"))
+        }
+    }
+
+    fn class_of(&self, key: &str) -> Option<u8> {
+        if key == "255" {
+            return Some(IGNORE);
+        }
+        self.class_names.iter().position(|n| n == key).map(|i| i as u8)
+    }
+
+    pub fn push(&mut self, class: u8, mu: Vec<f32>, sigma: Vec<f32>, origin: Option<StyleOrigin>) {
+        let e = self.entries.entry(class).or_default();
+        e.0.push(mu);
+        e.1.push(sigma);
+        if let Some(o) = origin {
+            let k = self.key(class);
+            self.summary.origins.entry(k).or_default().push(o);
+        }
+    }
+
+    pub fn count(&self, class: u8) -> usize {
+        self.entries.get(&class).map(|e| e.0.len()).unwrap_or(0)
+    }
+
+    pub fn total(&self) -> usize {
+        self.entries.values().map(|e| e.0.len()).sum()
+    }
+
+    fn refresh_counts(&mut self) {
+        self.summary.channels = self.channels;
+        self.summary.counts = self.entries.iter().map(|(c, e)| (self.key(*c), e.0.len())).collect();
+    }
+
+    pub fn save(&mut self, path: &Path) -> Result<()> {
+        self.refresh_counts();
+        let mut tensors = Vec::new();
+        for (c, (mu, sigma)) in &self.entries {
+            let key = self.key(*c);
+            let n = mu.len() as i64;
+            let flat = |rows: &Vec<Vec<f32>>| Tensor::from_slice(&rows.concat()).view([n, self.channels as i64]);
+            tensors.push((format!("{key}/mu"), flat(mu)));
+            tensors.push((format!("{key}/sigma"), flat(sigma)));
+        }
+        save_safetensors(path, &tensors, None)?;
+        crate::io::atomic_write_json(&sidecar(path), &self.summary)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            bail!("style bank {} not found", path.display());
+        }
+        let summary: BankSummary = match std::fs::read_to_string(sidecar(path)) {
+            Ok(s) => serde_json::from_str(&s).with_context(|| format!("{}: unreadable summary", sidecar(path).display()))?,
+            Err(_) => BankSummary::default(),
+        };
+        let f = load_file(path)?;
+        let mut bank = StyleBank::new(0, default_class_names(19));
+        bank.summary = summary;
+        for (name, t) in &f.tensors {
+            let Some((key, which)) = name.rsplit_once('/') else {
+                bail!("{}: unexpected tensor {name:?} (expected <class>/mu and <class>/sigma)", path.display());
+            };
+            let class = bank.class_of(key).ok_or_else(|| anyhow!("{}: unknown class {key:?}", path.display()))?;
+            let (n, c) = t.size2().with_context(|| format!("{}: {name} is not [n, C]", path.display()))?;
+            if bank.channels == 0 {
+                bank.channels = c as usize;
+            } else if bank.channels != c as usize {
+                bail!("{}: {name} has {c} channels, others {}", path.display(), bank.channels);
+            }
+            let rows: Vec<Vec<f32>> = (0..n).map(|i| Vec::<f32>::try_from(t.get(i).to_kind(Kind::Float)).unwrap()).collect();
+            let e = bank.entries.entry(class).or_default();
+            match which {
+                "mu" => e.0 = rows,
+                "sigma" => e.1 = rows,
+                _ => bail!("{}: unexpected tensor {name:?}", path.display()),
+            }
+        }
+        for (c, e) in &bank.entries {
+            if e.0.len() != e.1.len() {
+                bail!("{}: class {} has {} means but {} deviations", path.display(), bank.key(*c), e.0.len(), e.1.len());
+            }
+        }
+        bank.refresh_counts();
+        Ok(bank)
+    }
+
+    /// Imports the reference's `saved_params.pkl` (dict '<class>_mu' / '<class>_std' →
+    /// lists of (C,1,1) tensors).
+    pub fn import_reference(path: &Path) -> Result<Self> {
+        let bytes = crate::io::archive::read_bytes(path)?;
+        let top = crate::io::pickle::load_plain(&bytes).with_context(|| format!("{}: not a readable pickle", path.display()))?;
+        let items = top.dict_items().ok_or_else(|| anyhow!("{}: expected a dict of style lists", path.display()))?;
+        let mut bank = StyleBank::new(0, default_class_names(19));
+        for (k, v) in &items {
+            let (key, which) = if let Some(c) = k.strip_suffix("_mu") {
+                (c, 0)
+            } else if let Some(c) = k.strip_suffix("_std") {
+                (c, 1)
+            } else {
+                bail!("{}: unexpected key {k:?}", path.display());
+            };
+            let class = bank.class_of(key).ok_or_else(|| anyhow!("{}: unknown class {key:?}", path.display()))?;
+            let list = v.list_items().ok_or_else(|| anyhow!("{}: {k} is not a list", path.display()))?;
+            let mut rows = Vec::new();
+            for t in list {
+                let crate::io::pickle::Value::Tensor(r) = &t else {
+                    bail!("{}: {k} holds a {}", path.display(), t.type_name());
+                };
+                let lf = crate::io::archive::tensor_from_ref(r)?;
+                let row = Vec::<f32>::try_from(lf.to_kind(Kind::Float).flatten(0, -1))?;
+                if bank.channels == 0 {
+                    bank.channels = row.len();
+                } else if bank.channels != row.len() {
+                    bail!("{}: {k} has a {}-channel style, others {}", path.display(), row.len(), bank.channels);
+                }
+                rows.push(row);
+            }
+            let e = bank.entries.entry(class).or_default();
+            if which == 0 {
+                e.0 = rows;
+            } else {
+                e.1 = rows;
+            }
+        }
+        bank.entries.retain(|_, e| !e.0.is_empty() || !e.1.is_empty());
+        for (c, e) in &bank.entries {
+            if e.0.len() != e.1.len() {
+                bail!("{}: class {} has {} means but {} deviations", path.display(), bank.key(*c), e.0.len(), e.1.len());
+            }
+        }
+        bank.summary.config = serde_json::json!({"imported_from": path.display().to_string()});
+        bank.refresh_counts();
+        Ok(bank)
+    }
+
+    /// Device tensors for vectorised sampling: μ and σ of all entries stacked
+    /// (N, C), and per class (0..K, then ignore at K) the offset/count of its rows.
+    /// A class with no entries uses the ignore class's rows (SPEC §4).
+    pub fn device_tables(&self, num_classes: usize, device: Device) -> Result<BankTables> {
+        let ignore = self.count(IGNORE);
+        if self.total() == 0 {
+            bail!("the style bank is empty: mine styles first (famix mine-styles)");
+        }
+        let mut mus = Vec::new();
+        let mut sigmas = Vec::new();
+        let mut spans = Vec::new(); // (offset, count) per class slot
+        let mut ignore_span = (0usize, 0usize);
+        for slot in 0..=num_classes {
+            let class = if slot == num_classes { IGNORE } else { slot as u8 };
+            let off = mus.len() / self.channels.max(1);
+            if let Some((m, s)) = self.entries.get(&class) {
+                for (a, b) in m.iter().zip(s) {
+                    mus.extend_from_slice(a);
+                    sigmas.extend_from_slice(b);
+                }
+            }
+            let n = self.count(class);
+            spans.push((off, n));
+            if class == IGNORE {
+                ignore_span = (off, n);
+            }
+        }
+        let mut fallback = 0;
+        for span in spans.iter_mut() {
+            if span.1 == 0 {
+                if ignore == 0 {
+                    fallback += 1;
+                    continue;
+                }
+                *span = ignore_span;
+            }
+        }
+        let n = (mus.len() / self.channels) as i64;
+        let c = self.channels as i64;
+        Ok(BankTables {
+            mu: Tensor::from_slice(&mus).view([n, c]).to_device(device),
+            sigma: Tensor::from_slice(&sigmas).view([n, c]).to_device(device),
+            spans,
+            classes_without_styles: fallback,
+        })
+    }
+}
+
+pub struct BankTables {
+    pub mu: Tensor,
+    pub sigma: Tensor,
+    /// Per class slot (train ids 0..K, then the ignore class), (first row, rows).
+    pub spans: Vec<(usize, usize)>,
+    /// Classes with neither own styles nor ignore-class styles to fall back on.
+    pub classes_without_styles: usize,
+}
+
+impl BankTables {
+    /// Row to use for a patch of `class` given a uniform draw `u` in [0, 1).
+    pub fn pick(&self, class: u8, u: f64) -> Option<usize> {
+        let slot = if class == IGNORE || class as usize >= self.spans.len() - 1 { self.spans.len() - 1 } else { class as usize };
+        let (off, n) = self.spans[slot];
+        (n > 0).then(|| off + ((u * n as f64) as usize).min(n - 1))
+    }
+}
