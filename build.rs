@@ -9,6 +9,9 @@ fn main() {
         std::env::var("DEP_TCH_LIBTORCH_LIB")
             .expect("torch-sys did not export DEP_TCH_LIBTORCH_LIB (is libtorch installed? run `make setup`)"),
     );
+    // Resolve symlinks (the project's .venv links to a per-user cache) so the rpath
+    // stays valid wherever the checkout moves.
+    let lib = lib.canonicalize().unwrap_or(lib);
     println!("cargo:rerun-if-changed=csrc/shim.cpp");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rustc-link-arg=-Wl,--enable-new-dtags,-rpath,{}", lib.display());

@@ -21,3 +21,34 @@ bool famix_autocast_enabled(int device) {
 }
 
 }
+
+#include <c10/core/CachingDeviceAllocator.h>
+#include <cstdint>
+
+extern "C" {
+
+// Current and peak bytes allocated by PyTorch's CUDA caching allocator, and bytes
+// reserved. Uses c10's device-allocator registry, so no CUDA headers are needed.
+// Returns false when there is no CUDA allocator (CPU-only build or no GPU).
+bool famix_cuda_memory(int device, int64_t* allocated, int64_t* peak, int64_t* reserved) {
+    *allocated = *peak = *reserved = 0;
+    try {
+        auto* a = c10::getDeviceAllocator(c10::DeviceType::CUDA);
+        auto s = a->getDeviceStats(static_cast<c10::DeviceIndex>(device));
+        *allocated = s.allocated_bytes[0].current;
+        *peak = s.allocated_bytes[0].peak;
+        *reserved = s.reserved_bytes[0].current;
+        return true;
+    } catch (...) {
+        return false;
+    }
+}
+
+void famix_cuda_reset_peak(int device) {
+    try {
+        c10::getDeviceAllocator(c10::DeviceType::CUDA)->resetPeakStats(static_cast<c10::DeviceIndex>(device));
+    } catch (...) {
+    }
+}
+
+}

@@ -81,3 +81,25 @@ impl Drop for Autocast {
         }
     }
 }
+
+extern "C" {
+    fn famix_cuda_memory(device: i32, allocated: *mut i64, peak: *mut i64, reserved: *mut i64) -> bool;
+    fn famix_cuda_reset_peak(device: i32);
+}
+
+/// (allocated, peak allocated, reserved) MiB of PyTorch's CUDA allocator; None on CPU.
+pub fn cuda_memory_mb(d: Device) -> Option<(f64, f64, f64)> {
+    let Device::Cuda(i) = d else { return None };
+    let (mut a, mut p, mut r) = (0i64, 0i64, 0i64);
+    // SAFETY: the shim writes three integers and catches C++ exceptions.
+    let ok = unsafe { famix_cuda_memory(i as i32, &mut a, &mut p, &mut r) };
+    let mb = |v: i64| v as f64 / (1024.0 * 1024.0);
+    ok.then(|| (mb(a), mb(p), mb(r)))
+}
+
+pub fn cuda_reset_peak(d: Device) {
+    if let Device::Cuda(i) = d {
+        // SAFETY: as above.
+        unsafe { famix_cuda_reset_peak(i as i32) };
+    }
+}

@@ -537,6 +537,49 @@ def mining_fixtures(tok):
     save_file({k: v.contiguous() for k, v in tensors.items()}, f"{OUT}/mining_expected.safetensors")
 
 
+# ------------------------------------------------------------------ training step with mixing
+def mixing_fixtures(clip_a):
+    seg = make_segmenter(clip_a)
+    R.freeze_synthetic(seg)
+    R.set_train_modes(seg)
+    seg.classifier.aspp.project[3].p = 0.0
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(2, 3, 48, 48, generator=g)
+    y = torch.randint(0, SEG["num_classes"], (2, 48, 48), generator=g)
+    y[:, :16, :16] = 255
+    c = 16  # layer1 channels of the width-4 backbone
+    # A bank: 3 styles of class 0, 2 of class 3, 2 of the ignore class.
+    bank_mu = {0: torch.randn(3, c, generator=g) * 0.5, 3: torch.randn(2, c, generator=g) * 0.5, 255: torch.randn(2, c, generator=g) * 0.5}
+    bank_sd = {k: torch.rand(v.shape[0], c, generator=g) + 0.2 for k, v in bank_mu.items()}
+    dom = [[R.dominant_class(y[b, i * 16:(i + 1) * 16, j * 16:(j + 1) * 16]) for i in range(3) for j in range(3)] for b in range(2)]
+    # Empty classes use the ignore bank; picks are fixed numbers here.
+    classes = [[d if d in bank_mu else 255 for d in row] for row in dom]
+    picks = [[(b * 9 + k) % bank_mu[classes[b][k]].shape[0] for k in range(9)] for b in range(2)]
+    s = torch.distributions.Beta(0.1, 0.1).sample((2, c, 1, 1))
+    exp = {"x": x, "y": y, "s": s}
+    style_mu = torch.stack([torch.stack([bank_mu[classes[b][k]][picks[b][k]] for k in range(9)]) for b in range(2)])
+    style_sd = torch.stack([torch.stack([bank_sd[classes[b][k]][picks[b][k]] for k in range(9)]) for b in range(2)])
+    exp["style_mu"], exp["style_sigma"] = style_mu, style_sd
+    with torch.no_grad():
+        f1 = seg.backbone.low(x)
+        exp["restyled_mix"] = R.mix_styles(f1, classes, bank_mu, bank_sd, picks, s, 3, mix=True)
+        exp["restyled_nomix"] = R.mix_styles(f1, classes, bank_mu, bank_sd, picks, s, 3, mix=False)
+    params = [(n, p) for n, p in seg.named_parameters() if p.requires_grad]
+    opt = torch.optim.SGD([{"params": [p for n, p in params if n.startswith("backbone")], "lr": 0.01},
+                           {"params": [p for n, p in params if n.startswith("classifier")], "lr": 0.1}],
+                          lr=0.1, momentum=0.9, weight_decay=1e-4)
+    out = seg(x, restyle=lambda f: R.mix_styles(f, classes, bank_mu, bank_sd, picks, s, 3, mix=True))
+    loss = F.cross_entropy(out, y, ignore_index=255, label_smoothing=0.1)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    exp["loss"] = loss.detach().reshape(1)
+    for n, p in params:
+        exp[f"after.{n}"] = p.detach().clone()
+    save_file({k: v.contiguous() for k, v in exp.items()}, f"{OUT}/expected_mixing.safetensors")
+    json.dump({"dominant": dom}, open(f"{OUT}/expected_mixing.json", "w"))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     tok = open_clip_tokenizer()
@@ -545,6 +588,7 @@ def main():
     segmenter_fixtures(clip_a)
     data_fixtures(clip_a)
     mining_fixtures(tok)
+    mixing_fixtures(clip_a)
     total = sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT))
     print(f"fixtures written to {OUT}: {total / 1e6:.2f} MB")
 

@@ -1,9 +1,11 @@
 //! The `famix` command line: one subcommand per job.
 
 mod clip_cmds;
+mod demo;
 mod eval;
-mod predict;
+pub(crate) mod predict;
 mod styles;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -12,7 +14,9 @@ use clap::{Parser, Subcommand};
     name = "famix",
     version,
     about = "FAMix: language-guided domain-generalised semantic segmentation (CLIP ResNet + DeepLabv3+, libtorch)",
-    long_about = None
+    long_about = None,
+    // A flag given twice takes its last value (scripts can append overrides).
+    args_override_self = true
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -21,6 +25,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole method on a built-in synthetic dataset (a few minutes on a CPU).
+    Demo(demo::DemoArgs),
     /// Print CLIP image embeddings of images (one JSON line per image).
     EncodeImage(clip_cmds::EncodeImageArgs),
     /// Print CLIP text embeddings (one JSON line per text).
@@ -45,12 +51,15 @@ enum Command {
     /// Inspect or import style banks.
     #[command(subcommand)]
     Styles(styles::StylesCommand),
+    /// Train a segmenter with local style mixing (resumable).
+    Train(train::TrainArgs),
 }
 
 /// Runs the CLI; returns the process exit code. Errors print their whole cause chain.
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let res = match cli.command {
+        Command::Demo(a) => demo::demo(a),
         Command::EncodeImage(a) => clip_cmds::encode_image(a),
         Command::EncodeText(a) => clip_cmds::encode_text(a),
         Command::Tokenize(a) => clip_cmds::tokenize(a),
@@ -62,6 +71,7 @@ pub fn main() -> i32 {
         Command::Data(c) => eval::data(c),
         Command::MineStyles(a) => styles::mine_styles(a),
         Command::Styles(c) => styles::styles(c),
+        Command::Train(a) => train::train(a),
     };
     match res {
         Ok(code) => code,

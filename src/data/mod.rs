@@ -4,6 +4,7 @@ pub mod datasets;
 pub mod labels;
 pub mod loader;
 pub mod prefetch;
+pub mod synthetic;
 
 pub use datasets::{Dataset, DatasetKind};
 use std::path::{Path, PathBuf};

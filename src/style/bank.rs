@@ -244,17 +244,20 @@ impl StyleBank {
                 ignore_span = (off, n);
             }
         }
+        // An empty class uses the ignore class's styles (SPEC §4); where that is empty
+        // too (the reference would fail), it draws from the whole bank.
+        let n = (mus.len() / self.channels) as i64;
         let mut fallback = 0;
         for span in spans.iter_mut() {
             if span.1 == 0 {
                 if ignore == 0 {
                     fallback += 1;
-                    continue;
+                    *span = (0, n as usize);
+                } else {
+                    *span = ignore_span;
                 }
-                *span = ignore_span;
             }
         }
-        let n = (mus.len() / self.channels) as i64;
         let c = self.channels as i64;
         Ok(BankTables {
             mu: Tensor::from_slice(&mus).view([n, c]).to_device(device),
@@ -270,7 +273,7 @@ pub struct BankTables {
     pub sigma: Tensor,
     /// Per class slot (train ids 0..K, then the ignore class), (first row, rows).
     pub spans: Vec<(usize, usize)>,
-    /// Classes with neither own styles nor ignore-class styles to fall back on.
+    /// Classes with neither own styles nor ignore-class styles (they use the whole bank).
     pub classes_without_styles: usize,
 }
 

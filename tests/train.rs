@@ -1,0 +1,205 @@
+//! Local style mixing and one training iteration against the PyTorch twin (1e-4 after
+//! the SGD step), exact resume (N straight = N/2 + resume + N/2, bit for bit on CPU),
+//! run-folder contents, NaN handling, and `famix demo`.
+mod common;
+
+use common::*;
+use famix::model::checkpoint;
+use famix::model::FreezePolicy;
+use famix::style::mixing::{restyle, StyleMode};
+use famix::train::sgd::Sgd;
+use tch::{Device, Kind, Tensor};
+
+const TOL: f64 = 1e-4;
+
+#[test]
+fn restyle_matches_pytorch_mix_and_no_mix() {
+    let exp = load("expected_mixing.safetensors");
+    let m = checkpoint::load(&fixture("seg_a_ref.pth"), Device::Cpu, None).unwrap().model;
+    let f1 = tch::no_grad(|| m.backbone.forward_low(&exp["x"], false));
+    let mixed = restyle(&f1, &exp["style_mu"], &exp["style_sigma"], Some(&exp["s"]), 3);
+    assert_close("mixed features", &mixed, &exp["restyled_mix"], TOL);
+    let plain = restyle(&f1, &exp["style_mu"], &exp["style_sigma"], None, 3);
+    assert_close("unmixed features", &plain, &exp["restyled_nomix"], TOL);
+}
+
+#[test]
+fn training_iteration_with_mixing_matches_pytorch() {
+    let exp = load("expected_mixing.safetensors");
+    let mut m = checkpoint::load(&fixture("seg_a_ref.pth"), Device::Cpu, None).unwrap().model;
+    m.head.config.dropout = 0.0;
+    m.set_freeze(FreezePolicy::Synthetic);
+    let (bb, head) = m.param_groups();
+    let f = |x: &Tensor| restyle(x, &exp["style_mu"], &exp["style_sigma"], Some(&exp["s"]), 3);
+    let logits = m.forward(&exp["x"], true, Some(&f));
+    let loss = logits.cross_entropy_loss::<Tensor>(&exp["y"], None, tch::Reduction::Mean, 255, 0.1);
+    assert_close("loss", &loss.reshape([1]), &exp["loss"], TOL);
+    loss.backward();
+    Sgd::new(0.9, 1e-4).step(&[(0.01, &bb), (0.1, &head)]);
+    for (n, p) in bb.iter().chain(&head) {
+        assert_close(&format!("after {n}"), p, &exp[&format!("after.{n}")], TOL);
+    }
+}
+
+#[test]
+fn style_draws_use_the_class_bank_or_fall_back() {
+    use famix::style::bank::StyleBank;
+    let mut bank = StyleBank::new(2, famix::data::labels::default_class_names(19));
+    bank.push(0, vec![1.0, 1.0], vec![1.0, 1.0], None);
+    bank.push(0, vec![2.0, 2.0], vec![2.0, 2.0], None);
+    bank.push(255, vec![9.0, 9.0], vec![9.0, 9.0], None);
+    let t = bank.device_tables(19, Device::Cpu).unwrap();
+    assert_eq!(t.pick(0, 0.0), Some(0));
+    assert_eq!(t.pick(0, 0.99), Some(1));
+    assert_eq!(t.pick(5, 0.5), Some(2), "empty class → ignore-class style");
+    assert_eq!(t.pick(255, 0.1), Some(2));
+    let d = famix::style::mixing::draw(&t, &[vec![0, 5], vec![255, 0]], 2, StyleMode::Mix, 0.1, 1, 7, Device::Cpu).unwrap();
+    assert_eq!(d.s.as_ref().unwrap().size(), vec![2, 2, 1, 1]);
+    let s = Vec::<f32>::try_from(d.s.unwrap().flatten(0, -1)).unwrap();
+    assert!(s.iter().all(|v| (0.0..=1.0).contains(v)));
+    let rows = Vec::<i64>::try_from(d.rows).unwrap();
+    assert_eq!(rows[1], 2);
+    assert_eq!(rows[2], 2);
+    // Same (seed, step) → same draws; another step → other Beta samples.
+    let a = famix::style::mixing::draw(&t, &[vec![0]], 2, StyleMode::Mix, 0.1, 1, 3, Device::Cpu).unwrap();
+    let b = famix::style::mixing::draw(&t, &[vec![0]], 2, StyleMode::Mix, 0.1, 1, 3, Device::Cpu).unwrap();
+    let c = famix::style::mixing::draw(&t, &[vec![0]], 2, StyleMode::Mix, 0.1, 1, 4, Device::Cpu).unwrap();
+    assert_eq!(max_abs_diff(a.s.as_ref().unwrap(), b.s.as_ref().unwrap()), 0.0);
+    assert_ne!(max_abs_diff(a.s.as_ref().unwrap(), c.s.as_ref().unwrap()), 0.0);
+    assert!(StyleBank::new(2, vec![]).device_tables(19, Device::Cpu).is_err(), "an empty bank is an error");
+}
+
+fn train_args(run: &std::path::Path, bank: &std::path::Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "train", "--clip", fixture("clip_a_state.pt.gz").to_str().unwrap(), "--dataset", "gta5", "--data-root",
+        fixture("gta5_mini").to_str().unwrap(), "--split", "all", "--styles", bank.to_str().unwrap(), "--out",
+        run.to_str().unwrap(), "--iters", "8", "--batch", "2", "--crop", "48", "--val-dataset", "cityscapes",
+        "--val-root", fixture("cityscapes_mini").to_str().unwrap(), "--val-interval", "4", "--log-interval", "2",
+        "--device", "cpu", "--workers", "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn run(args: &[String]) -> (i32, String, String) {
+    run_famix(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+#[test]
+fn resume_is_exact_and_runs_are_complete() {
+    let d = tmpdir();
+    let bank = d.path().join("bank.safetensors");
+    let (code, _, err) = run_famix(&["styles", "import", fixture("saved_params.pkl").to_str().unwrap(), "--out", bank.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+
+    let straight = d.path().join("straight");
+    let (code, out, err) = run(&train_args(&straight, &bank, &[]));
+    assert_eq!(code, 0, "{err}");
+    let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(summary["steps"], 8);
+    for f in ["config.json", "train_log.jsonl", "latest.safetensors", "latest.json", "latest.optim.safetensors", "best.safetensors", "best.json"] {
+        assert!(straight.join(f).exists(), "{f} missing");
+    }
+    let log = std::fs::read_to_string(straight.join("train_log.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.iter().any(|l| l["iter"] == 2 && l["loss"].as_f64().unwrap().is_finite() && l["lr_head"].as_f64().is_some()));
+    assert_eq!(lines.iter().filter(|l| l.get("val_miou").is_some()).count(), 2);
+
+    let split = d.path().join("split");
+    let (code, _, err) = run(&train_args(&split, &bank, &["--stop-after", "4"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(checkpoint::load(&split.join("latest"), Device::Cpu, None).unwrap().meta.step, 4);
+    // An existing run is not overwritten by accident.
+    let (code, _, err) = run(&train_args(&split, &bank, &[]));
+    assert_ne!(code, 0);
+    assert!(err.contains("--resume"), "{err}");
+    let (code, _, err) = run_famix(&["train", "--resume", split.to_str().unwrap(), "--device", "cpu", "--workers", "3"]);
+    assert_eq!(code, 0, "{err}");
+
+    let a = checkpoint::load(&straight.join("latest"), Device::Cpu, None).unwrap();
+    let b = checkpoint::load(&split.join("latest"), Device::Cpu, None).unwrap();
+    assert_eq!((a.meta.step, b.meta.step), (8, 8));
+    let va = a.model.vs.variables();
+    for (n, t) in b.model.vs.variables() {
+        assert_eq!(max_abs_diff(&t, &va[&n]), 0.0, "{n} differs after resume");
+    }
+    let oa = famix::io::archive::load_file(&straight.join("latest.optim.safetensors")).unwrap().into_map();
+    let ob = famix::io::archive::load_file(&split.join("latest.optim.safetensors")).unwrap().into_map();
+    assert_eq!(oa.len(), ob.len());
+    for (n, t) in &oa {
+        assert_eq!(max_abs_diff(t, &ob[n]), 0.0, "momentum {n} differs after resume");
+    }
+    // Frozen backbone parts are still the CLIP weights.
+    let clip = famix::io::archive::load_file(&fixture("clip_a_state.pt.gz")).unwrap().into_map();
+    assert_eq!(max_abs_diff(&va["backbone.layer2.0.conv1.weight"], &clip["visual.layer2.0.conv1.weight"]), 0.0);
+    assert_ne!(max_abs_diff(&va["backbone.layer4.2.conv2.weight"], &clip["visual.layer4.2.conv2.weight"]), 0.0);
+    // Checkpoints from a run work with eval and predict as they are.
+    let (code, out, err) = run_famix(&[
+        "eval", "--checkpoint", straight.join("best.safetensors").to_str().unwrap(), "--dataset", "cityscapes",
+        "--data-root", fixture("cityscapes_mini").to_str().unwrap(), "--device", "cpu",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("mIoU"));
+    // Extending a finished run with --iters continues it.
+    let (code, _, err) = run_famix(&["train", "--resume", straight.to_str().unwrap(), "--iters", "10", "--device", "cpu"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(checkpoint::load(&straight.join("latest"), Device::Cpu, None).unwrap().meta.step, 10);
+}
+
+#[test]
+fn ablations_and_bad_settings() {
+    let d = tmpdir();
+    let bank = d.path().join("bank.safetensors");
+    assert_eq!(run_famix(&["styles", "import", fixture("saved_params.pkl").to_str().unwrap(), "--out", bank.to_str().unwrap()]).0, 0);
+    for flag in ["--no-mix", "--no-styles"] {
+        let r = d.path().join(flag.trim_start_matches('-'));
+        let (code, _, err) = run(&train_args(&r, &bank, &[flag, "--iters", "2", "--val-interval", "2"]));
+        assert_eq!(code, 0, "{flag}: {err}");
+        let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(r.join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["style_mode"], flag.trim_start_matches("--"));
+    }
+    // A diverging run stops with a clear message and leaves no corrupt checkpoint.
+    let r = d.path().join("nan");
+    let (code, _, err) = run(&train_args(&r, &bank, &["--lr", "1e30", "--iters", "6", "--log-interval", "1", "--val-interval", "100"]));
+    assert_ne!(code, 0);
+    assert!(err.contains("loss became"), "{err}");
+    assert!(!r.join("latest.safetensors").exists());
+    // Batch 1 cannot train batch norm; crops must fit the grid.
+    let (code, _, err) = run(&train_args(&d.path().join("b1"), &bank, &["--batch", "1"]));
+    assert_ne!(code, 0);
+    assert!(err.contains("at least 2"), "{err}");
+    let (code, _, err) = run(&train_args(&d.path().join("c"), &bank, &["--crop", "50"]));
+    assert_ne!(code, 0);
+    assert!(err.contains("divisible"), "{err}");
+    // Style channels must match the backbone.
+    let mut wrong = famix::style::bank::StyleBank::new(4, famix::data::labels::default_class_names(19));
+    wrong.push(0, vec![0.0; 4], vec![1.0; 4], None);
+    let wb = d.path().join("wrong.safetensors");
+    wrong.save(&wb).unwrap();
+    let (code, _, err) = run(&train_args(&d.path().join("w"), &wb, &[]));
+    assert_ne!(code, 0);
+    assert!(err.contains("channels"), "{err}");
+}
+
+#[test]
+fn demo_runs_end_to_end_and_learns() {
+    let d = tmpdir();
+    let out = d.path().join("demo");
+    let (code, stdout, err) = run_famix(&["demo", "--out", out.to_str().unwrap(), "--iters", "150", "--device", "cpu"]);
+    assert_eq!(code, 0, "{err}");
+    let row = |name: &str| -> (f64, f64) {
+        let l = stdout.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{stdout}"));
+        let v: Vec<f64> = l.split_whitespace().skip(1).map(|x| x.parse().unwrap()).collect();
+        (v[0], v[1])
+    };
+    let (_, target_before) = row("untrained");
+    let (source_after, target_after) = row("trained");
+    assert!(target_after > target_before + 1.0, "target mIoU {target_before} → {target_after}\n{stdout}");
+    assert!(source_after > 10.0, "{stdout}");
+    assert!(out.join("predictions/0000_color.png").exists());
+    assert!(out.join("run/best.safetensors").exists());
+    let _ = Kind::Float;
+}
