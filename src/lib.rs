@@ -6,6 +6,7 @@
 //! style mining, the style bank, local style mixing), [`data`] (datasets,
 //! augmentation, loader), [`train`], [`eval`], and [`cli`].
 
+pub mod bench;
 pub mod cli;
 pub mod clip;
 pub mod data;

@@ -300,10 +300,11 @@ fn mapillary_and_gta5_eval_transforms() {
 
 #[test]
 fn dominant_classes_per_cell() {
-    let mut l = Image8::new(6, 6, 1, 0);
-    for y in 0..6 {
-        for x in 0..6 {
-            l.data[y * 6 + x] = if x < 3 { 4 } else if y < 3 { 255 } else { 9 };
+    // Cells follow the stride-4 features: a 24x24 crop has 6x6 features.
+    let mut l = Image8::new(24, 24, 1, 0);
+    for y in 0..24 {
+        for x in 0..24 {
+            l.data[y * 24 + x] = if x < 12 { 4 } else if y < 12 { 255 } else { 9 };
         }
     }
     assert_eq!(dominant_classes(&l, 2), vec![4, 255, 4, 9]);

@@ -24,6 +24,27 @@ fn restyle_matches_pytorch_mix_and_no_mix() {
 }
 
 #[test]
+fn uneven_grids_restyle_each_cell_like_even_ones() {
+    // On a map the grid divides, the per-cell path equals the vectorised one; on one it
+    // does not, every cell is normalised to the style it was given.
+    let f1 = Tensor::randn([2, 4, 12, 12], (Kind::Float, Device::Cpu)).abs();
+    let mu = Tensor::randn([2, 9, 4], (Kind::Float, Device::Cpu));
+    let sigma = Tensor::rand([2, 9, 4], (Kind::Float, Device::Cpu)) + 0.5;
+    let s = Tensor::rand([2, 4, 1, 1], (Kind::Float, Device::Cpu));
+    let even = restyle(&f1, &mu, &sigma, Some(&s), 3);
+    let f1_13 = Tensor::cat(&[f1.shallow_clone(), f1.narrow(3, 0, 1)], 3);
+    let uneven = restyle(&f1_13, &mu, &sigma, Some(&s), 3);
+    assert_eq!(uneven.size(), vec![2, 4, 12, 13]);
+    // Columns 0..8 belong to the same cells in both layouts.
+    assert_close("first two cell columns", &uneven.narrow(3, 0, 8), &even.narrow(3, 0, 8), 1e-6);
+    // Unmixed, a cell's output (before ReLU) has exactly the style's mean: check via a positive style.
+    let plain = restyle(&f1_13, &(mu.abs() + 5.0), &(sigma * 0.1), None, 3);
+    let cell = plain.narrow(2, 8, 4).narrow(3, 8, 5);
+    let want = (mu.abs() + 5.0).select(1, 8);
+    assert_close("last cell mean", &cell.mean_dim([2i64, 3].as_slice(), false, Kind::Float), &want, 1e-4);
+}
+
+#[test]
 fn training_iteration_with_mixing_matches_pytorch() {
     let exp = load("expected_mixing.safetensors");
     let mut m = checkpoint::load(&fixture("seg_a_ref.pth"), Device::Cpu, None).unwrap().model;
@@ -173,7 +194,7 @@ fn ablations_and_bad_settings() {
     assert!(err.contains("at least 2"), "{err}");
     let (code, _, err) = run(&train_args(&d.path().join("c"), &bank, &["--crop", "50"]));
     assert_ne!(code, 0);
-    assert!(err.contains("divisible"), "{err}");
+    assert!(err.contains("divisible by 4"), "{err}");
     // Style channels must match the backbone.
     let mut wrong = famix::style::bank::StyleBank::new(4, famix::data::labels::default_class_names(19));
     wrong.push(0, vec![0.0; 4], vec![1.0; 4], None);

@@ -34,6 +34,7 @@ pub struct DemoArgs {
     /// Mining batches
     #[arg(long, default_value_t = 6)]
     mine_batches: u64,
+    /// Seed for data, weights and training
     #[arg(long, default_value_t = 1)]
     seed: u64,
     #[arg(long, default_value = "auto", help = super::DEVICE_HELP)]

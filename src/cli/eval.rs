@@ -21,11 +21,13 @@ pub struct EvalArgs {
     /// famix checkpoint or reference FAMix .pth
     #[arg(long)]
     checkpoint: PathBuf,
+    /// Dataset to evaluate on
     #[arg(long, value_enum)]
     dataset: DatasetKind,
     /// Dataset root folder (official layout; see the README)
     #[arg(long)]
     data_root: PathBuf,
+    /// Split to evaluate
     #[arg(long, default_value = "val")]
     split: String,
     /// ACDC condition: night, snow, rain or fog
@@ -101,8 +103,10 @@ pub enum DataCommand {
 
 #[derive(Args)]
 pub struct CheckArgs {
+    /// Dataset to check
     #[arg(long, value_enum)]
     dataset: DatasetKind,
+    /// Dataset root folder (official layout; see the README)
     #[arg(long)]
     data_root: PathBuf,
     /// Splits to check (default: train and val)

@@ -1,5 +1,6 @@
 //! The `famix` command line: one subcommand per job.
 
+mod bench;
 mod clip_cmds;
 mod demo;
 mod eval;
@@ -53,6 +54,8 @@ enum Command {
     Styles(styles::StylesCommand),
     /// Train a segmenter with local style mixing (resumable).
     Train(train::TrainArgs),
+    /// Time training, inference, style mining and data loading (JSON with --json).
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the CLI; returns the process exit code. Errors print their whole cause chain.
@@ -72,6 +75,7 @@ pub fn main() -> i32 {
         Command::MineStyles(a) => styles::mine_styles(a),
         Command::Styles(c) => styles::styles(c),
         Command::Train(a) => train::train(a),
+        Command::Bench(a) => bench::bench(a),
     };
     match res {
         Ok(code) => code,

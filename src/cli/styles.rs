@@ -23,8 +23,10 @@ pub struct MineArgs {
     /// Source dataset
     #[arg(long, value_enum)]
     dataset: DatasetKind,
+    /// Source dataset root folder
     #[arg(long)]
     data_root: PathBuf,
+    /// Split to mine from
     #[arg(long, default_value = "train")]
     split: String,
     /// ACDC condition (night, snow, rain, fog)
@@ -42,11 +44,13 @@ pub struct MineArgs {
     /// PIN iterations per batch
     #[arg(long, default_value_t = 100)]
     iters: usize,
+    /// PIN learning rate (SGD, momentum 0.9, weight decay 1e-4)
     #[arg(long, default_value_t = 1.0)]
     lr: f64,
     /// Patches per side
     #[arg(long, default_value_t = 3)]
     grid: usize,
+    /// Seed for data order, crops and style choice
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Mine only the first N batches

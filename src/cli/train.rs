@@ -23,10 +23,13 @@ pub struct TrainArgs {
     /// Source dataset
     #[arg(long, value_enum, required_unless_present = "resume")]
     dataset: Option<DatasetKind>,
+    /// Source dataset root folder
     #[arg(long, required_unless_present = "resume")]
     data_root: Option<PathBuf>,
+    /// Source split
     #[arg(long, default_value = "train")]
     split: String,
+    /// ACDC condition, when training on ACDC
     #[arg(long)]
     condition: Option<String>,
     /// Style bank from `famix mine-styles`
@@ -41,26 +44,34 @@ pub struct TrainArgs {
     /// Total iterations (with --resume: extends the run)
     #[arg(long)]
     iters: Option<u64>,
+    /// Images per iteration
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// Random crop size (divisible by 4)
     #[arg(long, default_value_t = 768)]
     crop: usize,
     /// Head learning rate (the backbone uses lr × --backbone-lr-mult)
     #[arg(long, default_value_t = 0.1)]
     lr: f64,
+    /// Backbone learning rate = lr × this
     #[arg(long, default_value_t = 0.1)]
     backbone_lr_mult: f64,
+    /// SGD momentum
     #[arg(long, default_value_t = 0.9)]
     momentum: f64,
+    /// SGD weight decay
     #[arg(long, default_value_t = 1e-4)]
     weight_decay: f64,
     /// Poly schedule power (lr·(1 − it/max)^power, floor --min-lr)
     #[arg(long, default_value_t = 0.9)]
     poly_power: f64,
+    /// Lower bound of the poly schedule
     #[arg(long, default_value_t = 1e-6)]
     min_lr: f64,
+    /// Label smoothing of the cross-entropy
     #[arg(long, default_value_t = 0.1)]
     label_smoothing: f64,
+    /// Backbone output stride: 8, 16 or 32
     #[arg(long, default_value_t = 16)]
     output_stride: i64,
     /// What trains: synthetic (layer4's last block + head; default for GTA5/Synthia), layer4 (default for Cityscapes), none (everything)
@@ -81,15 +92,19 @@ pub struct TrainArgs {
     /// Disable colour jitter and flips
     #[arg(long)]
     no_augment: bool,
+    /// Number of classes (19: the Cityscapes train ids)
     #[arg(long, default_value_t = 19)]
     num_classes: i64,
     /// Validation dataset (e.g. cityscapes) — enables best.* checkpoints
     #[arg(long, value_enum)]
     val_dataset: Option<DatasetKind>,
+    /// Validation dataset root folder
     #[arg(long)]
     val_root: Option<PathBuf>,
+    /// Validation split
     #[arg(long, default_value = "val")]
     val_split: String,
+    /// Validation ACDC condition
     #[arg(long)]
     val_condition: Option<String>,
     /// Validate on the first N images only
@@ -101,6 +116,7 @@ pub struct TrainArgs {
     /// Log every N iterations
     #[arg(long, default_value_t = 10)]
     log_interval: u64,
+    /// Seed of every random choice (data order, augmentation, styles, dropout, head init)
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Mixed precision: bf16 autocast (default fp32, as the reference)

@@ -166,16 +166,25 @@ pub fn eval_transform(img: Image8, lbl: Image8, t: EvalTransform) -> (Image8, Im
     }
 }
 
+/// The grid cells along one axis of `size` pixels, as (start, length): cells follow the
+/// stride-4 feature map (`unit` = 4 for images/labels, 1 for features); all cells are
+/// equal when the feature size divides by the grid, else the last takes the remainder.
+pub fn cell_bounds(size: usize, grid: usize, unit: usize) -> Vec<(usize, usize)> {
+    let q = (size / unit) / grid * unit;
+    (0..grid).map(|i| if i + 1 < grid { (i * q, q) } else { (i * q, size - i * q) }).collect()
+}
+
 /// Dominant class of each grid cell (row-major): the mode, ties → smallest id, 255
-/// counts as a class.
+/// counts as a class. Cells are those of the stride-4 features (see `cell_bounds`).
 pub fn dominant_classes(lbl: &Image8, grid: usize) -> Vec<u8> {
-    let (ph, pw) = (lbl.height / grid, lbl.width / grid);
+    let rows = cell_bounds(lbl.height, grid, 4);
+    let cols = cell_bounds(lbl.width, grid, 4);
     let mut out = Vec::with_capacity(grid * grid);
-    for gy in 0..grid {
-        for gx in 0..grid {
+    for &(y0, ph) in &rows {
+        for &(x0, pw) in &cols {
             let mut counts = [0u32; 256];
-            for y in gy * ph..(gy + 1) * ph {
-                for &v in &lbl.data[y * lbl.width + gx * pw..y * lbl.width + (gx + 1) * pw] {
+            for y in y0..y0 + ph {
+                for &v in &lbl.data[y * lbl.width + x0..y * lbl.width + x0 + pw] {
                     counts[v as usize] += 1;
                 }
             }
@@ -196,13 +205,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cells_follow_the_feature_grid() {
+        assert_eq!(cell_bounds(768, 3, 4), vec![(0, 256), (256, 256), (512, 256)]);
+        assert_eq!(cell_bounds(512, 3, 4), vec![(0, 168), (168, 168), (336, 176)]);
+        assert_eq!(cell_bounds(128, 3, 1), vec![(0, 42), (42, 42), (84, 44)]);
+    }
+
+    #[test]
     fn dominant_class_ties_go_to_smallest_and_ignore_counts() {
-        let mut l = Image8::new(4, 4, 1, 255);
-        // cell (0,0): two 3s and two 1s → 1; cell (0,1): all 255 → 255.
-        l.data[0] = 3;
-        l.data[1] = 3;
-        l.data[4] = 1;
-        l.data[5] = 1;
+        let mut l = Image8::new(8, 8, 1, 255);
+        // cell (0,0) is 4x4: eight 3s and eight 1s → 1; the others all 255.
+        for y in 0..4 {
+            for x in 0..4 {
+                l.data[y * 8 + x] = if y < 2 { 3 } else { 1 };
+            }
+        }
         let d = dominant_classes(&l, 2);
         assert_eq!(d, vec![1, 255, 255, 255]);
     }

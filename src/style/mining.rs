@@ -261,7 +261,6 @@ pub fn mine(
         return Ok(bank);
     }
     let mut embedder = PromptEmbedder::new(clip, prompts.templates.clone())?;
-    let device = clip.device();
     let loader = BatchLoader::new(
         ds.clone(),
         LoaderConfig {
@@ -288,32 +287,18 @@ pub fn mine(
                 None => break,
             }
         }
-        let mut problems = Vec::with_capacity(group.len());
-        let mut meta = Vec::with_capacity(group.len());
-        for (k, b) in group.iter().enumerate() {
-            let bi = batch_index + k as u64;
-            let x = normalize_u8(&b.images, device);
-            let f1 = tch::no_grad(|| clip.visual.forward_low(&x, false));
-            let sel = select_patches(&b.dominant, pin.grid);
-            let mut rng = Rng::derive(s.seed, &[stream::STYLE_PROMPT, bi]);
-            let texts: Vec<String> =
-                sel.iter().map(|p| prompts.class_prompt(p.class, &mut rng, s.description.as_deref())).collect::<Result<_>>()?;
-            let targets = Tensor::stack(&texts.iter().map(|t| embedder.embed(t)).collect::<Result<Vec<_>>>()?, 0);
-            problems.push(PinProblem { patches: gather_patches(&f1, &sel, pin.grid), targets });
-            meta.push((bi, sel, texts));
-        }
-        let results = optimise(&clip.visual, &problems, pin)?;
-        for ((bi, sel, texts), r) in meta.into_iter().zip(results) {
-            let mu = r.mu.to_device(tch::Device::Cpu);
-            let sigma = r.sigma.to_device(tch::Device::Cpu);
-            let last = *r.losses.last().unwrap_or(&f64::NAN);
-            for (i, (p, t)) in sel.iter().zip(texts).enumerate() {
-                let m = Vec::<f32>::try_from(mu.get(i as i64))?;
-                let sg = Vec::<f32>::try_from(sigma.get(i as i64))?;
-                bank.push(p.class, m, sg, Some(StyleOrigin { batch: bi, patch: p.patch, prompt: t, final_loss: last }));
+        let mined = mine_batches(clip, &mut embedder, prompts, pin, s.seed, s.description.as_deref(), batch_index, &group)?;
+        for m in mined {
+            let mu = m.result.mu.to_device(tch::Device::Cpu);
+            let sigma = m.result.sigma.to_device(tch::Device::Cpu);
+            let last = *m.result.losses.last().unwrap_or(&f64::NAN);
+            for (i, (p, t)) in m.selections.iter().zip(m.prompts).enumerate() {
+                let mv = Vec::<f32>::try_from(mu.get(i as i64))?;
+                let sv = Vec::<f32>::try_from(sigma.get(i as i64))?;
+                bank.push(p.class, mv, sv, Some(StyleOrigin { batch: m.index, patch: p.patch, prompt: t, final_loss: last }));
             }
             bank.summary.batch_losses.push(last);
-            bank.summary.batches_done = bi + 1;
+            bank.summary.batches_done = m.index + 1;
             bar.set_prefix(format!("{} styles, loss {last:.4}", bank.total()));
             bar.inc(1);
         }
@@ -327,4 +312,48 @@ pub fn mine(
     bank.save(out)?;
     bar.finish_and_clear();
     Ok(bank)
+}
+
+/// One mined batch: its selections, prompts and PIN result.
+pub struct MinedBatch {
+    pub index: u64,
+    pub selections: Vec<Selection>,
+    pub prompts: Vec<String>,
+    pub result: PinResult,
+}
+
+/// Mines a group of loaded batches (indices `first`, `first + 1`, ...) in one launch:
+/// layer1 features, patch selection, prompts (seeded per batch index), text targets,
+/// PIN. Shared by `mine` and `famix bench`.
+#[allow(clippy::too_many_arguments)]
+pub fn mine_batches(
+    clip: &Clip,
+    embedder: &mut PromptEmbedder,
+    prompts: &PromptSet,
+    pin: &PinConfig,
+    seed: u64,
+    description: Option<&str>,
+    first: u64,
+    batches: &[crate::data::loader::Batch],
+) -> Result<Vec<MinedBatch>> {
+    let device = clip.device();
+    let mut problems = Vec::with_capacity(batches.len());
+    let mut meta = Vec::with_capacity(batches.len());
+    for (k, b) in batches.iter().enumerate() {
+        let bi = first + k as u64;
+        let x = normalize_u8(&b.images, device);
+        let f1 = tch::no_grad(|| clip.visual.forward_low(&x, false));
+        let sel = select_patches(&b.dominant, pin.grid);
+        let mut rng = Rng::derive(seed, &[stream::STYLE_PROMPT, bi]);
+        let texts: Vec<String> = sel.iter().map(|p| prompts.class_prompt(p.class, &mut rng, description)).collect::<Result<_>>()?;
+        let targets = Tensor::stack(&texts.iter().map(|t| embedder.embed(t)).collect::<Result<Vec<_>>>()?, 0);
+        problems.push(PinProblem { patches: gather_patches(&f1, &sel, pin.grid), targets });
+        meta.push((bi, sel, texts));
+    }
+    let results = optimise(&clip.visual, &problems, pin)?;
+    Ok(meta
+        .into_iter()
+        .zip(results)
+        .map(|((index, selections, prompts), result)| MinedBatch { index, selections, prompts, result })
+        .collect())
 }

@@ -74,6 +74,9 @@ pub fn draw(
 pub fn restyle(f1: &Tensor, style_mu: &Tensor, style_sigma: &Tensor, s: Option<&Tensor>, grid: usize) -> Tensor {
     let (b, c, h, w) = f1.size4().unwrap();
     let g = grid as i64;
+    if h % g != 0 || w % g != 0 {
+        return restyle_uneven(f1, style_mu, style_sigma, s, grid);
+    }
     let (ph, pw) = (h / g, w / g);
     let x = f1.view([b, c, g, ph, g, pw]);
     let mean = x.mean_dim([3i64, 5].as_slice(), true, Kind::Float);
@@ -91,6 +94,38 @@ pub fn restyle(f1: &Tensor, style_mu: &Tensor, style_sigma: &Tensor, s: Option<&
         None => (mu_t, sd_t),
     };
     (norm * sd_m + mu_m).relu().view([b, c, h, w])
+}
+
+/// The same for feature maps the grid does not divide (the last row/column of cells
+/// takes the remainder): one cell at a time, still batched over images.
+fn restyle_uneven(f1: &Tensor, style_mu: &Tensor, style_sigma: &Tensor, s: Option<&Tensor>, grid: usize) -> Tensor {
+    let (b, c, h, w) = f1.size4().unwrap();
+    let rows = crate::data::augment::cell_bounds(h as usize, grid, 1);
+    let cols = crate::data::augment::cell_bounds(w as usize, grid, 1);
+    let mut out_rows = Vec::with_capacity(grid);
+    for (gy, &(y0, ph)) in rows.iter().enumerate() {
+        let band = f1.narrow(2, y0 as i64, ph as i64);
+        let mut cells = Vec::with_capacity(grid);
+        for (gx, &(x0, pw)) in cols.iter().enumerate() {
+            let x = band.narrow(3, x0 as i64, pw as i64);
+            let mean = x.mean_dim([2i64, 3].as_slice(), true, Kind::Float);
+            let std = (x.var_dim([2i64, 3].as_slice(), true, true) + 1e-5).sqrt();
+            let norm = (&x - &mean) / &std;
+            let k = (gy * grid + gx) as i64;
+            let mu_t = style_mu.select(1, k).view([b, c, 1, 1]);
+            let sd_t = style_sigma.select(1, k).view([b, c, 1, 1]);
+            let (mu_m, sd_m) = match s {
+                Some(s) => {
+                    let one_minus = s.neg() + 1.0;
+                    (s * &mean + &one_minus * &mu_t, s * &std + &one_minus * &sd_t)
+                }
+                None => (mu_t, sd_t),
+            };
+            cells.push((norm * sd_m + mu_m).relu());
+        }
+        out_rows.push(Tensor::cat(&cells, 3));
+    }
+    Tensor::cat(&out_rows, 2)
 }
 
 /// `restyle` with the draw's bank rows looked up in `tables`.

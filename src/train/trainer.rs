@@ -21,7 +21,7 @@ use crate::clip::preprocess::normalize_u8;
 use crate::clip::weights::{load_vars, StateDict};
 use crate::clip::{OutputStride, ResNetConfig};
 use crate::data::augment::TrainAugment;
-use crate::data::loader::{BatchLoader, LoaderConfig};
+use crate::data::loader::{Batch, BatchLoader, LoaderConfig};
 use crate::data::{Dataset, DatasetKind};
 use crate::eval::{evaluate, EvalOptions};
 use crate::model::checkpoint::{self, CheckpointMeta};
@@ -169,6 +169,80 @@ impl Log {
     }
 }
 
+/// One training iteration's computation (shared by `train` and `famix bench`):
+/// normalise on the device, draw styles, forward with mixing, loss, backward, SGD.
+pub struct Stepper<'a> {
+    pub model: &'a Segmenter,
+    pub sgd: Sgd,
+    bb: Vec<(String, Tensor)>,
+    head: Vec<(String, Tensor)>,
+    all: Vec<(String, Tensor)>,
+    pub tables: Option<BankTables>,
+    cfg: &'a TrainConfig,
+}
+
+impl<'a> Stepper<'a> {
+    pub fn new(model: &'a Segmenter, cfg: &'a TrainConfig, tables: Option<BankTables>, sgd: Sgd) -> Self {
+        let (bb, head) = model.param_groups();
+        let all = bb.iter().chain(&head).map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+        Stepper { model, sgd, bb, head, all, tables, cfg }
+    }
+
+    /// (head, backbone) learning rates of iteration `step`.
+    pub fn learning_rates(&self, step: u64) -> (f64, f64) {
+        let c = self.cfg;
+        (poly_lr(c.lr, step, c.iters, c.poly_power, c.min_lr), poly_lr(c.lr * c.backbone_lr_mult, step, c.iters, c.poly_power, c.min_lr))
+    }
+
+    /// Runs iteration `step` (0-based) on a batch; returns the loss (on the device).
+    pub fn step(&mut self, batch: &Batch, step: u64) -> Result<Tensor> {
+        let cfg = self.cfg;
+        let device = self.model.device();
+        tch::manual_seed((Rng::derive(cfg.seed, &[stream::TORCH_SEED, step]).next_u64() >> 1) as i64);
+        let (lr_head, lr_bb) = self.learning_rates(step);
+        let x = normalize_u8(&batch.images, device);
+        let y = batch.labels.to_device(device).to_kind(Kind::Int64);
+        let channels = self.model.config.backbone.low_level_channels() as usize;
+        let draw = match &self.tables {
+            Some(t) => Some(mixing::draw(t, &batch.dominant, channels, cfg.style_mode, cfg.beta, cfg.seed, step, device)?),
+            None => None,
+        };
+        let tables = self.tables.as_ref();
+        let restyle = |f1: &Tensor| mixing::restyle_with(f1, tables.unwrap(), draw.as_ref().unwrap(), cfg.grid);
+        let restyle_ref: Option<&dyn Fn(&Tensor) -> Tensor> = if draw.is_some() { Some(&restyle) } else { None };
+        Sgd::zero_grad(&self.all);
+        let loss = {
+            let _amp = crate::device::Autocast::new(device, cfg.amp_bf16);
+            let logits = self.model.forward(&x, true, restyle_ref);
+            logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, 255, cfg.label_smoothing)
+        };
+        loss.backward();
+        self.sgd.step(&[(lr_bb, &self.bb), (lr_head, &self.head)]);
+        Ok(loss.detach())
+    }
+}
+
+/// Style tables for a run, checked against the backbone.
+pub fn bank_tables(cfg: &TrainConfig, model: &Segmenter) -> Result<Option<BankTables>> {
+    if cfg.style_mode == StyleMode::NoStyles {
+        return Ok(None);
+    }
+    let p = cfg.styles.as_ref().context("--styles BANK is needed (or --no-styles)")?;
+    let bank = StyleBank::load(p)?;
+    let want = model.config.backbone.low_level_channels() as usize;
+    if bank.channels != want {
+        bail!("{}: styles have {} channels, the backbone's layer1 has {want}", p.display(), bank.channels);
+    }
+    let t = bank.device_tables(cfg.head.num_classes as usize, model.device()).with_context(|| format!("{}", p.display()))?;
+    if t.classes_without_styles > 0 {
+        eprintln!(
+            "note: {} classes have no styles and the bank has no ignore-class styles; they draw from the whole bank",
+            t.classes_without_styles
+        );
+    }
+    Ok(Some(t))
+}
+
 /// Trains (or resumes) the run in `run`. `cfg` is the run's configuration (for a
 /// resume: the saved one, possibly with a larger `iters`).
 pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, opts: &RunOptions) -> Result<TrainSummary> {
@@ -176,8 +250,8 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, opts: &RunOptions) -> 
     if cfg.batch < 2 {
         bail!("--batch must be at least 2 (batch-norm statistics in the trained layers need more than one sample)");
     }
-    if cfg.crop % (4 * cfg.grid) != 0 {
-        bail!("--crop {} must be divisible by 4 × grid = {}", cfg.crop, 4 * cfg.grid);
+    if cfg.crop % 4 != 0 || cfg.crop / 4 < cfg.grid {
+        bail!("--crop {} must be divisible by 4 and at least 4 × grid (layer1 has stride 4)", cfg.crop);
     }
     std::fs::create_dir_all(run).with_context(|| format!("cannot create run folder {}", run.display()))?;
     crate::io::atomic_write_json(&config_path(run), cfg)?;
@@ -202,26 +276,7 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, opts: &RunOptions) -> 
     }
     let end = opts.stop_after.map(|n| (start + n).min(cfg.iters)).unwrap_or(cfg.iters);
 
-    let tables: Option<BankTables> = match cfg.style_mode {
-        StyleMode::NoStyles => None,
-        _ => {
-            let p = cfg.styles.as_ref().context("--styles BANK is needed (or --no-styles)")?;
-            let bank = StyleBank::load(p)?;
-            let want = model.config.backbone.low_level_channels() as usize;
-            if bank.channels != want {
-                bail!("{}: styles have {} channels, the backbone's layer1 has {want}", p.display(), bank.channels);
-            }
-            let t = bank.device_tables(cfg.head.num_classes as usize, device).with_context(|| format!("{}", p.display()))?;
-            if t.classes_without_styles > 0 {
-                eprintln!(
-                    "note: {} classes have no styles and the bank has no ignore-class styles; they draw from the whole bank",
-                    t.classes_without_styles
-                );
-            }
-            Some(t)
-        }
-    };
-    let channels = model.config.backbone.low_level_channels() as usize;
+    let tables = bank_tables(cfg, &model)?;
 
     let ds = Arc::new(Dataset::open(cfg.dataset, &cfg.data_root, &cfg.split, cfg.condition.as_deref())?);
     if ds.is_empty() {
@@ -247,8 +302,7 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, opts: &RunOptions) -> 
         end,
     )?;
 
-    let (bb, head) = model.param_groups();
-    let all: Vec<(String, Tensor)> = bb.iter().chain(&head).map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+    let mut stepper = Stepper::new(&model, cfg, tables, sgd);
     let mut log = Log::open(run)?;
     let mut meta = CheckpointMeta::new(&model.config);
     meta.source = json!({"clip": cfg.clip, "dataset": cfg.dataset.name(), "styles": cfg.styles, "style_mode": cfg.style_mode});
@@ -264,26 +318,9 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, opts: &RunOptions) -> 
     for (k, batch) in loader.enumerate() {
         let step = start + k as u64;
         let batch = batch.with_context(|| format!("loading the batch of iteration {}", step + 1))?;
-        tch::manual_seed((Rng::derive(cfg.seed, &[stream::TORCH_SEED, step]).next_u64() >> 1) as i64);
-        let lr_head = poly_lr(cfg.lr, step, cfg.iters, cfg.poly_power, cfg.min_lr);
-        let lr_bb = poly_lr(cfg.lr * cfg.backbone_lr_mult, step, cfg.iters, cfg.poly_power, cfg.min_lr);
-        let x = normalize_u8(&batch.images, device);
-        let y = batch.labels.to_device(device).to_kind(Kind::Int64);
-        let draw = match &tables {
-            Some(t) => Some(mixing::draw(t, &batch.dominant, channels, cfg.style_mode, cfg.beta, cfg.seed, step, device)?),
-            None => None,
-        };
-        let restyle = |f1: &Tensor| mixing::restyle_with(f1, tables.as_ref().unwrap(), draw.as_ref().unwrap(), cfg.grid);
-        let restyle_ref: Option<&dyn Fn(&Tensor) -> Tensor> = if draw.is_some() { Some(&restyle) } else { None };
-        Sgd::zero_grad(&all);
-        let loss = {
-            let _amp = crate::device::Autocast::new(device, cfg.amp_bf16);
-            let logits = model.forward(&x, true, restyle_ref);
-            logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, 255, cfg.label_smoothing)
-        };
-        loss.backward();
-        sgd.step(&[(lr_bb, &bb), (lr_head, &head)]);
-        loss_acc += loss.detach();
+        let loss = stepper.step(&batch, step)?;
+        let (lr_head, lr_bb) = stepper.learning_rates(step);
+        loss_acc += loss;
         loss_n += 1;
         bar.inc(1);
         let done = step + 1;
@@ -334,7 +371,7 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, opts: &RunOptions) -> 
             meta.step = done;
             meta.best_miou = state.best_miou;
             meta.optimizer_state = Some("latest.optim.safetensors".into());
-            save_state(run, &model, &meta, &sgd, &state)?;
+            save_state(run, &model, &meta, &stepper.sgd, &state)?;
             t_log = Instant::now();
         }
     }

@@ -1,0 +1,28 @@
+//! `famix bench` runs every workload at CI size and prints the documented JSON keys.
+mod common;
+
+#[test]
+fn bench_prints_one_json_line_per_workload() {
+    let (code, out, err) = common::run_famix(&[
+        "bench", "--device", "cpu", "--arch", "tiny", "--what", "infer,train,mine,loader", "--batch", "2", "--crop", "64",
+        "--infer-size", "64x96", "--mine-batch", "2", "--mine-crop", "48", "--mine-iters", "2", "--warmup", "0", "--iters",
+        "2", "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let whats: Vec<&str> = lines.iter().map(|l| l["what"].as_str().unwrap()).collect();
+    assert_eq!(whats, ["infer", "train", "mine", "loader"]);
+    for l in &lines {
+        for k in ["device", "batch", "height", "width", "median_ms", "min_ms", "max_ms", "peak_mem_mb", "images_per_s"] {
+            assert!(l.get(k).is_some(), "{k} missing in {l}");
+        }
+        let (min, med, max) = (l["min_ms"].as_f64().unwrap(), l["median_ms"].as_f64().unwrap(), l["max_ms"].as_f64().unwrap());
+        assert!(min > 0.0 && min <= med && med <= max, "{l}");
+        assert!(l["images_per_s"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!((lines[0]["height"].as_u64(), lines[0]["width"].as_u64()), (Some(64), Some(96)));
+    assert_eq!(lines[1]["batch"], 2);
+    let (code, _, err) = common::run_famix(&["bench", "--device", "cpu", "--what", "fly"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown workload"), "{err}");
+}
