@@ -144,9 +144,7 @@ pub fn demo(a: DemoArgs) -> Result<i32> {
         let x = crate::clip::preprocess::normalize_u8(&img.to_tensor_u8().unsqueeze(0), device);
         let pred = trained.predict_logits(&x, 1.0, false).argmax(1, false).to_kind(tch::Kind::Uint8).get(0);
         let labels = crate::imageops::Image8::from_tensor_u8(&pred)?;
-        std::fs::create_dir_all(&pred_dir)?;
-        labels.save_png(&pred_dir.join(format!("{i:04}_trainid.png")))?;
-        super::predict::colorize(&labels, &palette).save_png(&pred_dir.join(format!("{i:04}_color.png")))?;
+        super::predict::write_outputs(&pred_dir.join(format!("{i:04}")), &img, &labels, &palette, true)?;
     }
 
     println!("\nfamix demo finished in {:.1} s", t0.elapsed().as_secs_f64());

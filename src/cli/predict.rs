@@ -117,7 +117,8 @@ pub fn colorize(labels: &Image8, palette: &[[u8; 3]]) -> Image8 {
     out
 }
 
-fn write_outputs(stem: &std::path::Path, img: &Image8, labels: &Image8, palette: &[[u8; 3]], overlay: bool) -> Result<()> {
+/// Writes `<stem>_trainid.png`, `<stem>_color.png` and optionally `<stem>_overlay.png`.
+pub fn write_outputs(stem: &std::path::Path, img: &Image8, labels: &Image8, palette: &[[u8; 3]], overlay: bool) -> Result<()> {
     let name = stem.file_name().unwrap_or_default().to_string_lossy().into_owned();
     let dir = stem.parent().unwrap_or(std::path::Path::new(""));
     std::fs::create_dir_all(dir)?;

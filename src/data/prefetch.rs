@@ -4,8 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
@@ -16,6 +17,8 @@ pub struct OrderedMap<T> {
     next: usize,
     total: usize,
     workers: Vec<JoinHandle<()>>,
+    /// Set when a worker panicked (a bug): the consumer re-raises it instead of waiting forever.
+    panicked: Arc<Mutex<Option<String>>>,
 }
 
 /// Maps `f` over `0..total` on `workers` threads, yielding results in order.
@@ -32,23 +35,38 @@ where
     let (res_tx, res_rx) = unbounded();
     let counter = Arc::new(AtomicUsize::new(0));
     let f = Arc::new(f);
+    let panicked = Arc::new(Mutex::new(None));
     let handles = (0..workers.max(1))
         .map(|_| {
             let (ticket_rx, res_tx, counter, f) = (ticket_rx.clone(), res_tx.clone(), counter.clone(), f.clone());
+            let panicked = panicked.clone();
             std::thread::spawn(move || {
                 while ticket_rx.recv().is_ok() {
                     let i = counter.fetch_add(1, Ordering::SeqCst);
                     if i >= total {
                         break;
                     }
-                    if res_tx.send((i, f(i))).is_err() {
-                        break;
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(i))) {
+                        Ok(v) => {
+                            if res_tx.send((i, v)).is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            let msg = e
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_else(|| "unknown panic".into());
+                            *panicked.lock().unwrap() = Some(format!("item {i}: {msg}"));
+                            break;
+                        }
                     }
                 }
             })
         })
         .collect();
-    OrderedMap { results: res_rx, tickets: Some(ticket_tx), pending: BTreeMap::new(), next: 0, total, workers: handles }
+    OrderedMap { results: res_rx, tickets: Some(ticket_tx), pending: BTreeMap::new(), next: 0, total, workers: handles, panicked }
 }
 
 impl<T> Iterator for OrderedMap<T> {
@@ -65,11 +83,15 @@ impl<T> Iterator for OrderedMap<T> {
                 }
                 return Some(v);
             }
-            match self.results.recv() {
+            match self.results.recv_timeout(Duration::from_millis(200)) {
                 Ok((i, v)) => {
                     self.pending.insert(i, v);
                 }
-                Err(_) => return None, // a worker panicked
+                Err(_) => {
+                    if let Some(msg) = self.panicked.lock().unwrap().clone() {
+                        panic!("a data-loading worker panicked on {msg}");
+                    }
+                }
             }
         }
     }
@@ -108,6 +130,13 @@ mod tests {
         })
         .collect();
         assert_eq!(v, (0..100).map(|i| i * 2).collect::<Vec<_>>());
+    }
+
+    #[test]
+    #[should_panic(expected = "worker panicked on item 3")]
+    fn worker_panics_surface_instead_of_hanging() {
+        let it = ordered_map(10, 2, 4, |i| if i == 3 { panic!("boom") } else { i });
+        let _: Vec<usize> = it.collect();
     }
 
     #[test]
