@@ -21,7 +21,6 @@ use crate::model::{FreezePolicy, HeadConfig, Segmenter, SegmenterConfig};
 use crate::rng::Rng;
 use crate::style::bank::StyleBank;
 use crate::style::mining::{mine_batches, PinConfig};
-use crate::style::mixing::StyleMode;
 use crate::style::prompts::{PromptEmbedder, PromptSet};
 use crate::train::sgd::Sgd;
 use crate::train::trainer::Stepper;
@@ -188,35 +187,11 @@ pub fn bench_train(cfg: &BenchConfig, tmp: &Path) -> Result<BenchResult> {
     let model = segmenter(cfg, FreezePolicy::Synthetic)?;
     let bank = random_bank(model.config.backbone.low_level_channels() as usize, tmp)?;
     let tc = TrainConfig {
-        clip: "random".into(),
-        clip_sha256: String::new(),
-        dataset: DatasetKind::Gta5,
-        data_root: "synthetic".into(),
-        split: "train".into(),
-        condition: None,
-        styles: Some(bank),
-        style_mode: StyleMode::Mix,
-        iters: 40_000,
         batch: cfg.batch,
         crop: cfg.crop,
-        lr: 0.1,
-        backbone_lr_mult: 0.1,
-        momentum: 0.9,
-        weight_decay: 1e-4,
-        poly_power: 0.9,
-        min_lr: 1e-6,
-        label_smoothing: 0.1,
-        output_stride: OutputStride::Os16,
-        freeze: FreezePolicy::Synthetic,
-        grid: 3,
-        beta: 0.1,
-        augment: true,
         head: cfg.arch.head(),
-        val: None,
-        val_interval: 750,
-        log_interval: 10,
-        seed: 1,
         amp_bf16: cfg.amp_bf16,
+        ..TrainConfig::reference("random".into(), String::new(), DatasetKind::Gta5, "synthetic".into(), Some(bank))
     };
     let tables = crate::train::trainer::bank_tables(&tc, &model)?;
     let mut stepper = Stepper::new(&model, &tc, tables, Sgd::new(0.9, 1e-4));

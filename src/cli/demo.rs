@@ -18,7 +18,6 @@ use crate::eval::{evaluate, EvalOptions};
 use crate::model::checkpoint;
 use crate::model::{FreezePolicy, HeadConfig};
 use crate::style::mining::{mine, run_identity, MineSettings, PinConfig};
-use crate::style::mixing::StyleMode;
 use crate::style::prompts::PromptSet;
 use crate::train::trainer::{initial_model, latest_path, train};
 use crate::train::{RunOptions, TrainConfig, ValSpec};
@@ -91,35 +90,15 @@ pub fn demo(a: DemoArgs) -> Result<i32> {
     let run = out.join("run");
     let _ = std::fs::remove_dir_all(&run);
     let cfg = TrainConfig {
-        clip_sha256: sha256_file(&clip_path)?,
-        clip: clip_path.clone(),
-        dataset: DatasetKind::Folder,
-        data_root: src.clone(),
-        split: "train".into(),
-        condition: None,
-        styles: Some(bank_path.clone()),
-        style_mode: StyleMode::Mix,
         iters: a.iters,
         batch: 4,
         crop: 72,
-        lr: 0.1,
-        backbone_lr_mult: 0.1,
-        momentum: 0.9,
-        weight_decay: 1e-4,
-        poly_power: 0.9,
-        min_lr: 1e-6,
-        label_smoothing: 0.1,
-        output_stride: OutputStride::Os16,
         freeze: FreezePolicy::Synthetic,
-        grid: 3,
-        beta: 0.1,
-        augment: true,
         head: HeadConfig { num_classes: 19, aspp_channels: 64, low_proj_channels: 16, dropout: 0.1 },
         val: Some(ValSpec { dataset: DatasetKind::Folder, data_root: tgt.clone(), split: "val".into(), condition: None, limit: None }),
         val_interval: (a.iters / 3).max(1),
-        log_interval: 10,
         seed: a.seed,
-        amp_bf16: false,
+        ..TrainConfig::reference(clip_path.clone(), sha256_file(&clip_path)?, DatasetKind::Folder, src.clone(), Some(bank_path.clone()))
     };
     let untrained = initial_model(&cfg, device)?;
     let summary = train(&cfg, &run, false, &RunOptions { device, workers: default_workers(), progress: true, stop_after: None })?;

@@ -7,7 +7,6 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::clip::OutputStride;
 use crate::data::datasets::{read_label_ids, ACDC_CONDITIONS};
 use crate::data::prefetch::{default_workers, ordered_map};
 use crate::data::{Dataset, DatasetKind};
@@ -33,15 +32,8 @@ pub struct EvalArgs {
     /// ACDC condition: night, snow, rain or fog
     #[arg(long)]
     condition: Option<String>,
-    /// Test scale (e.g. 0.5): resize input, predict, resize logits back (align_corners=true)
-    #[arg(long, default_value_t = 1.0)]
-    scale: f64,
-    /// Average the logits of scale 1 and --scale
-    #[arg(long)]
-    ensemble: bool,
-    /// Output stride (default: the checkpoint's; 16 for reference .pth files)
-    #[arg(long)]
-    output_stride: Option<i64>,
+    #[command(flatten)]
+    test: super::TestTimeArgs,
     /// Write {"miou","overall_acc","mean_acc","per_class_iou",...} (fractions 0-1) here
     #[arg(long)]
     json: Option<PathBuf>,
@@ -51,16 +43,13 @@ pub struct EvalArgs {
     /// Evaluate only the first N images
     #[arg(long)]
     limit: Option<usize>,
-    /// bf16 autocast
-    #[arg(long, value_parser = ["fp32", "bf16"], default_value = "fp32")]
-    amp: String,
     #[arg(long, default_value = "auto", help = super::DEVICE_HELP)]
     device: String,
 }
 
 pub fn eval(a: EvalArgs) -> Result<i32> {
+    let os = a.test.output_stride()?;
     let device = parse_device(&a.device)?;
-    let os = a.output_stride.map(OutputStride::from_int).transpose()?;
     let loaded = checkpoint::load(&a.checkpoint, device, os)?;
     let ds = Dataset::open(a.dataset, &a.data_root, &a.split, a.condition.as_deref())?;
     if ds.is_empty() {
@@ -68,12 +57,12 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
     }
     eprintln!("evaluating {} on {}", loaded.path.display(), ds.describe());
     let opts = EvalOptions {
-        scale: a.scale,
-        ensemble: a.ensemble,
+        scale: a.test.scale,
+        ensemble: a.test.ensemble,
         skip_bad: a.skip_bad,
         limit: a.limit,
         progress: true,
-        amp_bf16: a.amp == "bf16",
+        amp_bf16: a.test.bf16(),
     };
     let rep = evaluate(&loaded.model, &ds, &opts)?;
     let names = &loaded.model.config.class_names;
@@ -86,7 +75,7 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
             "miou": rep.metrics.miou, "overall_acc": rep.metrics.overall_acc, "mean_acc": rep.metrics.mean_acc,
             "per_class_iou": per, "images": rep.images, "skipped": rep.skipped,
             "dataset": a.dataset.name(), "split": a.split, "condition": a.condition,
-            "scale": a.scale, "ensemble": a.ensemble, "checkpoint": loaded.path.display().to_string(),
+            "scale": a.test.scale, "ensemble": a.test.ensemble, "checkpoint": loaded.path.display().to_string(),
             "output_stride": loaded.model.config.output_stride.value(),
         });
         crate::io::atomic_write_json(p, &v)?;

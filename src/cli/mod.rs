@@ -103,3 +103,32 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
     bar.set_message(what.to_string());
     bar
 }
+
+/// Test-time options shared by `predict` and `eval`.
+#[derive(clap::Args)]
+pub struct TestTimeArgs {
+    /// Test scale (e.g. 0.5): resize the input, predict, resize the logits back (align_corners=true, as the reference's evaluation)
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Average the logits of scale 1 and --scale
+    #[arg(long)]
+    pub ensemble: bool,
+    /// Output stride 8, 16 or 32 (default: the checkpoint's; 16 for reference .pth files)
+    #[arg(long)]
+    pub output_stride: Option<i64>,
+    /// bf16 autocast: faster on GPUs; fp32 is the reference's precision
+    #[arg(long, value_parser = ["fp32", "bf16"], default_value = "fp32")]
+    pub amp: String,
+}
+
+impl TestTimeArgs {
+    pub fn output_stride(&self) -> anyhow::Result<Option<crate::clip::OutputStride>> {
+        if self.scale <= 0.0 {
+            anyhow::bail!("--scale must be positive");
+        }
+        self.output_stride.map(crate::clip::OutputStride::from_int).transpose()
+    }
+    pub fn bf16(&self) -> bool {
+        self.amp == "bf16"
+    }
+}

@@ -28,31 +28,18 @@ pub struct PredictArgs {
     /// Also write the colour map blended over the photo
     #[arg(long)]
     overlay: bool,
-    /// Test scale: resize the input by S, predict, resize logits back (align_corners=true, as the reference)
-    #[arg(long, default_value_t = 1.0)]
-    scale: f64,
-    /// Average the logits of scale 1 and --scale
-    #[arg(long)]
-    ensemble: bool,
-    /// Output stride 8, 16 or 32 (default: the checkpoint's; 16 for reference .pth files)
-    #[arg(long)]
-    output_stride: Option<i64>,
+    #[command(flatten)]
+    test: super::TestTimeArgs,
     /// Images per forward pass (same-size images are batched)
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// bf16 autocast (CUDA): faster, agrees with fp32 on almost all pixels
-    #[arg(long, value_parser = ["fp32", "bf16"], default_value = "fp32")]
-    amp: String,
     #[arg(long, default_value = "auto", help = super::DEVICE_HELP)]
     device: String,
 }
 
 pub fn predict(a: PredictArgs) -> Result<i32> {
-    if a.scale <= 0.0 {
-        bail!("--scale must be positive");
-    }
+    let os = a.test.output_stride()?;
     let device = parse_device(&a.device)?;
-    let os = a.output_stride.map(OutputStride::from_int).transpose()?;
     let loaded = checkpoint::load(&a.checkpoint, device, os)?;
     let model = loaded.model;
     let items = collect_inputs(&a.inputs)?;
@@ -63,7 +50,7 @@ pub fn predict(a: PredictArgs) -> Result<i32> {
     let paths: Vec<PathBuf> = items.iter().map(|(p, _)| p.clone()).collect();
     let decoded = ordered_map(paths.len(), default_workers(), 8, move |i| Image8::open_rgb(&paths[i]));
     let bar = super::progress_bar(items.len() as u64, "predict");
-    let _amp = crate::device::Autocast::new(device, a.amp == "bf16");
+    let _amp = crate::device::Autocast::new(device, a.test.bf16());
     let palette = model.config.palette.clone();
     let mut failed = 0usize;
     let mut batch: Vec<(usize, Image8)> = Vec::new();
@@ -73,7 +60,7 @@ pub fn predict(a: PredictArgs) -> Result<i32> {
         }
         let x = Tensor::stack(&batch.iter().map(|(_, im)| im.to_tensor_u8()).collect::<Vec<_>>(), 0);
         let x = normalize_u8(&x, device);
-        let logits = model.predict_logits(&x, a.scale, a.ensemble);
+        let logits = model.predict_logits(&x, a.test.scale, a.test.ensemble);
         let pred = logits.argmax(1, false).to_kind(Kind::Uint8).to_device(Device::Cpu);
         for (k, (i, img)) in batch.iter().enumerate() {
             let labels = Image8::from_tensor_u8(&pred.get(k as i64))?;

@@ -78,6 +78,43 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// The reference's hyper-parameters (40k iterations, batch 8, crop 768, SGD 0.1/0.01
+    /// with momentum 0.9, poly 0.9, label smoothing 0.1, OS16, mixing with Beta(0.1, 0.1))
+    /// for training on `dataset`; callers override what they need.
+    pub fn reference(clip: PathBuf, clip_sha256: String, dataset: DatasetKind, data_root: PathBuf, styles: Option<PathBuf>) -> Self {
+        TrainConfig {
+            clip,
+            clip_sha256,
+            dataset,
+            data_root,
+            split: "train".into(),
+            condition: None,
+            style_mode: if styles.is_some() { StyleMode::Mix } else { StyleMode::NoStyles },
+            styles,
+            iters: 40_000,
+            batch: 8,
+            crop: 768,
+            lr: 0.1,
+            backbone_lr_mult: 0.1,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            poly_power: 0.9,
+            min_lr: 1e-6,
+            label_smoothing: 0.1,
+            output_stride: OutputStride::Os16,
+            freeze: Self::default_freeze(dataset),
+            grid: 3,
+            beta: 0.1,
+            augment: true,
+            head: HeadConfig::reference(19),
+            val: None,
+            val_interval: 750,
+            log_interval: 10,
+            seed: 1,
+            amp_bf16: false,
+        }
+    }
+
     /// The reference's freeze policy for a source dataset.
     pub fn default_freeze(d: DatasetKind) -> FreezePolicy {
         match d {
