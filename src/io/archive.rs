@@ -68,15 +68,16 @@ pub fn load_bytes(bytes: &[u8]) -> Result<LoadedFile> {
     if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
         return load_torch_zip(bytes);
     }
+    // safetensors first: its 8-byte header length can start with 0x80 like a pickle.
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    if bytes.len() > 8 && bytes[8] == b'{' && header_len < bytes.len() {
+        return load_safetensors(bytes);
+    }
     if bytes[0] == 0x80 && bytes.len() > 2 && bytes[1] <= 5 {
         let top = pickle::legacy_load(bytes).context("legacy torch.save format")?;
         let mut tensors = Vec::new();
         collect_state_dict(&select_state_dict(&top), "", &mut tensors, &mut StorageCache::default())?;
         return Ok(LoadedFile { format: Format::TorchLegacy, tensors, top: Some(top), metadata: HashMap::new() });
-    }
-    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    if bytes.len() > 8 && bytes[8] == b'{' && header_len < bytes.len() {
-        return load_safetensors(bytes);
     }
     bail!("unknown format (expected a PyTorch .pt/.pth/.bin zip archive, a TorchScript archive, or .safetensors)")
 }
@@ -300,4 +301,30 @@ pub fn safetensors_bytes(tensors: &[(String, Tensor)], metadata: Option<HashMap<
         .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b)?)))
         .collect::<Result<_>>()?;
     Ok(safetensors::serialize(views, metadata)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safetensors_round_trip_even_when_the_header_length_looks_like_a_pickle() {
+        // Pad a tensor name until the JSON header is 0x180 bytes: its first byte is 0x80.
+        for pad in 0..400 {
+            let name = format!("w{}", "x".repeat(pad));
+            let t = Tensor::from_slice(&[1.5f32, -2.0, 3.25]).view([3]);
+            let bytes = safetensors_bytes(&[(name.clone(), t.shallow_clone())], None).unwrap();
+            let f = load_bytes(&bytes).unwrap();
+            assert_eq!(f.format, Format::Safetensors);
+            assert_eq!(f.tensors[0].0, name);
+            assert_eq!(Vec::<f32>::try_from(&f.tensors[0].1).unwrap(), vec![1.5, -2.0, 3.25]);
+        }
+    }
+
+    #[test]
+    fn garbage_is_a_clear_error() {
+        let err = load_bytes(b"definitely not a checkpoint").err().unwrap();
+        assert!(format!("{err:#}").contains("unknown format"));
+        assert!(load_bytes(b"").is_err());
+    }
 }
