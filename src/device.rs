@@ -103,3 +103,14 @@ pub fn cuda_reset_peak(d: Device) {
         unsafe { famix_cuda_reset_peak(i as i32) };
     }
 }
+
+/// Host → device copy that does not stall the host on CUDA: the data is staged in
+/// pinned memory and copied asynchronously on the current stream (PyTorch's pinned
+/// allocator keeps the staging buffer alive until the copy is done). A plain copy
+/// elsewhere.
+pub fn upload(t: &tch::Tensor, device: Device) -> tch::Tensor {
+    match device {
+        Device::Cuda(_) if t.device() == Device::Cpu => t.pin_memory(device).to_device_(device, t.kind(), true, false),
+        _ => t.to_device(device),
+    }
+}

@@ -29,10 +29,23 @@ pub fn clip_crop(img: &Image8, resolution: usize) -> Image8 {
 /// (N, 3, H, W) u8 → f32 normalised with CLIP's mean/std, on `device`.
 /// Same arithmetic as `ToTensor` (÷255) then `Normalize` ((x − mean) / std).
 pub fn normalize_u8(batch: &Tensor, device: Device) -> Tensor {
-    let x = batch.to_device(device).to_kind(Kind::Float) / 255.0;
-    let mean = Tensor::from_slice(&CLIP_MEAN).to_kind(Kind::Float).to_device(device).view([1, 3, 1, 1]);
-    let std = Tensor::from_slice(&CLIP_STD).to_kind(Kind::Float).to_device(device).view([1, 3, 1, 1]);
+    let x = crate::device::upload(batch, device).to_kind(Kind::Float) / 255.0;
+    let (mean, std) = mean_std_on(device);
     (x - mean) / std
+}
+
+/// CLIP's mean/std as (1, 3, 1, 1) tensors on `device`, made once per device (a fresh
+/// upload per batch would synchronise the CUDA stream every time).
+fn mean_std_on(device: Device) -> (Tensor, Tensor) {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, (Tensor, Tensor)>>> = OnceLock::new();
+    let mut cache = CACHE.get_or_init(|| Mutex::new(HashMap::new())).lock().unwrap();
+    let (m, s) = cache.entry(format!("{device:?}")).or_insert_with(|| {
+        let t = |v: &[f64; 3]| Tensor::from_slice(v).to_kind(Kind::Float).to_device(device).view([1, 3, 1, 1]);
+        (t(&CLIP_MEAN), t(&CLIP_STD))
+    });
+    (m.shallow_clone(), s.shallow_clone())
 }
 
 /// One image, CLIP-preprocessed: (1, 3, R, R) f32 on `device`.

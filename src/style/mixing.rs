@@ -62,11 +62,11 @@ pub fn draw(
         let beta = Beta::new(alpha, alpha)?;
         let mut rng = Rng::derive(seed, &[stream::MIX_BETA, step]);
         let v: Vec<f32> = (0..dominant.len() * channels).map(|_| beta.sample(&mut rng) as f32).collect();
-        Some(Tensor::from_slice(&v).view([dominant.len() as i64, channels as i64, 1, 1]).to_device(device))
+        Some(crate::device::upload(&Tensor::from_slice(&v).view([dominant.len() as i64, channels as i64, 1, 1]), device))
     } else {
         None
     };
-    Ok(StyleDraw { rows: Tensor::from_slice(&rows).to_device(device), s })
+    Ok(StyleDraw { rows: crate::device::upload(&Tensor::from_slice(&rows), device), s })
 }
 
 /// Restyles layer1 features (B, C, H, W) patch by patch. `style_mu`/`style_sigma`:

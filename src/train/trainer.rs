@@ -238,7 +238,7 @@ impl<'a> Stepper<'a> {
         tch::manual_seed((Rng::derive(cfg.seed, &[stream::TORCH_SEED, step]).next_u64() >> 1) as i64);
         let (lr_head, lr_bb) = self.learning_rates(step);
         let x = normalize_u8(&batch.images, device);
-        let y = batch.labels.to_device(device).to_kind(Kind::Int64);
+        let y = crate::device::upload(&batch.labels, device).to_kind(Kind::Int64);
         let channels = self.model.config.backbone.low_level_channels() as usize;
         let draw = match &self.tables {
             Some(t) => Some(mixing::draw(t, &batch.dominant, channels, cfg.style_mode, cfg.beta, cfg.seed, step, device)?),
