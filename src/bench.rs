@@ -88,6 +88,9 @@ pub struct BenchResult {
     pub max_ms: f64,
     pub peak_mem_mb: Option<f64>,
     pub images_per_s: f64,
+    /// infer with bf16: fraction of pixels whose predicted class equals fp32's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fp32_agreement: Option<f64>,
 }
 
 fn timed(cfg: &BenchConfig, mut f: impl FnMut() -> Result<()>) -> Result<(Vec<f64>, Option<f64>)> {
@@ -123,6 +126,7 @@ fn result(cfg: &BenchConfig, what: &str, batch: usize, h: usize, w: usize, mut m
         max_ms: ms[ms.len() - 1],
         peak_mem_mb: peak,
         images_per_s: batch as f64 * 1e3 / median,
+        fp32_agreement: None,
     }
 }
 
@@ -175,12 +179,18 @@ pub fn bench_infer(cfg: &BenchConfig) -> Result<BenchResult> {
     let model = segmenter(cfg, FreezePolicy::Synthetic)?;
     let (h, w) = cfg.infer_size;
     let x = normalize_u8(&Tensor::randint(256, [1, 3, h as i64, w as i64], (Kind::Uint8, Device::Cpu)), cfg.device);
+    let reference = cfg.amp_bf16.then(|| model.predict_logits(&x, 1.0, false).argmax(1, false));
     let _amp = Autocast::new(cfg.device, cfg.amp_bf16);
     let (ms, peak) = timed(cfg, || {
         let _ = model.predict_logits(&x, 1.0, false);
         Ok(())
     })?;
-    Ok(result(cfg, "infer", 1, h, w, ms, peak))
+    let mut r = result(cfg, "infer", 1, h, w, ms, peak);
+    if let Some(fp32) = reference {
+        let bf16 = model.predict_logits(&x, 1.0, false).argmax(1, false);
+        r.fp32_agreement = Some(bf16.eq_tensor(&fp32).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]));
+    }
+    Ok(r)
 }
 
 pub fn bench_train(cfg: &BenchConfig, tmp: &Path) -> Result<BenchResult> {
