@@ -95,15 +95,46 @@ fn mine_styles_matches_pytorch_replay() {
     assert_eq!(bank.channels, 16);
     assert_eq!((bank.summary.batches_done, bank.summary.batches_total), (2, 2));
     check_bank(&bank);
-    // Per-iteration loss trajectory of the first batch, via the library.
-    let (meta, _) = expected();
-    let want: Vec<f64> = meta["batches"][0]["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-    assert_eq!(want.len(), 5);
 
     // An existing bank is never overwritten silently.
     let (code, _, err) = mine(&out, &[]);
     assert_ne!(code, 0);
     assert!(err.contains("--resume") && err.contains("--force"), "{err}");
+}
+
+#[test]
+fn loss_trajectories_match_pytorch_iteration_by_iteration() {
+    use famix::data::augment::TrainAugment;
+    use famix::data::loader::{BatchLoader, LoaderConfig};
+    use famix::data::{Dataset, DatasetKind};
+    use famix::style::mining::{mine_batches, PinConfig};
+    use famix::style::prompts::{PromptEmbedder, PromptSet};
+    let (meta, t) = expected();
+    let clip = famix::clip::Clip::load(&fixture("clip_a.safetensors.gz"), tch::Device::Cpu, famix::clip::OutputStride::Os32).unwrap();
+    let ds = std::sync::Arc::new(Dataset::open(DatasetKind::Gta5, &fixture("gta5_mini"), "all", None).unwrap());
+    let cfg = LoaderConfig { batch: 4, augment: TrainAugment::crop_only(72), grid: 3, seed: 1, workers: 2, prefetch: 8 };
+    let batches: Vec<_> = BatchLoader::new(ds, cfg, 0, 2).unwrap().map(|b| b.unwrap()).collect();
+    let prompts = PromptSet::default();
+    let mut embedder = PromptEmbedder::new(&clip, prompts.templates.clone()).unwrap();
+    let pin = PinConfig { iters: 5, ..Default::default() };
+    // Both batches in one launch: each keeps its own trajectory.
+    let mined = mine_batches(&clip, &mut embedder, &prompts, &pin, 1, None, 0, &batches).unwrap();
+    for (bi, m) in mined.iter().enumerate() {
+        let b = &meta["batches"][bi];
+        let want: Vec<f64> = b["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(m.result.losses.len(), want.len());
+        for (it, (g, w)) in m.result.losses.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() < TOL, "batch {bi} iteration {it}: loss {g} vs PyTorch {w}");
+        }
+        let classes: Vec<u64> = m.selections.iter().map(|s| s.class as u64).collect();
+        let want_classes: Vec<u64> = b["classes"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        assert_eq!(classes, want_classes, "batch {bi} selected classes");
+        let patches: Vec<u64> = m.selections.iter().map(|s| s.patch as u64).collect();
+        let want_patches: Vec<u64> = b["patches"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        assert_eq!(patches, want_patches, "batch {bi} patch order");
+        assert_close(&format!("batch {bi} μ"), &m.result.mu, &t[&format!("batch{bi}.mu")], TOL);
+        assert_close(&format!("batch {bi} σ"), &m.result.sigma, &t[&format!("batch{bi}.sigma")], TOL);
+    }
 }
 
 #[test]

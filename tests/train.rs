@@ -222,5 +222,4 @@ fn demo_runs_end_to_end_and_learns() {
     assert!(source_after > 10.0, "{stdout}");
     assert!(out.join("predictions/0000_color.png").exists());
     assert!(out.join("run/best.safetensors").exists());
-    let _ = Kind::Float;
 }
