@@ -104,24 +104,7 @@ fn need_dir(p: &Path, what: &str) -> Result<()> {
 }
 
 fn files_with_suffix(dir: &Path, suffixes: &[&str], recursive: bool) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))? {
-            let p = e?.path();
-            if p.is_dir() {
-                if recursive {
-                    stack.push(p);
-                }
-            } else if let Some(n) = p.file_name().and_then(|n| n.to_str()) {
-                if suffixes.iter().any(|s| n.ends_with(s)) {
-                    out.push(p);
-                }
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
+    super::walk_files(dir, recursive, &|n| suffixes.iter().any(|s| n.ends_with(s)))
 }
 
 /// PNG width/height from the header without decoding.

@@ -18,22 +18,29 @@ pub fn is_image_file(p: &Path) -> bool {
     )
 }
 
-/// All PNG/JPEG files under `dir`, recursively, sorted.
-pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
+/// Files under `dir` (recursively or not) whose name passes `keep`, sorted.
+pub fn walk_files(dir: &Path, recursive: bool, keep: &dyn Fn(&str) -> bool) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).with_context(|| format!("cannot list folder {}", d.display()))? {
             let p = e?.path();
             if p.is_dir() {
-                stack.push(p);
-            } else if is_image_file(&p) {
+                if recursive {
+                    stack.push(p);
+                }
+            } else if p.file_name().and_then(|n| n.to_str()).is_some_and(keep) {
                 out.push(p);
             }
         }
     }
     out.sort();
     Ok(out)
+}
+
+/// All PNG/JPEG files under `dir`, recursively, sorted.
+pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    walk_files(dir, true, &|n| is_image_file(Path::new(n)))
 }
 
 /// Expands files and folders into (image path, output stem relative to the output
