@@ -86,7 +86,6 @@ pub fn predict(a: PredictArgs) -> Result<i32> {
         }
         bar.inc(1);
     }
-    let mut batch = batch;
     flush(&mut batch)?;
     bar.finish_and_clear();
     eprintln!("{} predictions written to {} ({} failed)", items.len() - failed, a.out.display(), failed);

@@ -200,12 +200,9 @@ fn collect_state_dict(v: &Value, prefix: &str, out: &mut Vec<(String, Tensor)>, 
     let items = v.dict_items().ok_or_else(|| anyhow!("top-level object is a {}, not a state dict", v.type_name()))?;
     for (k, val) in items {
         let name = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
-        match &val {
-            Value::Tensor(r) => {
-                let t = cache.tensor(r).with_context(|| format!("tensor {name}"))?;
-                out.push((name, t))
-            }
-            _ => {}
+        if let Value::Tensor(r) = &val {
+            let t = cache.tensor(r).with_context(|| format!("tensor {name}"))?;
+            out.push((name, t))
         }
     }
     Ok(())

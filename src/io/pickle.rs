@@ -512,10 +512,9 @@ impl<'a, 'p> Vm<'a, 'p> {
                 }
                 b'b' => {
                     let state = self.pop()?;
-                    match self.top()? {
-                        Value::Object(o) => o.borrow_mut().state = Some(state),
-                        // OrderedDict / tensors get attribute state we do not need.
-                        _ => {}
+                    // OrderedDicts and tensors get attribute state famix does not need.
+                    if let Value::Object(o) = self.top()? {
+                        o.borrow_mut().state = Some(state);
                     }
                 }
                 b'Q' => {

@@ -124,9 +124,9 @@ pub fn optimise(visual: &ModifiedResNet, problems: &[PinProblem], cfg: &PinConfi
     let sigma = sigma0.detach().copy().set_requires_grad(true);
     // Patch i's loss weight is 1 / (patches in its batch): the sum of these weighted
     // losses is the sum of the per-batch means.
-    let owner: Vec<i64> = counts.iter().enumerate().flat_map(|(b, &n)| std::iter::repeat(b as i64).take(n as usize)).collect();
+    let owner: Vec<i64> = counts.iter().enumerate().flat_map(|(b, &n)| std::iter::repeat_n(b as i64, n as usize)).collect();
     let owner = Tensor::from_slice(&owner).to_device(device);
-    let weights: Vec<f32> = counts.iter().flat_map(|&n| std::iter::repeat(1.0 / n as f32).take(n as usize)).collect();
+    let weights: Vec<f32> = counts.iter().flat_map(|&n| std::iter::repeat_n(1.0 / n as f32, n as usize)).collect();
     let weights = Tensor::from_slice(&weights).to_device(device);
     let g = problems.len() as i64;
     let history = Tensor::zeros([cfg.iters as i64, g], (Kind::Float, device));
