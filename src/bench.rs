@@ -253,7 +253,7 @@ pub fn bench_loader(cfg: &BenchConfig, tmp: &Path) -> Result<BenchResult> {
     }
     let ds = Arc::new(Dataset::open(DatasetKind::Folder, &root, "train", None)?);
     let steps = (cfg.iters.max(1) + cfg.warmup) as u64;
-    let lc = LoaderConfig { batch: cfg.batch, augment: TrainAugment::reference(cfg.crop, false), grid: 3, seed: 1, workers: cfg.workers, prefetch: 3 * cfg.batch };
+    let lc = LoaderConfig { batch: cfg.batch, augment: TrainAugment::reference(cfg.crop, false), grid: 3, seed: 1, workers: cfg.workers, prefetch: 3 * cfg.batch, skip_bad: false };
     let mut loader = BatchLoader::new(ds, lc, 0, steps)?;
     for _ in 0..cfg.warmup {
         loader.next().transpose()?;

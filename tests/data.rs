@@ -325,7 +325,7 @@ fn loader_is_deterministic_and_resumable() {
         write_gray(&d.path().join(format!("labels/{i}.png")), 40, 30, &vec![i as u8; 1200]);
     }
     let ds = Arc::new(Dataset::open(DatasetKind::Folder, d.path(), "train", None).unwrap());
-    let cfg = LoaderConfig { batch: 2, augment: TrainAugment { crop: 24, jitter: true, flip: true, random_scale: false }, grid: 3, seed: 5, workers: 3, prefetch: 4 };
+    let cfg = LoaderConfig { batch: 2, augment: TrainAugment { crop: 24, jitter: true, flip: true, random_scale: false }, grid: 3, seed: 5, workers: 3, prefetch: 4, skip_bad: false };
     let run = |a: u64, b: u64| -> Vec<(Vec<usize>, Vec<u8>)> {
         BatchLoader::new(ds.clone(), cfg.clone(), a, b)
             .unwrap()

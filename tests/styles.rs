@@ -112,7 +112,7 @@ fn loss_trajectories_match_pytorch_iteration_by_iteration() {
     let (meta, t) = expected();
     let clip = famix::clip::Clip::load(&fixture("clip_a.safetensors.gz"), tch::Device::Cpu, famix::clip::OutputStride::Os32).unwrap();
     let ds = std::sync::Arc::new(Dataset::open(DatasetKind::Gta5, &fixture("gta5_mini"), "all", None).unwrap());
-    let cfg = LoaderConfig { batch: 4, augment: TrainAugment::crop_only(72), grid: 3, seed: 1, workers: 2, prefetch: 8 };
+    let cfg = LoaderConfig { batch: 4, augment: TrainAugment::crop_only(72), grid: 3, seed: 1, workers: 2, prefetch: 8, skip_bad: false };
     let batches: Vec<_> = BatchLoader::new(ds, cfg, 0, 2).unwrap().map(|b| b.unwrap()).collect();
     let prompts = PromptSet::default();
     let mut embedder = PromptEmbedder::new(&clip, prompts.templates.clone()).unwrap();

@@ -223,3 +223,36 @@ fn demo_runs_end_to_end_and_learns() {
     assert!(out.join("predictions/0000_color.png").exists());
     assert!(out.join("run/best.safetensors").exists());
 }
+
+#[test]
+fn unreadable_training_samples_stop_the_run_or_are_skipped() {
+    let d = tmpdir();
+    let bank = d.path().join("bank.safetensors");
+    assert_eq!(run_famix(&["styles", "import", fixture("saved_params.pkl").to_str().unwrap(), "--out", bank.to_str().unwrap()]).0, 0);
+    // A copy of the mini GTA5 set with one truncated frame.
+    let data = d.path().join("gta5");
+    for sub in ["images", "labels"] {
+        std::fs::create_dir_all(data.join(sub)).unwrap();
+        for e in std::fs::read_dir(fixture("gta5_mini").join(sub)).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, data.join(sub).join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let bad = data.join("images/00003.png");
+    let bytes = std::fs::read(&bad).unwrap();
+    std::fs::write(&bad, &bytes[..bytes.len() / 3]).unwrap();
+    let args = |run: &str, extra: &[&str]| -> Vec<String> {
+        let mut v = train_args(&d.path().join(run), &bank, &["--iters", "4", "--val-interval", "4", "--no-augment"]);
+        let i = v.iter().position(|a| a == "--data-root").unwrap();
+        v[i + 1] = data.to_str().unwrap().to_string();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let (code, _, err) = run(&args("strict", &[]));
+    assert_ne!(code, 0);
+    assert!(err.contains("00003.png") && err.contains("--skip-bad"), "{err}");
+    let (code, _, err) = run(&args("lenient", &["--skip-bad"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err.matches("skipping unreadable sample").count(), 1, "reported once: {err}");
+    assert!(err.contains("00003.png"));
+}

@@ -77,6 +77,7 @@ pub fn demo(a: DemoArgs) -> Result<i32> {
         save_every: 100,
         description: None,
         workers: default_workers(),
+        skip_bad: false,
     };
     let src_train = Arc::new(Dataset::open(DatasetKind::Folder, &src, "train", None)?);
     let bank_path = out.join("styles.safetensors");
@@ -101,7 +102,7 @@ pub fn demo(a: DemoArgs) -> Result<i32> {
         ..TrainConfig::reference(clip_path.clone(), sha256_file(&clip_path)?, DatasetKind::Folder, src.clone(), Some(bank_path.clone()))
     };
     let untrained = initial_model(&cfg, device)?;
-    let summary = train(&cfg, &run, false, &RunOptions { device, workers: default_workers(), progress: true, stop_after: None })?;
+    let summary = train(&cfg, &run, false, &RunOptions { device, workers: default_workers(), progress: true, stop_after: None, skip_bad: false })?;
 
     step("5/6 evaluating the untrained and the trained model on source and target");
     let trained = checkpoint::load(&latest_path(&run), device, None)?.model;

@@ -74,6 +74,9 @@ pub struct MineArgs {
     /// Overwrite an existing bank at --out
     #[arg(long)]
     force: bool,
+    /// Replace unreadable samples by the next readable one (each reported once) instead of stopping
+    #[arg(long)]
+    skip_bad: bool,
     /// Data-loading threads (default: cores - 1)
     #[arg(long)]
     workers: Option<usize>,
@@ -109,6 +112,7 @@ pub fn mine_styles(a: MineArgs) -> Result<i32> {
         save_every: a.save_every,
         description: a.prompt.clone(),
         workers: a.workers.unwrap_or_else(default_workers),
+        skip_bad: a.skip_bad,
     };
     let identity = run_identity(&sha256_file(&a.clip)?, &ds, &settings, &pin, &prompts);
     eprintln!("mining styles from {} with {}", ds.describe(), a.clip.display());

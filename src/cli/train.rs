@@ -128,6 +128,9 @@ pub struct TrainArgs {
     /// Start over even if the run folder has checkpoints
     #[arg(long)]
     force: bool,
+    /// Replace unreadable samples by the next readable one (each reported once) instead of stopping
+    #[arg(long)]
+    skip_bad: bool,
     /// Data-loading threads (default: cores - 1)
     #[arg(long)]
     workers: Option<usize>,
@@ -137,7 +140,13 @@ pub struct TrainArgs {
 
 pub fn train(a: TrainArgs) -> Result<i32> {
     let device = parse_device(&a.device)?;
-    let opts = RunOptions { device, workers: a.workers.unwrap_or_else(default_workers), progress: true, stop_after: a.stop_after };
+    let opts = RunOptions {
+        device,
+        workers: a.workers.unwrap_or_else(default_workers),
+        progress: true,
+        stop_after: a.stop_after,
+        skip_bad: a.skip_bad,
+    };
     let (cfg, run, resume) = match &a.resume {
         Some(run) => {
             let p = config_path(run);

@@ -24,6 +24,9 @@ pub struct LoaderConfig {
     pub workers: usize,
     /// Samples decoded ahead of the consumer.
     pub prefetch: usize,
+    /// Replace unreadable samples by the next readable one (reported once each)
+    /// instead of failing; deterministic, so resume stays exact.
+    pub skip_bad: bool,
 }
 
 pub struct Batch {
@@ -84,11 +87,37 @@ pub fn locate(order: &EpochOrder, n: usize, batch: usize, step: u64, k: usize) -
 }
 
 pub fn load_item(ds: &Dataset, cfg: &LoaderConfig, epoch: u64, index: usize) -> Result<Item> {
-    let (img, lbl) = ds.load(index)?;
+    let mut index = index;
+    let mut attempts = 0;
+    let (img, lbl) = loop {
+        match ds.load(index) {
+            Ok(v) => break v,
+            Err(e) if cfg.skip_bad => {
+                report_bad(&ds.samples[index].image, &e);
+                attempts += 1;
+                if attempts >= ds.len() {
+                    anyhow::bail!("no readable sample in {}", ds.describe());
+                }
+                index = (index + 1) % ds.len();
+            }
+            Err(e) => return Err(e.context("use --skip-bad to skip unreadable samples")),
+        }
+    };
     let mut rng = Rng::derive(cfg.seed, &[stream::AUGMENT, epoch, index as u64]);
     let (image, label) = augment_train(&img, &lbl, &cfg.augment, &mut rng);
     let dominant = dominant_classes(&label, cfg.grid);
     Ok(Item { image, label, dominant, index })
+}
+
+fn bad_samples() -> &'static Mutex<std::collections::HashSet<std::path::PathBuf>> {
+    static BAD: std::sync::OnceLock<Mutex<std::collections::HashSet<std::path::PathBuf>>> = std::sync::OnceLock::new();
+    BAD.get_or_init(Default::default)
+}
+
+fn report_bad(path: &std::path::Path, e: &anyhow::Error) {
+    if bad_samples().lock().unwrap().insert(path.to_path_buf()) {
+        eprintln!("skipping unreadable sample {}: {e:#}", path.display());
+    }
 }
 
 /// Batches for steps `start..end`, decoded ahead on worker threads.

@@ -196,6 +196,8 @@ pub struct MineSettings {
     /// Target-aware mining: this description instead of random styles.
     pub description: Option<String>,
     pub workers: usize,
+    /// Replace unreadable samples by the next readable one.
+    pub skip_bad: bool,
 }
 
 /// The settings a resumed run must share with the run it continues.
@@ -270,6 +272,7 @@ pub fn mine(
             seed: s.seed,
             workers: s.workers,
             prefetch: 2 * s.batch * s.group.max(1),
+            skip_bad: s.skip_bad,
         },
         start,
         total,

@@ -137,6 +137,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Stop (with a checkpoint) after this many iterations in this invocation.
     pub stop_after: Option<u64>,
+    /// Replace unreadable training samples by the next readable one.
+    pub skip_bad: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -334,7 +336,15 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, opts: &RunOptions) -> 
     augment.flip = cfg.augment;
     let loader = BatchLoader::new(
         ds.clone(),
-        LoaderConfig { batch: cfg.batch, augment, grid: cfg.grid, seed: cfg.seed, workers: opts.workers, prefetch: 3 * cfg.batch },
+        LoaderConfig {
+            batch: cfg.batch,
+            augment,
+            grid: cfg.grid,
+            seed: cfg.seed,
+            workers: opts.workers,
+            prefetch: 3 * cfg.batch,
+            skip_bad: opts.skip_bad,
+        },
         start,
         end,
     )?;
