@@ -132,3 +132,22 @@ impl TestTimeArgs {
         self.amp == "bf16"
     }
 }
+
+/// Options of the jobs that stream a dataset through a model (`mine-styles`, `train`).
+#[derive(clap::Args)]
+pub struct DataJobArgs {
+    /// Replace unreadable samples by the next readable one (each reported once) instead of stopping
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Data-loading threads (default: cores - 1)
+    #[arg(long)]
+    pub workers: Option<usize>,
+    #[arg(long, default_value = "auto", help = DEVICE_HELP)]
+    pub device: String,
+}
+
+impl DataJobArgs {
+    pub fn workers(&self) -> usize {
+        self.workers.unwrap_or_else(crate::data::prefetch::default_workers)
+    }
+}

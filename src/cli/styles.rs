@@ -8,7 +8,6 @@ use clap::{Args, Subcommand};
 
 use crate::clip::download::sha256_file;
 use crate::clip::{Clip, OutputStride};
-use crate::data::prefetch::default_workers;
 use crate::data::{Dataset, DatasetKind};
 use crate::device::parse_device;
 use crate::style::bank::StyleBank;
@@ -74,21 +73,15 @@ pub struct MineArgs {
     /// Overwrite an existing bank at --out
     #[arg(long)]
     force: bool,
-    /// Replace unreadable samples by the next readable one (each reported once) instead of stopping
-    #[arg(long)]
-    skip_bad: bool,
-    /// Data-loading threads (default: cores - 1)
-    #[arg(long)]
-    workers: Option<usize>,
-    #[arg(long, default_value = "auto", help = super::DEVICE_HELP)]
-    device: String,
+    #[command(flatten)]
+    job: super::DataJobArgs,
 }
 
 pub fn mine_styles(a: MineArgs) -> Result<i32> {
     if a.out.exists() && !a.resume && !a.force {
         bail!("{} exists: pass --resume to continue mining into it, or --force to start over", a.out.display());
     }
-    let device = parse_device(&a.device)?;
+    let device = parse_device(&a.job.device)?;
     let prompts = match &a.styles {
         Some(p) => PromptSet::from_file(p)?,
         None => PromptSet::default(),
@@ -111,8 +104,8 @@ pub fn mine_styles(a: MineArgs) -> Result<i32> {
         group: a.group,
         save_every: a.save_every,
         description: a.prompt.clone(),
-        workers: a.workers.unwrap_or_else(default_workers),
-        skip_bad: a.skip_bad,
+        workers: a.job.workers(),
+        skip_bad: a.job.skip_bad,
     };
     let identity = run_identity(&sha256_file(&a.clip)?, &ds, &settings, &pin, &prompts);
     eprintln!("mining styles from {} with {}", ds.describe(), a.clip.display());

@@ -7,7 +7,6 @@ use clap::Args;
 
 use crate::clip::download::sha256_file;
 use crate::clip::OutputStride;
-use crate::data::prefetch::default_workers;
 use crate::data::DatasetKind;
 use crate::device::parse_device;
 use crate::model::{FreezePolicy, HeadConfig};
@@ -128,24 +127,18 @@ pub struct TrainArgs {
     /// Start over even if the run folder has checkpoints
     #[arg(long)]
     force: bool,
-    /// Replace unreadable samples by the next readable one (each reported once) instead of stopping
-    #[arg(long)]
-    skip_bad: bool,
-    /// Data-loading threads (default: cores - 1)
-    #[arg(long)]
-    workers: Option<usize>,
-    #[arg(long, default_value = "auto", help = super::DEVICE_HELP)]
-    device: String,
+    #[command(flatten)]
+    job: super::DataJobArgs,
 }
 
 pub fn train(a: TrainArgs) -> Result<i32> {
-    let device = parse_device(&a.device)?;
+    let device = parse_device(&a.job.device)?;
     let opts = RunOptions {
         device,
-        workers: a.workers.unwrap_or_else(default_workers),
+        workers: a.job.workers(),
         progress: true,
         stop_after: a.stop_after,
-        skip_bad: a.skip_bad,
+        skip_bad: a.job.skip_bad,
     };
     let (cfg, run, resume) = match &a.resume {
         Some(run) => {
