@@ -7,12 +7,11 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::data::datasets::{read_label_ids, ACDC_CONDITIONS};
+use crate::data::datasets::ACDC_CONDITIONS;
 use crate::data::prefetch::{default_workers, ordered_map};
 use crate::data::{Dataset, DatasetKind};
 use crate::device::parse_device;
 use crate::eval::{evaluate, EvalOptions};
-use crate::imageops::Image8;
 use crate::model::checkpoint;
 
 #[derive(Args)]
@@ -210,32 +209,13 @@ pub fn data(cmd: DataCommand) -> Result<i32> {
 
 fn check_pair(ds: &Dataset, kind: DatasetKind, i: usize) -> PairCheck {
     let mut out = PairCheck { problem: None, hist: [0; 256], unknown: BTreeMap::new() };
-    let s = &ds.samples[i];
-    let img = match Image8::open_rgb(&s.image) {
-        Ok(im) => im,
+    let raw = match ds.load_raw(i) {
+        Ok((_, raw)) => raw,
         Err(e) => {
             out.problem = Some(format!("{e:#}"));
             return out;
         }
     };
-    let raw = match read_label_ids(&s.label, kind == DatasetKind::Synthia) {
-        Ok(l) => l,
-        Err(e) => {
-            out.problem = Some(format!("{e:#}"));
-            return out;
-        }
-    };
-    if (img.width, img.height) != (raw.width, raw.height) {
-        out.problem = Some(format!(
-            "image is {}x{} but its label {} is {}x{}",
-            img.width,
-            img.height,
-            s.label.display(),
-            raw.width,
-            raw.height
-        ));
-        return out;
-    }
     for &v in &raw.data {
         out.hist[ds.map[v as usize] as usize] += 1;
         if !kind.known_raw_id(v) {

@@ -284,9 +284,17 @@ impl Dataset {
 
     /// Decodes sample `i`: RGB image and train-id label of the same size.
     pub fn load(&self, i: usize) -> Result<(Image8, Image8)> {
+        let (img, raw) = self.load_raw(i)?;
+        let lbl = Image8 { data: raw.data.iter().map(|&v| self.map[v as usize]).collect(), ..raw };
+        Ok((img, lbl))
+    }
+
+    /// Decodes sample `i` with its label's raw ids (before conversion), checking that
+    /// image and label have the same size.
+    pub fn load_raw(&self, i: usize) -> Result<(Image8, Image8)> {
         let s = &self.samples[i];
         let img = Image8::open_rgb(&s.image)?;
-        let lbl = read_label(&s.label, self.kind == DatasetKind::Synthia, &self.map)?;
+        let lbl = read_label_ids(&s.label, self.kind == DatasetKind::Synthia)?;
         if (img.width, img.height) != (lbl.width, lbl.height) {
             bail!(
                 "image {} is {}x{} but its label {} is {}x{}",
@@ -315,14 +323,8 @@ fn orphan_labels(dir: &Path, suffix: &str, used: &std::collections::HashSet<Path
     Ok(())
 }
 
-/// Reads a label PNG as raw ids (palette indices, grey values; Synthia: channel 0 of
-/// a 16-bit RGB image) and converts them with `map`.
-pub fn read_label(path: &Path, synthia: bool, map: &LabelMap) -> Result<Image8> {
-    let raw = read_label_ids(path, synthia)?;
-    Ok(Image8 { data: raw.data.iter().map(|&v| map[v as usize]).collect(), ..raw })
-}
-
-/// The label file's raw ids (before conversion).
+/// A label PNG's raw ids (palette indices, grey values; Synthia: channel 0 of a
+/// 16-bit RGB image), before conversion to train ids.
 pub fn read_label_ids(path: &Path, synthia: bool) -> Result<Image8> {
     use png::{BitDepth, ColorType};
     let f = std::fs::File::open(path).with_context(|| format!("cannot open label {}", path.display()))?;
