@@ -1,6 +1,6 @@
 //! `--device auto|cpu|cuda|cuda:N` parsing.
 
-use anyhow::{bail, Result};
+use crate::error::{bail, Result};
 use tch::Device;
 
 /// Parses a device spec; `auto` picks the first CUDA device when one is usable.

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 use tch::{Kind, Tensor};
 
 /// An interleaved 8-bit image (RGB: 3 channels, labels: 1 channel).

@@ -1,4 +1,4 @@
-//! Dataset layouts and exact label conversions (SPEC §6), transforms bit-exact with
+//! Dataset layouts and exact label conversions (docs/design.md §6), transforms bit-exact with
 //! Pillow, metrics against hand-computed values, the loader's determinism, bad input,
 //! and `famix eval` / `famix data check` against the PyTorch twin's numbers.
 mod common;
@@ -55,7 +55,7 @@ fn all_ids() -> Vec<u8> {
     (0..=255u8).collect()
 }
 
-// Independent transcriptions of SPEC §6.
+// Independent transcriptions of docs/design.md §6.
 fn cityscapes(v: u8) -> u8 {
     let t = [(7, 0), (8, 1), (11, 2), (12, 3), (13, 4), (17, 5), (19, 6), (20, 7), (21, 8), (22, 9), (23, 10), (24, 11), (25, 12), (26, 13), (27, 14), (28, 15), (31, 16), (32, 17), (33, 18)];
     t.iter().find(|(k, _)| *k == v).map(|x| x.1).unwrap_or(255)

@@ -6,7 +6,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
-use famix::clip::download::{fetch, sha256_file};
+use famix::clip::download::fetch;
+use famix::io::sha256_file;
 use sha2::{Digest, Sha256};
 
 /// Serves `body` for any GET; honours `Range: bytes=N-`. Records request headers.
@@ -58,20 +59,20 @@ fn downloads_verifies_and_resumes() {
 
     // Fresh download.
     let (base, log) = serve(body.clone(), 1);
-    let path = fetch(&base, &digest, "RN-test.pt", dir.path(), false).unwrap();
+    let path = fetch(&base, &digest, "RN-test.pt", dir.path(), &famix::progress::Silent).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), body);
     assert!(log.lock().unwrap()[0].starts_with(&format!("GET /{digest}/RN-test.pt ")));
 
     // A verified file is reused without any request (the server would accept none).
     let (base_dead, log_dead) = serve(vec![], 0);
-    assert_eq!(fetch(&base_dead, &digest, "RN-test.pt", dir.path(), false).unwrap(), path);
+    assert_eq!(fetch(&base_dead, &digest, "RN-test.pt", dir.path(), &famix::progress::Silent).unwrap(), path);
     assert!(log_dead.lock().unwrap().is_empty());
 
     // Resume: half a partial file → a Range request for the rest.
     std::fs::remove_file(&path).unwrap();
     std::fs::write(dir.path().join("RN-test.pt.partial"), &body[..80_000]).unwrap();
     let (base, log) = serve(body.clone(), 1);
-    let path = fetch(&base, &digest, "RN-test.pt", dir.path(), false).unwrap();
+    let path = fetch(&base, &digest, "RN-test.pt", dir.path(), &famix::progress::Silent).unwrap();
     assert_eq!(sha256_file(&path).unwrap(), digest);
     assert!(log.lock().unwrap()[0].to_ascii_lowercase().contains("range: bytes=80000-"));
     assert!(!dir.path().join("RN-test.pt.partial").exists());
@@ -82,7 +83,7 @@ fn checksum_mismatch_is_rejected() {
     let dir = common::tmpdir();
     let (base, _) = serve(b"not the model".to_vec(), 1);
     let wanted = "0".repeat(64);
-    let err = fetch(&base, &wanted, "RN-bad.pt", dir.path(), false).unwrap_err();
+    let err = fetch(&base, &wanted, "RN-bad.pt", dir.path(), &famix::progress::Silent).unwrap_err();
     assert!(format!("{err:#}").contains("SHA-256"), "{err:#}");
     assert!(!dir.path().join("RN-bad.pt").exists());
     assert!(!dir.path().join("RN-bad.pt.partial").exists());

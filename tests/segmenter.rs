@@ -60,7 +60,7 @@ fn test_scale_and_ensemble_match_pytorch_and_labels_match() {
 fn synthetic_training_step_matches_pytorch() {
     let exp = load("expected_seg.safetensors");
     let mut m = reference_model().model;
-    m.head.config.dropout = 0.0;
+    m.config.head.dropout = 0.0;
     m.set_freeze(FreezePolicy::Synthetic);
     let frozen_before: Vec<(String, Tensor)> = m
         .vs

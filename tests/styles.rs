@@ -107,7 +107,7 @@ fn loss_trajectories_match_pytorch_iteration_by_iteration() {
     use famix::data::augment::TrainAugment;
     use famix::data::loader::{BatchLoader, LoaderConfig};
     use famix::data::{Dataset, DatasetKind};
-    use famix::style::mining::{mine_batches, PinConfig};
+    use famix::style::{mining::mine_batches, PinConfig};
     use famix::style::prompts::{PromptEmbedder, PromptSet};
     let (meta, t) = expected();
     let clip = famix::clip::Clip::load(&fixture("clip_a.safetensors.gz"), tch::Device::Cpu, famix::clip::OutputStride::Os32).unwrap();

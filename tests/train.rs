@@ -48,7 +48,7 @@ fn uneven_grids_restyle_each_cell_like_even_ones() {
 fn training_iteration_with_mixing_matches_pytorch() {
     let exp = load("expected_mixing.safetensors");
     let mut m = checkpoint::load(&fixture("seg_a_ref.pth"), Device::Cpu, None).unwrap().model;
-    m.head.config.dropout = 0.0;
+    m.config.head.dropout = 0.0;
     m.set_freeze(FreezePolicy::Synthetic);
     let (bb, head) = m.param_groups();
     let f = |x: &Tensor| restyle(x, &exp["style_mu"], &exp["style_sigma"], Some(&exp["s"]), 3);

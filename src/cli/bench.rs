@@ -3,9 +3,8 @@
 use anyhow::{bail, Result};
 use clap::Args;
 
-use crate::bench::{bench_infer, bench_loader, bench_mine, bench_train, Arch, BenchConfig};
-use crate::data::prefetch::default_workers;
-use crate::device::parse_device;
+use super::bench_run::{bench_infer, bench_loader, bench_mine, bench_train, Arch, BenchConfig};
+use famix::data::prefetch::default_workers;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -40,20 +39,20 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10)]
     iters: usize,
     /// bf16 autocast
-    #[arg(long, value_parser = ["fp32", "bf16"], default_value = "fp32")]
-    amp: String,
+    #[arg(long, value_enum, default_value = "fp32")]
+    amp: famix::Precision,
     /// One JSON line per workload
     #[arg(long)]
     json: bool,
     /// Loader threads (default: cores - 1)
     #[arg(long)]
     workers: Option<usize>,
-    #[arg(long, default_value = "auto", help = super::DEVICE_HELP)]
-    device: String,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 pub fn bench(a: BenchArgs) -> Result<i32> {
-    let device = parse_device(&a.device)?;
+    let device = a.device.device;
     let (h, w) = match a.infer_size.split_once('x') {
         Some((h, w)) => (h.trim().parse()?, w.trim().parse()?),
         None => bail!("--infer-size must look like 1024x2048"),
@@ -69,7 +68,7 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
         mine_iters: a.mine_iters,
         warmup: a.warmup,
         iters: a.iters,
-        amp_bf16: a.amp == "bf16",
+        precision: a.amp,
         workers: a.workers.unwrap_or_else(default_workers),
     };
     if a.crop % 4 != 0 || a.mine_crop % 12 != 0 {

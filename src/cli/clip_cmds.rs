@@ -7,12 +7,11 @@ use clap::Args;
 use serde_json::json;
 use tch::{Kind, Tensor};
 
-use crate::clip::preprocess::preprocess;
-use crate::clip::tokenizer::{Tokenizer, CONTEXT_LENGTH};
-use crate::clip::{download as dl, l2_normalize, Clip, OutputStride};
-use crate::device::parse_device;
-use crate::imageops::Image8;
-use crate::style::prompts::{PromptEmbedder, PromptSet};
+use famix::clip::preprocess::preprocess;
+use famix::clip::tokenizer::{Tokenizer, CONTEXT_LENGTH};
+use famix::clip::{download as dl, l2_normalize, Clip, OutputStride};
+use famix::imageops::Image8;
+use famix::style::prompts::{PromptEmbedder, PromptSet};
 
 #[derive(Args)]
 pub struct EncodeImageArgs {
@@ -25,12 +24,12 @@ pub struct EncodeImageArgs {
     /// L2-normalise the embeddings
     #[arg(long)]
     normalize: bool,
-    #[arg(long, default_value = "auto", help = super::DEVICE_HELP)]
-    device: String,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 pub fn encode_image(a: EncodeImageArgs) -> Result<i32> {
-    let device = parse_device(&a.device)?;
+    let device = a.device.device;
     let clip = Clip::load(&a.clip, device, OutputStride::Os32)?;
     let res = clip.visual.config.input_resolution as usize;
     let mut failed = 0;
@@ -100,8 +99,8 @@ pub struct EncodeTextArgs {
     /// L2-normalise the embeddings
     #[arg(long)]
     normalize: bool,
-    #[arg(long, default_value = "auto", help = super::DEVICE_HELP)]
-    device: String,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 pub fn templates_from_arg(arg: &str) -> Result<Vec<String>> {
@@ -123,7 +122,7 @@ pub fn templates_from_arg(arg: &str) -> Result<Vec<String>> {
 }
 
 pub fn encode_text(a: EncodeTextArgs) -> Result<i32> {
-    let device = parse_device(&a.device)?;
+    let device = a.device.device;
     let clip = Clip::load(&a.clip, device, OutputStride::Os32)?;
     let templates = templates_from_arg(&a.templates)?;
     let emb = PromptEmbedder::new(&clip, templates)?;
@@ -151,19 +150,19 @@ pub struct ZeroShotArgs {
     /// Templates for the labels: default (80 ImageNet templates), none, or FILE
     #[arg(long, default_value = "default")]
     templates: String,
-    #[arg(long, default_value = "auto", help = super::DEVICE_HELP)]
-    device: String,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 pub fn zero_shot(a: ZeroShotArgs) -> Result<i32> {
-    let device = parse_device(&a.device)?;
+    let device = a.device.device;
     let clip = Clip::load(&a.clip, device, OutputStride::Os32)?;
     let labels: Vec<String> = a.labels.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
     if labels.len() < 2 {
         anyhow::bail!("--labels needs at least two comma-separated labels");
     }
     let mut emb = PromptEmbedder::new(&clip, templates_from_arg(&a.templates)?)?;
-    let text = Tensor::stack(&labels.iter().map(|l| emb.embed(l)).collect::<Result<Vec<_>>>()?, 0);
+    let text = Tensor::stack(&labels.iter().map(|l| emb.embed(l)).collect::<famix::Result<Vec<_>>>()?, 0);
     let scale = clip.logit_scale.unwrap_or((1.0f64 / 0.07).ln()).exp();
     let res = clip.visual.config.input_resolution as usize;
     let mut failed = 0;
@@ -201,7 +200,7 @@ pub struct DownloadArgs {
 
 pub fn download(a: DownloadArgs) -> Result<i32> {
     let dir = a.dir.unwrap_or_else(dl::default_cache_dir);
-    let path = dl::download(&a.model, &dir, &a.base_url, true)?;
+    let path = dl::download(&a.model, &dir, &a.base_url, &super::progress::Bars::default())?;
     println!("{}", path.display());
     Ok(0)
 }

@@ -1,26 +1,30 @@
 //! `famix demo`: the whole method on a built-in synthetic two-domain dataset and a
 //! tiny random CLIP — mine styles, train with style mixing, evaluate on source and
-//! (unseen) target, write predictions — in a few minutes on a CPU.
+//! (unseen) target, write predictions — in under a minute on a CPU.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Result;
 use clap::Args;
+use tch::Device;
 
-use crate::clip::download::sha256_file;
-use crate::clip::{Clip, OutputStride, ResNetConfig, TextConfig};
-use crate::data::prefetch::default_workers;
-use crate::data::synthetic::{write_dataset, DomainStyle};
-use crate::data::{Dataset, DatasetKind};
-use crate::device::parse_device;
-use crate::eval::{evaluate, EvalOptions};
-use crate::model::checkpoint;
-use crate::model::{FreezePolicy, HeadConfig};
-use crate::style::mining::{mine, run_identity, MineSettings, PinConfig};
-use crate::style::prompts::PromptSet;
-use crate::train::trainer::{initial_model, latest_path, train};
-use crate::train::{RunOptions, TrainConfig, ValSpec};
+use famix::clip::{Clip, OutputStride, ResNetConfig, TextConfig};
+use famix::data::prefetch::default_workers;
+use famix::data::synthetic::{write_dataset, DomainStyle};
+use famix::data::{Dataset, DatasetKind};
+use famix::eval::{evaluate, EvalOptions};
+use famix::io::sha256_file;
+use famix::model::{FreezePolicy, HeadConfig};
+use famix::render::write_outputs;
+use famix::style::mining::{mine, run_identity, MineSettings};
+use famix::style::prompts::PromptSet;
+use famix::style::PinConfig;
+use famix::train::trainer::{initial_model, latest_path, train};
+use famix::train::{RunOptions, TrainConfig, ValSpec};
+use famix::{PredictOptions, Segmenter, Silent};
+
+use super::progress::Bars;
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -36,36 +40,45 @@ pub struct DemoArgs {
     /// Seed for data, weights and training
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    #[arg(long, default_value = "auto", help = super::DEVICE_HELP)]
-    device: String,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
-pub fn demo(a: DemoArgs) -> Result<i32> {
-    let device = parse_device(&a.device)?;
-    let t0 = std::time::Instant::now();
-    let out = &a.out;
-    std::fs::create_dir_all(out)?;
-    let step = |s: &str| eprintln!("[{:6.1} s] {s}", t0.elapsed().as_secs_f64());
+/// The files the demo makes.
+struct Paths {
+    src: PathBuf,
+    tgt: PathBuf,
+    clip: PathBuf,
+    bank: PathBuf,
+    run: PathBuf,
+    predictions: PathBuf,
+}
 
-    step("1/6 generating the synthetic street scenes (source: day, target: night)");
-    let (src, tgt) = (out.join("data/source"), out.join("data/target"));
-    write_dataset(&src, &DomainStyle::day(), &[("train", 48), ("val", 12)], 128, 96, a.seed)?;
-    write_dataset(&tgt, &DomainStyle::night(), &[("val", 12)], 128, 96, a.seed + 1)?;
-
-    step("2/6 building a tiny random-weight CLIP (RN-style image tower + text tower)");
-    tch::manual_seed(a.seed as i64);
-    let visual = ResNetConfig { layers: [1, 1, 2, 2], width: 16, output_dim: Some(64), heads: 8, input_resolution: 224 };
-    let text = TextConfig { vocab_size: 49408, context_length: 77, width: 64, heads: 1, layers: 2, embed_dim: 64 };
-    let clip_path = out.join("clip_tiny.safetensors");
-    {
-        let clip = Clip::random(&visual, Some(&text), tch::Device::Cpu, OutputStride::Os32);
-        let mut vars: Vec<(String, tch::Tensor)> = clip.vs.variables().into_iter().collect();
-        vars.sort_by(|x, y| x.0.cmp(&y.0));
-        crate::io::archive::save_safetensors(&clip_path, &vars, None)?;
+impl Paths {
+    fn new(out: &Path) -> Self {
+        Paths {
+            src: out.join("data/source"),
+            tgt: out.join("data/target"),
+            clip: out.join("clip_tiny.safetensors"),
+            bank: out.join("styles.safetensors"),
+            run: out.join("run"),
+            predictions: out.join("predictions"),
+        }
     }
-    let clip = Clip::load(&clip_path, device, OutputStride::Os32)?;
+}
 
-    step("3/6 mining class styles from text prompts (patch-wise PIN)");
+/// A random-weight CLIP of the tiny architecture, saved as safetensors.
+fn write_tiny_clip(path: &Path, seed: u64) -> Result<()> {
+    tch::manual_seed(seed as i64);
+    let clip = Clip::random(&ResNetConfig::tiny(), Some(&TextConfig::tiny()), Device::Cpu, OutputStride::Os32);
+    let mut vars: Vec<(String, tch::Tensor)> = clip.vs.variables().into_iter().collect();
+    vars.sort_by(|x, y| x.0.cmp(&y.0));
+    famix::io::archive::save_safetensors(path, &vars, None)?;
+    Ok(())
+}
+
+fn mine_styles(a: &DemoArgs, p: &Paths) -> Result<String> {
+    let clip = Clip::load(&p.clip, a.device.device, OutputStride::Os32)?;
     let prompts = PromptSet::default();
     let pin = PinConfig { iters: 10, ..Default::default() };
     let settings = MineSettings {
@@ -79,68 +92,91 @@ pub fn demo(a: DemoArgs) -> Result<i32> {
         workers: default_workers(),
         skip_bad: false,
     };
-    let src_train = Arc::new(Dataset::open(DatasetKind::Folder, &src, "train", None)?);
-    let bank_path = out.join("styles.safetensors");
-    let _ = std::fs::remove_file(&bank_path);
-    let identity = run_identity(&sha256_file(&clip_path)?, &src_train, &settings, &pin, &prompts);
-    let bank = mine(&clip, src_train, &prompts, &pin, &settings, &bank_path, identity, false, true)?;
-    eprintln!("           {} styles for {} classes", bank.total(), bank.entries.len());
-    drop(clip);
+    let src_train = Arc::new(Dataset::open(DatasetKind::Folder, &p.src, "train", None)?);
+    let _ = std::fs::remove_file(&p.bank);
+    let identity = run_identity(&sha256_file(&p.clip)?, &src_train, &settings, &pin, &prompts);
+    let bank = mine(&clip, src_train, &prompts, &pin, &settings, &p.bank, identity, false, &Bars::default())?;
+    Ok(format!("{} styles for {} classes", bank.total(), bank.entries.len()))
+}
 
-    step("4/6 training with local style mixing");
-    let run = out.join("run");
-    let _ = std::fs::remove_dir_all(&run);
-    let cfg = TrainConfig {
+fn train_config(a: &DemoArgs, p: &Paths) -> Result<TrainConfig> {
+    let reference = TrainConfig::reference(p.clip.clone(), sha256_file(&p.clip)?, DatasetKind::Folder, p.src.clone(), Some(p.bank.clone()));
+    Ok(TrainConfig {
         iters: a.iters,
         batch: 4,
         crop: 72,
         freeze: FreezePolicy::Synthetic,
-        head: HeadConfig { num_classes: 19, aspp_channels: 64, low_proj_channels: 16, dropout: 0.1 },
-        val: Some(ValSpec { dataset: DatasetKind::Folder, data_root: tgt.clone(), split: "val".into(), condition: None, limit: None }),
+        head: HeadConfig::tiny(19),
+        val: Some(ValSpec { dataset: DatasetKind::Folder, data_root: p.tgt.clone(), split: "val".into(), condition: None, limit: None }),
         val_interval: (a.iters / 3).max(1),
         seed: a.seed,
-        ..TrainConfig::reference(clip_path.clone(), sha256_file(&clip_path)?, DatasetKind::Folder, src.clone(), Some(bank_path.clone()))
-    };
-    let untrained = initial_model(&cfg, device)?;
-    let summary = train(&cfg, &run, false, &RunOptions { device, workers: default_workers(), progress: true, stop_after: None, skip_bad: false })?;
+        ..reference
+    })
+}
 
-    step("5/6 evaluating the untrained and the trained model on source and target");
-    let trained = checkpoint::load(&latest_path(&run), device, None)?.model;
-    let src_val = Dataset::open(DatasetKind::Folder, &src, "val", None)?;
-    let tgt_val = Dataset::open(DatasetKind::Folder, &tgt, "val", None)?;
+/// (source mIoU, target mIoU) of a model on the two validation splits.
+fn source_target_miou(model: &Segmenter, p: &Paths) -> Result<(f64, f64)> {
     let e = EvalOptions::default();
-    let mut rows = Vec::new();
-    for (name, model) in [("untrained", &untrained), ("trained", &trained)] {
-        let s = evaluate(model, &src_val, &e)?.metrics.miou;
-        let t = evaluate(model, &tgt_val, &e)?.metrics.miou;
-        rows.push((name, s, t));
-    }
+    let s = evaluate(model, &Dataset::open(DatasetKind::Folder, &p.src, "val", None)?, &e, &Silent)?.metrics.miou;
+    let t = evaluate(model, &Dataset::open(DatasetKind::Folder, &p.tgt, "val", None)?, &e, &Silent)?.metrics.miou;
+    Ok((s, t))
+}
 
-    step("6/6 writing target predictions");
-    let pred_dir = out.join("predictions");
-    let palette = trained.config.palette.clone();
+fn write_predictions(model: &Segmenter, p: &Paths) -> Result<()> {
+    let tgt_val = Dataset::open(DatasetKind::Folder, &p.tgt, "val", None)?;
     for i in 0..tgt_val.len().min(4) {
         let (img, _) = tgt_val.load(i)?;
-        let x = crate::clip::preprocess::normalize_u8(&img.to_tensor_u8().unsqueeze(0), device);
-        let pred = trained.predict_logits(&x, 1.0, false).argmax(1, false).to_kind(tch::Kind::Uint8).get(0);
-        let labels = crate::imageops::Image8::from_tensor_u8(&pred)?;
-        super::predict::write_outputs(&pred_dir.join(format!("{i:04}")), &img, &labels, &palette, true)?;
+        let pred = model.predict(&img, &PredictOptions::default())?;
+        write_outputs(&p.predictions.join(format!("{i:04}")), &img, &pred.train_ids, &model.config.palette, true)?;
     }
+    Ok(())
+}
+
+pub fn demo(a: DemoArgs) -> Result<i32> {
+    let device = a.device.device;
+    let t0 = std::time::Instant::now();
+    std::fs::create_dir_all(&a.out)?;
+    let p = Paths::new(&a.out);
+    let step = |s: &str| eprintln!("[{:6.1} s] {s}", t0.elapsed().as_secs_f64());
+
+    step("1/6 generating the synthetic street scenes (source: day, target: night)");
+    write_dataset(&p.src, &DomainStyle::day(), &[("train", 48), ("val", 12)], 128, 96, a.seed)?;
+    write_dataset(&p.tgt, &DomainStyle::night(), &[("val", 12)], 128, 96, a.seed + 1)?;
+
+    step("2/6 building a tiny random-weight CLIP (RN-style image tower + text tower)");
+    write_tiny_clip(&p.clip, a.seed)?;
+
+    step("3/6 mining class styles from text prompts (patch-wise PIN)");
+    eprintln!("           {}", mine_styles(&a, &p)?);
+
+    step("4/6 training with local style mixing");
+    let _ = std::fs::remove_dir_all(&p.run);
+    let cfg = train_config(&a, &p)?;
+    let untrained = initial_model(&cfg, device)?;
+    let opts = RunOptions { device, workers: default_workers(), stop_after: None, skip_bad: false };
+    let summary = train(&cfg, &p.run, false, &opts, &Bars::default())?;
+
+    step("5/6 evaluating the untrained and the trained model on source and target");
+    let trained = Segmenter::load(latest_path(&p.run), device)?;
+    let rows = [("untrained", source_target_miou(&untrained, &p)?), ("trained", source_target_miou(&trained, &p)?)];
+
+    step("6/6 writing target predictions");
+    write_predictions(&trained, &p)?;
 
     println!("\nfamix demo finished in {:.1} s", t0.elapsed().as_secs_f64());
     println!("{:<10} {:>14} {:>14}", "model", "source mIoU %", "target mIoU %");
-    for (n, s, t) in &rows {
+    for (n, (s, t)) in &rows {
         println!("{n:<10} {:>14.2} {:>14.2}", s * 100.0, t * 100.0);
     }
     println!(
         "\n  data:        {}\n  CLIP:        {}\n  style bank:  {}\n  run:         {} (best val mIoU {})\n  predictions: {}",
-        out.join("data").display(),
-        clip_path.display(),
-        bank_path.display(),
-        run.display(),
+        a.out.join("data").display(),
+        p.clip.display(),
+        p.bank.display(),
+        p.run.display(),
         summary.best_miou.map(|m| format!("{:.2} %", m * 100.0)).unwrap_or_else(|| "-".into()),
-        pred_dir.display()
+        p.predictions.display()
     );
-    println!("\nNext: famix eval --checkpoint {} --dataset folder --data-root {}", latest_path(&run).display(), tgt.display());
+    println!("\nNext: famix eval --checkpoint {} --dataset folder --data-root {}", latest_path(&p.run).display(), p.tgt.display());
     Ok(0)
 }

@@ -1,10 +1,13 @@
 //! The `famix` command line: one subcommand per job.
 
 mod bench;
+mod bench_run;
 mod clip_cmds;
+mod data;
 mod demo;
 mod eval;
-pub(crate) mod predict;
+mod predict;
+mod progress;
 mod styles;
 mod train;
 
@@ -46,7 +49,7 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Dataset utilities.
     #[command(subcommand)]
-    Data(eval::DataCommand),
+    Data(data::DataCommand),
     /// Mine per-class styles from text prompts with CLIP (patch-wise PIN) into a style bank.
     MineStyles(styles::MineArgs),
     /// Inspect or import style banks.
@@ -71,7 +74,7 @@ pub fn main() -> i32 {
         Command::Predict(a) => predict::predict(a),
         Command::ImportCheckpoint(a) => predict::import(a),
         Command::Eval(a) => eval::eval(a),
-        Command::Data(c) => eval::data(c),
+        Command::Data(c) => data::data(c),
         Command::MineStyles(a) => styles::mine_styles(a),
         Command::Styles(c) => styles::styles(c),
         Command::Train(a) => train::train(a),
@@ -92,16 +95,15 @@ pub fn main() -> i32 {
 /// `--device` help shared by the subcommands that compute.
 pub const DEVICE_HELP: &str = "Device: auto (first CUDA GPU if any, else CPU), cpu, cuda or cuda:N";
 
-/// A progress bar on stderr (hidden when stderr is not a terminal).
-pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {prefix}")
-            .unwrap()
-            .progress_chars("=> "),
-    );
-    bar.set_message(what.to_string());
-    bar
+/// `--device`, parsed once into a device (the one definition every subcommand flattens).
+#[derive(clap::Args, Clone, Copy)]
+pub struct DeviceArgs {
+    #[arg(long = "device", default_value = "auto", value_parser = parse_device_flag, help = DEVICE_HELP)]
+    pub device: tch::Device,
+}
+
+fn parse_device_flag(s: &str) -> Result<tch::Device, String> {
+    famix::device::parse_device(s).map_err(|e| e.to_string())
 }
 
 /// Test-time options shared by `predict` and `eval`.
@@ -117,19 +119,20 @@ pub struct TestTimeArgs {
     #[arg(long)]
     pub output_stride: Option<i64>,
     /// bf16 autocast: faster on GPUs; fp32 is the reference's precision
-    #[arg(long, value_parser = ["fp32", "bf16"], default_value = "fp32")]
-    pub amp: String,
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub amp: famix::Precision,
 }
 
 impl TestTimeArgs {
-    pub fn output_stride(&self) -> anyhow::Result<Option<crate::clip::OutputStride>> {
-        if self.scale <= 0.0 {
-            anyhow::bail!("--scale must be positive");
-        }
-        self.output_stride.map(crate::clip::OutputStride::from_int).transpose()
+    /// The output stride asked for, if any.
+    pub fn output_stride(&self) -> anyhow::Result<Option<famix::clip::OutputStride>> {
+        Ok(self.output_stride.map(famix::clip::OutputStride::from_int).transpose()?)
     }
-    pub fn bf16(&self) -> bool {
-        self.amp == "bf16"
+    /// The library's test-time options (validated).
+    pub fn predict_options(&self) -> anyhow::Result<famix::PredictOptions> {
+        let o = famix::PredictOptions { scale: self.scale, ensemble: self.ensemble, precision: self.amp, keep_logits: false };
+        o.validate()?;
+        Ok(o)
     }
 }
 
@@ -142,12 +145,12 @@ pub struct DataJobArgs {
     /// Data-loading threads (default: cores - 1)
     #[arg(long)]
     pub workers: Option<usize>,
-    #[arg(long, default_value = "auto", help = DEVICE_HELP)]
-    pub device: String,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 impl DataJobArgs {
     pub fn workers(&self) -> usize {
-        self.workers.unwrap_or_else(crate::data::prefetch::default_workers)
+        self.workers.unwrap_or_else(famix::data::prefetch::default_workers)
     }
 }

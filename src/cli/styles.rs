@@ -6,13 +6,13 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 
-use crate::clip::download::sha256_file;
-use crate::clip::{Clip, OutputStride};
-use crate::data::{Dataset, DatasetKind};
-use crate::device::parse_device;
-use crate::style::bank::StyleBank;
-use crate::style::mining::{mine, run_identity, MineSettings, PinConfig};
-use crate::style::prompts::PromptSet;
+use famix::clip::{Clip, OutputStride};
+use famix::data::{Dataset, DatasetKind};
+use famix::io::sha256_file;
+use famix::style::bank::StyleBank;
+use famix::style::mining::{check_settings, mine, run_identity, MineSettings};
+use famix::style::PinConfig;
+use famix::style::prompts::PromptSet;
 
 #[derive(Args)]
 pub struct MineArgs {
@@ -81,7 +81,20 @@ pub fn mine_styles(a: MineArgs) -> Result<i32> {
     if a.out.exists() && !a.resume && !a.force {
         bail!("{} exists: pass --resume to continue mining into it, or --force to start over", a.out.display());
     }
-    let device = parse_device(&a.job.device)?;
+    let device = a.job.device.device;
+    let pin = PinConfig { iters: a.iters, lr: a.lr, grid: a.grid, ..Default::default() };
+    let settings = MineSettings {
+        batch: a.batch,
+        crop: a.crop,
+        seed: a.seed,
+        limit: a.limit,
+        group: a.group,
+        save_every: a.save_every,
+        description: a.prompt.clone(),
+        workers: a.job.workers(),
+        skip_bad: a.job.skip_bad,
+    };
+    check_settings(&settings, &pin)?;
     let prompts = match &a.styles {
         Some(p) => PromptSet::from_file(p)?,
         None => PromptSet::default(),
@@ -95,22 +108,10 @@ pub fn mine_styles(a: MineArgs) -> Result<i32> {
     if ds.is_empty() {
         bail!("no image/label pairs found for {} (run `famix data check`)", ds.describe());
     }
-    let pin = PinConfig { iters: a.iters, lr: a.lr, grid: a.grid, ..Default::default() };
-    let settings = MineSettings {
-        batch: a.batch,
-        crop: a.crop,
-        seed: a.seed,
-        limit: a.limit,
-        group: a.group,
-        save_every: a.save_every,
-        description: a.prompt.clone(),
-        workers: a.job.workers(),
-        skip_bad: a.job.skip_bad,
-    };
     let identity = run_identity(&sha256_file(&a.clip)?, &ds, &settings, &pin, &prompts);
     eprintln!("mining styles from {} with {}", ds.describe(), a.clip.display());
     let t0 = std::time::Instant::now();
-    let bank = mine(&clip, ds, &prompts, &pin, &settings, &a.out, identity, a.resume, true)?;
+    let bank = mine(&clip, ds, &prompts, &pin, &settings, &a.out, identity, a.resume, &super::progress::Bars::default())?;
     eprintln!(
         "{} styles from {} batches in {:.1} s → {}",
         bank.total(),

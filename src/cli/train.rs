@@ -1,18 +1,17 @@
 //! `famix train`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::clip::download::sha256_file;
-use crate::clip::OutputStride;
-use crate::data::DatasetKind;
-use crate::device::parse_device;
-use crate::model::{FreezePolicy, HeadConfig};
-use crate::style::mixing::StyleMode;
-use crate::train::trainer::{config_path, train as run_training};
-use crate::train::{RunOptions, TrainConfig, ValSpec};
+use famix::clip::OutputStride;
+use famix::data::DatasetKind;
+use famix::io::sha256_file;
+use famix::model::{FreezePolicy, HeadConfig};
+use famix::style::mixing::StyleMode;
+use famix::train::trainer::{check_config, config_path, latest_path, train as run_training};
+use famix::train::{RunOptions, TrainConfig, ValSpec};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -25,9 +24,9 @@ pub struct TrainArgs {
     /// Source dataset root folder
     #[arg(long, required_unless_present = "resume")]
     data_root: Option<PathBuf>,
-    /// Source split
-    #[arg(long, default_value = "train")]
-    split: String,
+    /// Source split [default: train]
+    #[arg(long)]
+    split: Option<String>,
     /// ACDC condition, when training on ACDC
     #[arg(long)]
     condition: Option<String>,
@@ -43,45 +42,45 @@ pub struct TrainArgs {
     /// Total iterations (with --resume: extends the run)
     #[arg(long)]
     iters: Option<u64>,
-    /// Images per iteration
-    #[arg(long, default_value_t = 8)]
-    batch: usize,
-    /// Random crop size (divisible by 4)
-    #[arg(long, default_value_t = 768)]
-    crop: usize,
-    /// Head learning rate (the backbone uses lr × --backbone-lr-mult)
-    #[arg(long, default_value_t = 0.1)]
-    lr: f64,
-    /// Backbone learning rate = lr × this
-    #[arg(long, default_value_t = 0.1)]
-    backbone_lr_mult: f64,
-    /// SGD momentum
-    #[arg(long, default_value_t = 0.9)]
-    momentum: f64,
-    /// SGD weight decay
-    #[arg(long, default_value_t = 1e-4)]
-    weight_decay: f64,
-    /// Poly schedule power (lr·(1 − it/max)^power, floor --min-lr)
-    #[arg(long, default_value_t = 0.9)]
-    poly_power: f64,
-    /// Lower bound of the poly schedule
-    #[arg(long, default_value_t = 1e-6)]
-    min_lr: f64,
-    /// Label smoothing of the cross-entropy
-    #[arg(long, default_value_t = 0.1)]
-    label_smoothing: f64,
-    /// Backbone output stride: 8, 16 or 32
-    #[arg(long, default_value_t = 16)]
-    output_stride: i64,
+    /// Images per iteration [default: 8]
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Random crop size, divisible by 4 [default: 768]
+    #[arg(long)]
+    crop: Option<usize>,
+    /// Head learning rate; the backbone uses lr × --backbone-lr-mult [default: 0.1]
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Backbone learning rate = lr × this [default: 0.1]
+    #[arg(long)]
+    backbone_lr_mult: Option<f64>,
+    /// SGD momentum [default: 0.9]
+    #[arg(long)]
+    momentum: Option<f64>,
+    /// SGD weight decay [default: 0.0001]
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Poly schedule power: lr·(1 − it/max)^power, floor --min-lr [default: 0.9]
+    #[arg(long)]
+    poly_power: Option<f64>,
+    /// Lower bound of the poly schedule [default: 0.000001]
+    #[arg(long)]
+    min_lr: Option<f64>,
+    /// Label smoothing of the cross-entropy [default: 0.1]
+    #[arg(long)]
+    label_smoothing: Option<f64>,
+    /// Backbone output stride: 8, 16 or 32 [default: 16]
+    #[arg(long)]
+    output_stride: Option<i64>,
     /// What trains: synthetic (layer4's last block + head; default for GTA5/Synthia), layer4 (default for Cityscapes), none (everything)
     #[arg(long, value_enum)]
     freeze: Option<FreezePolicy>,
-    /// Style grid (patches per side)
-    #[arg(long, default_value_t = 3)]
-    grid: usize,
-    /// Beta(a, a) parameter of the mixing weight
-    #[arg(long, default_value_t = 0.1)]
-    beta: f64,
+    /// Style grid, patches per side [default: 3]
+    #[arg(long)]
+    grid: Option<usize>,
+    /// Beta(a, a) parameter of the mixing weight [default: 0.1]
+    #[arg(long)]
+    beta: Option<f64>,
     /// Apply sampled styles without mixing (the reference's mix=False)
     #[arg(long, conflicts_with = "no_styles")]
     no_mix: bool,
@@ -91,36 +90,36 @@ pub struct TrainArgs {
     /// Disable colour jitter and flips
     #[arg(long)]
     no_augment: bool,
-    /// Number of classes (19: the Cityscapes train ids)
-    #[arg(long, default_value_t = 19)]
-    num_classes: i64,
+    /// Number of classes, 19 = the Cityscapes train ids [default: 19]
+    #[arg(long)]
+    num_classes: Option<i64>,
     /// Validation dataset (e.g. cityscapes) — enables best.* checkpoints
     #[arg(long, value_enum)]
     val_dataset: Option<DatasetKind>,
     /// Validation dataset root folder
     #[arg(long)]
     val_root: Option<PathBuf>,
-    /// Validation split
-    #[arg(long, default_value = "val")]
-    val_split: String,
+    /// Validation split [default: val]
+    #[arg(long)]
+    val_split: Option<String>,
     /// Validation ACDC condition
     #[arg(long)]
     val_condition: Option<String>,
     /// Validate on the first N images only
     #[arg(long)]
     val_limit: Option<usize>,
-    /// Validate and checkpoint every N iterations
-    #[arg(long, default_value_t = 750)]
-    val_interval: u64,
-    /// Log every N iterations
-    #[arg(long, default_value_t = 10)]
-    log_interval: u64,
-    /// Seed of every random choice (data order, augmentation, styles, dropout, head init)
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Mixed precision: bf16 autocast (default fp32, as the reference)
-    #[arg(long, value_parser = ["fp32", "bf16"], default_value = "fp32")]
-    amp: String,
+    /// Validate and checkpoint every N iterations [default: 750]
+    #[arg(long)]
+    val_interval: Option<u64>,
+    /// Log every N iterations [default: 10]
+    #[arg(long)]
+    log_interval: Option<u64>,
+    /// Seed of every random choice: data order, augmentation, styles, dropout, head init [default: 1]
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Mixed precision: bf16 autocast; fp32 is the reference's [default: fp32]
+    #[arg(long, value_enum)]
+    amp: Option<famix::Precision>,
     /// Stop after N iterations in this invocation (checkpointed; continue with --resume)
     #[arg(long)]
     stop_after: Option<u64>,
@@ -131,81 +130,151 @@ pub struct TrainArgs {
     job: super::DataJobArgs,
 }
 
+/// Flags that define what a run trains: given with `--resume`, they are refused
+/// (the run's config.json is the one source of its settings; `--iters` may extend it).
+fn fixed_on_resume(a: &TrainArgs) -> Vec<&'static str> {
+    let given = [
+        ("--clip", a.clip.is_some()),
+        ("--dataset", a.dataset.is_some()),
+        ("--data-root", a.data_root.is_some()),
+        ("--split", a.split.is_some()),
+        ("--condition", a.condition.is_some()),
+        ("--styles", a.styles.is_some()),
+        ("--out", a.out.is_some()),
+        ("--batch", a.batch.is_some()),
+        ("--crop", a.crop.is_some()),
+        ("--lr", a.lr.is_some()),
+        ("--backbone-lr-mult", a.backbone_lr_mult.is_some()),
+        ("--momentum", a.momentum.is_some()),
+        ("--weight-decay", a.weight_decay.is_some()),
+        ("--poly-power", a.poly_power.is_some()),
+        ("--min-lr", a.min_lr.is_some()),
+        ("--label-smoothing", a.label_smoothing.is_some()),
+        ("--output-stride", a.output_stride.is_some()),
+        ("--freeze", a.freeze.is_some()),
+        ("--grid", a.grid.is_some()),
+        ("--beta", a.beta.is_some()),
+        ("--no-mix", a.no_mix),
+        ("--no-styles", a.no_styles),
+        ("--no-augment", a.no_augment),
+        ("--num-classes", a.num_classes.is_some()),
+        ("--val-dataset", a.val_dataset.is_some()),
+        ("--val-root", a.val_root.is_some()),
+        ("--val-split", a.val_split.is_some()),
+        ("--val-condition", a.val_condition.is_some()),
+        ("--val-limit", a.val_limit.is_some()),
+        ("--val-interval", a.val_interval.is_some()),
+        ("--seed", a.seed.is_some()),
+        ("--amp", a.amp.is_some()),
+        ("--log-interval", a.log_interval.is_some()),
+        ("--force", a.force),
+    ];
+    given.iter().filter(|(_, g)| *g).map(|(n, _)| *n).collect()
+}
+
+/// The saved configuration of the run in `run`, with `--iters` applied.
+fn resumed_config(a: &TrainArgs, run: &Path) -> Result<TrainConfig> {
+    let fixed = fixed_on_resume(a);
+    if !fixed.is_empty() {
+        bail!(
+            "{} cannot change with --resume: a run keeps the settings in {} (only --iters may extend it; start a new run with --out to change them)",
+            fixed.join(", "),
+            config_path(run).display()
+        );
+    }
+    let p = config_path(run);
+    let text = std::fs::read_to_string(&p).with_context(|| format!("{} is not a famix run folder (no config.json)", run.display()))?;
+    let mut cfg: TrainConfig = serde_json::from_str(&text).with_context(|| format!("{}: unreadable", p.display()))?;
+    if let Some(i) = a.iters {
+        cfg.iters = i;
+    }
+    Ok(cfg)
+}
+
+/// A new run's configuration: the reference's (`TrainConfig::reference`) with the
+/// flags given on top.
+fn new_config(a: &TrainArgs) -> Result<TrainConfig> {
+    let (Some(clip), Some(dataset), Some(data_root)) = (a.clip.clone(), a.dataset, a.data_root.clone()) else {
+        bail!("--clip, --dataset and --data-root are needed for a new run");
+    };
+    let style_mode = match (a.no_styles, a.no_mix) {
+        (true, _) => StyleMode::NoStyles,
+        (_, true) => StyleMode::NoMix,
+        _ => StyleMode::Mix,
+    };
+    if style_mode != StyleMode::NoStyles && a.styles.is_none() {
+        bail!("--styles BANK is required (mine one with `famix mine-styles`), or pass --no-styles");
+    }
+    let mut c = TrainConfig::reference(clip.clone(), sha256_file(&clip)?, dataset, data_root, a.styles.clone());
+    c.style_mode = style_mode;
+    c.val = match (a.val_dataset, &a.val_root) {
+        (Some(d), Some(r)) => Some(ValSpec {
+            dataset: d,
+            data_root: r.clone(),
+            split: a.val_split.clone().unwrap_or_else(|| "val".into()),
+            condition: a.val_condition.clone(),
+            limit: a.val_limit,
+        }),
+        (None, None) => None,
+        _ => bail!("--val-dataset and --val-root go together"),
+    };
+    if let Some(n) = a.num_classes {
+        c.head = HeadConfig::reference(n);
+    }
+    if let Some(os) = a.output_stride {
+        c.output_stride = OutputStride::from_int(os)?;
+    }
+    c.augment = !a.no_augment;
+    c.amp_bf16 = a.amp == Some(famix::Precision::Bf16);
+    override_values(a, &mut c);
+    Ok(c)
+}
+
+/// Copies every given value flag onto the configuration.
+fn override_values(a: &TrainArgs, c: &mut TrainConfig) {
+    fn set<T: Clone>(field: &mut T, flag: &Option<T>) {
+        if let Some(v) = flag {
+            *field = v.clone();
+        }
+    }
+    set(&mut c.split, &a.split);
+    set(&mut c.condition, &a.condition.clone().map(Some));
+    set(&mut c.iters, &a.iters);
+    set(&mut c.batch, &a.batch);
+    set(&mut c.crop, &a.crop);
+    set(&mut c.lr, &a.lr);
+    set(&mut c.backbone_lr_mult, &a.backbone_lr_mult);
+    set(&mut c.momentum, &a.momentum);
+    set(&mut c.weight_decay, &a.weight_decay);
+    set(&mut c.poly_power, &a.poly_power);
+    set(&mut c.min_lr, &a.min_lr);
+    set(&mut c.label_smoothing, &a.label_smoothing);
+    set(&mut c.freeze, &a.freeze);
+    set(&mut c.grid, &a.grid);
+    set(&mut c.beta, &a.beta);
+    set(&mut c.val_interval, &a.val_interval);
+    set(&mut c.log_interval, &a.log_interval);
+    set(&mut c.seed, &a.seed);
+}
+
 pub fn train(a: TrainArgs) -> Result<i32> {
-    let device = parse_device(&a.job.device)?;
     let opts = RunOptions {
-        device,
+        device: a.job.device.device,
         workers: a.job.workers(),
-        progress: true,
         stop_after: a.stop_after,
         skip_bad: a.job.skip_bad,
     };
     let (cfg, run, resume) = match &a.resume {
-        Some(run) => {
-            let p = config_path(run);
-            let text = std::fs::read_to_string(&p).with_context(|| format!("{} is not a famix run folder (no config.json)", run.display()))?;
-            let mut cfg: TrainConfig = serde_json::from_str(&text).with_context(|| format!("{}: unreadable", p.display()))?;
-            if let Some(i) = a.iters {
-                cfg.iters = i;
-            }
-            (cfg, run.clone(), true)
-        }
+        Some(run) => (resumed_config(&a, run)?, run.clone(), true),
         None => {
-            let out = a.out.clone().unwrap();
-            if crate::train::trainer::latest_path(&out).exists() && !a.force {
+            let out = a.out.clone().context("--out RUN_DIR is needed for a new run")?;
+            if latest_path(&out).exists() && !a.force {
                 bail!("{} already holds a run: continue it with --resume {}, or pass --force to start over", out.display(), out.display());
             }
-            let clip = a.clip.clone().unwrap();
-            let dataset = a.dataset.unwrap();
-            let style_mode = if a.no_styles {
-                StyleMode::NoStyles
-            } else if a.no_mix {
-                StyleMode::NoMix
-            } else {
-                StyleMode::Mix
-            };
-            if style_mode != StyleMode::NoStyles && a.styles.is_none() {
-                bail!("--styles BANK is required (mine one with `famix mine-styles`), or pass --no-styles");
-            }
-            let val = match (a.val_dataset, &a.val_root) {
-                (Some(d), Some(r)) => Some(ValSpec { dataset: d, data_root: r.clone(), split: a.val_split.clone(), condition: a.val_condition.clone(), limit: a.val_limit }),
-                (None, None) => None,
-                _ => bail!("--val-dataset and --val-root go together"),
-            };
-            let cfg = TrainConfig {
-                clip_sha256: sha256_file(&clip)?,
-                clip,
-                dataset,
-                data_root: a.data_root.clone().unwrap(),
-                split: a.split.clone(),
-                condition: a.condition.clone(),
-                styles: a.styles.clone(),
-                style_mode,
-                iters: a.iters.unwrap_or(40_000),
-                batch: a.batch,
-                crop: a.crop,
-                lr: a.lr,
-                backbone_lr_mult: a.backbone_lr_mult,
-                momentum: a.momentum,
-                weight_decay: a.weight_decay,
-                poly_power: a.poly_power,
-                min_lr: a.min_lr,
-                label_smoothing: a.label_smoothing,
-                output_stride: OutputStride::from_int(a.output_stride)?,
-                freeze: a.freeze.unwrap_or_else(|| TrainConfig::default_freeze(dataset)),
-                grid: a.grid,
-                beta: a.beta,
-                augment: !a.no_augment,
-                head: HeadConfig::reference(a.num_classes),
-                val,
-                val_interval: a.val_interval,
-                log_interval: a.log_interval,
-                seed: a.seed,
-                amp_bf16: a.amp == "bf16",
-            };
-            (cfg, out, false)
+            (new_config(&a)?, out, false)
         }
     };
+    check_config(&cfg)?;
     eprintln!(
         "training {} → {} ({} iterations, batch {}, crop {}, {:?}, freeze {})",
         cfg.dataset.name(),
@@ -216,7 +285,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         cfg.style_mode,
         cfg.freeze.name()
     );
-    let s = run_training(&cfg, &run, resume, &opts)?;
+    let s = run_training(&cfg, &run, resume, &opts, &super::progress::Bars::default())?;
     eprintln!(
         "stopped at iteration {} of {}; last loss {}; best val mIoU {}; checkpoints in {}",
         s.steps,

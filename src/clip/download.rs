@@ -7,8 +7,9 @@ use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
-use sha2::{Digest, Sha256};
+use crate::error::{format_err, bail, Context, Result};
+use crate::io::sha256_file;
+use crate::progress::{Progress, Unit};
 
 pub const OPENAI_BASE: &str = "https://openaipublic.azureedge.net/clip/models";
 
@@ -32,47 +33,29 @@ pub fn lookup(name: &str) -> Result<(&'static str, &'static str, &'static str)> 
         .iter()
         .find(|(n, _, _)| n.eq_ignore_ascii_case(name))
         .copied()
-        .ok_or_else(|| anyhow!("unknown CLIP model {name:?}; choose one of {}", names().join(", ")))
+        .ok_or_else(|| format_err!("unknown CLIP model {name:?}; choose one of {}", names().join(", ")))
 }
 
 pub fn names() -> Vec<&'static str> {
     MODELS.iter().map(|m| m.0).collect()
 }
 
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// Downloads `name` from `base_url` (OpenAI's by default) into `dir`; returns the
 /// verified file's path. An existing verified file is reused.
-pub fn download(name: &str, dir: &Path, base_url: &str, progress: bool) -> Result<PathBuf> {
+pub fn download(name: &str, dir: &Path, base_url: &str, progress: &dyn Progress) -> Result<PathBuf> {
     let (_, sha, file) = lookup(name)?;
     fetch(base_url, sha, file, dir, progress)
 }
 
 /// Fetches `{base_url}/{sha}/{file}` into `dir/file`, resuming `dir/file.partial`.
-pub fn fetch(base_url: &str, sha: &str, file: &str, dir: &Path, progress: bool) -> Result<PathBuf> {
+pub fn fetch(base_url: &str, sha: &str, file: &str, dir: &Path, progress: &dyn Progress) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let target = dir.join(file);
     if target.is_file() {
         if sha256_file(&target)? == sha {
             return Ok(target);
         }
-        eprintln!("{} exists but its SHA-256 does not match; downloading again", target.display());
+        progress.notice(&format!("{} exists but its SHA-256 does not match; downloading again", target.display()));
         std::fs::remove_file(&target)?;
     }
     let partial = dir.join(format!("{file}.partial"));
@@ -82,7 +65,7 @@ pub fn fetch(base_url: &str, sha: &str, file: &str, dir: &Path, progress: bool) 
     if have > 0 {
         req = req.set("Range", &format!("bytes={have}-"));
     }
-    let resp = req.call().map_err(|e| anyhow!("download of {url} failed: {e}"))?;
+    let resp = req.call().map_err(|e| format_err!("download of {url} failed: {e}"))?;
     let status = resp.status();
     let (mut out, start) = match status {
         206 => (OpenOptions::new().append(true).open(&partial)?, have),
@@ -90,19 +73,7 @@ pub fn fetch(base_url: &str, sha: &str, file: &str, dir: &Path, progress: bool) 
         s => bail!("download of {url}: unexpected HTTP status {s}"),
     };
     let total = resp.header("Content-Length").and_then(|v| v.parse::<u64>().ok()).map(|n| n + start);
-    let bar = if progress {
-        let b = indicatif::ProgressBar::new(total.unwrap_or(0));
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .unwrap()
-                .progress_chars("=> "),
-        );
-        b.set_message(file.to_string());
-        b.set_position(start);
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    progress.start(file, total.unwrap_or(0), start, Unit::Bytes);
     let mut reader = resp.into_reader();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -111,11 +82,11 @@ pub fn fetch(base_url: &str, sha: &str, file: &str, dir: &Path, progress: bool) 
             break;
         }
         out.write_all(&buf[..n])?;
-        bar.inc(n as u64);
+        progress.advance(n as u64);
     }
     out.sync_all()?;
     drop(out);
-    bar.finish_and_clear();
+    progress.finish();
     let got = sha256_file(&partial)?;
     if got != sha {
         std::fs::remove_file(&partial)?;

@@ -6,16 +6,16 @@ pub mod preprocess;
 pub mod resnet;
 pub mod text;
 pub mod tokenizer;
-pub mod weights;
+
 
 use std::path::Path;
 
-use anyhow::{anyhow, Context, Result};
+use crate::error::{format_err, Context, Result};
 use tch::{nn, Device, Tensor};
 
 pub use resnet::{ModifiedResNet, OutputStride, ResNetConfig};
 pub use text::{TextConfig, TextTransformer};
-pub use weights::StateDict;
+pub use crate::io::StateDict;
 
 /// A frozen CLIP model (famix never trains CLIP's own weights).
 pub struct Clip {
@@ -51,13 +51,13 @@ impl Clip {
             } else {
                 ""
             };
-            return Err(anyhow!("{}: no CLIP image tower ('visual.*' keys) in this file{hint}", path.display()));
+            return Err(format_err!("{}: no CLIP image tower ('visual.*' keys) in this file{hint}", path.display()));
         }
         let vcfg = ResNetConfig::infer(&sd.tensors, "visual.").with_context(|| format!("{}", path.display()))?;
         let tcfg = TextConfig::infer(&sd.tensors).with_context(|| format!("{}", path.display()))?;
         let mut clip = Self::random(&vcfg, tcfg.as_ref(), Device::Cpu, os);
         let has_text = tcfg.is_some();
-        weights::load_vars(&clip.vs, "", &sd.tensors, "", &|k| !has_text && k == "text_projection", path, "CLIP model")?;
+        crate::io::load_vars(&clip.vs, "", &sd.tensors, "", &|k| !has_text && k == "text_projection", path, "CLIP model")?;
         clip.logit_scale = sd.tensors.get("logit_scale").map(|t| t.double_value(&[]));
         clip.vs.set_device(device);
         Ok(clip)
@@ -73,7 +73,7 @@ impl Clip {
     }
 
     pub fn text(&self) -> Result<&TextTransformer> {
-        self.text.as_ref().ok_or_else(|| anyhow!("this checkpoint has no CLIP text tower (image-only weights)"))
+        self.text.as_ref().ok_or_else(|| format_err!("this checkpoint has no CLIP text tower (image-only weights)"))
     }
 
     /// Text embeddings (N, embed) of token rows (N, context).

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use anyhow::{anyhow, bail, Result};
+use crate::error::{format_err, bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
@@ -53,7 +53,7 @@ impl From<OutputStride> for i64 {
 }
 
 impl TryFrom<i64> for OutputStride {
-    type Error = anyhow::Error;
+    type Error = crate::error::Error;
     fn try_from(v: i64) -> Result<Self> {
         OutputStride::from_int(v)
     }
@@ -75,11 +75,18 @@ pub struct ResNetConfig {
 }
 
 impl ResNetConfig {
+    /// OpenAI CLIP RN50's image tower.
     pub fn rn50() -> Self {
         ResNetConfig { layers: [3, 4, 6, 3], width: 64, output_dim: Some(1024), heads: 32, input_resolution: 224 }
     }
+    /// OpenAI CLIP RN101's image tower.
     pub fn rn101() -> Self {
         ResNetConfig { layers: [3, 4, 23, 3], width: 64, output_dim: Some(512), heads: 32, input_resolution: 224 }
+    }
+    /// famix's tiny image tower (the demo, `bench --arch tiny`, tests): the same
+    /// structure at width 16, [1, 1, 2, 2] blocks, a 64-wide embedding.
+    pub fn tiny() -> Self {
+        ResNetConfig { layers: [1, 1, 2, 2], width: 16, output_dim: Some(64), heads: 8, input_resolution: 224 }
     }
     /// Channels of layer1's output (the style-mixing features).
     pub fn low_level_channels(&self) -> i64 {
@@ -113,7 +120,7 @@ impl ResNetConfig {
         let width = weights
             .get(&format!("{prefix}layer1.0.conv1.weight"))
             .or_else(|| weights.get(&format!("{prefix}conv3.weight")))
-            .ok_or_else(|| anyhow!("missing {prefix}layer1.0.conv1.weight"))?
+            .ok_or_else(|| format_err!("missing {prefix}layer1.0.conv1.weight"))?
             .size()[0];
         let (output_dim, input_resolution) = match weights.get(&format!("{prefix}attnpool.positional_embedding")) {
             Some(pe) => {
@@ -124,7 +131,7 @@ impl ResNetConfig {
                 }
                 let out = weights
                     .get(&format!("{prefix}attnpool.c_proj.weight"))
-                    .ok_or_else(|| anyhow!("missing {prefix}attnpool.c_proj.weight"))?
+                    .ok_or_else(|| format_err!("missing {prefix}attnpool.c_proj.weight"))?
                     .size()[0];
                 (Some(out), grid * 32)
             }
@@ -384,7 +391,7 @@ impl ModifiedResNet {
     pub fn attnpool(&self, layer4: &Tensor) -> Result<Tensor> {
         self.attnpool
             .as_ref()
-            .ok_or_else(|| anyhow!("this image tower has no attention pool (segmenter weights cannot embed images)"))?
+            .ok_or_else(|| format_err!("this image tower has no attention pool (segmenter weights cannot embed images)"))?
             .forward(layer4)
     }
 

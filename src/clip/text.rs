@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use anyhow::{anyhow, bail, Result};
+use crate::error::{format_err, bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
@@ -21,8 +21,18 @@ pub struct TextConfig {
 }
 
 impl TextConfig {
+    /// OpenAI CLIP RN50's text tower.
     pub fn rn50() -> Self {
         TextConfig { vocab_size: 49408, context_length: 77, width: 512, heads: 8, layers: 12, embed_dim: 1024 }
+    }
+    /// OpenAI CLIP RN101's text tower (RN50's with a 512-wide embedding).
+    pub fn rn101() -> Self {
+        TextConfig { embed_dim: 512, ..Self::rn50() }
+    }
+    /// The text tower paired with [`crate::clip::ResNetConfig::tiny`]: CLIP's vocabulary
+    /// and context, width 64, 2 layers, a 64-wide embedding.
+    pub fn tiny() -> Self {
+        TextConfig { vocab_size: 49408, context_length: 77, width: 64, heads: 1, layers: 2, embed_dim: 64 }
     }
 
     /// CLIP's head rule is width / 64. Real CLIP text towers are ≥ 512 wide; for
@@ -39,8 +49,8 @@ impl TextConfig {
     /// Infers the text tower from a CLIP state dict; None if it has none.
     pub fn infer(w: &HashMap<String, Tensor>) -> Result<Option<Self>> {
         let Some(tok) = w.get("token_embedding.weight") else { return Ok(None) };
-        let pos = w.get("positional_embedding").ok_or_else(|| anyhow!("text tower without positional_embedding"))?;
-        let proj = w.get("text_projection").ok_or_else(|| anyhow!("text tower without text_projection"))?;
+        let pos = w.get("positional_embedding").ok_or_else(|| format_err!("text tower without positional_embedding"))?;
+        let proj = w.get("text_projection").ok_or_else(|| format_err!("text tower without text_projection"))?;
         let layers: BTreeSet<&str> = w
             .keys()
             .filter_map(|k| k.strip_prefix("transformer.resblocks."))

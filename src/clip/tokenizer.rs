@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::sync::{Mutex, OnceLock};
 
-use anyhow::{bail, Result};
+use crate::error::{bail, Result};
 use regex::Regex;
 use tch::{Kind, Tensor};
 use unicode_normalization::UnicodeNormalization;

@@ -1,4 +1,4 @@
-//! Dataset readers in their official folder layouts (SPEC §6): GTA5, Synthia
+//! Dataset readers in their official folder layouts (docs/design.md §6): GTA5, Synthia
 //! (RAND-CITYSCAPES), Cityscapes, BDD100K, Mapillary Vistas v1.2, ACDC, and a generic
 //! `folder` dataset. Each lists (image, label) pairs and knows its label conversion
 //! to the 19 Cityscapes train ids.
@@ -6,7 +6,7 @@
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{format_err, bail, Context, Result};
 use serde::Serialize;
 
 use super::labels::{cityscapes_map, identity_map, mapillary_map, synthia_map, LabelMap};
@@ -16,7 +16,8 @@ const GTA5_TRAIN: &str = include_str!("../../assets/splits/gta5_train.txt");
 const GTA5_VAL: &str = include_str!("../../assets/splits/gta5_val.txt");
 const SYNTHIA_VAL: &str = include_str!("../../assets/splits/synthia_val.txt");
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum DatasetKind {
     Gta5,
@@ -156,7 +157,7 @@ impl Dataset {
             }
             DatasetKind::Cityscapes | DatasetKind::Acdc => {
                 let (img_dir, lbl_dir, img_suffix, lbl_suffix) = if kind == DatasetKind::Acdc {
-                    let cond = condition.ok_or_else(|| anyhow!("ACDC needs --condition (night, snow, rain or fog)"))?;
+                    let cond = condition.ok_or_else(|| format_err!("ACDC needs --condition (night, snow, rain or fog)"))?;
                     if !ACDC_CONDITIONS.contains(&cond) {
                         bail!("ACDC condition must be one of night, snow, rain, fog (got {cond:?})");
                     }
@@ -331,7 +332,7 @@ pub fn read_label_ids(path: &Path, synthia: bool) -> Result<Image8> {
     let mut dec = png::Decoder::new(BufReader::new(f));
     dec.set_transformations(png::Transformations::IDENTITY);
     let mut reader = dec.read_info().with_context(|| format!("corrupt or non-PNG label {}", path.display()))?;
-    let size = reader.output_buffer_size().ok_or_else(|| anyhow!("label {} is too large", path.display()))?;
+    let size = reader.output_buffer_size().ok_or_else(|| format_err!("label {} is too large", path.display()))?;
     let mut buf = vec![0u8; size];
     let info = reader.next_frame(&mut buf).with_context(|| format!("corrupt or truncated label PNG {}", path.display()))?;
     let (w, h) = (info.width as usize, info.height as usize);

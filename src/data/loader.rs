@@ -5,12 +5,13 @@
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, Result};
+use crate::error::{bail, Result};
 use tch::Tensor;
 
 use super::augment::{augment_train, dominant_classes, TrainAugment};
 use super::datasets::Dataset;
 use super::prefetch::{ordered_map, OrderedMap};
+use super::Skipped;
 use crate::imageops::Image8;
 use crate::rng::{stream, Rng};
 
@@ -86,17 +87,35 @@ pub fn locate(order: &EpochOrder, n: usize, batch: usize, step: u64, k: usize) -
     (epoch, order.permutation(epoch)[pos])
 }
 
-pub fn load_item(ds: &Dataset, cfg: &LoaderConfig, epoch: u64, index: usize) -> Result<Item> {
+/// Samples replaced because they could not be read, each reported once per loader.
+#[derive(Default)]
+struct SkipLog {
+    seen: std::collections::HashSet<std::path::PathBuf>,
+    fresh: Vec<Skipped>,
+}
+
+impl SkipLog {
+    fn record(log: &Mutex<SkipLog>, path: &std::path::Path, e: &crate::error::Error) {
+        let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
+        if l.seen.insert(path.to_path_buf()) {
+            l.fresh.push(Skipped { path: path.display().to_string(), error: format!("{e:#}") });
+        }
+    }
+}
+
+/// Loads, augments and analyses sample `index` of `epoch`; with `skip_bad`, an
+/// unreadable sample is replaced by the next readable one and recorded in `skips`.
+fn load_item(ds: &Dataset, cfg: &LoaderConfig, epoch: u64, index: usize, skips: &Mutex<SkipLog>) -> Result<Item> {
     let mut index = index;
     let mut attempts = 0;
     let (img, lbl) = loop {
         match ds.load(index) {
             Ok(v) => break v,
             Err(e) if cfg.skip_bad => {
-                report_bad(&ds.samples[index].image, &e);
+                SkipLog::record(skips, &ds.samples[index].image, &e);
                 attempts += 1;
                 if attempts >= ds.len() {
-                    anyhow::bail!("no readable sample in {}", ds.describe());
+                    crate::error::bail!("no readable sample in {}", ds.describe());
                 }
                 index = (index + 1) % ds.len();
             }
@@ -109,20 +128,10 @@ pub fn load_item(ds: &Dataset, cfg: &LoaderConfig, epoch: u64, index: usize) -> 
     Ok(Item { image, label, dominant, index })
 }
 
-fn bad_samples() -> &'static Mutex<std::collections::HashSet<std::path::PathBuf>> {
-    static BAD: std::sync::OnceLock<Mutex<std::collections::HashSet<std::path::PathBuf>>> = std::sync::OnceLock::new();
-    BAD.get_or_init(Default::default)
-}
-
-fn report_bad(path: &std::path::Path, e: &anyhow::Error) {
-    if bad_samples().lock().unwrap().insert(path.to_path_buf()) {
-        eprintln!("skipping unreadable sample {}: {e:#}", path.display());
-    }
-}
-
 /// Batches for steps `start..end`, decoded ahead on worker threads.
 pub struct BatchLoader {
     items: OrderedMap<Result<Item>>,
+    skips: Arc<Mutex<SkipLog>>,
     batch: usize,
     remaining: u64,
 }
@@ -139,12 +148,19 @@ impl BatchLoader {
         let batch = cfg.batch;
         let prefetch = cfg.prefetch.max(batch);
         let workers = cfg.workers;
+        let skips = Arc::new(Mutex::new(SkipLog::default()));
+        let log = skips.clone();
         let items = ordered_map(total, workers, prefetch, move |i| {
             let step = start + (i / batch) as u64;
             let (epoch, index) = locate(&order, n, batch, step, i % batch);
-            load_item(&ds, &cfg, epoch, index)
+            load_item(&ds, &cfg, epoch, index, &log)
         });
-        Ok(BatchLoader { items, batch, remaining: steps })
+        Ok(BatchLoader { items, skips, batch, remaining: steps })
+    }
+
+    /// Samples skipped (with `skip_bad`) since the last call, each file once.
+    pub fn take_skipped(&self) -> Vec<Skipped> {
+        std::mem::take(&mut self.skips.lock().unwrap_or_else(|p| p.into_inner()).fresh)
     }
 }
 

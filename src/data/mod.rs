@@ -7,9 +7,18 @@ pub mod prefetch;
 pub mod synthetic;
 
 pub use datasets::{Dataset, DatasetKind};
+
+/// An input that could not be read and was skipped (with `--skip-bad`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Skipped {
+    /// The file.
+    pub path: String,
+    /// Why it could not be used.
+    pub error: String,
+}
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 
 pub fn is_image_file(p: &Path) -> bool {
     matches!(

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use crate::error::Result;
 
 use crate::imageops::Image8;
 use crate::rng::Rng;

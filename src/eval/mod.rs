@@ -1,50 +1,48 @@
-//! Evaluation of a segmenter on a dataset split (SPEC §5).
+//! Evaluation of a segmenter on a dataset split (docs/design.md §5): the dataset's
+//! evaluation transform, the test-time options of [`PredictOptions`], and a streaming
+//! confusion matrix on the model's device.
 pub mod metrics;
 
-use anyhow::{Context, Result};
-use serde::Serialize;
 use tch::Kind;
 
-use crate::clip::preprocess::normalize_u8;
 use crate::data::augment::eval_transform;
 use crate::data::prefetch::{default_workers, ordered_map};
-use crate::data::Dataset;
+use crate::data::{Dataset, Skipped};
+use crate::error::{bail, Context, Result};
 use crate::imageops::Image8;
-use crate::model::Segmenter;
+use crate::model::{PredictOptions, Segmenter};
+use crate::progress::{Progress, Unit};
 use metrics::{Confusion, Metrics};
 
-#[derive(Debug, Clone)]
+/// How to evaluate.
+#[derive(Debug, Clone, Default)]
 pub struct EvalOptions {
-    pub scale: f64,
-    pub ensemble: bool,
+    /// Test-time options (scale, ensemble, precision).
+    pub predict: PredictOptions,
     /// Skip (and report) unreadable samples instead of failing.
     pub skip_bad: bool,
-    /// Evaluate at most this many images (quick checks).
+    /// Evaluate at most this many images (quick checks); `Some(0)` is refused.
     pub limit: Option<usize>,
-    pub progress: bool,
-    pub amp_bf16: bool,
 }
 
-impl Default for EvalOptions {
-    fn default() -> Self {
-        EvalOptions { scale: 1.0, ensemble: false, skip_bad: false, limit: None, progress: false, amp_bf16: false }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Skipped {
-    pub path: String,
-    pub error: String,
-}
-
+/// What an evaluation found.
 pub struct EvalReport {
+    /// mIoU, accuracies, per-class IoU.
     pub metrics: Metrics,
+    /// Images evaluated.
     pub images: usize,
+    /// Samples that could not be read (with `skip_bad`).
     pub skipped: Vec<Skipped>,
 }
 
-pub fn evaluate(model: &Segmenter, ds: &Dataset, opts: &EvalOptions) -> Result<EvalReport> {
-    let device = model.device();
+/// Evaluates `model` on `ds`, decoding ahead on loader threads.
+pub fn evaluate(model: &Segmenter, ds: &Dataset, opts: &EvalOptions, progress: &dyn Progress) -> Result<EvalReport> {
+    if opts.limit == Some(0) {
+        bail!("--limit 0 evaluates nothing; give at least 1 (or leave it out)");
+    }
+    if ds.is_empty() {
+        bail!("no image/label pairs found for {} (run `famix data check`)", ds.describe());
+    }
     let n = opts.limit.map(|l| l.min(ds.len())).unwrap_or(ds.len());
     let ds = std::sync::Arc::new(ds.clone());
     let transform = ds.kind.eval_transform();
@@ -53,32 +51,32 @@ pub fn evaluate(model: &Segmenter, ds: &Dataset, opts: &EvalOptions) -> Result<E
         let (img, lbl) = ds2.load(i)?;
         Ok(eval_transform(img, lbl, transform))
     });
-    let classes = model.config.head.num_classes as usize;
-    let mut conf = Confusion::new(classes, device);
-    let bar = if opts.progress { crate::cli::progress_bar(n as u64, "eval") } else { indicatif::ProgressBar::hidden() };
-    let _amp = crate::device::Autocast::new(device, opts.amp_bf16);
+    let mut conf = Confusion::new(model.config.head.num_classes as usize, model.device());
+    progress.start("eval", n as u64, 0, Unit::Items);
     let mut images = 0;
     let mut skipped = Vec::new();
     for (i, item) in items.enumerate() {
+        progress.advance(1);
         let (img, lbl) = match item {
             Ok(v) => v,
             Err(e) if opts.skip_bad => {
-                bar.suspend(|| eprintln!("skipping {}: {e:#}", ds.samples[i].image.display()));
-                skipped.push(Skipped { path: ds.samples[i].image.display().to_string(), error: format!("{e:#}") });
-                bar.inc(1);
+                let s = Skipped { path: ds.samples[i].image.display().to_string(), error: format!("{e:#}") };
+                progress.notice(&format!("skipping {}: {}", s.path, s.error));
+                skipped.push(s);
                 continue;
             }
-            Err(e) => return Err(e).context("evaluation stopped (use --skip-bad to skip unreadable samples)"),
+            Err(e) => {
+                progress.finish();
+                return Err(e).context("evaluation stopped (use --skip-bad to skip unreadable samples)");
+            }
         };
-        let x = normalize_u8(&img.to_tensor_u8().unsqueeze(0), device);
-        let pred = model.predict_logits(&x, opts.scale, opts.ensemble).argmax(1, false);
+        let (pred, _) = model.predict_ids(&img.to_tensor_u8().unsqueeze(0), &opts.predict)?;
         conf.add(&lbl.to_tensor_u8().to_kind(Kind::Int64), &pred);
         images += 1;
-        bar.inc(1);
-        if opts.progress && (images % 10 == 0 || images == n) {
-            bar.set_prefix(format!("mIoU {:.2}", conf.metrics().miou * 100.0));
+        if images % 10 == 0 || images == n {
+            progress.status(&format!("mIoU {:.2}", conf.metrics().miou * 100.0));
         }
     }
-    bar.finish_and_clear();
+    progress.finish();
     Ok(EvalReport { metrics: conf.metrics(), images, skipped })
 }

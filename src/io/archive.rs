@@ -9,7 +9,7 @@ use std::io::{Cursor, Read};
 use std::path::Path;
 use std::rc::Rc;
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{format_err, bail, Context, Result};
 use tch::{Kind, Tensor};
 
 use super::pickle::{self, Storage, StorageDtype, TensorRef, Value};
@@ -137,7 +137,7 @@ fn load_torch_zip(bytes: &[u8]) -> Result<LoadedFile> {
         .iter()
         .filter(|n| n.ends_with("/data.pkl") || *n == "data.pkl")
         .min_by_key(|n| n.len())
-        .ok_or_else(|| anyhow!("zip archive without data.pkl: not a PyTorch file"))?
+        .ok_or_else(|| format_err!("zip archive without data.pkl: not a PyTorch file"))?
         .clone();
     let prefix = pkl.trim_end_matches("data.pkl").to_string();
     let is_script = names.iter().any(|n| n.starts_with(&format!("{prefix}code/")) || *n == format!("{prefix}constants.pkl"));
@@ -146,12 +146,12 @@ fn load_torch_zip(bytes: &[u8]) -> Result<LoadedFile> {
 
     let mut storages: HashMap<String, Rc<Storage>> = HashMap::new();
     let mut persistent = |pid: &Value| -> Result<Value> {
-        let t = pid.list_items().ok_or_else(|| anyhow!("persistent id is not a tuple"))?;
+        let t = pid.list_items().ok_or_else(|| format_err!("persistent id is not a tuple"))?;
         if t.first().and_then(|v| v.as_str()) != Some("storage") || t.len() < 3 {
             bail!("unsupported persistent id {:?}", t.first());
         }
         let dtype = pickle::storage_dtype(&t[1])?;
-        let key = t[2].as_str().ok_or_else(|| anyhow!("storage key is not a string"))?.to_string();
+        let key = t[2].as_str().ok_or_else(|| format_err!("storage key is not a string"))?.to_string();
         if let Some(s) = storages.get(&key) {
             return Ok(Value::Storage(s.clone()));
         }
@@ -197,7 +197,7 @@ fn select_state_dict(top: &Value) -> Value {
 }
 
 fn collect_state_dict(v: &Value, prefix: &str, out: &mut Vec<(String, Tensor)>, cache: &mut StorageCache) -> Result<()> {
-    let items = v.dict_items().ok_or_else(|| anyhow!("top-level object is a {}, not a state dict", v.type_name()))?;
+    let items = v.dict_items().ok_or_else(|| format_err!("top-level object is a {}, not a state dict", v.type_name()))?;
     for (k, val) in items {
         let name = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
         if let Value::Tensor(r) = &val {

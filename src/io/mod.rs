@@ -1,11 +1,16 @@
-//! File formats and safe file writing.
+//! File formats, weight import, hashing and safe file writing.
 pub mod archive;
+mod hash;
 pub mod pickle;
+pub mod weights;
+
+pub use hash::sha256_file;
+pub use weights::{load_vars, StateDict};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 
 /// The temporary sibling a file is written to before being renamed into place.
 pub fn temp_path(path: &Path) -> PathBuf {

@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{format_err, bail, Context, Result};
 
 /// Element types of PyTorch storages that famix can read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,23 +241,23 @@ impl<'a, 'p> Vm<'a, 'p> {
         Ok(s)
     }
     fn pop(&mut self) -> Result<Value> {
-        self.stack.pop().ok_or_else(|| anyhow!("pickle stack underflow"))
+        self.stack.pop().ok_or_else(|| format_err!("pickle stack underflow"))
     }
     fn top(&mut self) -> Result<&mut Value> {
-        self.stack.last_mut().ok_or_else(|| anyhow!("pickle stack underflow"))
+        self.stack.last_mut().ok_or_else(|| format_err!("pickle stack underflow"))
     }
     fn pop_mark(&mut self) -> Result<Vec<Value>> {
         let idx = self
             .stack
             .iter()
             .rposition(|v| matches!(v, Value::Mark))
-            .ok_or_else(|| anyhow!("pickle MARK not found"))?;
+            .ok_or_else(|| format_err!("pickle MARK not found"))?;
         let items = self.stack.split_off(idx + 1);
         self.stack.pop();
         Ok(items)
     }
     fn memo_get(&self, idx: u32) -> Result<Value> {
-        self.memo.get(&idx).cloned().ok_or_else(|| anyhow!("pickle memo key {idx} missing"))
+        self.memo.get(&idx).cloned().ok_or_else(|| format_err!("pickle memo key {idx} missing"))
     }
 
     fn run(&mut self) -> Result<Value> {
@@ -568,7 +568,7 @@ impl<'a, 'p> Vm<'a, 'p> {
                 rebuild_tensor(&args)
             }
             ("torch._utils", "_rebuild_parameter") | ("torch._utils", "_rebuild_parameter_with_state") => {
-                args.into_iter().next().ok_or_else(|| anyhow!("_rebuild_parameter without data"))
+                args.into_iter().next().ok_or_else(|| format_err!("_rebuild_parameter without data"))
             }
             ("torch.storage", "_load_from_bytes") => match args.first() {
                 Some(Value::Bytes(b)) => legacy_load(b).context("reading an embedded legacy torch.save stream"),
@@ -655,9 +655,9 @@ fn keys_equal(a: &Value, b: &Value) -> bool {
 
 fn ints(v: &Value, what: &str) -> Result<Vec<i64>> {
     v.list_items()
-        .ok_or_else(|| anyhow!("tensor {what} is a {}, not a tuple", v.type_name()))?
+        .ok_or_else(|| format_err!("tensor {what} is a {}, not a tuple", v.type_name()))?
         .iter()
-        .map(|x| x.as_int().ok_or_else(|| anyhow!("tensor {what} holds a non-integer")))
+        .map(|x| x.as_int().ok_or_else(|| format_err!("tensor {what} holds a non-integer")))
         .collect()
 }
 
@@ -669,7 +669,7 @@ fn rebuild_tensor(args: &[Value]) -> Result<Value> {
         Value::Storage(s) => s.clone(),
         other => bail!("_rebuild_tensor_v2 storage is a {}", other.type_name()),
     };
-    let offset = args[1].as_int().ok_or_else(|| anyhow!("tensor offset is not an integer"))? as usize;
+    let offset = args[1].as_int().ok_or_else(|| format_err!("tensor offset is not an integer"))? as usize;
     let size = ints(&args[2], "size")?;
     let stride = ints(&args[3], "stride")?;
     // Validate the view fits in the storage now, so later reads cannot go out of bounds.
@@ -687,7 +687,7 @@ fn rebuild_tensor(args: &[Value]) -> Result<Value> {
 pub fn storage_dtype(v: &Value) -> Result<StorageDtype> {
     match v {
         Value::Global(_, name) => {
-            StorageDtype::from_name(name).ok_or_else(|| anyhow!("unsupported storage type {name}"))
+            StorageDtype::from_name(name).ok_or_else(|| format_err!("unsupported storage type {name}"))
         }
         other => bail!("storage type is a {}", other.type_name()),
     }
@@ -709,12 +709,12 @@ pub fn legacy_load(data: &[u8]) -> Result<Value> {
     let obj_start = pos;
     {
         let mut pl = |pid: &Value| -> Result<Value> {
-            let t = pid.list_items().ok_or_else(|| anyhow!("legacy persistent id is not a tuple"))?;
+            let t = pid.list_items().ok_or_else(|| format_err!("legacy persistent id is not a tuple"))?;
             if t.first().and_then(|v| v.as_str()) != Some("storage") || t.len() < 5 {
                 bail!("unsupported legacy persistent id");
             }
             let dtype = storage_dtype(&t[1])?;
-            let key = t[2].as_str().ok_or_else(|| anyhow!("storage key is not a string"))?.to_string();
+            let key = t[2].as_str().ok_or_else(|| format_err!("storage key is not a string"))?.to_string();
             let numel = t[4].as_int().unwrap_or(0) as usize;
             if seen.insert(key.clone()) {
                 pending.push((key.clone(), dtype, numel));
@@ -726,7 +726,7 @@ pub fn legacy_load(data: &[u8]) -> Result<Value> {
     let keys = load_plain_at(data, &mut pos)?;
     let keys: Vec<String> = keys
         .list_items()
-        .ok_or_else(|| anyhow!("legacy storage key list missing"))?
+        .ok_or_else(|| format_err!("legacy storage key list missing"))?
         .iter()
         .filter_map(|k| k.as_str().map(str::to_string))
         .collect();
@@ -735,7 +735,7 @@ pub fn legacy_load(data: &[u8]) -> Result<Value> {
         let (_, dtype, _) = pending
             .iter()
             .find(|(k, _, _)| k == key)
-            .ok_or_else(|| anyhow!("legacy storage {key} was never referenced"))?;
+            .ok_or_else(|| format_err!("legacy storage {key} was never referenced"))?;
         if pos + 8 > data.len() {
             bail!("legacy torch.save stream truncated before storage {key}");
         }
@@ -757,7 +757,7 @@ pub fn legacy_load(data: &[u8]) -> Result<Value> {
             .get(key)
             .cloned()
             .map(Value::Storage)
-            .ok_or_else(|| anyhow!("legacy storage {key} has no data"))
+            .ok_or_else(|| format_err!("legacy storage {key} has no data"))
     })
 }
 

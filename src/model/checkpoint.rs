@@ -10,11 +10,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{bail, format_err, Context, Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
-use crate::clip::weights::{load_vars, StateDict};
+use crate::io::weights::{load_vars, StateDict};
 use crate::clip::{OutputStride, ResNetConfig};
 use crate::data::labels::{default_class_names, default_palette};
 use crate::io::archive::{save_safetensors, Format};
@@ -83,6 +83,17 @@ pub fn save(seg: &Segmenter, meta: &CheckpointMeta, path: &Path) -> Result<PathB
     Ok(path)
 }
 
+/// Writes a random-weight segmenter of the tiny architecture
+/// ([`ResNetConfig::tiny`], [`HeadConfig::tiny`], OS16) to `path` and returns the
+/// weights' path: for examples, documentation and tests that need a checkpoint.
+pub fn save_random_tiny(path: &Path, num_classes: i64) -> Result<PathBuf> {
+    let mut cfg = SegmenterConfig::new(ResNetConfig::tiny(), num_classes, OutputStride::Os16, FreezePolicy::Synthetic);
+    cfg.head = HeadConfig::tiny(num_classes);
+    let model = Segmenter::new(cfg, Device::Cpu)?;
+    let meta = CheckpointMeta::new(&model.config);
+    save(&model, &meta, path)
+}
+
 /// What was loaded and from where.
 pub struct Loaded {
     pub model: Segmenter,
@@ -107,11 +118,7 @@ pub fn load(path: &Path, device: Device, output_stride: Option<OutputStride>) ->
             bail!("{}: format {:?}, expected {FORMAT:?}", src.display(), meta.format);
         }
         if meta.format_version > FORMAT_VERSION {
-            bail!(
-                "{}: checkpoint format version {} is newer than this famix ({FORMAT_VERSION}); upgrade famix",
-                src.display(),
-                meta.format_version
-            );
+            return Err(Error::CheckpointTooNew { path: src.clone(), version: meta.format_version, supported: FORMAT_VERSION });
         }
         let mut cfg = meta.model.clone();
         if let Some(os) = output_stride {
@@ -140,7 +147,7 @@ pub fn import_state(sd: &StateDict, device: Device, os: OutputStride) -> Result<
     }
     let backbone = ResNetConfig::infer(&sd.tensors, "backbone.").with_context(|| format!("{}", path.display()))?;
     let get = |k: &str| -> Result<Vec<i64>> {
-        sd.tensors.get(k).map(|t| t.size()).ok_or_else(|| anyhow!("{}: missing {k}", path.display()))
+        sd.tensors.get(k).map(|t| t.size()).ok_or_else(|| format_err!("{}: missing {k}", path.display()))
     };
     let num_classes = get("classifier.classifier.3.weight")?[0];
     let head = HeadConfig {

@@ -1,4 +1,4 @@
-//! DeepLabv3+ head (SPEC §1): 48-channel low-level projection of layer1, ASPP on
+//! DeepLabv3+ head (docs/design.md §1): 48-channel low-level projection of layer1, ASPP on
 //! layer4 (1×1, three dilated 3×3, image pooling; 256 channels), fuse 304 → 256,
 //! classify. Names follow the reference (`classifier.aspp.convs.1.0.weight`, ...).
 
@@ -25,8 +25,13 @@ fn default_dropout() -> f64 {
 }
 
 impl HeadConfig {
+    /// The reference's head: 256-wide ASPP/decoder, 48-wide low-level projection.
     pub fn reference(num_classes: i64) -> Self {
         HeadConfig { num_classes, aspp_channels: 256, low_proj_channels: 48, dropout: 0.1 }
+    }
+    /// The head paired with [`crate::clip::ResNetConfig::tiny`]: 64-wide ASPP, 16-wide projection.
+    pub fn tiny(num_classes: i64) -> Self {
+        HeadConfig { num_classes, aspp_channels: 64, low_proj_channels: 16, dropout: 0.1 }
     }
 }
 
@@ -66,7 +71,6 @@ pub struct DeepLabHead {
     fuse: ConvBn,
     classify: Conv2d,
     rates: [i64; 3],
-    pub config: HeadConfig,
 }
 
 impl DeepLabHead {
@@ -84,7 +88,6 @@ impl DeepLabHead {
             fuse: ConvBn::new(&clf, "0", "1", ch + c.low_proj_channels, ch, 3),
             classify: Conv2d::new_kaiming_normal(&(&clf / "3"), ch, c.num_classes, 1, true),
             rates: aspp_rates(os),
-            config: c.clone(),
         }
     }
 
@@ -92,8 +95,10 @@ impl DeepLabHead {
         self.rates = aspp_rates(os);
     }
 
-    /// Logits at the low-level (stride-4) resolution.
-    pub fn forward(&self, low: &Tensor, high: &Tensor, train: bool) -> Tensor {
+    /// Logits at the low-level (stride-4) resolution. `dropout` is the rate after the
+    /// ASPP projection in training (the head's configuration lives in one place, the
+    /// segmenter's [`HeadConfig`]).
+    pub fn forward(&self, low: &Tensor, high: &Tensor, train: bool, dropout: f64) -> Tensor {
         let low = self.project.forward(low, 0, 1, train);
         let (h, w) = (high.size()[2], high.size()[3]);
         let mut branches = vec![self.aspp_1x1.forward(high, 0, 1, train)];
@@ -103,8 +108,8 @@ impl DeepLabHead {
         let pooled = self.aspp_pool.forward(&high.adaptive_avg_pool2d([1, 1]), 0, 1, train);
         branches.push(pooled.upsample_bilinear2d([h, w], false, None, None));
         let mut x = self.aspp_project.forward(&Tensor::cat(&branches, 1), 0, 1, train);
-        if train && self.config.dropout > 0.0 {
-            x = x.dropout(self.config.dropout, true);
+        if train && dropout > 0.0 {
+            x = x.dropout(dropout, true);
         }
         let x = x.upsample_bilinear2d([low.size()[2], low.size()[3]], false, None, None);
         let x = self.fuse.forward(&Tensor::cat(&[low, x], 1), 1, 1, train);

@@ -1,8 +1,11 @@
-//! The FAMix segmenter (CLIP ResNet + DeepLabv3+), freeze policies and checkpoints.
+//! The FAMix segmenter (CLIP ResNet + DeepLabv3+), freeze policies, checkpoints and
+//! the inference API.
 pub mod checkpoint;
 pub mod deeplab;
+pub mod inference;
 pub mod segmenter;
 
 pub use checkpoint::CheckpointMeta;
 pub use deeplab::HeadConfig;
+pub use inference::{Precision, PredictOptions, Prediction};
 pub use segmenter::{FreezePolicy, Segmenter, SegmenterConfig};

@@ -2,7 +2,7 @@
 //! The forward exposes the layer1 features (`restyle`) so local style mixing can
 //! replace them before layer2 and the head's low-level branch.
 
-use anyhow::{bail, Result};
+use crate::error::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
@@ -10,8 +10,9 @@ use crate::clip::{ModifiedResNet, OutputStride, ResNetConfig};
 use crate::data::labels::{default_class_names, default_palette};
 use crate::model::deeplab::{DeepLabHead, HeadConfig};
 
-/// Which parts train (SPEC §4). Frozen parts have no gradient and keep BN in eval mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+/// Which parts train (docs/design.md §4). Frozen parts have no gradient and keep BN in eval mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum FreezePolicy {
     /// Synthetic sources (GTA5, Synthia): only layer4's last block and the head train.
@@ -163,7 +164,7 @@ impl Segmenter {
         let blocks = self.config.backbone.layers;
         let train_fn = |stage: usize, block: usize| train && policy.block_trains(stage, block, blocks[stage] as usize);
         let high = self.backbone.forward_high(&low, &train_fn);
-        let logits = self.head.forward(&low, &high, train);
+        let logits = self.head.forward(&low, &high, train, self.config.head.dropout);
         logits.upsample_bilinear2d([h, w], false, None, None)
     }
 

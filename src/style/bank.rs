@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{format_err, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -144,7 +144,7 @@ impl StyleBank {
             let Some((key, which)) = name.rsplit_once('/') else {
                 bail!("{}: unexpected tensor {name:?} (expected <class>/mu and <class>/sigma)", path.display());
             };
-            let class = bank.class_of(key).ok_or_else(|| anyhow!("{}: unknown class {key:?}", path.display()))?;
+            let class = bank.class_of(key).ok_or_else(|| format_err!("{}: unknown class {key:?}", path.display()))?;
             let (n, c) = t.size2().with_context(|| format!("{}: {name} is not [n, C]", path.display()))?;
             if bank.channels == 0 {
                 bank.channels = c as usize;
@@ -173,7 +173,7 @@ impl StyleBank {
     pub fn import_reference(path: &Path) -> Result<Self> {
         let bytes = crate::io::archive::read_bytes(path)?;
         let top = crate::io::pickle::load_plain(&bytes).with_context(|| format!("{}: not a readable pickle", path.display()))?;
-        let items = top.dict_items().ok_or_else(|| anyhow!("{}: expected a dict of style lists", path.display()))?;
+        let items = top.dict_items().ok_or_else(|| format_err!("{}: expected a dict of style lists", path.display()))?;
         let mut bank = StyleBank::new(0, default_class_names(19));
         for (k, v) in &items {
             let (key, which) = if let Some(c) = k.strip_suffix("_mu") {
@@ -183,8 +183,8 @@ impl StyleBank {
             } else {
                 bail!("{}: unexpected key {k:?}", path.display());
             };
-            let class = bank.class_of(key).ok_or_else(|| anyhow!("{}: unknown class {key:?}", path.display()))?;
-            let list = v.list_items().ok_or_else(|| anyhow!("{}: {k} is not a list", path.display()))?;
+            let class = bank.class_of(key).ok_or_else(|| format_err!("{}: unknown class {key:?}", path.display()))?;
+            let list = v.list_items().ok_or_else(|| format_err!("{}: {k} is not a list", path.display()))?;
             let mut rows = Vec::new();
             for t in list {
                 let crate::io::pickle::Value::Tensor(r) = &t else {
@@ -219,7 +219,7 @@ impl StyleBank {
 
     /// Device tensors for vectorised sampling: μ and σ of all entries stacked
     /// (N, C), and per class (0..K, then ignore at K) the offset/count of its rows.
-    /// A class with no entries uses the ignore class's rows (SPEC §4).
+    /// A class with no entries uses the ignore class's rows (docs/design.md §4).
     pub fn device_tables(&self, num_classes: usize, device: Device) -> Result<BankTables> {
         let ignore = self.count(IGNORE);
         if self.total() == 0 {
@@ -244,7 +244,7 @@ impl StyleBank {
                 ignore_span = (off, n);
             }
         }
-        // An empty class uses the ignore class's styles (SPEC §4); where that is empty
+        // An empty class uses the ignore class's styles (docs/design.md §4); where that is empty
         // too (the reference would fail), it draws from the whole bank.
         let n = (mus.len() / self.channels) as i64;
         let mut fallback = 0;

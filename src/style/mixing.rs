@@ -1,4 +1,4 @@
-//! Local style mixing (SPEC §4), vectorised on the device.
+//! Local style mixing (docs/design.md §4), vectorised on the device.
 //!
 //! Per grid patch of the layer1 features: mean and sqrt(unbiased var + 1e-5),
 //! normalise; a style (μ_t, σ_t) from the bank of the patch's dominant class (an
@@ -8,7 +8,7 @@
 //! The only host work is choosing B·g² bank rows and drawing B·C Beta samples
 //! (tiny uploads); no full-size tensor ever lives on the host.
 
-use anyhow::{bail, Result};
+use crate::error::{bail, Result};
 use rand_distr::{Beta, Distribution};
 use tch::{Device, Kind, Tensor};
 
@@ -16,7 +16,8 @@ use crate::rng::{stream, Rng};
 use crate::style::bank::BankTables;
 
 /// How the sampled style is applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum StyleMode {
     /// FAMix: mix patch statistics with the sampled style (s ~ Beta(0.1, 0.1)).

@@ -1,6 +1,9 @@
-//! Language-driven styles: prompts, mining (patch-wise PIN), the style bank and
-//! local style mixing.
+//! Language-driven styles: prompts, patch-wise PIN, the mining run, the style bank
+//! and local style mixing.
 pub mod bank;
-pub mod mixing;
 pub mod mining;
+pub mod mixing;
+pub mod pin;
 pub mod prompts;
+
+pub use pin::PinConfig;

@@ -1,4 +1,4 @@
-//! The FAMix training loop (SPEC §4): minimal fine-tuning of a CLIP-initialised
+//! The FAMix training loop (docs/design.md §4): minimal fine-tuning of a CLIP-initialised
 //! DeepLabv3+ with local style mixing on layer1, cross-entropy with label smoothing,
 //! SGD with poly learning rates, periodic validation with latest/best checkpoints,
 //! a JSON-lines log, and exact resume.
@@ -12,24 +12,25 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
-use crate::clip::preprocess::normalize_u8;
-use crate::clip::weights::{load_vars, StateDict};
+use crate::model::inference::normalize_u8;
+use crate::io::weights::{load_vars, StateDict};
 use crate::clip::{OutputStride, ResNetConfig};
 use crate::data::augment::TrainAugment;
 use crate::data::loader::{Batch, BatchLoader, LoaderConfig};
 use crate::data::{Dataset, DatasetKind};
 use crate::eval::{evaluate, EvalOptions};
 use crate::model::checkpoint::{self, CheckpointMeta};
-use crate::model::{FreezePolicy, HeadConfig, Segmenter, SegmenterConfig};
+use crate::model::{FreezePolicy, HeadConfig, Precision, Segmenter, SegmenterConfig};
 use crate::rng::{stream, Rng};
 use crate::style::bank::{BankTables, StyleBank};
 use crate::style::mixing::{self, StyleMode};
 use crate::train::sgd::{poly_lr, Sgd};
+use crate::progress::{Progress, Silent, Unit};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ValSpec {
@@ -115,6 +116,15 @@ impl TrainConfig {
         }
     }
 
+    /// The forward pass's precision.
+    pub fn precision(&self) -> Precision {
+        if self.amp_bf16 {
+            Precision::Bf16
+        } else {
+            Precision::Fp32
+        }
+    }
+
     /// The reference's freeze policy for a source dataset.
     pub fn default_freeze(d: DatasetKind) -> FreezePolicy {
         match d {
@@ -131,23 +141,34 @@ pub struct TrainState {
     pub best_step: Option<u64>,
 }
 
+/// How to run (not what to train): these may differ between a run and its resume.
 pub struct RunOptions {
+    /// Where to compute.
     pub device: Device,
+    /// Data-loading threads.
     pub workers: usize,
-    pub progress: bool,
     /// Stop (with a checkpoint) after this many iterations in this invocation.
     pub stop_after: Option<u64>,
     /// Replace unreadable training samples by the next readable one.
     pub skip_bad: bool,
 }
 
+/// What a `train` call did.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainSummary {
+    /// Iterations done in total (this call and earlier ones).
     pub steps: u64,
+    /// Mean loss of the last logged stretch.
     pub last_loss: Option<f64>,
+    /// Best validation mIoU so far.
     pub best_miou: Option<f64>,
+    /// Validation mIoU at the last checkpoint of this call.
     pub last_miou: Option<f64>,
+    /// The run folder.
     pub run_dir: PathBuf,
+    /// Training samples replaced because they could not be read (`skip_bad`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<crate::data::Skipped>,
 }
 
 pub fn config_path(run: &Path) -> PathBuf {
@@ -273,55 +294,63 @@ pub fn bank_tables(cfg: &TrainConfig, model: &Segmenter) -> Result<Option<BankTa
         bail!("{}: styles have {} channels, the backbone's layer1 has {want}", p.display(), bank.channels);
     }
     let t = bank.device_tables(cfg.head.num_classes as usize, model.device()).with_context(|| format!("{}", p.display()))?;
-    if t.classes_without_styles > 0 {
-        eprintln!(
-            "note: {} classes have no styles and the bank has no ignore-class styles; they draw from the whole bank",
-            t.classes_without_styles
-        );
-    }
     Ok(Some(t))
 }
 
-/// Trains (or resumes) the run in `run`. `cfg` is the run's configuration (for a
-/// resume: the saved one, possibly with a larger `iters`).
-pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, opts: &RunOptions) -> Result<TrainSummary> {
-    let device = opts.device;
+/// Checks what `train` cannot work with, before any file is touched.
+pub fn check_config(cfg: &TrainConfig) -> Result<()> {
+    let bad = |name: &str, problem: String| Err(Error::InvalidSetting { name: name.into(), problem });
     if cfg.batch < 2 {
-        bail!("--batch must be at least 2 (batch-norm statistics in the trained layers need more than one sample)");
+        return bad("--batch", "must be at least 2 (batch-norm statistics in the trained layers need more than one sample)".into());
+    }
+    if cfg.grid == 0 {
+        return bad("--grid", "must be at least 1".into());
     }
     if cfg.crop % 4 != 0 || cfg.crop / 4 < cfg.grid {
-        bail!("--crop {} must be divisible by 4 and at least 4 × grid (layer1 has stride 4)", cfg.crop);
+        return bad("--crop", format!("{} must be divisible by 4 and at least 4 × grid (layer1 has stride 4)", cfg.crop));
     }
-    std::fs::create_dir_all(run).with_context(|| format!("cannot create run folder {}", run.display()))?;
-    crate::io::atomic_write_json(&config_path(run), cfg)?;
-    if let Device::Cuda(_) = device {
-        tch::Cuda::cudnn_set_benchmark(true);
+    for (name, v, ok) in [
+        ("--lr", cfg.lr, cfg.lr > 0.0),
+        ("--backbone-lr-mult", cfg.backbone_lr_mult, cfg.backbone_lr_mult >= 0.0),
+        ("--momentum", cfg.momentum, (0.0..1.0).contains(&cfg.momentum)),
+        ("--weight-decay", cfg.weight_decay, cfg.weight_decay >= 0.0),
+        ("--poly-power", cfg.poly_power, cfg.poly_power >= 0.0),
+        ("--min-lr", cfg.min_lr, cfg.min_lr >= 0.0),
+        ("--label-smoothing", cfg.label_smoothing, (0.0..1.0).contains(&cfg.label_smoothing)),
+        ("--beta", cfg.beta, cfg.beta > 0.0),
+    ] {
+        if !v.is_finite() || !ok {
+            return bad(name, format!("{v} is out of range"));
+        }
     }
-
-    let mut sgd = Sgd::new(cfg.momentum, cfg.weight_decay);
-    let (model, mut state) = if resume {
-        let mut l = checkpoint::load(&latest_path(run), device, Some(cfg.output_stride))?;
-        l.model.set_freeze(cfg.freeze);
-        l.model.head.config.dropout = cfg.head.dropout;
-        let st = load_state(run, device, &mut sgd)?;
-        (l.model, st)
-    } else {
-        (initial_model(cfg, device)?, TrainState::default())
-    };
-    let start = state.step;
-    if start >= cfg.iters {
-        eprintln!("{} is already at iteration {start} of {}", run.display(), cfg.iters);
-        return Ok(TrainSummary { steps: start, last_loss: None, best_miou: state.best_miou, last_miou: None, run_dir: run.into() });
+    if cfg.val.as_ref().is_some_and(|v| v.limit == Some(0)) {
+        return bad("--val-limit", "0 validates nothing; give at least 1".into());
     }
-    let end = opts.stop_after.map(|n| (start + n).min(cfg.iters)).unwrap_or(cfg.iters);
+    Ok(())
+}
 
-    let tables = bank_tables(cfg, &model)?;
+/// The model and training state a run starts from: the latest checkpoint of `run`
+/// (resume) or CLIP's image tower with a fresh head.
+fn restore_or_init(cfg: &TrainConfig, run: &Path, resume: bool, device: Device, sgd: &mut Sgd) -> Result<(Segmenter, TrainState)> {
+    if !resume {
+        return Ok((initial_model(cfg, device)?, TrainState::default()));
+    }
+    let mut l = checkpoint::load(&latest_path(run), device, Some(cfg.output_stride))?;
+    if l.model.config.head != cfg.head {
+        bail!("{}: the checkpoint's head {:?} contradicts the run's config.json {:?}", l.path.display(), l.model.config.head, cfg.head);
+    }
+    l.model.set_freeze(cfg.freeze);
+    let st = load_state(run, device, sgd)?;
+    Ok((l.model, st))
+}
 
-    let ds = Arc::new(Dataset::open(cfg.dataset, &cfg.data_root, &cfg.split, cfg.condition.as_deref())?);
+/// The source and (optional) validation datasets, both non-empty.
+fn open_datasets(cfg: &TrainConfig) -> Result<(Arc<Dataset>, Option<Dataset>)> {
+    let ds = Dataset::open(cfg.dataset, &cfg.data_root, &cfg.split, cfg.condition.as_deref())?;
     if ds.is_empty() {
         bail!("no image/label pairs found for {} (run `famix data check`)", ds.describe());
     }
-    let val_ds = match &cfg.val {
+    let val = match &cfg.val {
         Some(v) => {
             let d = Dataset::open(v.dataset, &v.data_root, &v.split, v.condition.as_deref())?;
             if d.is_empty() {
@@ -331,97 +360,182 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, opts: &RunOptions) -> 
         }
         None => None,
     };
+    Ok((Arc::new(ds), val))
+}
+
+fn make_loader(cfg: &TrainConfig, ds: Arc<Dataset>, opts: &RunOptions, start: u64, end: u64) -> Result<BatchLoader> {
     let mut augment = TrainAugment::reference(cfg.crop, cfg.dataset == DatasetKind::Synthia);
     augment.jitter = cfg.augment;
     augment.flip = cfg.augment;
-    let loader = BatchLoader::new(
-        ds.clone(),
-        LoaderConfig {
-            batch: cfg.batch,
-            augment,
-            grid: cfg.grid,
-            seed: cfg.seed,
-            workers: opts.workers,
-            prefetch: 3 * cfg.batch,
-            skip_bad: opts.skip_bad,
-        },
-        start,
-        end,
-    )?;
+    let lc = LoaderConfig {
+        batch: cfg.batch,
+        augment,
+        grid: cfg.grid,
+        seed: cfg.seed,
+        workers: opts.workers,
+        prefetch: 3 * cfg.batch,
+        skip_bad: opts.skip_bad,
+    };
+    BatchLoader::new(ds, lc, start, end)
+}
 
+/// The state of one `train` call between iterations.
+struct Session<'a> {
+    cfg: &'a TrainConfig,
+    run: &'a Path,
+    progress: &'a dyn Progress,
+    log: Log,
+    meta: CheckpointMeta,
+    state: TrainState,
+    loss_acc: Tensor,
+    loss_n: u64,
+    t_log: Instant,
+    summary: TrainSummary,
+}
+
+impl Session<'_> {
+    /// Logs the mean loss of the iterations since the last log line; stops on a
+    /// non-finite loss, naming the last checkpoint.
+    fn log_loss(&mut self, done: u64, lrs: (f64, f64), device: Device) -> Result<()> {
+        let mean = self.loss_acc.double_value(&[]) / self.loss_n as f64;
+        if !mean.is_finite() {
+            bail!(
+                "the loss became {mean} by iteration {done}; training stopped. The last good checkpoint is {} (iteration {}). Try a lower --lr.",
+                latest_path(self.run).display(),
+                self.state.step
+            );
+        }
+        let secs = self.t_log.elapsed().as_secs_f64();
+        let mut entry = json!({
+            "iter": done, "loss": mean, "lr_head": lrs.0, "lr_backbone": lrs.1,
+            "images_per_s": (self.loss_n as f64 * self.cfg.batch as f64) / secs, "step_ms": secs * 1000.0 / self.loss_n as f64,
+        });
+        if let Some((_, peak, _)) = crate::device::cuda_memory_mb(device) {
+            entry["gpu_mem_mb"] = json!(peak);
+        }
+        self.log.write(entry)?;
+        self.progress.status(&format!("loss {mean:.4}"));
+        self.summary.last_loss = Some(mean);
+        self.loss_acc = Tensor::zeros([], (Kind::Float, device));
+        self.loss_n = 0;
+        self.t_log = Instant::now();
+        Ok(())
+    }
+
+    /// Validates (when a validation set is configured), keeps `best`, writes `latest`.
+    fn checkpoint(&mut self, done: u64, model: &Segmenter, sgd: &Sgd, val: Option<&Dataset>) -> Result<()> {
+        self.state.step = done;
+        if let Some(vd) = val {
+            let opts = EvalOptions {
+                limit: self.cfg.val.as_ref().and_then(|v| v.limit),
+                predict: crate::model::PredictOptions { precision: self.cfg.precision(), ..Default::default() },
+                ..Default::default()
+            };
+            let rep = evaluate(model, vd, &opts, &Silent)?;
+            let miou = rep.metrics.miou;
+            self.summary.last_miou = Some(miou);
+            self.log.write(json!({"iter": done, "val_miou": miou, "val_images": rep.images, "val_dataset": vd.describe()}))?;
+            self.progress.notice(&format!("iteration {done}: val mIoU {:.2} % on {}", miou * 100.0, vd.describe()));
+            if self.state.best_miou.is_none_or(|b| miou > b) {
+                self.state.best_miou = Some(miou);
+                self.state.best_step = Some(done);
+                let mut m = self.meta.clone();
+                m.step = done;
+                m.best_miou = Some(miou);
+                checkpoint::save(model, &m, &best_path(self.run))?;
+            }
+        }
+        self.meta.step = done;
+        self.meta.best_miou = self.state.best_miou;
+        self.meta.optimizer_state = Some("latest.optim.safetensors".into());
+        save_state(self.run, model, &self.meta, sgd, &self.state)?;
+        self.t_log = Instant::now();
+        Ok(())
+    }
+}
+
+/// Trains (or resumes) the run in `run`. `cfg` is the run's configuration (for a
+/// resume: the saved one, possibly with a larger `iters`).
+pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, opts: &RunOptions, progress: &dyn Progress) -> Result<TrainSummary> {
+    check_config(cfg)?;
+    let device = opts.device;
+    std::fs::create_dir_all(run).with_context(|| format!("cannot create run folder {}", run.display()))?;
+    crate::io::atomic_write_json(&config_path(run), cfg)?;
+    if let Device::Cuda(_) = device {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    let mut sgd = Sgd::new(cfg.momentum, cfg.weight_decay);
+    let (model, state) = restore_or_init(cfg, run, resume, device, &mut sgd)?;
+    let start = state.step;
+    let summary = TrainSummary {
+        steps: start,
+        last_loss: None,
+        best_miou: state.best_miou,
+        last_miou: None,
+        run_dir: run.into(),
+        skipped: vec![],
+    };
+    if start >= cfg.iters {
+        progress.notice(&format!("{} is already at iteration {start} of {}", run.display(), cfg.iters));
+        return Ok(summary);
+    }
+    let end = opts.stop_after.map(|n| (start + n).min(cfg.iters)).unwrap_or(cfg.iters);
+    let tables = bank_tables(cfg, &model)?;
+    if let Some(t) = tables.as_ref().filter(|t| t.classes_without_styles > 0) {
+        progress.notice(&format!(
+            "note: {} classes have no styles and the bank has no ignore-class styles; they draw from the whole bank",
+            t.classes_without_styles
+        ));
+    }
+    let (ds, val_ds) = open_datasets(cfg)?;
+    let mut loader = make_loader(cfg, ds, opts, start, end)?;
     let mut stepper = Stepper::new(&model, cfg, tables, sgd);
-    let mut log = Log::open(run)?;
     let mut meta = CheckpointMeta::new(&model.config);
     meta.source = json!({"clip": cfg.clip, "dataset": cfg.dataset.name(), "styles": cfg.styles, "style_mode": cfg.style_mode});
-    let bar = if opts.progress { crate::cli::progress_bar(cfg.iters, "train") } else { indicatif::ProgressBar::hidden() };
-    bar.set_position(start);
-    let mut loss_acc = Tensor::zeros([], (Kind::Float, device));
-    let mut loss_n = 0u64;
-    let mut last_loss = None;
-    let mut last_miou = None;
-    let mut t_log = Instant::now();
+    let mut s = Session {
+        cfg,
+        run,
+        progress,
+        log: Log::open(run)?,
+        meta,
+        state,
+        loss_acc: Tensor::zeros([], (Kind::Float, device)),
+        loss_n: 0,
+        t_log: Instant::now(),
+        summary,
+    };
     crate::device::cuda_reset_peak(device);
+    progress.start("train", cfg.iters, start, Unit::Items);
+    let res = run_loop(&mut s, &mut stepper, &mut loader, val_ds.as_ref(), start, end);
+    progress.finish();
+    res?;
+    s.summary.steps = s.state.step;
+    s.summary.best_miou = s.state.best_miou;
+    Ok(s.summary)
+}
 
-    for (k, batch) in loader.enumerate() {
-        let step = start + k as u64;
+fn run_loop(s: &mut Session, stepper: &mut Stepper, loader: &mut BatchLoader, val: Option<&Dataset>, start: u64, end: u64) -> Result<()> {
+    let device = stepper.model.device();
+    let mut step = start;
+    while let Some(batch) = loader.next() {
         let batch = batch.with_context(|| format!("loading the batch of iteration {}", step + 1))?;
+        for sk in loader.take_skipped() {
+            s.progress.notice(&format!("skipping unreadable sample {}: {}", sk.path, sk.error));
+            s.summary.skipped.push(sk);
+        }
         let loss = stepper.step(&batch, step)?;
-        let (lr_head, lr_bb) = stepper.learning_rates(step);
-        loss_acc += loss;
-        loss_n += 1;
-        bar.inc(1);
+        s.loss_acc += loss;
+        s.loss_n += 1;
+        s.progress.advance(1);
         let done = step + 1;
-        let checkpoint_now = done % cfg.val_interval.max(1) == 0 || done == end;
-        if done % cfg.log_interval.max(1) == 0 || checkpoint_now {
-            let mean = loss_acc.double_value(&[]) / loss_n as f64;
-            if !mean.is_finite() {
-                bar.abandon();
-                bail!(
-                    "the loss became {mean} by iteration {done}; training stopped. The last good checkpoint is {} (iteration {}). Try a lower --lr.",
-                    latest_path(run).display(),
-                    state.step
-                );
-            }
-            let secs = t_log.elapsed().as_secs_f64();
-            let mut entry = json!({
-                "iter": done, "loss": mean, "lr_head": lr_head, "lr_backbone": lr_bb,
-                "images_per_s": (loss_n as f64 * cfg.batch as f64) / secs, "step_ms": secs * 1000.0 / loss_n as f64,
-            });
-            if let Some((_, peak, _)) = crate::device::cuda_memory_mb(device) {
-                entry["gpu_mem_mb"] = json!(peak);
-            }
-            log.write(entry)?;
-            bar.set_prefix(format!("loss {mean:.4}"));
-            last_loss = Some(mean);
-            loss_acc = Tensor::zeros([], (Kind::Float, device));
-            loss_n = 0;
-            t_log = Instant::now();
+        let checkpoint_now = done % s.cfg.val_interval.max(1) == 0 || done == end;
+        if done % s.cfg.log_interval.max(1) == 0 || checkpoint_now {
+            s.log_loss(done, stepper.learning_rates(step), device)?;
         }
         if checkpoint_now {
-            state.step = done;
-            if let Some(vd) = &val_ds {
-                let limit = cfg.val.as_ref().and_then(|v| v.limit);
-                let rep = bar.suspend(|| evaluate(&model, vd, &EvalOptions { limit, amp_bf16: cfg.amp_bf16, ..Default::default() }))?;
-                let miou = rep.metrics.miou;
-                last_miou = Some(miou);
-                log.write(json!({"iter": done, "val_miou": miou, "val_images": rep.images, "val_dataset": vd.describe()}))?;
-                bar.suspend(|| eprintln!("iteration {done}: val mIoU {:.2} % on {}", miou * 100.0, vd.describe()));
-                if state.best_miou.is_none_or(|b| miou > b) {
-                    state.best_miou = Some(miou);
-                    state.best_step = Some(done);
-                    let mut m = meta.clone();
-                    m.step = done;
-                    m.best_miou = Some(miou);
-                    checkpoint::save(&model, &m, &best_path(run))?;
-                }
-            }
-            meta.step = done;
-            meta.best_miou = state.best_miou;
-            meta.optimizer_state = Some("latest.optim.safetensors".into());
-            save_state(run, &model, &meta, &stepper.sgd, &state)?;
-            t_log = Instant::now();
+            s.checkpoint(done, stepper.model, &stepper.sgd, val)?;
         }
+        step = done;
     }
-    bar.finish_and_clear();
-    Ok(TrainSummary { steps: state.step, last_loss, best_miou: state.best_miou, last_miou, run_dir: run.into() })
+    Ok(())
 }

@@ -1,11 +1,11 @@
-//! Weight import: any supported checkpoint file → a name → tensor map, and a strict
+//! Weight import (shared by CLIP, the segmenter and training): any supported checkpoint file → a name → tensor map, and a strict
 //! copy into a model's variables (missing, unexpected and mis-shaped keys are listed
 //! in one error; nothing is loaded partially).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use crate::error::{bail, Error, Result};
 use tch::{nn, Tensor};
 
 use crate::io::archive::{self, Format};
@@ -48,17 +48,6 @@ pub fn is_bookkeeping_key(k: &str) -> bool {
         || k.ends_with("attn_mask")
 }
 
-const MAX_LISTED: usize = 12;
-
-fn listing(title: &str, items: &[String]) -> String {
-    let mut s = format!("\n  {title} ({}): ", items.len());
-    s.push_str(&items.iter().take(MAX_LISTED).cloned().collect::<Vec<_>>().join(", "));
-    if items.len() > MAX_LISTED {
-        s.push_str(&format!(", … and {} more", items.len() - MAX_LISTED));
-    }
-    s
-}
-
 /// Copies `src[src_prefix + name]` into every variable `dst_prefix + name` of `vs`.
 /// Keys under `src_prefix` that match no variable are errors unless `ignore` says
 /// otherwise. `what` names the model in messages.
@@ -98,17 +87,13 @@ pub fn load_vars(
     shapes.sort();
     unexpected.sort();
     if !missing.is_empty() || !shapes.is_empty() || !unexpected.is_empty() {
-        let mut msg = format!("{}: the checkpoint does not match the {what}", origin.display());
-        if !missing.is_empty() {
-            msg.push_str(&listing("missing keys", &missing));
-        }
-        if !shapes.is_empty() {
-            msg.push_str(&listing("wrong shapes", &shapes));
-        }
-        if !unexpected.is_empty() {
-            msg.push_str(&listing("unexpected keys", &unexpected));
-        }
-        bail!(msg);
+        return Err(Error::KeyMismatch {
+            path: origin.to_path_buf(),
+            what: what.to_string(),
+            missing,
+            mismatched: shapes,
+            unexpected,
+        });
     }
     tch::no_grad(|| -> Result<()> {
         for (name, var) in &vars {

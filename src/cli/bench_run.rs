@@ -1,4 +1,4 @@
-//! `famix bench`: timings of the real code paths (`train`'s iteration, `predict`'s
+//! The workloads `famix bench` times: timings of the real code paths (`train`'s iteration, `predict`'s
 //! forward, `mine-styles`' per-batch mining, the data loader) on random-weight
 //! models of the real sizes, with device synchronisation.
 
@@ -10,22 +10,23 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::clip::preprocess::normalize_u8;
-use crate::clip::{Clip, OutputStride, ResNetConfig, TextConfig};
-use crate::data::augment::TrainAugment;
-use crate::data::loader::{Batch, BatchLoader, LoaderConfig};
-use crate::data::{Dataset, DatasetKind};
-use crate::device::{cuda_memory_mb, cuda_reset_peak, device_name, synchronize, Autocast};
-use crate::imageops::Image8;
-use crate::model::{FreezePolicy, HeadConfig, Segmenter, SegmenterConfig};
-use crate::rng::Rng;
-use crate::style::bank::StyleBank;
-use crate::style::mining::{mine_batches, PinConfig};
-use crate::style::prompts::{PromptEmbedder, PromptSet};
-use crate::train::sgd::Sgd;
-use crate::train::trainer::Stepper;
-use crate::train::TrainConfig;
+use famix::clip::{Clip, OutputStride, ResNetConfig, TextConfig};
+use famix::data::augment::TrainAugment;
+use famix::data::loader::{Batch, BatchLoader, LoaderConfig};
+use famix::data::{Dataset, DatasetKind};
+use famix::device::{cuda_memory_mb, cuda_reset_peak, device_name, synchronize, Autocast};
+use famix::imageops::Image8;
+use famix::model::{FreezePolicy, HeadConfig, Precision, PredictOptions, Segmenter, SegmenterConfig};
+use famix::rng::Rng;
+use famix::style::bank::StyleBank;
+use famix::style::mining::mine_batches;
+use famix::style::PinConfig;
+use famix::style::prompts::{PromptEmbedder, PromptSet};
+use famix::train::sgd::Sgd;
+use famix::train::trainer::Stepper;
+use famix::train::TrainConfig;
 
+/// Model sizes `bench` can time (random weights).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Arch {
     Rn50,
@@ -39,19 +40,19 @@ impl Arch {
         match self {
             Arch::Rn50 => ResNetConfig::rn50(),
             Arch::Rn101 => ResNetConfig::rn101(),
-            Arch::Tiny => ResNetConfig { layers: [1, 1, 2, 2], width: 16, output_dim: Some(64), heads: 8, input_resolution: 224 },
+            Arch::Tiny => ResNetConfig::tiny(),
         }
     }
     fn text(self) -> TextConfig {
         match self {
             Arch::Rn50 => TextConfig::rn50(),
-            Arch::Rn101 => TextConfig { embed_dim: 512, ..TextConfig::rn50() },
-            Arch::Tiny => TextConfig { vocab_size: 49408, context_length: 77, width: 64, heads: 1, layers: 2, embed_dim: 64 },
+            Arch::Rn101 => TextConfig::rn101(),
+            Arch::Tiny => TextConfig::tiny(),
         }
     }
     fn head(self) -> HeadConfig {
         match self {
-            Arch::Tiny => HeadConfig { num_classes: 19, aspp_channels: 64, low_proj_channels: 16, dropout: 0.1 },
+            Arch::Tiny => HeadConfig::tiny(19),
             _ => HeadConfig::reference(19),
         }
     }
@@ -69,7 +70,7 @@ pub struct BenchConfig {
     pub mine_iters: usize,
     pub warmup: usize,
     pub iters: usize,
-    pub amp_bf16: bool,
+    pub precision: Precision,
     pub workers: usize,
 }
 
@@ -116,7 +117,7 @@ fn result(cfg: &BenchConfig, what: &str, batch: usize, h: usize, w: usize, mut m
         what: what.into(),
         device: device_name(cfg.device),
         arch: format!("{:?}", cfg.arch).to_lowercase(),
-        amp: if cfg.amp_bf16 { "bf16".into() } else { "fp32".into() },
+        amp: cfg.precision.name().into(),
         batch,
         height: h,
         width: w,
@@ -134,7 +135,7 @@ fn segmenter(cfg: &BenchConfig, freeze: FreezePolicy) -> Result<Segmenter> {
     let mut sc = SegmenterConfig::new(cfg.arch.visual(), 19, OutputStride::Os16, freeze);
     sc.head = cfg.arch.head();
     tch::manual_seed(0);
-    Segmenter::new(sc, cfg.device)
+    Ok(Segmenter::new(sc, cfg.device)?)
 }
 
 /// A synthetic batch like the loader's: u8 images, blocky labels, dominant classes.
@@ -154,14 +155,14 @@ pub fn synthetic_batch(b: usize, size: usize, grid: usize, seed: u64) -> Batch {
                 lbl.data[y * size + x] = classes[((y / block).min(7)) * 8 + (x / block).min(7)];
             }
         }
-        let dominant = crate::data::augment::dominant_classes(&lbl, grid);
-        items.push(crate::data::loader::Item { image: img, label: lbl, dominant, index: i });
+        let dominant = famix::data::augment::dominant_classes(&lbl, grid);
+        items.push(famix::data::loader::Item { image: img, label: lbl, dominant, index: i });
     }
-    crate::data::loader::collate(items)
+    famix::data::loader::collate(items)
 }
 
 fn random_bank(channels: usize, dir: &Path) -> Result<std::path::PathBuf> {
-    let mut bank = StyleBank::new(channels, crate::data::labels::default_class_names(19));
+    let mut bank = StyleBank::new(channels, famix::data::labels::default_class_names(19));
     let mut rng = Rng::new(3);
     for class in (0..19u8).chain([255]) {
         for _ in 0..4 {
@@ -175,19 +176,21 @@ fn random_bank(channels: usize, dir: &Path) -> Result<std::path::PathBuf> {
     Ok(p)
 }
 
+/// `predict`'s forward ([`Segmenter::predict_ids`]: normalisation, network, argmax)
+/// on one random image; with bf16, the share of pixels whose class equals fp32's.
 pub fn bench_infer(cfg: &BenchConfig) -> Result<BenchResult> {
     let model = segmenter(cfg, FreezePolicy::Synthetic)?;
     let (h, w) = cfg.infer_size;
-    let x = normalize_u8(&Tensor::randint(256, [1, 3, h as i64, w as i64], (Kind::Uint8, Device::Cpu)), cfg.device);
-    let reference = cfg.amp_bf16.then(|| model.predict_logits(&x, 1.0, false).argmax(1, false));
-    let _amp = Autocast::new(cfg.device, cfg.amp_bf16);
+    let x = Tensor::randint(256, [1, 3, h as i64, w as i64], (Kind::Uint8, Device::Cpu));
+    let opts = PredictOptions { precision: cfg.precision, ..Default::default() };
     let (ms, peak) = timed(cfg, || {
-        let _ = model.predict_logits(&x, 1.0, false);
+        let _ = model.predict_ids(&x, &opts)?;
         Ok(())
     })?;
     let mut r = result(cfg, "infer", 1, h, w, ms, peak);
-    if let Some(fp32) = reference {
-        let bf16 = model.predict_logits(&x, 1.0, false).argmax(1, false);
+    if cfg.precision == Precision::Bf16 {
+        let (fp32, _) = model.predict_ids(&x, &PredictOptions::default())?;
+        let (bf16, _) = model.predict_ids(&x, &opts)?;
         r.fp32_agreement = Some(bf16.eq_tensor(&fp32).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]));
     }
     Ok(r)
@@ -200,10 +203,10 @@ pub fn bench_train(cfg: &BenchConfig, tmp: &Path) -> Result<BenchResult> {
         batch: cfg.batch,
         crop: cfg.crop,
         head: cfg.arch.head(),
-        amp_bf16: cfg.amp_bf16,
+        amp_bf16: cfg.precision == Precision::Bf16,
         ..TrainConfig::reference("random".into(), String::new(), DatasetKind::Gta5, "synthetic".into(), Some(bank))
     };
-    let tables = crate::train::trainer::bank_tables(&tc, &model)?;
+    let tables = famix::train::trainer::bank_tables(&tc, &model)?;
     let mut stepper = Stepper::new(&model, &tc, tables, Sgd::new(0.9, 1e-4));
     let batches: Vec<Batch> = (0..2).map(|i| synthetic_batch(cfg.batch, cfg.crop, 3, i)).collect();
     let mut step = 0u64;
@@ -222,7 +225,7 @@ pub fn bench_mine(cfg: &BenchConfig) -> Result<BenchResult> {
     let mut embedder = PromptEmbedder::new(&clip, prompts.templates.clone())?;
     let pin = PinConfig { iters: cfg.mine_iters, ..Default::default() };
     let batch = synthetic_batch(cfg.mine_batch, cfg.mine_crop, pin.grid, 7);
-    let _amp = Autocast::new(cfg.device, cfg.amp_bf16);
+    let _amp = Autocast::new(cfg.device, cfg.precision == Precision::Bf16);
     let (ms, peak) = timed(cfg, || {
         mine_batches(&clip, &mut embedder, &prompts, &pin, 1, None, 0, std::slice::from_ref(&batch))?;
         Ok(())

@@ -1,0 +1,274 @@
+//! famix's error type.
+//!
+//! Library functions return [`Result<T>`] = `std::result::Result<T, famix::Error>`.
+//! The variants a caller can act on are typed — a checkpoint from a newer famix
+//! ([`Error::CheckpointTooNew`]), weights whose names or shapes do not match a model
+//! ([`Error::KeyMismatch`]), a file that cannot be read or parsed
+//! ([`Error::Unreadable`]), a dataset folder that is not in the expected layout
+//! ([`Error::DatasetLayout`]), a setting out of range ([`Error::InvalidSetting`]).
+//! Everything else is a message ([`Error::Msg`]) or a wrapped foreign error
+//! (I/O, JSON, libtorch, image decoding), and [`Context`] adds "while doing what"
+//! layers exactly like `anyhow`'s, which the binary uses on top.
+//!
+//! `{}` prints the outermost message; `{:#}` prints the whole chain joined by `": "`
+//! (the convention of `anyhow`, so messages read the same in logs and reports).
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the famix library.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A famix file whose format version is newer than this build understands.
+    CheckpointTooNew {
+        /// The file.
+        path: PathBuf,
+        /// The file's format version.
+        version: u32,
+        /// The newest version this famix reads.
+        supported: u32,
+    },
+    /// A checkpoint whose tensors do not match the model they are loaded into.
+    /// Nothing was loaded. Lists are sorted; each key appears once.
+    KeyMismatch {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The model, in words ("CLIP image tower", "FAMix segmenter").
+        what: String,
+        /// Keys the model needs that the file lacks.
+        missing: Vec<String>,
+        /// Keys present in both with different shapes: "key (file [..], model [..])".
+        mismatched: Vec<String>,
+        /// Keys in the file that the model has no variable for.
+        unexpected: Vec<String>,
+    },
+    /// A file that exists but cannot be read, decoded or parsed.
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A dataset root that is not in the layout its reader expects.
+    DatasetLayout {
+        /// The dataset root (or the sub-folder that is wrong).
+        path: PathBuf,
+        /// What is missing or wrong.
+        problem: String,
+    },
+    /// A setting (flag, configuration field) out of its valid range.
+    InvalidSetting {
+        /// The setting's name as the user spells it (e.g. `--lr`).
+        name: String,
+        /// Why the value is refused.
+        problem: String,
+    },
+    /// An operating-system I/O error without more context.
+    Io(#[from] std::io::Error),
+    /// A JSON (de)serialisation error.
+    Json(#[from] serde_json::Error),
+    /// An error reported by libtorch.
+    Torch(#[from] tch::TchError),
+    /// An image decoding or encoding error.
+    Image(#[from] image::ImageError),
+    /// Any other failure, as a message.
+    Msg(String),
+    /// `source`, with what famix was doing when it happened.
+    Context {
+        /// What was being done.
+        context: String,
+        /// What went wrong.
+        #[source]
+        source: Box<Error>,
+    },
+}
+
+const MAX_LISTED: usize = 12;
+
+fn listing(f: &mut fmt::Formatter<'_>, title: &str, items: &[String]) -> fmt::Result {
+    if items.is_empty() {
+        return Ok(());
+    }
+    write!(f, "\n  {title} ({}): ", items.len())?;
+    write!(f, "{}", items.iter().take(MAX_LISTED).cloned().collect::<Vec<_>>().join(", "))?;
+    if items.len() > MAX_LISTED {
+        write!(f, ", … and {} more", items.len() - MAX_LISTED)?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::CheckpointTooNew { path, version, supported } => write!(
+                f,
+                "{}: checkpoint format version {version} is newer than this famix ({supported}); upgrade famix",
+                path.display()
+            ),
+            Error::KeyMismatch { path, what, missing, mismatched, unexpected } => {
+                write!(f, "{}: the checkpoint does not match the {what}", path.display())?;
+                listing(f, "missing keys", missing)?;
+                listing(f, "wrong shapes", mismatched)?;
+                listing(f, "unexpected keys", unexpected)
+            }
+            Error::Unreadable { path, reason } => write!(f, "{}: {reason}", path.display()),
+            Error::DatasetLayout { path, problem } => write!(f, "{}: {problem}", path.display()),
+            Error::InvalidSetting { name, problem } => write!(f, "{name}: {problem}"),
+            Error::Io(e) => write!(f, "{e}"),
+            Error::Json(e) => write!(f, "{e}"),
+            Error::Torch(e) => write!(f, "{}", first_line(&e.to_string())),
+            Error::Image(e) => write!(f, "{e}"),
+            Error::Msg(m) => f.write_str(m),
+            Error::Context { context, source } => {
+                if f.alternate() {
+                    write!(f, "{context}: {source:#}")
+                } else {
+                    f.write_str(context)
+                }
+            }
+        }
+    }
+}
+
+/// libtorch messages carry a C++ backtrace after the first line; users need the line.
+fn first_line(s: &str) -> &str {
+    s.lines().find(|l| !l.trim().is_empty()).unwrap_or(s).trim_end()
+}
+
+impl Error {
+    /// An error carrying just a message.
+    pub fn msg(m: impl fmt::Display) -> Self {
+        Error::Msg(m.to_string())
+    }
+
+    /// Wraps `self` with what was being done.
+    pub fn context(self, c: impl fmt::Display) -> Self {
+        Error::Context { context: c.to_string(), source: Box::new(self) }
+    }
+
+    /// The innermost error (the root cause).
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Context { source, .. } => source.root(),
+            e => e,
+        }
+    }
+}
+
+impl From<String> for Error {
+    fn from(m: String) -> Self {
+        Error::Msg(m)
+    }
+}
+
+impl From<&str> for Error {
+    fn from(m: &str) -> Self {
+        Error::Msg(m.to_string())
+    }
+}
+
+macro_rules! foreign {
+    ($($t:ty),* $(,)?) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::Msg(e.to_string())
+            }
+        }
+    )*};
+}
+foreign!(
+    std::num::ParseIntError,
+    std::num::ParseFloatError,
+    std::str::Utf8Error,
+    std::string::FromUtf8Error,
+    safetensors::SafeTensorError,
+    zip::result::ZipError,
+    png::DecodingError,
+    png::EncodingError,
+    std::array::TryFromSliceError,
+    regex::Error,
+    rand_distr::BetaError,
+);
+
+impl<T> From<std::sync::PoisonError<T>> for Error {
+    fn from(_: std::sync::PoisonError<T>) -> Self {
+        Error::msg("a worker thread panicked while holding a lock")
+    }
+}
+
+/// Adds context to errors (and turns `None` into an error), like `anyhow::Context`.
+pub trait Context<T> {
+    /// Wraps the error with `c`.
+    fn context<C: fmt::Display>(self, c: C) -> Result<T>;
+    /// Wraps the error with the message `f` makes (only called on error).
+    fn with_context<C: fmt::Display, F: FnOnce() -> C>(self, f: F) -> Result<T>;
+}
+
+impl<T, E: Into<Error>> Context<T> for std::result::Result<T, E> {
+    fn context<C: fmt::Display>(self, c: C) -> Result<T> {
+        self.map_err(|e| e.into().context(c))
+    }
+    fn with_context<C: fmt::Display, F: FnOnce() -> C>(self, f: F) -> Result<T> {
+        self.map_err(|e| e.into().context(f()))
+    }
+}
+
+impl<T> Context<T> for Option<T> {
+    fn context<C: fmt::Display>(self, c: C) -> Result<T> {
+        self.ok_or_else(|| Error::msg(c))
+    }
+    fn with_context<C: fmt::Display, F: FnOnce() -> C>(self, f: F) -> Result<T> {
+        self.ok_or_else(|| Error::msg(f()))
+    }
+}
+
+/// `Error::Msg` from format arguments (or from one displayable value).
+macro_rules! format_err {
+    ($fmt:literal $($rest:tt)*) => { $crate::error::Error::Msg(format!($fmt $($rest)*)) };
+    ($e:expr $(,)?) => { $crate::error::Error::msg($e) };
+}
+pub(crate) use format_err;
+
+/// Returns early with `Error::Msg` from format arguments (or one displayable value).
+macro_rules! bail {
+    ($($arg:tt)*) => { return Err($crate::error::format_err!($($arg)*)) };
+}
+pub(crate) use bail;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alternate_prints_the_chain_plain_prints_the_top() {
+        let e: Result<()> = Err(Error::msg("root cause")).context("middle").context("top");
+        let e = e.unwrap_err();
+        assert_eq!(format!("{e}"), "top");
+        assert_eq!(format!("{e:#}"), "top: middle: root cause");
+        assert!(matches!(e.root(), Error::Msg(m) if m == "root cause"));
+    }
+
+    #[test]
+    fn key_mismatch_lists_at_most_twelve_keys() {
+        let e = Error::KeyMismatch {
+            path: "m.pth".into(),
+            what: "model".into(),
+            missing: (0..15).map(|i| format!("k{i}")).collect(),
+            mismatched: vec![],
+            unexpected: vec!["x".into()],
+        };
+        let s = e.to_string();
+        assert!(s.starts_with("m.pth: the checkpoint does not match the model"), "{s}");
+        assert!(s.contains("missing keys (15): k0,") && s.contains("… and 3 more"), "{s}");
+        assert!(s.contains("unexpected keys (1): x") && !s.contains("wrong shapes"), "{s}");
+    }
+
+    #[test]
+    fn torch_errors_keep_their_first_line() {
+        assert_eq!(first_line("\nshape mismatch\nException raised from ...\nframe #0"), "shape mismatch");
+    }
+}

@@ -1,0 +1,42 @@
+//! What a segmentation looks like on disk: train-id PNGs, colour maps and overlays
+//! (the files `famix predict` and the demo write).
+
+use std::path::Path;
+
+use crate::error::{Context, Result};
+use crate::imageops::Image8;
+
+/// Colour map of train ids (ids without a colour, such as 255, are black).
+pub fn colorize(labels: &Image8, palette: &[[u8; 3]]) -> Image8 {
+    let mut out = Image8::new(labels.width, labels.height, 3, 0);
+    for (i, &l) in labels.data.iter().enumerate() {
+        if let Some(c) = palette.get(l as usize) {
+            out.data[i * 3..i * 3 + 3].copy_from_slice(c);
+        }
+    }
+    out
+}
+
+/// The colour map blended 50/50 over the photo (rounded half up).
+pub fn overlay(image: &Image8, color: &Image8) -> Image8 {
+    let mut o = image.clone();
+    for (p, c) in o.data.iter_mut().zip(&color.data) {
+        *p = ((*p as u16 + *c as u16 + 1) / 2) as u8;
+    }
+    o
+}
+
+/// Writes `<stem>_trainid.png`, `<stem>_color.png` and, with `with_overlay`,
+/// `<stem>_overlay.png` (creating the folder).
+pub fn write_outputs(stem: &Path, image: &Image8, labels: &Image8, palette: &[[u8; 3]], with_overlay: bool) -> Result<()> {
+    let name = stem.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let dir = stem.parent().unwrap_or(Path::new(""));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
+    labels.save_png(&dir.join(format!("{name}_trainid.png")))?;
+    let color = colorize(labels, palette);
+    color.save_png(&dir.join(format!("{name}_color.png")))?;
+    if with_overlay {
+        overlay(image, &color).save_png(&dir.join(format!("{name}_overlay.png")))?;
+    }
+    Ok(())
+}
