@@ -14,7 +14,13 @@ setup:
 build: setup
 	cargo build --release
 
+# Hygiene first (formatting, lints, docs, the library without the CLI features),
+# then every test: unit, integration (PyTorch-parity fixtures, CLI), doc tests.
 test: build
+	cargo fmt --check
+	cargo clippy --release --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps
+	cargo build --release --lib --no-default-features
 	cargo test --release
 
 demo: build
@@ -23,7 +29,7 @@ demo: build
 bench: build
 	$(FAMIX) bench --device cpu --what infer,train,mine --batch 2 --crop 256 --infer-size 512x512 --json
 
-# Regenerates the committed PyTorch parity fixtures (needs numpy/ftfy/regex in the venv).
+# Regenerates the committed PyTorch parity fixtures (installs tools/requirements-tools.txt, exact versions).
 fixtures: setup
 	tools/setup-libtorch.sh --tools
 	.venv/bin/python tools/make_fixtures.py

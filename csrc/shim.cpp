@@ -4,20 +4,42 @@
 
 extern "C" {
 
-// device: 0 = CPU, 1 = CUDA. Enables bf16 autocast for that device type.
-void famix_autocast_set(int device, bool enabled) {
-    auto dt = device == 1 ? at::kCUDA : at::kCPU;
-    at::autocast::set_autocast_dtype(dt, at::kBFloat16);
-    at::autocast::set_autocast_enabled(dt, enabled);
-    if (enabled) {
-        at::autocast::increment_nesting();
-    } else if (at::autocast::decrement_nesting() == 0) {
-        at::autocast::clear_cache();
+// device: 0 = CPU, 1 = CUDA. Sets autocast for that device type to `enabled` with
+// bf16 and returns the previous enabled flag in *was_enabled. Returns false (and
+// changes nothing) if libtorch throws.
+bool famix_autocast_set(int device, bool enabled, bool* was_enabled) {
+    try {
+        auto dt = device == 1 ? at::kCUDA : at::kCPU;
+        *was_enabled = at::autocast::is_autocast_enabled(dt);
+        at::autocast::set_autocast_dtype(dt, at::kBFloat16);
+        at::autocast::set_autocast_enabled(dt, enabled);
+        return true;
+    } catch (...) {
+        return false;
+    }
+}
+
+// Enters (+1) or leaves (-1) an autocast region; the cast cache is cleared when
+// the outermost region is left, as torch.autocast does.
+bool famix_autocast_nesting(int delta) {
+    try {
+        if (delta > 0) {
+            at::autocast::increment_nesting();
+        } else if (at::autocast::decrement_nesting() == 0) {
+            at::autocast::clear_cache();
+        }
+        return true;
+    } catch (...) {
+        return false;
     }
 }
 
 bool famix_autocast_enabled(int device) {
-    return at::autocast::is_autocast_enabled(device == 1 ? at::kCUDA : at::kCPU);
+    try {
+        return at::autocast::is_autocast_enabled(device == 1 ? at::kCUDA : at::kCPU);
+    } catch (...) {
+        return false;
+    }
 }
 
 }

@@ -36,6 +36,7 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     Ok(dev)
 }
 
+/// `cpu`, `cuda:N`, ...
 pub fn device_name(d: Device) -> String {
     match d {
         Device::Cpu => "cpu".into(),
@@ -53,31 +54,57 @@ pub fn synchronize(d: Device) {
 }
 
 extern "C" {
-    fn famix_autocast_set(device: i32, enabled: bool);
+    fn famix_autocast_set(device: i32, enabled: bool, was_enabled: *mut bool) -> bool;
+    fn famix_autocast_nesting(delta: i32) -> bool;
+    fn famix_autocast_enabled(device: i32) -> bool;
 }
 
 /// bf16 autocast for the current thread while alive (tch 0.24 does not expose it).
+///
+/// Autocast is thread-local libtorch state, so the guard is `!Send` (it must be
+/// dropped on the thread that made it). Dropping it restores the state it found:
+/// nested guards, or a guard inside code that already enabled autocast, behave like
+/// nested `torch.autocast` blocks.
 pub struct Autocast {
-    device: Option<i32>,
+    /// (device type id, previous enabled flag) when this guard changed anything.
+    restore: Option<(i32, bool)>,
+    _not_send: std::marker::PhantomData<*const ()>,
 }
 
 impl Autocast {
+    /// Enables bf16 autocast for `d`'s device type when `enabled`; a no-op guard otherwise.
     pub fn new(d: Device, enabled: bool) -> Self {
+        let mut guard = Autocast { restore: None, _not_send: std::marker::PhantomData };
         if !enabled {
-            return Autocast { device: None };
+            return guard;
         }
         let id = if matches!(d, Device::Cuda(_)) { 1 } else { 0 };
-        // SAFETY: plain calls into libtorch's thread-local autocast state.
-        unsafe { famix_autocast_set(id, true) };
-        Autocast { device: Some(id) }
+        let mut was = false;
+        // SAFETY: the shim writes one bool and catches C++ exceptions.
+        if unsafe { famix_autocast_set(id, true, &mut was) } {
+            // SAFETY: as above.
+            unsafe { famix_autocast_nesting(1) };
+            guard.restore = Some((id, was));
+        }
+        guard
+    }
+
+    /// Whether bf16 autocast is on for `d`'s device type on this thread.
+    pub fn is_enabled(d: Device) -> bool {
+        // SAFETY: a read of thread-local state; the shim catches exceptions.
+        unsafe { famix_autocast_enabled(if matches!(d, Device::Cuda(_)) { 1 } else { 0 }) }
     }
 }
 
 impl Drop for Autocast {
     fn drop(&mut self) {
-        if let Some(id) = self.device {
-            // SAFETY: as above.
-            unsafe { famix_autocast_set(id, false) };
+        if let Some((id, was)) = self.restore {
+            let mut ignored = false;
+            // SAFETY: as in `new`.
+            unsafe {
+                famix_autocast_set(id, was, &mut ignored);
+                famix_autocast_nesting(-1);
+            }
         }
     }
 }
@@ -97,6 +124,7 @@ pub fn cuda_memory_mb(d: Device) -> Option<(f64, f64, f64)> {
     ok.then(|| (mb(a), mb(p), mb(r)))
 }
 
+/// Resets the CUDA allocator's peak counter (no-op on CPU).
 pub fn cuda_reset_peak(d: Device) {
     if let Device::Cuda(i) = d {
         // SAFETY: as above.
@@ -112,5 +140,53 @@ pub fn upload(t: &tch::Tensor, device: Device) -> tch::Tensor {
     match device {
         Device::Cuda(_) if t.device() == Device::Cpu => t.pin_memory(device).to_device_(device, t.kind(), true, false),
         _ => t.to_device(device),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn autocast_guards_nest_and_restore() {
+        let cpu = Device::Cpu;
+        assert!(!Autocast::is_enabled(cpu));
+        {
+            let _outer = Autocast::new(cpu, true);
+            assert!(Autocast::is_enabled(cpu));
+            {
+                let _inner = Autocast::new(cpu, true);
+                assert!(Autocast::is_enabled(cpu));
+            }
+            // Dropping the inner guard restores the outer state, not "off".
+            assert!(Autocast::is_enabled(cpu));
+            let _noop = Autocast::new(cpu, false);
+            assert!(Autocast::is_enabled(cpu));
+        }
+        assert!(!Autocast::is_enabled(cpu));
+    }
+
+    /// Compile-time proof that `Autocast` is not `Send`: if it were, both impls
+    /// below would apply and the call would be ambiguous (a compile error).
+    #[test]
+    fn autocast_is_not_send() {
+        trait AmbiguousIfSend<A> {
+            fn check() {}
+        }
+        impl<T: ?Sized> AmbiguousIfSend<()> for T {}
+        struct IsSend;
+        impl<T: ?Sized + Send> AmbiguousIfSend<IsSend> for T {}
+        <Autocast as AmbiguousIfSend<_>>::check();
+    }
+
+    #[test]
+    fn device_specs_parse_or_name_the_problem() {
+        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
+        assert_eq!(parse_device(" CPU ").unwrap(), Device::Cpu);
+        let e = parse_device("tpu").unwrap_err().to_string();
+        assert!(e.contains("expected auto, cpu, cuda or cuda:N"), "{e}");
+        if !tch::Cuda::is_available() {
+            assert!(parse_device("cuda:0").unwrap_err().to_string().contains("CUDA is not available"));
+        }
     }
 }

@@ -50,14 +50,17 @@ pub enum Error {
     Unreadable {
         /// The file.
         path: PathBuf,
-        /// What is wrong with it.
+        /// What it is not (e.g. "not a readable checkpoint").
         reason: String,
+        /// The underlying problem.
+        #[source]
+        source: Box<Error>,
     },
     /// A dataset root that is not in the layout its reader expects.
     DatasetLayout {
         /// The dataset root (or the sub-folder that is wrong).
         path: PathBuf,
-        /// What is missing or wrong.
+        /// What is missing or wrong, naming the path (this is the message).
         problem: String,
     },
     /// A setting (flag, configuration field) out of its valid range.
@@ -104,19 +107,23 @@ fn listing(f: &mut fmt::Formatter<'_>, title: &str, items: &[String]) -> fmt::Re
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::CheckpointTooNew { path, version, supported } => write!(
-                f,
-                "{}: checkpoint format version {version} is newer than this famix ({supported}); upgrade famix",
-                path.display()
-            ),
+            Error::CheckpointTooNew { path, version, supported } => {
+                write!(f, "{}: checkpoint format version {version} is newer than this famix ({supported}); upgrade famix", path.display())
+            }
             Error::KeyMismatch { path, what, missing, mismatched, unexpected } => {
                 write!(f, "{}: the checkpoint does not match the {what}", path.display())?;
                 listing(f, "missing keys", missing)?;
                 listing(f, "wrong shapes", mismatched)?;
                 listing(f, "unexpected keys", unexpected)
             }
-            Error::Unreadable { path, reason } => write!(f, "{}: {reason}", path.display()),
-            Error::DatasetLayout { path, problem } => write!(f, "{}: {problem}", path.display()),
+            Error::Unreadable { path, reason, source } => {
+                write!(f, "{}: {reason}", path.display())?;
+                if f.alternate() {
+                    write!(f, ": {source:#}")?;
+                }
+                Ok(())
+            }
+            Error::DatasetLayout { problem, .. } => f.write_str(problem),
             Error::InvalidSetting { name, problem } => write!(f, "{name}: {problem}"),
             Error::Io(e) => write!(f, "{e}"),
             Error::Json(e) => write!(f, "{e}"),

@@ -12,26 +12,36 @@ use tch::{Kind, Tensor};
 /// An interleaved 8-bit image (RGB: 3 channels, labels: 1 channel).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image8 {
+    /// Width in pixels.
     pub width: usize,
+    /// Height in pixels.
     pub height: usize,
+    /// Channels (1 or 3).
     pub channels: usize,
+    /// Row-major, channel-interleaved bytes.
     pub data: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Resampling filters (Pillow's).
 pub enum Filter {
+    /// Nearest neighbour (labels).
     Nearest,
+    /// Bilinear.
     Bilinear,
+    /// Bicubic (a = -0.5, as Pillow).
     Bicubic,
 }
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
 impl Image8 {
+    /// A `width` × `height` image filled with `fill`.
     pub fn new(width: usize, height: usize, channels: usize, fill: u8) -> Self {
         Image8 { width, height, channels, data: vec![fill; width * height * channels] }
     }
 
+    /// Wraps raw bytes, checking their length.
     pub fn from_raw(width: usize, height: usize, channels: usize, data: Vec<u8>) -> Result<Self> {
         if data.len() != width * height * channels {
             bail!("raw image buffer has {} bytes, {}x{}x{} expected", data.len(), width, height, channels);
@@ -52,6 +62,7 @@ impl Image8 {
         Ok(Image8 { width: w as usize, height: h as usize, channels: 3, data: rgb.into_raw() })
     }
 
+    /// Writes a PNG atomically (grey, RGB or RGBA).
     pub fn save_png(&self, path: &Path) -> Result<()> {
         let color = match self.channels {
             1 => image::ExtendedColorType::L8,
@@ -68,6 +79,7 @@ impl Image8 {
     }
 
     #[inline]
+    /// Pixel (x, y), channel c.
     pub fn px(&self, x: usize, y: usize, c: usize) -> u8 {
         self.data[(y * self.width + x) * self.channels + c]
     }
@@ -95,6 +107,7 @@ impl Image8 {
         out
     }
 
+    /// Mirrored left-right.
     pub fn hflip(&self) -> Image8 {
         let mut out = self.clone();
         let c = self.channels;
@@ -242,6 +255,7 @@ fn bilinear(x: f64) -> f64 {
 
 /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc`: per output pixel the first
 /// source index and tap count, and fixed-point weights (ksize per output).
+#[allow(clippy::needless_range_loop)] // mirrors Pillow's C loops index for index (bit-exact results)
 fn coeffs(in_size: usize, out_size: usize, filter: Filter) -> (Vec<i32>, Vec<(usize, usize)>) {
     let (f, support): (fn(f64) -> f64, f64) = match filter {
         Filter::Bicubic => (bicubic, 2.0),

@@ -5,12 +5,17 @@
 
 use tch::{nn, Tensor};
 
+/// Batch-norm epsilon (PyTorch's default).
 pub const BN_EPS: f64 = 1e-5;
+/// Batch-norm running-statistics momentum (PyTorch's default).
 pub const BN_MOMENTUM: f64 = 0.1;
 
 #[derive(Debug)]
+/// A 2-D convolution's weights.
 pub struct Conv2d {
+    /// (out, in, k, k).
     pub weight: Tensor,
+    /// (out), if any.
     pub bias: Option<Tensor>,
 }
 
@@ -35,24 +40,32 @@ impl Conv2d {
         Conv2d { weight, bias }
     }
 
+    /// The convolution with the given stride, padding and dilation.
     pub fn forward(&self, x: &Tensor, stride: i64, padding: i64, dilation: i64) -> Tensor {
         x.conv2d(&self.weight, self.bias.as_ref(), [stride, stride], [padding, padding], [dilation, dilation], 1)
     }
 
+    /// Stride 1, no padding (1×1 convolutions).
     pub fn forward1(&self, x: &Tensor) -> Tensor {
         self.forward(x, 1, 0, 1)
     }
 }
 
 #[derive(Debug)]
+/// Batch normalisation over channels.
 pub struct BatchNorm2d {
+    /// Scale.
     pub weight: Tensor,
+    /// Shift.
     pub bias: Tensor,
+    /// Running mean (a buffer).
     pub running_mean: Tensor,
+    /// Running variance (a buffer).
     pub running_var: Tensor,
 }
 
 impl BatchNorm2d {
+    /// Weight 1, bias 0, running mean 0, running variance 1.
     pub fn new(p: &nn::Path, c: i64) -> Self {
         BatchNorm2d {
             weight: p.var("weight", &[c], nn::Init::Const(1.0)),
@@ -80,12 +93,16 @@ impl BatchNorm2d {
 }
 
 #[derive(Debug)]
+/// A fully connected layer.
 pub struct Linear {
+    /// (out, in).
     pub weight: Tensor,
+    /// (out), if any.
     pub bias: Option<Tensor>,
 }
 
 impl Linear {
+    /// PyTorch's default (uniform) initialisation.
     pub fn new(p: &nn::Path, cin: i64, cout: i64, bias: bool) -> Self {
         let bound = 1.0 / (cin as f64).sqrt();
         Linear {
@@ -94,22 +111,28 @@ impl Linear {
         }
     }
 
+    /// x · Wᵀ + b.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.linear(&self.weight, self.bias.as_ref())
     }
 }
 
 #[derive(Debug)]
+/// Layer normalisation over the last dimension.
 pub struct LayerNorm {
+    /// Scale.
     pub weight: Tensor,
+    /// Shift.
     pub bias: Tensor,
 }
 
 impl LayerNorm {
+    /// Weight 1, bias 0.
     pub fn new(p: &nn::Path, c: i64) -> Self {
         LayerNorm { weight: p.var("weight", &[c], nn::Init::Const(1.0)), bias: p.var("bias", &[c], nn::Init::Const(0.0)) }
     }
 
+    /// The normalisation (eps 1e-5).
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let c = *x.size().last().unwrap();
         x.layer_norm([c], Some(&self.weight), Some(&self.bias), 1e-5, true)

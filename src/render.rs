@@ -21,7 +21,7 @@ pub fn colorize(labels: &Image8, palette: &[[u8; 3]]) -> Image8 {
 pub fn overlay(image: &Image8, color: &Image8) -> Image8 {
     let mut o = image.clone();
     for (p, c) in o.data.iter_mut().zip(&color.data) {
-        *p = ((*p as u16 + *c as u16 + 1) / 2) as u8;
+        *p = (*p as u16 + *c as u16).div_ceil(2) as u8;
     }
     o
 }

@@ -14,21 +14,30 @@ fn mix(mut z: u64) -> u64 {
 
 /// Purposes of derived streams (stable numbers: changing them changes results).
 pub mod stream {
+    /// Epoch order.
     pub const SHUFFLE: u64 = 1;
+    /// Per-sample augmentation.
     pub const AUGMENT: u64 = 2;
+    /// Prompt style words in mining.
     pub const STYLE_PROMPT: u64 = 3;
+    /// Style picks in mixing.
     pub const STYLE_PICK: u64 = 4;
+    /// Beta mixing weights.
     pub const MIX_BETA: u64 = 5;
+    /// libtorch's generator (dropout, head initialisation).
     pub const TORCH_SEED: u64 = 6;
+    /// The demo's synthetic data.
     pub const DEMO: u64 = 7;
 }
 
 #[derive(Debug, Clone)]
+/// A small, fast, seedable generator (SplitMix64).
 pub struct Rng {
     state: u64,
 }
 
 impl Rng {
+    /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
         Rng { state: seed }
     }
@@ -42,6 +51,7 @@ impl Rng {
         Rng { state: s }
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(GOLDEN);
         mix(self.state)

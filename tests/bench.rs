@@ -4,9 +4,30 @@ mod common;
 #[test]
 fn bench_prints_one_json_line_per_workload() {
     let (code, out, err) = common::run_famix(&[
-        "bench", "--device", "cpu", "--arch", "tiny", "--what", "infer,train,mine,loader", "--batch", "2", "--crop", "64",
-        "--infer-size", "64x96", "--mine-batch", "2", "--mine-crop", "48", "--mine-iters", "2", "--warmup", "0", "--iters",
-        "2", "--json",
+        "bench",
+        "--device",
+        "cpu",
+        "--arch",
+        "tiny",
+        "--what",
+        "infer,train,mine,loader",
+        "--batch",
+        "2",
+        "--crop",
+        "64",
+        "--infer-size",
+        "64x96",
+        "--mine-batch",
+        "2",
+        "--mine-crop",
+        "48",
+        "--mine-iters",
+        "2",
+        "--warmup",
+        "0",
+        "--iters",
+        "2",
+        "--json",
     ]);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();

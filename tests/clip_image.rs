@@ -58,18 +58,12 @@ fn safetensors_matches_pytorch() {
 #[test]
 fn architecture_is_inferred_from_shapes() {
     let a = Clip::load(&fixture("clip_a_state.pt.gz"), Device::Cpu, OutputStride::Os32).unwrap();
-    assert_eq!(
-        a.visual.config,
-        ResNetConfig { layers: [1, 1, 3, 3], width: 4, output_dim: Some(64), heads: 2, input_resolution: 224 }
-    );
+    assert_eq!(a.visual.config, ResNetConfig { layers: [1, 1, 3, 3], width: 4, output_dim: Some(64), heads: 2, input_resolution: 224 });
     let t = a.text.as_ref().expect("A has a text tower");
     assert_eq!((t.config.width, t.config.heads, t.config.layers, t.config.embed_dim), (32, 2, 2, 64));
     assert_eq!((t.config.vocab_size, t.config.context_length), (49408, 77));
     let b = Clip::load(&fixture("clip_b.safetensors"), Device::Cpu, OutputStride::Os32).unwrap();
-    assert_eq!(
-        b.visual.config,
-        ResNetConfig { layers: [2, 1, 2, 4], width: 4, output_dim: Some(48), heads: 2, input_resolution: 64 }
-    );
+    assert_eq!(b.visual.config, ResNetConfig { layers: [2, 1, 2, 4], width: 4, output_dim: Some(48), heads: 2, input_resolution: 64 });
     assert!(b.text.is_none());
     assert!(b.encode_text(&Tensor::zeros([1, 77], (tch::Kind::Int64, Device::Cpu))).is_err());
 }
@@ -87,11 +81,12 @@ fn preprocessing_matches_pil_bit_for_bit() {
 #[test]
 fn truncated_checkpoint_is_a_clear_error() {
     let dir = tmpdir();
-    for (name, gz) in [("clip_b_state.pt", false), ("clip_b_script.pt", false), ("clip_b.safetensors", false), ("clip_a_state.pt.gz", true)] {
+    for (name, gz) in [("clip_b_state.pt", false), ("clip_b_script.pt", false), ("clip_b.safetensors", false), ("clip_a_state.pt.gz", true)]
+    {
         let bytes = std::fs::read(fixture(name)).unwrap();
         let cut = dir.path().join(format!("cut_{name}"));
         std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-        let err = Clip::load(&cut, Device::Cpu, OutputStride::Os32).err().expect("truncated file must fail");
+        let err = Clip::load(&cut, Device::Cpu, OutputStride::Os32).expect_err("truncated file must fail");
         let msg = format!("{err:#}");
         assert!(msg.contains(&cut.display().to_string()), "error names the file: {msg}");
         if gz {
@@ -125,7 +120,13 @@ fn wrong_keys_and_shapes_are_listed() {
     let p = dir.path().join("reshaped.safetensors");
     rewrite("clip_b.safetensors", &p, |ts| {
         ts.into_iter()
-            .map(|(k, v)| if k == "visual.layer2.0.conv2.weight" { (k, Tensor::zeros([8, 8, 1, 1], (tch::Kind::Float, Device::Cpu))) } else { (k, v) })
+            .map(|(k, v)| {
+                if k == "visual.layer2.0.conv2.weight" {
+                    (k, Tensor::zeros([8, 8, 1, 1], (tch::Kind::Float, Device::Cpu)))
+                } else {
+                    (k, v)
+                }
+            })
             .collect()
     });
     let msg = format!("{:#}", Clip::load(&p, Device::Cpu, OutputStride::Os32).err().unwrap());
@@ -156,8 +157,14 @@ fn cli_encode_image_prints_pytorch_embedding() {
     assert_close("cli embedding", &t, &exp["clip_a.image_embedding"], TOL);
 
     let (code, out, _) = run_famix(&[
-        "encode-image", "--normalize", "--clip", fixture("clip_b.safetensors").to_str().unwrap(),
-        fixture("img_a.png").to_str().unwrap(), "/nonexistent.png", "--device", "cpu",
+        "encode-image",
+        "--normalize",
+        "--clip",
+        fixture("clip_b.safetensors").to_str().unwrap(),
+        fixture("img_a.png").to_str().unwrap(),
+        "/nonexistent.png",
+        "--device",
+        "cpu",
     ]);
     assert_eq!(code, 2, "a failed image gives exit code 2");
     let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();

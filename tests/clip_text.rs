@@ -131,16 +131,21 @@ fn cli_tokenize_encode_text_and_zero_shot() {
     let e: Vec<f32> = lines[1]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
     assert_close("encode-text", &Tensor::from_slice(&e), &exp["clip_a.text_embedding"].get(2), TOL);
 
-    let (code, out, err) = run_famix(&[
-        "encode-text", "--clip", clip.to_str().unwrap(), "--device", "cpu", "--templates", "default", "--normalize", "photo",
-    ]);
+    let (code, out, err) =
+        run_famix(&["encode-text", "--clip", clip.to_str().unwrap(), "--device", "cpu", "--templates", "default", "--normalize", "photo"]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let e: Vec<f32> = v["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
     assert_close("encode-text templates", &Tensor::from_slice(&e), &exp["clip_a.prompt_embedding1"], TOL);
 
     let (code, out, err) = run_famix(&[
-        "zero-shot", "--clip", clip.to_str().unwrap(), "--device", "cpu", "--labels", "road,sky,car",
+        "zero-shot",
+        "--clip",
+        clip.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--labels",
+        "road,sky,car",
         fixture("img_a.png").to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");

@@ -57,19 +57,83 @@ fn all_ids() -> Vec<u8> {
 
 // Independent transcriptions of docs/design.md §6.
 fn cityscapes(v: u8) -> u8 {
-    let t = [(7, 0), (8, 1), (11, 2), (12, 3), (13, 4), (17, 5), (19, 6), (20, 7), (21, 8), (22, 9), (23, 10), (24, 11), (25, 12), (26, 13), (27, 14), (28, 15), (31, 16), (32, 17), (33, 18)];
+    let t = [
+        (7, 0),
+        (8, 1),
+        (11, 2),
+        (12, 3),
+        (13, 4),
+        (17, 5),
+        (19, 6),
+        (20, 7),
+        (21, 8),
+        (22, 9),
+        (23, 10),
+        (24, 11),
+        (25, 12),
+        (26, 13),
+        (27, 14),
+        (28, 15),
+        (31, 16),
+        (32, 17),
+        (33, 18),
+    ];
     t.iter().find(|(k, _)| *k == v).map(|x| x.1).unwrap_or(255)
 }
 fn mapillary(v: u8) -> u8 {
-    let t: &[(&[u8], u8)] = &[(&[13, 24, 41], 0), (&[2, 15], 1), (&[17], 2), (&[6], 3), (&[3], 4), (&[45, 47], 5), (&[48], 6), (&[50], 7), (&[30], 8), (&[29], 9), (&[27], 10), (&[19], 11), (&[20, 21, 22], 12), (&[55], 13), (&[61], 14), (&[54], 15), (&[58], 16), (&[57], 17), (&[52], 18)];
+    let t: &[(&[u8], u8)] = &[
+        (&[13, 24, 41], 0),
+        (&[2, 15], 1),
+        (&[17], 2),
+        (&[6], 3),
+        (&[3], 4),
+        (&[45, 47], 5),
+        (&[48], 6),
+        (&[50], 7),
+        (&[30], 8),
+        (&[29], 9),
+        (&[27], 10),
+        (&[19], 11),
+        (&[20, 21, 22], 12),
+        (&[55], 13),
+        (&[61], 14),
+        (&[54], 15),
+        (&[58], 16),
+        (&[57], 17),
+        (&[52], 18),
+    ];
     t.iter().find(|(ks, _)| ks.contains(&v)).map(|x| x.1).unwrap_or(255)
 }
 fn synthia(v: u8) -> u8 {
-    let t = [(1, 10), (2, 2), (3, 0), (4, 1), (5, 4), (6, 8), (7, 5), (8, 13), (9, 7), (10, 11), (11, 18), (12, 17), (15, 6), (16, 9), (17, 12), (18, 14), (19, 15), (20, 16), (21, 3)];
+    let t = [
+        (1, 10),
+        (2, 2),
+        (3, 0),
+        (4, 1),
+        (5, 4),
+        (6, 8),
+        (7, 5),
+        (8, 13),
+        (9, 7),
+        (10, 11),
+        (11, 18),
+        (12, 17),
+        (15, 6),
+        (16, 9),
+        (17, 12),
+        (18, 14),
+        (19, 15),
+        (20, 16),
+        (21, 3),
+    ];
     t.iter().find(|(k, _)| *k == v).map(|x| x.1).unwrap_or(255)
 }
 fn train_ids(v: u8) -> u8 {
-    if v < 19 { v } else { 255 }
+    if v < 19 {
+        v
+    } else {
+        255
+    }
 }
 
 fn check_labels(ds: &Dataset, f: fn(u8) -> u8) {
@@ -187,7 +251,7 @@ fn bad_input_is_reported_clearly() {
     let problems: Vec<String> = ds.issues.iter().map(|i| format!("{} {}", i.path, i.problem)).collect();
     assert!(problems.iter().any(|p| p.contains("c_000000") && p.contains("no label")), "{problems:?}");
     assert!(problems.iter().any(|p| p.contains("c_000009") && p.contains("without an image")), "{problems:?}");
-    let msgs: Vec<String> = (0..ds.len()).map(|i| format!("{:#}", ds.load(i).err().expect("all five are bad"))).collect();
+    let msgs: Vec<String> = (0..ds.len()).map(|i| format!("{:#}", ds.load(i).expect_err("all five are bad"))).collect();
     assert!(msgs[0].contains("8x8") && msgs[0].contains("16x16"), "{}", msgs[0]);
     assert!(msgs[1].contains("corrupt") && msgs[1].contains("c_000002"), "{}", msgs[1]);
     assert!(msgs[2].contains("colour visualisation"), "{}", msgs[2]);
@@ -196,15 +260,47 @@ fn bad_input_is_reported_clearly() {
 
     // `data check` lists them all and exits 2; `eval` stops unless --skip-bad.
     let json = r.join("check.json");
-    let (code, out, err) = run_famix(&["data", "check", "--dataset", "cityscapes", "--data-root", cs.to_str().unwrap(), "--split", "val", "--json", json.to_str().unwrap()]);
+    let (code, out, err) = run_famix(&[
+        "data",
+        "check",
+        "--dataset",
+        "cityscapes",
+        "--data-root",
+        cs.to_str().unwrap(),
+        "--split",
+        "val",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
     assert_eq!(code, 2, "{out}{err}");
     assert!(out.contains("5 pairs") && out.contains("2 missing partners"), "{out}");
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(v["splits"][0]["bad"].as_array().unwrap().len(), 5);
-    let (code, _, err) = run_famix(&["eval", "--checkpoint", fixture("seg_a_ref.pth").to_str().unwrap(), "--dataset", "cityscapes", "--data-root", cs.to_str().unwrap(), "--device", "cpu"]);
+    let (code, _, err) = run_famix(&[
+        "eval",
+        "--checkpoint",
+        fixture("seg_a_ref.pth").to_str().unwrap(),
+        "--dataset",
+        "cityscapes",
+        "--data-root",
+        cs.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("--skip-bad"), "{err}");
-    let (code, out, err) = run_famix(&["eval", "--checkpoint", fixture("seg_a_ref.pth").to_str().unwrap(), "--dataset", "cityscapes", "--data-root", cs.to_str().unwrap(), "--device", "cpu", "--skip-bad"]);
+    let (code, out, err) = run_famix(&[
+        "eval",
+        "--checkpoint",
+        fixture("seg_a_ref.pth").to_str().unwrap(),
+        "--dataset",
+        "cityscapes",
+        "--data-root",
+        cs.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--skip-bad",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("skipped: 5"), "{out}");
 }
@@ -304,7 +400,13 @@ fn dominant_classes_per_cell() {
     let mut l = Image8::new(24, 24, 1, 0);
     for y in 0..24 {
         for x in 0..24 {
-            l.data[y * 24 + x] = if x < 12 { 4 } else if y < 12 { 255 } else { 9 };
+            l.data[y * 24 + x] = if x < 12 {
+                4
+            } else if y < 12 {
+                255
+            } else {
+                9
+            };
         }
     }
     assert_eq!(dominant_classes(&l, 2), vec![4, 255, 4, 9]);
@@ -325,7 +427,15 @@ fn loader_is_deterministic_and_resumable() {
         write_gray(&d.path().join(format!("labels/{i}.png")), 40, 30, &vec![i as u8; 1200]);
     }
     let ds = Arc::new(Dataset::open(DatasetKind::Folder, d.path(), "train", None).unwrap());
-    let cfg = LoaderConfig { batch: 2, augment: TrainAugment { crop: 24, jitter: true, flip: true, random_scale: false }, grid: 3, seed: 5, workers: 3, prefetch: 4, skip_bad: false };
+    let cfg = LoaderConfig {
+        batch: 2,
+        augment: TrainAugment { crop: 24, jitter: true, flip: true, random_scale: false },
+        grid: 3,
+        seed: 5,
+        workers: 3,
+        prefetch: 4,
+        skip_bad: false,
+    };
     let run = |a: u64, b: u64| -> Vec<(Vec<usize>, Vec<u8>)> {
         BatchLoader::new(ds.clone(), cfg.clone(), a, b)
             .unwrap()
@@ -358,9 +468,17 @@ fn cli_eval_matches_pytorch_metrics() {
     for (key, extra) in [("scale1", vec![]), ("scale05", vec!["--scale", "0.5"]), ("ensemble05", vec!["--scale", "0.5", "--ensemble"])] {
         let json = d.path().join(format!("{key}.json"));
         let mut args = vec![
-            "eval", "--checkpoint", fixture("seg_a_ref.pth").to_str().unwrap().to_string().leak(), "--dataset", "cityscapes",
-            "--data-root", fixture("cityscapes_mini").to_str().unwrap().to_string().leak(), "--device", "cpu",
-            "--json", json.to_str().unwrap().to_string().leak(),
+            "eval",
+            "--checkpoint",
+            fixture("seg_a_ref.pth").to_str().unwrap().to_string().leak(),
+            "--dataset",
+            "cityscapes",
+            "--data-root",
+            fixture("cityscapes_mini").to_str().unwrap().to_string().leak(),
+            "--device",
+            "cpu",
+            "--json",
+            json.to_str().unwrap().to_string().leak(),
         ];
         args.extend(extra);
         let (code, out, err) = run_famix(&args);

@@ -62,13 +62,12 @@ fn synthetic_training_step_matches_pytorch() {
     let mut m = reference_model().model;
     m.config.head.dropout = 0.0;
     m.set_freeze(FreezePolicy::Synthetic);
-    let frozen_before: Vec<(String, Tensor)> = m
-        .vs
-        .variables()
-        .into_iter()
-        .filter(|(n, _)| n.starts_with("backbone.") && !n.starts_with("backbone.layer4.2."))
-        .map(|(n, t)| (n, t.copy()))
-        .collect();
+    let frozen_before: Vec<(String, Tensor)> =
+        m.vs.variables()
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("backbone.") && !n.starts_with("backbone.layer4.2."))
+            .map(|(n, t)| (n, t.copy()))
+            .collect();
     let (bb, head) = m.param_groups();
     let names: Vec<&str> = bb.iter().chain(&head).map(|(n, _)| n.as_str()).collect();
     let mut want: Vec<String> = exp.keys().filter_map(|k| k.strip_prefix("grad.").map(str::to_string)).collect();
@@ -133,7 +132,8 @@ fn famix_checkpoint_round_trips_atomically() {
     let p = checkpoint::save(&l.model, &meta, &dir.path().join("model")).unwrap();
     assert_eq!(p, dir.path().join("model.safetensors"));
     assert!(dir.path().join("model.json").exists());
-    let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(names.iter().all(|n| !n.contains(".tmp")), "temp files left: {names:?}");
     for spec in ["model", "model.safetensors", "model.json"] {
         let back = checkpoint::load(&dir.path().join(spec), Device::Cpu, None).unwrap();
@@ -165,8 +165,17 @@ fn cli_import_and_predict_folder() {
     std::fs::write(dir.path().join("imgs/broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
     let out = dir.path().join("out");
     let (code, _, err) = run_famix(&[
-        "predict", "--checkpoint", ck.to_str().unwrap(), dir.path().join("imgs").to_str().unwrap(), "--out",
-        out.to_str().unwrap(), "--overlay", "--device", "cpu", "--batch", "2",
+        "predict",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        dir.path().join("imgs").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--overlay",
+        "--device",
+        "cpu",
+        "--batch",
+        "2",
     ]);
     assert_eq!(code, 2, "one corrupt image → exit code 2: {err}");
     assert!(err.contains("broken.png"), "{err}");

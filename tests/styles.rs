@@ -107,8 +107,8 @@ fn loss_trajectories_match_pytorch_iteration_by_iteration() {
     use famix::data::augment::TrainAugment;
     use famix::data::loader::{BatchLoader, LoaderConfig};
     use famix::data::{Dataset, DatasetKind};
-    use famix::style::{mining::mine_batches, PinConfig};
     use famix::style::prompts::{PromptEmbedder, PromptSet};
+    use famix::style::{mining::mine_batches, PinConfig};
     let (meta, t) = expected();
     let clip = famix::clip::Clip::load(&fixture("clip_a.safetensors.gz"), tch::Device::Cpu, famix::clip::OutputStride::Os32).unwrap();
     let ds = std::sync::Arc::new(Dataset::open(DatasetKind::Gta5, &fixture("gta5_mini"), "all", None).unwrap());
@@ -161,9 +161,27 @@ fn interrupted_mining_resumes_to_the_same_bank() {
     // A real kill mid-run, then resume.
     let killed = d.path().join("killed.safetensors");
     let mut args: Vec<String> = [
-        "mine-styles", "--clip", fixture("clip_a.safetensors.gz").to_str().unwrap(), "--dataset", "gta5", "--data-root",
-        fixture("gta5_mini").to_str().unwrap(), "--split", "all", "--batch", "2", "--crop", "72", "--iters", "5",
-        "--device", "cpu", "--save-every", "1", "--out", killed.to_str().unwrap(),
+        "mine-styles",
+        "--clip",
+        fixture("clip_a.safetensors.gz").to_str().unwrap(),
+        "--dataset",
+        "gta5",
+        "--data-root",
+        fixture("gta5_mini").to_str().unwrap(),
+        "--split",
+        "all",
+        "--batch",
+        "2",
+        "--crop",
+        "72",
+        "--iters",
+        "5",
+        "--device",
+        "cpu",
+        "--save-every",
+        "1",
+        "--out",
+        killed.to_str().unwrap(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -224,7 +242,8 @@ fn target_prompt_and_style_file_extensions() {
 fn reference_saved_params_import_and_show() {
     let d = tmpdir();
     let out = d.path().join("ref.safetensors");
-    let (code, stdout, err) = run_famix(&["styles", "import", fixture("saved_params.pkl").to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let (code, stdout, err) =
+        run_famix(&["styles", "import", fixture("saved_params.pkl").to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(stdout.contains("traffic light"), "{stdout}");
     let bank = StyleBank::load(&out).unwrap();

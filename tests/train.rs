@@ -92,11 +92,37 @@ fn style_draws_use_the_class_bank_or_fall_back() {
 
 fn train_args(run: &std::path::Path, bank: &std::path::Path, extra: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = [
-        "train", "--clip", fixture("clip_a_state.pt.gz").to_str().unwrap(), "--dataset", "gta5", "--data-root",
-        fixture("gta5_mini").to_str().unwrap(), "--split", "all", "--styles", bank.to_str().unwrap(), "--out",
-        run.to_str().unwrap(), "--iters", "8", "--batch", "2", "--crop", "48", "--val-dataset", "cityscapes",
-        "--val-root", fixture("cityscapes_mini").to_str().unwrap(), "--val-interval", "4", "--log-interval", "2",
-        "--device", "cpu", "--workers", "2",
+        "train",
+        "--clip",
+        fixture("clip_a_state.pt.gz").to_str().unwrap(),
+        "--dataset",
+        "gta5",
+        "--data-root",
+        fixture("gta5_mini").to_str().unwrap(),
+        "--split",
+        "all",
+        "--styles",
+        bank.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--iters",
+        "8",
+        "--batch",
+        "2",
+        "--crop",
+        "48",
+        "--val-dataset",
+        "cityscapes",
+        "--val-root",
+        fixture("cityscapes_mini").to_str().unwrap(),
+        "--val-interval",
+        "4",
+        "--log-interval",
+        "2",
+        "--device",
+        "cpu",
+        "--workers",
+        "2",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -121,7 +147,9 @@ fn resume_is_exact_and_runs_are_complete() {
     assert_eq!(code, 0, "{err}");
     let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(summary["steps"], 8);
-    for f in ["config.json", "train_log.jsonl", "latest.safetensors", "latest.json", "latest.optim.safetensors", "best.safetensors", "best.json"] {
+    for f in
+        ["config.json", "train_log.jsonl", "latest.safetensors", "latest.json", "latest.optim.safetensors", "best.safetensors", "best.json"]
+    {
         assert!(straight.join(f).exists(), "{f} missing");
     }
     let log = std::fs::read_to_string(straight.join("train_log.jsonl")).unwrap();
@@ -137,6 +165,16 @@ fn resume_is_exact_and_runs_are_complete() {
     let (code, _, err) = run(&train_args(&split, &bank, &[]));
     assert_ne!(code, 0);
     assert!(err.contains("--resume"), "{err}");
+    // Settings that define the run cannot change on resume; nothing is touched.
+    let before = std::fs::read(split.join("latest.safetensors")).unwrap();
+    for extra in [&["--lr", "0.5"][..], &["--batch", "4", "--seed", "3"][..], &["--no-augment"][..]] {
+        let mut args = vec!["train", "--resume", split.to_str().unwrap(), "--device", "cpu"];
+        args.extend_from_slice(extra);
+        let (code, _, err) = run_famix(&args);
+        assert_ne!(code, 0, "{extra:?} was accepted with --resume");
+        assert!(err.contains(extra[0]) && err.contains("--resume"), "{err}");
+    }
+    assert_eq!(std::fs::read(split.join("latest.safetensors")).unwrap(), before, "a refused resume changed the run");
     let (code, _, err) = run_famix(&["train", "--resume", split.to_str().unwrap(), "--device", "cpu", "--workers", "3"]);
     assert_eq!(code, 0, "{err}");
 
@@ -159,8 +197,15 @@ fn resume_is_exact_and_runs_are_complete() {
     assert_ne!(max_abs_diff(&va["backbone.layer4.2.conv2.weight"], &clip["visual.layer4.2.conv2.weight"]), 0.0);
     // Checkpoints from a run work with eval and predict as they are.
     let (code, out, err) = run_famix(&[
-        "eval", "--checkpoint", straight.join("best.safetensors").to_str().unwrap(), "--dataset", "cityscapes",
-        "--data-root", fixture("cityscapes_mini").to_str().unwrap(), "--device", "cpu",
+        "eval",
+        "--checkpoint",
+        straight.join("best.safetensors").to_str().unwrap(),
+        "--dataset",
+        "cityscapes",
+        "--data-root",
+        fixture("cityscapes_mini").to_str().unwrap(),
+        "--device",
+        "cpu",
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("mIoU"));

@@ -18,12 +18,12 @@ else
     pip=("$tmp/bin/pip" install --quiet --no-deps --disable-pip-version-check)
     "${pip[@]}" "torch==$want"
     # torch's own pure-python needs (only for `import torch` in tools/ scripts).
-    "${pip[@]}" "typing-extensions>=4.10.0" filelock "sympy>=1.13.3" mpmath "networkx>=2.5.1" \
-        jinja2 markupsafe "fsspec>=0.8.5"
+    "${pip[@]}" typing-extensions==4.16.0 filelock==4.3.1 sympy==1.14.0 mpmath==1.4.1 networkx==3.6.1 \
+        jinja2==3.1.6 markupsafe==3.0.4 fsspec==2026.9.0
     # libtorch_cuda links these directly, so they are needed even without a GPU.
-    "${pip[@]}" "nvidia-cuda-runtime==13.0.96.*" "nvidia-cuda-cupti==13.0.85.*" \
-        "nvidia-cusparse==12.6.3.3.*" "nvidia-nvjitlink==13.0.88.*" "nvidia-cufft==12.0.0.61.*" \
-        "nvidia-cufile==1.15.1.6.*" "nvidia-curand==10.4.0.35.*" "nvidia-cublas==13.1.0.3.*" \
+    "${pip[@]}" nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85 \
+        nvidia-cusparse==12.6.3.3 nvidia-nvjitlink==13.0.88 nvidia-cufft==12.0.0.61 \
+        nvidia-cufile==1.15.1.6 nvidia-curand==10.4.0.35 nvidia-cublas==13.1.0.3 \
         "nvidia-cudnn-cu13==9.19.0.56" "nvidia-cusparselt-cu13==0.8.0" "nvidia-nccl-cu13==2.28.9" \
         "nvidia-nvshmem-cu13==3.4.5"
     # venvs hard-code their path: rebuild in place under the final name.
@@ -34,10 +34,10 @@ else
     "$venv/bin/python" -c "import torch; print('famix: torch', torch.__version__, 'ready', file=__import__('sys').stderr)"
 fi
 
-# Tools that regenerate fixtures also need numpy/ftfy/regex; install only on request.
+# Tools that regenerate fixtures also need numpy/ftfy/regex/...: exact versions from
+# tools/requirements-tools.txt, installed only on request.
 if [ "${1:-}" = "--tools" ]; then
-    "$venv/bin/pip" install --quiet --disable-pip-version-check numpy ftfy regex safetensors "pillow==10.4.0"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps open_clip_torch
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$here/tools/requirements-tools.txt"
 fi
 
 if [ "$(readlink "$here/.venv" 2>/dev/null)" != "$venv" ]; then

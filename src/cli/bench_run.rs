@@ -20,8 +20,8 @@ use famix::model::{FreezePolicy, HeadConfig, Precision, PredictOptions, Segmente
 use famix::rng::Rng;
 use famix::style::bank::StyleBank;
 use famix::style::mining::mine_batches;
-use famix::style::PinConfig;
 use famix::style::prompts::{PromptEmbedder, PromptSet};
+use famix::style::PinConfig;
 use famix::train::sgd::Sgd;
 use famix::train::trainer::Stepper;
 use famix::train::TrainConfig;
@@ -256,7 +256,15 @@ pub fn bench_loader(cfg: &BenchConfig, tmp: &Path) -> Result<BenchResult> {
     }
     let ds = Arc::new(Dataset::open(DatasetKind::Folder, &root, "train", None)?);
     let steps = (cfg.iters.max(1) + cfg.warmup) as u64;
-    let lc = LoaderConfig { batch: cfg.batch, augment: TrainAugment::reference(cfg.crop, false), grid: 3, seed: 1, workers: cfg.workers, prefetch: 3 * cfg.batch, skip_bad: false };
+    let lc = LoaderConfig {
+        batch: cfg.batch,
+        augment: TrainAugment::reference(cfg.crop, false),
+        grid: 3,
+        seed: 1,
+        workers: cfg.workers,
+        prefetch: 3 * cfg.batch,
+        skip_bad: false,
+    };
     let mut loader = BatchLoader::new(ds, lc, 0, steps)?;
     for _ in 0..cfg.warmup {
         loader.next().transpose()?;

@@ -179,8 +179,7 @@ pub fn zero_shot(a: ZeroShotArgs) -> Result<i32> {
         let probs = (im.matmul(&text.tr()) * scale).softmax(-1, Kind::Float).get(0);
         let p = to_vec(&probs)?;
         let best = p.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).map(|(i, _)| i).unwrap_or(0);
-        let map: serde_json::Map<String, serde_json::Value> =
-            labels.iter().zip(&p).map(|(l, v)| (l.clone(), json!(v))).collect();
+        let map: serde_json::Map<String, serde_json::Value> = labels.iter().zip(&p).map(|(l, v)| (l.clone(), json!(v))).collect();
         println!("{}", json!({"image": path.display().to_string(), "label": labels[best], "probs": map}));
     }
     Ok(if failed > 0 { 2 } else { 0 })

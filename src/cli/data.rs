@@ -51,11 +51,8 @@ struct PairCheck {
 
 pub fn data(cmd: DataCommand) -> Result<i32> {
     let DataCommand::Check(a) = cmd;
-    let splits: Vec<String> = if a.split.is_empty() {
-        a.dataset.default_splits().into_iter().map(str::to_string).collect()
-    } else {
-        a.split.clone()
-    };
+    let splits: Vec<String> =
+        if a.split.is_empty() { a.dataset.default_splits().into_iter().map(str::to_string).collect() } else { a.split.clone() };
     let conds: Vec<Option<String>> = match (a.dataset, &a.condition) {
         (DatasetKind::Acdc, None) => ACDC_CONDITIONS.iter().map(|c| Some(c.to_string())).collect(),
         (_, c) => vec![c.clone()],

@@ -66,4 +66,3 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
     }
     Ok(0)
 }
-

@@ -11,8 +11,8 @@ use famix::data::{Dataset, DatasetKind};
 use famix::io::sha256_file;
 use famix::style::bank::StyleBank;
 use famix::style::mining::{check_settings, mine, run_identity, MineSettings};
-use famix::style::PinConfig;
 use famix::style::prompts::PromptSet;
+use famix::style::PinConfig;
 
 #[derive(Args)]
 pub struct MineArgs {

@@ -258,12 +258,7 @@ fn override_values(a: &TrainArgs, c: &mut TrainConfig) {
 }
 
 pub fn train(a: TrainArgs) -> Result<i32> {
-    let opts = RunOptions {
-        device: a.job.device.device,
-        workers: a.job.workers(),
-        stop_after: a.stop_after,
-        skip_bad: a.job.skip_bad,
-    };
+    let opts = RunOptions { device: a.job.device.device, workers: a.job.workers(), stop_after: a.stop_after, skip_bad: a.job.skip_bad };
     let (cfg, run, resume) = match &a.resume {
         Some(run) => (resumed_config(&a, run)?, run.clone(), true),
         None => {

@@ -7,10 +7,11 @@ use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::error::{format_err, bail, Context, Result};
+use crate::error::{bail, format_err, Context, Result};
 use crate::io::sha256_file;
 use crate::progress::{Progress, Unit};
 
+/// OpenAI's download server for CLIP checkpoints.
 pub const OPENAI_BASE: &str = "https://openaipublic.azureedge.net/clip/models";
 
 /// (name, sha256, file name) of the ResNet CLIP checkpoints famix supports.
@@ -28,6 +29,7 @@ pub fn default_cache_dir() -> PathBuf {
     home.join(".cache").join("clip")
 }
 
+/// (name, SHA-256, file name) of a supported model, case-insensitively.
 pub fn lookup(name: &str) -> Result<(&'static str, &'static str, &'static str)> {
     MODELS
         .iter()
@@ -36,6 +38,7 @@ pub fn lookup(name: &str) -> Result<(&'static str, &'static str, &'static str)> 
         .ok_or_else(|| format_err!("unknown CLIP model {name:?}; choose one of {}", names().join(", ")))
 }
 
+/// The supported model names.
 pub fn names() -> Vec<&'static str> {
     MODELS.iter().map(|m| m.0).collect()
 }

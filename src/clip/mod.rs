@@ -7,22 +7,35 @@ pub mod resnet;
 pub mod text;
 pub mod tokenizer;
 
-
 use std::path::Path;
 
 use crate::error::{format_err, Context, Result};
 use tch::{nn, Device, Tensor};
 
+pub use crate::io::StateDict;
 pub use resnet::{ModifiedResNet, OutputStride, ResNetConfig};
 pub use text::{TextConfig, TextTransformer};
-pub use crate::io::StateDict;
 
 /// A frozen CLIP model (famix never trains CLIP's own weights).
 pub struct Clip {
+    /// All weights (frozen).
     pub vs: nn::VarStore,
+    /// The image tower.
     pub visual: ModifiedResNet,
+    /// The text tower, when the checkpoint has one.
     pub text: Option<TextTransformer>,
+    /// log of CLIP's logit scale (1/temperature), when the checkpoint has it.
     pub logit_scale: Option<f64>,
+}
+
+impl std::fmt::Debug for Clip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clip")
+            .field("visual", &self.visual.config)
+            .field("text", &self.text.as_ref().map(|t| &t.config))
+            .field("device", &self.device())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Clip {
@@ -43,6 +56,7 @@ impl Clip {
         Self::from_state_dict(&sd, device, os)
     }
 
+    /// Builds a CLIP from already-loaded tensors (architecture inferred from shapes).
     pub fn from_state_dict(sd: &StateDict, device: Device, os: OutputStride) -> Result<Self> {
         let path = &sd.path;
         if !sd.has_prefix("visual.") {
@@ -63,6 +77,7 @@ impl Clip {
         Ok(clip)
     }
 
+    /// Where the weights live.
     pub fn device(&self) -> Device {
         self.vs.device()
     }
@@ -72,6 +87,7 @@ impl Clip {
         tch::no_grad(|| self.visual.encode(images))
     }
 
+    /// The text tower, or an error naming the missing tower.
     pub fn text(&self) -> Result<&TextTransformer> {
         self.text.as_ref().ok_or_else(|| format_err!("this checkpoint has no CLIP text tower (image-only weights)"))
     }

@@ -6,7 +6,9 @@ use tch::{Device, Kind, Tensor};
 
 use crate::imageops::{center_crop_offsets, Filter, Image8};
 
+/// CLIP's RGB normalisation mean.
 pub const CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
+/// CLIP's RGB normalisation standard deviation.
 pub const CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
 
 /// torchvision's output size for `Resize(size)` with an int size (shorter side).

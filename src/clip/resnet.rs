@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::error::{format_err, bail, Result};
+use crate::error::{bail, format_err, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
@@ -15,12 +15,16 @@ use crate::nn::{BatchNorm2d, Conv2d, Linear};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "i64", try_from = "i64")]
 pub enum OutputStride {
+    /// Output stride 8: layers 3 and 4 dilated.
     Os8,
+    /// Output stride 16: layer4 dilated (the reference's default).
     Os16,
+    /// Output stride 32: no dilation (CLIP's own network).
     Os32,
 }
 
 impl OutputStride {
+    /// 8, 16 or 32; other values are an error.
     pub fn from_int(v: i64) -> Result<Self> {
         match v {
             8 => Ok(OutputStride::Os8),
@@ -29,6 +33,7 @@ impl OutputStride {
             _ => bail!("output stride must be 8, 16 or 32 (got {v})"),
         }
     }
+    /// 8, 16 or 32.
     pub fn value(self) -> i64 {
         match self {
             OutputStride::Os8 => 8,
@@ -62,13 +67,14 @@ impl TryFrom<i64> for OutputStride {
 /// The image tower's architecture, as CLIP's `build_model` infers it from shapes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResNetConfig {
-    /// Bottleneck blocks per stage (RN50: [3,4,6,3]).
+    /// Bottleneck blocks per stage (RN50: `[3, 4, 6, 3]`).
     pub layers: [i64; 4],
     /// Stem/stage base width (64 for RN50/RN101).
     pub width: i64,
     /// Attention-pool output (CLIP embedding) size; None when the checkpoint has no
     /// attention pool (segmenter checkpoints).
     pub output_dim: Option<i64>,
+    /// Attention heads of the attention pool (width · 32 / 64).
     pub heads: i64,
     /// The CLIP input resolution (224 for RN50); the attention pool's grid is this / 32.
     pub input_resolution: i64,
@@ -103,17 +109,12 @@ impl ResNetConfig {
         let mut layers = [0i64; 4];
         for (b, slot) in layers.iter_mut().enumerate() {
             let lp = format!("{prefix}layer{}.", b + 1);
-            let blocks: BTreeSet<&str> = weights
-                .keys()
-                .filter_map(|k| k.strip_prefix(&lp))
-                .filter_map(|rest| rest.split('.').next())
-                .collect();
+            let blocks: BTreeSet<&str> =
+                weights.keys().filter_map(|k| k.strip_prefix(&lp)).filter_map(|rest| rest.split('.').next()).collect();
             *slot = blocks.len() as i64;
         }
-        if layers.iter().any(|&n| n == 0) {
-            bail!(
-                "no CLIP ResNet image tower under '{prefix}' (found blocks per stage {layers:?}); ViT CLIP models are not supported"
-            );
+        if layers.contains(&0) {
+            bail!("no CLIP ResNet image tower under '{prefix}' (found blocks per stage {layers:?}); ViT CLIP models are not supported");
         }
         // CLIP reads the width from layer1.0.conv1; the stem's conv3 has the same width
         // and lets a checkpoint with that one key damaged still get a full key report.
@@ -142,6 +143,7 @@ impl ResNetConfig {
 }
 
 #[derive(Debug)]
+/// CLIP's bottleneck block (anti-aliased: the stride is an average pool after the 3×3 convolution).
 pub struct Bottleneck {
     conv1: Conv2d,
     bn1: BatchNorm2d,
@@ -176,6 +178,7 @@ impl Bottleneck {
         }
     }
 
+    /// The block on `x`; `train` uses batch statistics in its batch norms.
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let d = self.dilation;
         let out = self.bn1.forward(&self.conv1.forward1(x), train).relu();
@@ -203,6 +206,7 @@ impl Bottleneck {
 /// through one multi-head attention; the output is the image embedding.
 #[derive(Debug)]
 pub struct AttentionPool2d {
+    /// (tokens + 1, embed) positional embedding.
     pub positional_embedding: Tensor,
     q_proj: Linear,
     k_proj: Linear,
@@ -263,8 +267,11 @@ pub struct ModifiedResNet {
     bn2: BatchNorm2d,
     conv3: Conv2d,
     bn3: BatchNorm2d,
+    /// The blocks of layer1..layer4.
     pub layers: [Vec<Bottleneck>; 4],
+    /// CLIP's attention pool (absent in segmenters).
     pub attnpool: Option<AttentionPool2d>,
+    /// The architecture.
     pub config: ResNetConfig,
     output_stride: OutputStride,
 }
@@ -292,13 +299,7 @@ impl ModifiedResNet {
             make(3, w * 8, config.layers[3], 2),
         ];
         let attnpool = match (with_attnpool, config.output_dim) {
-            (true, Some(out)) => Some(AttentionPool2d::new(
-                &(p / "attnpool"),
-                config.input_resolution / 32,
-                w * 32,
-                config.heads,
-                out,
-            )),
+            (true, Some(out)) => Some(AttentionPool2d::new(&(p / "attnpool"), config.input_resolution / 32, w * 32, config.heads, out)),
             _ => None,
         };
         let mut net = ModifiedResNet {
@@ -317,6 +318,7 @@ impl ModifiedResNet {
         net
     }
 
+    /// The current output stride.
     pub fn output_stride(&self) -> OutputStride {
         self.output_stride
     }
@@ -349,6 +351,7 @@ impl ModifiedResNet {
         }
     }
 
+    /// The stem (three convolutions and the average pool): stride 4.
     pub fn stem(&self, x: &Tensor, train: bool) -> Tensor {
         let x = self.bn1.forward(&self.conv1.forward(x, 2, 1, 1), train).relu();
         let x = self.bn2.forward(&self.conv2.forward(&x, 1, 1, 1), train).relu();

@@ -4,19 +4,26 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::error::{format_err, bail, Result};
+use crate::error::{bail, format_err, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
 use crate::nn::{LayerNorm, Linear};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The text tower's architecture, inferred from a checkpoint's shapes.
 pub struct TextConfig {
+    /// Token vocabulary (49,408 for CLIP).
     pub vocab_size: i64,
+    /// Tokens per text (77).
     pub context_length: i64,
+    /// Transformer width.
     pub width: i64,
+    /// Attention heads.
     pub heads: i64,
+    /// Transformer layers.
     pub layers: i64,
+    /// Output embedding size (the joint space).
     pub embed_dim: i64,
 }
 
@@ -51,11 +58,8 @@ impl TextConfig {
         let Some(tok) = w.get("token_embedding.weight") else { return Ok(None) };
         let pos = w.get("positional_embedding").ok_or_else(|| format_err!("text tower without positional_embedding"))?;
         let proj = w.get("text_projection").ok_or_else(|| format_err!("text tower without text_projection"))?;
-        let layers: BTreeSet<&str> = w
-            .keys()
-            .filter_map(|k| k.strip_prefix("transformer.resblocks."))
-            .filter_map(|r| r.split('.').next())
-            .collect();
+        let layers: BTreeSet<&str> =
+            w.keys().filter_map(|k| k.strip_prefix("transformer.resblocks.")).filter_map(|r| r.split('.').next()).collect();
         if layers.is_empty() {
             bail!("text tower without transformer.resblocks");
         }
@@ -116,12 +120,14 @@ impl ResidualAttentionBlock {
 }
 
 #[derive(Debug)]
+/// CLIP's causal text transformer.
 pub struct TextTransformer {
     token_embedding: Tensor,
     positional_embedding: Tensor,
     blocks: Vec<ResidualAttentionBlock>,
     ln_final: LayerNorm,
     text_projection: Tensor,
+    /// The architecture.
     pub config: TextConfig,
 }
 

@@ -19,10 +19,14 @@ use unicode_normalization::UnicodeNormalization;
 
 const BPE_GZ: &[u8] = include_bytes!("../../assets/bpe_simple_vocab_16e6.txt.gz");
 
+/// `<|startoftext|>`.
 pub const SOT: u32 = 49406;
+/// `<|endoftext|>`.
 pub const EOT: u32 = 49407;
+/// CLIP's context length.
 pub const CONTEXT_LENGTH: usize = 77;
 
+/// CLIP's byte-level BPE tokenizer (token ids identical to CLIP's `SimpleTokenizer`).
 pub struct Tokenizer {
     encoder: HashMap<String, u32>,
     decoder: Vec<String>,
@@ -81,13 +85,12 @@ impl Tokenizer {
         let encoder = vocab.iter().enumerate().map(|(i, v)| (v.clone(), i as u32)).collect();
         let ranks = merges.into_iter().enumerate().map(|(i, m)| (m, i as u32)).collect();
         let byte_decoder = byte_encoder.iter().enumerate().map(|(b, c)| (*c, b as u8)).collect();
-        let pattern = Regex::new(
-            r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
-        )?;
+        let pattern = Regex::new(r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+")?;
         let cache = Mutex::new(HashMap::new());
         Ok(Tokenizer { encoder, decoder: vocab, ranks, byte_encoder, byte_decoder, pattern, cache })
     }
 
+    /// Number of token ids.
     pub fn vocab_size(&self) -> usize {
         self.decoder.len()
     }
@@ -171,11 +174,11 @@ impl Tokenizer {
         Ok(Tensor::from_slice(&flat).view([texts.len() as i64, context as i64]).to_kind(Kind::Int64))
     }
 
+    /// Text of token ids (special tokens and `</w>` turned back into spaces).
     pub fn decode(&self, ids: &[u32]) -> String {
         let s: String = ids.iter().filter_map(|&i| self.decoder.get(i as usize)).map(String::as_str).collect();
-        let bytes: Vec<u8> = s.replace("</w>", " ").chars().filter_map(|c| {
-            if c == ' ' { Some(b' ') } else { self.byte_decoder.get(&c).copied() }
-        }).collect();
+        let bytes: Vec<u8> =
+            s.replace("</w>", " ").chars().filter_map(|c| if c == ' ' { Some(b' ') } else { self.byte_decoder.get(&c).copied() }).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 }

@@ -14,9 +14,13 @@ use crate::imageops::{center_crop_offsets, py_round, Filter, Image8};
 use crate::rng::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
+/// The training augmentation (docs/design.md §4).
 pub struct TrainAugment {
+    /// Random crop size (square).
     pub crop: usize,
+    /// Colour jitter (brightness, contrast, saturation 0.8, random order).
     pub jitter: bool,
+    /// Horizontal flip with probability 0.5.
     pub flip: bool,
     /// Synthia: scale U(0.5, 2), crop crop·15/16 (720 for 768), resize to crop.
     pub random_scale: bool,
@@ -45,6 +49,7 @@ fn crop_offset(rng: &mut Rng, size: usize, target: usize) -> i64 {
     }
 }
 
+/// Augments an (image, label) pair with draws from `rng`.
 pub fn augment_train(img: &Image8, lbl: &Image8, a: &TrainAugment, rng: &mut Rng) -> (Image8, Image8) {
     let (mut img, mut lbl) = if a.random_scale {
         let s = rng.uniform_range(0.5, 2.0);
@@ -113,11 +118,13 @@ pub fn luma(r: u8, g: u8, b: u8) -> u8 {
     ((r as u32 * 19595 + g as u32 * 38470 + b as u32 * 7471 + 0x8000) >> 16) as u8
 }
 
+/// torchvision's `adjust_brightness` (blend with black), Pillow-exact.
 pub fn adjust_brightness(img: &Image8, f: f64) -> Image8 {
     let a = f as f32;
     Image8 { data: img.data.iter().map(|&v| blend_px(0, v, a)).collect(), ..img.clone() }
 }
 
+/// torchvision's `adjust_contrast` (blend with the mean grey), Pillow-exact.
 pub fn adjust_contrast(img: &Image8, f: f64) -> Image8 {
     let a = f as f32;
     let sum: u64 = img.data.chunks_exact(3).map(|p| luma(p[0], p[1], p[2]) as u64).sum();
@@ -126,6 +133,7 @@ pub fn adjust_contrast(img: &Image8, f: f64) -> Image8 {
     Image8 { data: img.data.iter().map(|&v| blend_px(mean, v, a)).collect(), ..img.clone() }
 }
 
+/// torchvision's `adjust_saturation` (blend with the grey image), Pillow-exact.
 pub fn adjust_saturation(img: &Image8, f: f64) -> Image8 {
     let a = f as f32;
     let mut out = img.clone();

@@ -6,7 +6,7 @@
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use crate::error::{format_err, bail, Context, Result};
+use crate::error::{bail, format_err, Context, Error, Result};
 use serde::Serialize;
 
 use super::labels::{cityscapes_map, identity_map, mapillary_map, synthia_map, LabelMap};
@@ -19,18 +19,26 @@ const SYNTHIA_VAL: &str = include_str!("../../assets/splits/synthia_val.txt");
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
+/// The dataset layouts famix reads (docs/design.md §6).
 pub enum DatasetKind {
+    /// GTA5 (synthetic, Cityscapes label ids).
     Gta5,
+    /// Synthia RAND-CITYSCAPES.
     Synthia,
+    /// Cityscapes.
     Cityscapes,
+    /// BDD100K semantic segmentation.
     Bdd100k,
+    /// Mapillary Vistas v1.2.
     Mapillary,
+    /// ACDC (one condition at a time).
     Acdc,
     /// images/ + labels/ (PNG train ids), optionally split sub-folders.
     Folder,
 }
 
 impl DatasetKind {
+    /// Lower-case name, as on the command line.
     pub fn name(self) -> &'static str {
         match self {
             DatasetKind::Gta5 => "gta5",
@@ -43,6 +51,7 @@ impl DatasetKind {
         }
     }
 
+    /// The raw-id → train-id table of this dataset.
     pub fn label_map(self) -> LabelMap {
         match self {
             DatasetKind::Gta5 | DatasetKind::Cityscapes | DatasetKind::Acdc => cityscapes_map(),
@@ -63,43 +72,67 @@ impl DatasetKind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a dataset's validation images are transformed before evaluation.
 pub enum EvalTransform {
+    /// As they are.
     None,
-    CenterCrop { height: usize, width: usize },
+    /// Centre crop (GTA5: 1046 × 1914).
+    CenterCrop {
+        /// Crop height.
+        height: usize,
+        /// Crop width.
+        width: usize,
+    },
     /// Mapillary: resize to height `size` (bicubic image, nearest label), centre crop/pad to size².
-    ResizeHeightCropPad { size: usize },
+    ResizeHeightCropPad {
+        /// Target height and square side (1536).
+        size: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// One image and its label file.
 pub struct Sample {
+    /// The image.
     pub image: PathBuf,
+    /// Its label (raw ids).
     pub label: PathBuf,
 }
 
 /// A problem found while listing a dataset (reported by `data check`).
 #[derive(Debug, Clone, Serialize)]
 pub struct ListingIssue {
+    /// The file.
     pub path: String,
+    /// What is wrong.
     pub problem: String,
 }
 
 #[derive(Clone)]
+/// A listed dataset split.
 pub struct Dataset {
+    /// The layout.
     pub kind: DatasetKind,
+    /// The root folder.
     pub root: PathBuf,
+    /// The split (train, val, ...).
     pub split: String,
+    /// The ACDC condition, if any.
     pub condition: Option<String>,
+    /// Pairs, sorted by path.
     pub samples: Vec<Sample>,
+    /// Raw id → train id.
     pub map: LabelMap,
     /// Images without a label file and labels without an image.
     pub issues: Vec<ListingIssue>,
 }
 
+/// ACDC's conditions.
 pub const ACDC_CONDITIONS: [&str; 4] = ["night", "snow", "rain", "fog"];
 
 fn need_dir(p: &Path, what: &str) -> Result<()> {
     if !p.is_dir() {
-        bail!("{what} folder {} not found", p.display());
+        return Err(Error::DatasetLayout { path: p.to_path_buf(), problem: format!("{what} folder {} not found", p.display()) });
     }
     Ok(())
 }
@@ -116,163 +149,207 @@ pub fn png_size(path: &Path) -> Result<(u32, u32)> {
     Ok((i.width, i.height))
 }
 
+/// Pairs found while listing a split, and what did not pair up.
+#[derive(Default)]
+struct Listing {
+    samples: Vec<Sample>,
+    issues: Vec<ListingIssue>,
+}
+
+impl Listing {
+    /// Adds (image, label) when the label exists, else an issue.
+    fn pair(&mut self, image: PathBuf, label: PathBuf) {
+        if label.is_file() {
+            self.samples.push(Sample { image, label });
+        } else {
+            self.issues
+                .push(ListingIssue { path: image.display().to_string(), problem: format!("no label file (expected {})", label.display()) });
+        }
+    }
+
+    fn issue(&mut self, path: &Path, problem: String) {
+        self.issues.push(ListingIssue { path: path.display().to_string(), problem });
+    }
+
+    /// Labels under `dir` that no listed image uses.
+    fn orphan_labels(&mut self, dir: &Path, suffix: &str) -> Result<()> {
+        let used: std::collections::HashSet<&PathBuf> = self.samples.iter().map(|s| &s.label).collect();
+        let orphans: Vec<PathBuf> = files_with_suffix(dir, &[suffix], true)?.into_iter().filter(|l| !used.contains(l)).collect();
+        for l in orphans {
+            self.issue(&l, "label without an image".into());
+        }
+        Ok(())
+    }
+}
+
+/// GTA5: `images/`, `labels/`, split by the reference's lists (or `all`).
+fn list_gta5(root: &Path, split: &str, out: &mut Listing) -> Result<()> {
+    let (img_dir, lbl_dir) = (root.join("images"), root.join("labels"));
+    need_dir(&img_dir, "GTA5 images")?;
+    need_dir(&lbl_dir, "GTA5 labels")?;
+    let names: Vec<String> = match split {
+        "train" => GTA5_TRAIN.lines().map(str::to_string).collect(),
+        "val" => GTA5_VAL.lines().map(str::to_string).collect(),
+        "all" => files_with_suffix(&img_dir, &[".png"], false)?
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect(),
+        other => bail!("GTA5 split must be train, val or all (got {other:?})"),
+    };
+    for n in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        let img = img_dir.join(n);
+        if img.is_file() {
+            out.pair(img, lbl_dir.join(n));
+        } else {
+            out.issue(&img, "listed in the split but missing".into());
+        }
+    }
+    Ok(())
+}
+
+/// Cityscapes (`leftImg8bit/`, `gtFine/`) and ACDC (`rgb_anon/`, `gt/` per condition).
+fn list_cityscapes_like(kind: DatasetKind, root: &Path, split: &str, condition: Option<&str>, out: &mut Listing) -> Result<()> {
+    let (img_dir, lbl_dir, img_suffix, lbl_suffix) = if kind == DatasetKind::Acdc {
+        let cond = condition.ok_or_else(|| format_err!("ACDC needs --condition (night, snow, rain or fog)"))?;
+        if !ACDC_CONDITIONS.contains(&cond) {
+            bail!("ACDC condition must be one of night, snow, rain, fog (got {cond:?})");
+        }
+        (root.join("rgb_anon").join(cond).join(split), root.join("gt").join(cond).join(split), "_rgb_anon.png", "_gt_labelIds.png")
+    } else {
+        (root.join("leftImg8bit").join(split), root.join("gtFine").join(split), "_leftImg8bit.png", "_gtFine_labelIds.png")
+    };
+    need_dir(&img_dir, "image")?;
+    need_dir(&lbl_dir, "label")?;
+    for img in files_with_suffix(&img_dir, &[img_suffix], true)? {
+        let rel = img.strip_prefix(&img_dir).unwrap_or(&img);
+        let name = img.file_name().unwrap_or_default().to_string_lossy();
+        let prefix = name.trim_end_matches(img_suffix);
+        let lbl = lbl_dir.join(rel.parent().unwrap_or(Path::new(""))).join(format!("{prefix}{lbl_suffix}"));
+        // The reference keeps only the 1920x1080 ACDC fog images.
+        if kind == DatasetKind::Acdc && condition == Some("fog") {
+            match png_size(&img) {
+                Ok((1920, 1080)) => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    out.issue(&img, format!("{e:#}"));
+                    continue;
+                }
+            }
+        }
+        out.pair(img, lbl);
+    }
+    out.orphan_labels(&lbl_dir, lbl_suffix)
+}
+
+/// BDD100K: `images/{split}/*.jpg`, `labels/{split}/<stem>.png` or `<stem>_train_id.png`.
+fn list_bdd100k(root: &Path, split: &str, out: &mut Listing) -> Result<()> {
+    let (img_dir, lbl_dir) = (root.join("images").join(split), root.join("labels").join(split));
+    need_dir(&img_dir, "BDD100K images")?;
+    need_dir(&lbl_dir, "BDD100K labels")?;
+    for img in files_with_suffix(&img_dir, &[".jpg", ".png"], false)? {
+        let stem = img.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        let plain = lbl_dir.join(format!("{stem}.png"));
+        // Official sem_seg downloads name labels <stem>_train_id.png.
+        let official = lbl_dir.join(format!("{stem}_train_id.png"));
+        let lbl = if plain.is_file() || !official.is_file() { plain } else { official };
+        out.pair(img, lbl);
+    }
+    out.orphan_labels(&lbl_dir, ".png")
+}
+
+/// Mapillary Vistas: `{training|validation}/images/*.jpg`, `.../labels/*.png`.
+fn list_mapillary(root: &Path, split: &str, out: &mut Listing) -> Result<()> {
+    let sub = match split {
+        "train" | "training" => "training",
+        "val" | "validation" => "validation",
+        other => bail!("Mapillary split must be train or val (got {other:?})"),
+    };
+    let (img_dir, lbl_dir) = (root.join(sub).join("images"), root.join(sub).join("labels"));
+    need_dir(&img_dir, "Mapillary images")?;
+    need_dir(&lbl_dir, "Mapillary labels")?;
+    for img in files_with_suffix(&img_dir, &[".jpg", ".png"], false)? {
+        let stem = img.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        out.pair(img, lbl_dir.join(format!("{stem}.png")));
+    }
+    out.orphan_labels(&lbl_dir, ".png")
+}
+
+/// Synthia: `RGB/`, `GT/LABELS/`, with split sub-folders (the reference's layout) or
+/// flat (the official download) split by the reference's validation list.
+fn list_synthia(root: &Path, split: &str, out: &mut Listing) -> Result<()> {
+    let (rgb, gt) = (root.join("RGB"), root.join("GT").join("LABELS"));
+    need_dir(&rgb, "Synthia RGB")?;
+    need_dir(&gt, "Synthia GT/LABELS")?;
+    if rgb.join(split).is_dir() {
+        let (img_dir, lbl_dir) = (rgb.join(split), gt.join(split));
+        need_dir(&lbl_dir, "Synthia label split")?;
+        for img in files_with_suffix(&img_dir, &[".png"], false)? {
+            let n = img.file_name().unwrap_or_default().to_owned();
+            out.pair(img, lbl_dir.join(n));
+        }
+        return Ok(());
+    }
+    let val: std::collections::HashSet<&str> = SYNTHIA_VAL.lines().map(str::trim).collect();
+    let want_val = match split {
+        "val" => true,
+        "train" => false,
+        other => bail!("Synthia split must be train or val (got {other:?})"),
+    };
+    for img in files_with_suffix(&rgb, &[".png"], false)? {
+        let n = img.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        if val.contains(n.as_str()) == want_val {
+            out.pair(img, gt.join(&n));
+        }
+    }
+    Ok(())
+}
+
+/// A generic folder: `images/[split/]**/*.{png,jpg}`, `labels/[split/]**/*.png` (train ids).
+fn list_folder(root: &Path, split: &str, out: &mut Listing) -> Result<()> {
+    let (mut img_dir, mut lbl_dir) = (root.join("images"), root.join("labels"));
+    if img_dir.join(split).is_dir() {
+        img_dir = img_dir.join(split);
+        lbl_dir = lbl_dir.join(split);
+    }
+    need_dir(&img_dir, "images")?;
+    need_dir(&lbl_dir, "labels")?;
+    for img in files_with_suffix(&img_dir, &[".png", ".jpg", ".jpeg"], true)? {
+        let rel = img.strip_prefix(&img_dir).unwrap_or(&img).with_extension("png");
+        out.pair(img, lbl_dir.join(rel));
+    }
+    Ok(())
+}
+
 impl Dataset {
     /// Lists a dataset split. `condition` selects the ACDC subset (night/snow/rain/fog).
     pub fn open(kind: DatasetKind, root: &Path, split: &str, condition: Option<&str>) -> Result<Dataset> {
         need_dir(root, "dataset root")?;
-        let mut issues = Vec::new();
-        let mut samples = Vec::new();
-        let mut pair = |image: PathBuf, label: PathBuf, issues: &mut Vec<ListingIssue>| {
-            if label.is_file() {
-                samples.push(Sample { image, label });
-            } else {
-                issues.push(ListingIssue {
-                    path: image.display().to_string(),
-                    problem: format!("no label file (expected {})", label.display()),
-                });
-            }
-        };
+        let mut l = Listing::default();
         match kind {
-            DatasetKind::Gta5 => {
-                let (img_dir, lbl_dir) = (root.join("images"), root.join("labels"));
-                need_dir(&img_dir, "GTA5 images")?;
-                need_dir(&lbl_dir, "GTA5 labels")?;
-                let names: Vec<String> = match split {
-                    "train" => GTA5_TRAIN.lines().map(str::to_string).collect(),
-                    "val" => GTA5_VAL.lines().map(str::to_string).collect(),
-                    "all" => files_with_suffix(&img_dir, &[".png"], false)?
-                        .iter()
-                        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                        .collect(),
-                    other => bail!("GTA5 split must be train, val or all (got {other:?})"),
-                };
-                for n in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
-                    let img = img_dir.join(n);
-                    if !img.is_file() {
-                        issues.push(ListingIssue { path: img.display().to_string(), problem: "listed in the split but missing".into() });
-                        continue;
-                    }
-                    pair(img, lbl_dir.join(n), &mut issues);
-                }
-            }
-            DatasetKind::Cityscapes | DatasetKind::Acdc => {
-                let (img_dir, lbl_dir, img_suffix, lbl_suffix) = if kind == DatasetKind::Acdc {
-                    let cond = condition.ok_or_else(|| format_err!("ACDC needs --condition (night, snow, rain or fog)"))?;
-                    if !ACDC_CONDITIONS.contains(&cond) {
-                        bail!("ACDC condition must be one of night, snow, rain, fog (got {cond:?})");
-                    }
-                    (root.join("rgb_anon").join(cond).join(split), root.join("gt").join(cond).join(split), "_rgb_anon.png", "_gt_labelIds.png")
-                } else {
-                    (root.join("leftImg8bit").join(split), root.join("gtFine").join(split), "_leftImg8bit.png", "_gtFine_labelIds.png")
-                };
-                need_dir(&img_dir, "image")?;
-                need_dir(&lbl_dir, "label")?;
-                for img in files_with_suffix(&img_dir, &[img_suffix], true)? {
-                    let rel = img.strip_prefix(&img_dir).unwrap();
-                    let name = img.file_name().unwrap().to_string_lossy();
-                    let prefix = name.trim_end_matches(img_suffix);
-                    let lbl = lbl_dir.join(rel.parent().unwrap_or(Path::new(""))).join(format!("{prefix}{lbl_suffix}"));
-                    // The reference keeps only the 1920x1080 ACDC fog images.
-                    if kind == DatasetKind::Acdc && condition == Some("fog") {
-                        match png_size(&img) {
-                            Ok((1920, 1080)) => {}
-                            Ok(_) => continue,
-                            Err(e) => {
-                                issues.push(ListingIssue { path: img.display().to_string(), problem: format!("{e:#}") });
-                                continue;
-                            }
-                        }
-                    }
-                    pair(img, lbl, &mut issues);
-                }
-                orphan_labels(&lbl_dir, lbl_suffix, &samples_labels(&samples), &mut issues)?;
-            }
-            DatasetKind::Bdd100k => {
-                let (img_dir, lbl_dir) = (root.join("images").join(split), root.join("labels").join(split));
-                need_dir(&img_dir, "BDD100K images")?;
-                need_dir(&lbl_dir, "BDD100K labels")?;
-                for img in files_with_suffix(&img_dir, &[".jpg", ".png"], false)? {
-                    let stem = img.file_stem().unwrap().to_string_lossy().into_owned();
-                    let plain = lbl_dir.join(format!("{stem}.png"));
-                    // Official sem_seg downloads name labels <stem>_train_id.png.
-                    let official = lbl_dir.join(format!("{stem}_train_id.png"));
-                    let lbl = if plain.is_file() || !official.is_file() { plain } else { official };
-                    pair(img, lbl, &mut issues);
-                }
-                orphan_labels(&lbl_dir, ".png", &samples_labels(&samples), &mut issues)?;
-            }
-            DatasetKind::Mapillary => {
-                let sub = match split {
-                    "train" | "training" => "training",
-                    "val" | "validation" => "validation",
-                    other => bail!("Mapillary split must be train or val (got {other:?})"),
-                };
-                let (img_dir, lbl_dir) = (root.join(sub).join("images"), root.join(sub).join("labels"));
-                need_dir(&img_dir, "Mapillary images")?;
-                need_dir(&lbl_dir, "Mapillary labels")?;
-                for img in files_with_suffix(&img_dir, &[".jpg", ".png"], false)? {
-                    let stem = img.file_stem().unwrap().to_string_lossy().into_owned();
-                    pair(img, lbl_dir.join(format!("{stem}.png")), &mut issues);
-                }
-                orphan_labels(&lbl_dir, ".png", &samples_labels(&samples), &mut issues)?;
-            }
-            DatasetKind::Synthia => {
-                let (rgb, gt) = (root.join("RGB"), root.join("GT").join("LABELS"));
-                need_dir(&rgb, "Synthia RGB")?;
-                need_dir(&gt, "Synthia GT/LABELS")?;
-                if rgb.join(split).is_dir() {
-                    // Split sub-folders (the reference's layout).
-                    let (img_dir, lbl_dir) = (rgb.join(split), gt.join(split));
-                    need_dir(&lbl_dir, "Synthia label split")?;
-                    for img in files_with_suffix(&img_dir, &[".png"], false)? {
-                        let n = img.file_name().unwrap().to_owned();
-                        pair(img, lbl_dir.join(n), &mut issues);
-                    }
-                } else {
-                    // The official flat layout, split by the reference's validation list.
-                    let val: std::collections::HashSet<&str> = SYNTHIA_VAL.lines().map(str::trim).collect();
-                    let want_val = match split {
-                        "val" => true,
-                        "train" => false,
-                        other => bail!("Synthia split must be train or val (got {other:?})"),
-                    };
-                    for img in files_with_suffix(&rgb, &[".png"], false)? {
-                        let n = img.file_name().unwrap().to_string_lossy().into_owned();
-                        if val.contains(n.as_str()) == want_val {
-                            pair(img, gt.join(&n), &mut issues);
-                        }
-                    }
-                }
-            }
-            DatasetKind::Folder => {
-                let (mut img_dir, mut lbl_dir) = (root.join("images"), root.join("labels"));
-                if img_dir.join(split).is_dir() {
-                    img_dir = img_dir.join(split);
-                    lbl_dir = lbl_dir.join(split);
-                }
-                need_dir(&img_dir, "images")?;
-                need_dir(&lbl_dir, "labels")?;
-                for img in files_with_suffix(&img_dir, &[".png", ".jpg", ".jpeg"], true)? {
-                    let rel = img.strip_prefix(&img_dir).unwrap().with_extension("png");
-                    pair(img, lbl_dir.join(rel), &mut issues);
-                }
-            }
+            DatasetKind::Gta5 => list_gta5(root, split, &mut l)?,
+            DatasetKind::Cityscapes | DatasetKind::Acdc => list_cityscapes_like(kind, root, split, condition, &mut l)?,
+            DatasetKind::Bdd100k => list_bdd100k(root, split, &mut l)?,
+            DatasetKind::Mapillary => list_mapillary(root, split, &mut l)?,
+            DatasetKind::Synthia => list_synthia(root, split, &mut l)?,
+            DatasetKind::Folder => list_folder(root, split, &mut l)?,
         }
         Ok(Dataset {
             kind,
             root: root.to_path_buf(),
             split: split.to_string(),
             condition: condition.map(str::to_string),
-            samples,
+            samples: l.samples,
             map: kind.label_map(),
-            issues,
+            issues: l.issues,
         })
     }
 
+    /// Number of pairs.
     pub fn len(&self) -> usize {
         self.samples.len()
     }
 
+    /// No pairs at all?
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()
     }
@@ -309,19 +386,6 @@ impl Dataset {
         }
         Ok((img, lbl))
     }
-}
-
-fn samples_labels(samples: &[Sample]) -> std::collections::HashSet<PathBuf> {
-    samples.iter().map(|s| s.label.clone()).collect()
-}
-
-fn orphan_labels(dir: &Path, suffix: &str, used: &std::collections::HashSet<PathBuf>, issues: &mut Vec<ListingIssue>) -> Result<()> {
-    for l in files_with_suffix(dir, &[suffix], true)? {
-        if !used.contains(&l) {
-            issues.push(ListingIssue { path: l.display().to_string(), problem: "label without an image".into() });
-        }
-    }
-    Ok(())
 }
 
 /// A label PNG's raw ids (palette indices, grey values; Synthia: channel 0 of a

@@ -1,17 +1,53 @@
 //! Label spaces: the 19 Cityscapes train ids (names, palette) and each dataset's
 //! conversion from its own label ids (docs/design.md §6). 255 = ignore.
 
+/// The ignore label.
 pub const IGNORE: u8 = 255;
 
+/// The 19 Cityscapes train-id class names.
 pub const CITYSCAPES_CLASSES: [&str; 19] = [
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation", "terrain",
-    "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
 ];
 
+/// Cityscapes' colour palette for the 19 classes.
 pub const CITYSCAPES_PALETTE: [[u8; 3]; 19] = [
-    [128, 64, 128], [244, 35, 232], [70, 70, 70], [102, 102, 156], [190, 153, 153], [153, 153, 153], [250, 170, 30],
-    [220, 220, 0], [107, 142, 35], [152, 251, 152], [70, 130, 180], [220, 20, 60], [255, 0, 0], [0, 0, 142],
-    [0, 0, 70], [0, 60, 100], [0, 80, 100], [0, 0, 230], [119, 11, 32],
+    [128, 64, 128],
+    [244, 35, 232],
+    [70, 70, 70],
+    [102, 102, 156],
+    [190, 153, 153],
+    [153, 153, 153],
+    [250, 170, 30],
+    [220, 220, 0],
+    [107, 142, 35],
+    [152, 251, 152],
+    [70, 130, 180],
+    [220, 20, 60],
+    [255, 0, 0],
+    [0, 0, 142],
+    [0, 0, 70],
+    [0, 60, 100],
+    [0, 80, 100],
+    [0, 0, 230],
+    [119, 11, 32],
 ];
 
 /// A 256-entry lookup table from a dataset's label values to train ids.
@@ -28,25 +64,81 @@ fn table(pairs: &[(u8, u8)]) -> LabelMap {
 /// Cityscapes label ids → train ids (the official table; GTA5 and ACDC use it too).
 pub fn cityscapes_map() -> LabelMap {
     table(&[
-        (7, 0), (8, 1), (11, 2), (12, 3), (13, 4), (17, 5), (19, 6), (20, 7), (21, 8), (22, 9), (23, 10), (24, 11),
-        (25, 12), (26, 13), (27, 14), (28, 15), (31, 16), (32, 17), (33, 18),
+        (7, 0),
+        (8, 1),
+        (11, 2),
+        (12, 3),
+        (13, 4),
+        (17, 5),
+        (19, 6),
+        (20, 7),
+        (21, 8),
+        (22, 9),
+        (23, 10),
+        (24, 11),
+        (25, 12),
+        (26, 13),
+        (27, 14),
+        (28, 15),
+        (31, 16),
+        (32, 17),
+        (33, 18),
     ])
 }
 
 /// Mapillary Vistas v1.2 (66 classes) → Cityscapes train ids.
 pub fn mapillary_map() -> LabelMap {
     table(&[
-        (13, 0), (24, 0), (41, 0), (2, 1), (15, 1), (17, 2), (6, 3), (3, 4), (45, 5), (47, 5), (48, 6), (50, 7),
-        (30, 8), (29, 9), (27, 10), (19, 11), (20, 12), (21, 12), (22, 12), (55, 13), (61, 14), (54, 15), (58, 16),
-        (57, 17), (52, 18),
+        (13, 0),
+        (24, 0),
+        (41, 0),
+        (2, 1),
+        (15, 1),
+        (17, 2),
+        (6, 3),
+        (3, 4),
+        (45, 5),
+        (47, 5),
+        (48, 6),
+        (50, 7),
+        (30, 8),
+        (29, 9),
+        (27, 10),
+        (19, 11),
+        (20, 12),
+        (21, 12),
+        (22, 12),
+        (55, 13),
+        (61, 14),
+        (54, 15),
+        (58, 16),
+        (57, 17),
+        (52, 18),
     ])
 }
 
 /// Synthia RAND-CITYSCAPES class ids (channel 0 of the 16-bit GT) → train ids.
 pub fn synthia_map() -> LabelMap {
     table(&[
-        (1, 10), (2, 2), (3, 0), (4, 1), (5, 4), (6, 8), (7, 5), (8, 13), (9, 7), (10, 11), (11, 18), (12, 17),
-        (15, 6), (16, 9), (17, 12), (18, 14), (19, 15), (20, 16), (21, 3),
+        (1, 10),
+        (2, 2),
+        (3, 0),
+        (4, 1),
+        (5, 4),
+        (6, 8),
+        (7, 5),
+        (8, 13),
+        (9, 7),
+        (10, 11),
+        (11, 18),
+        (12, 17),
+        (15, 6),
+        (16, 9),
+        (17, 12),
+        (18, 14),
+        (19, 15),
+        (20, 16),
+        (21, 3),
     ])
 }
 
@@ -59,6 +151,7 @@ pub fn identity_map() -> LabelMap {
     t
 }
 
+/// Class names for `n` classes: Cityscapes' for the first 19, `class<i>` beyond.
 pub fn default_class_names(n: usize) -> Vec<String> {
     (0..n).map(|i| CITYSCAPES_CLASSES.get(i).map(|s| s.to_string()).unwrap_or_else(|| format!("class{i}"))).collect()
 }

@@ -16,12 +16,17 @@ use crate::imageops::Image8;
 use crate::rng::{stream, Rng};
 
 #[derive(Debug, Clone)]
+/// How the loader batches and augments.
 pub struct LoaderConfig {
+    /// Samples per batch.
     pub batch: usize,
+    /// The augmentation.
     pub augment: TrainAugment,
     /// Style grid: each sample also reports its cells' dominant classes.
     pub grid: usize,
+    /// Seed of the epoch order and the augmentation draws.
     pub seed: u64,
+    /// Decoding threads.
     pub workers: usize,
     /// Samples decoded ahead of the consumer.
     pub prefetch: usize,
@@ -30,6 +35,7 @@ pub struct LoaderConfig {
     pub skip_bad: bool,
 }
 
+/// A collated batch.
 pub struct Batch {
     /// (B, 3, H, W) u8
     pub images: Tensor,
@@ -41,10 +47,15 @@ pub struct Batch {
     pub indices: Vec<usize>,
 }
 
+/// One loaded, augmented sample.
 pub struct Item {
+    /// RGB crop.
     pub image: Image8,
+    /// Train-id crop.
     pub label: Image8,
+    /// Dominant class of each grid cell.
     pub dominant: Vec<u8>,
+    /// Dataset index actually used (after skipping unreadable samples).
     pub index: usize,
 }
 
@@ -56,9 +67,11 @@ pub struct EpochOrder {
 }
 
 impl EpochOrder {
+    /// The order of `n` samples under `seed`.
     pub fn new(n: usize, seed: u64) -> Self {
         EpochOrder { n, seed, cache: Mutex::new(None) }
     }
+    /// The permutation of epoch `epoch` (cached for the current epoch).
     pub fn permutation(&self, epoch: u64) -> Arc<Vec<usize>> {
         let mut c = self.cache.lock().unwrap();
         if let Some((e, p)) = c.as_ref() {
@@ -137,6 +150,7 @@ pub struct BatchLoader {
 }
 
 impl BatchLoader {
+    /// Starts loading the batches of steps `start..end` on `cfg.workers` threads.
     pub fn new(ds: Arc<Dataset>, cfg: LoaderConfig, start: u64, end: u64) -> Result<Self> {
         let n = ds.len();
         if n < cfg.batch || cfg.batch == 0 {
@@ -164,6 +178,7 @@ impl BatchLoader {
     }
 }
 
+/// Stacks items into a batch.
 pub fn collate(items: Vec<Item>) -> Batch {
     let images = Tensor::stack(&items.iter().map(|it| it.image.to_tensor_u8()).collect::<Vec<_>>(), 0);
     let labels = Tensor::stack(&items.iter().map(|it| it.label.to_tensor_u8().squeeze_dim(0)).collect::<Vec<_>>(), 0);

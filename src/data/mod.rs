@@ -20,11 +20,9 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{bail, Context, Result};
 
+/// A .png/.jpg/.jpeg file name (case-insensitive)?
 pub fn is_image_file(p: &Path) -> bool {
-    matches!(
-        p.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(),
-        Some("png" | "jpg" | "jpeg")
-    )
+    matches!(p.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(), Some("png" | "jpg" | "jpeg"))
 }
 
 /// Files under `dir` (recursively or not) whose name passes `keep`, sorted.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
+/// Results of `ordered_map`, in index order.
 pub struct OrderedMap<T> {
     results: Receiver<(usize, T)>,
     tickets: Option<Sender<()>>,

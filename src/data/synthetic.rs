@@ -13,9 +13,13 @@ use crate::rng::Rng;
 /// Colours per train id and rendering parameters of one domain.
 #[derive(Debug, Clone)]
 pub struct DomainStyle {
+    /// Base colour of each class.
     pub colors: [[u8; 3]; 19],
+    /// Pixel noise amplitude.
     pub noise: f64,
+    /// Brightness gain.
     pub gain: f64,
+    /// Per-channel colour tint.
     pub tint: [f64; 3],
 }
 
@@ -35,6 +39,7 @@ fn base_colors() -> [[u8; 3]; 19] {
 }
 
 impl DomainStyle {
+    /// The source domain: bright daylight scenes.
     pub fn day() -> Self {
         DomainStyle { colors: base_colors(), noise: 12.0, gain: 1.0, tint: [1.0, 1.0, 1.0] }
     }
@@ -103,6 +108,7 @@ pub fn layout(w: usize, h: usize, rng: &mut Rng) -> Image8 {
 }
 
 /// Renders a layout in a domain style (smooth shading + noise).
+#[allow(clippy::needless_range_loop)] // one noise draw per (pixel, channel), in this order
 pub fn render(lbl: &Image8, style: &DomainStyle, rng: &mut Rng) -> Image8 {
     let mut img = Image8::new(lbl.width, lbl.height, 3, 0);
     for y in 0..lbl.height {

@@ -6,13 +6,16 @@
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
+/// A confusion matrix accumulated on the device.
 pub struct Confusion {
+    /// Number of classes.
     pub classes: usize,
     /// (classes·classes) int64 on the device; row = ground truth, column = prediction.
     counts: Tensor,
 }
 
 impl Confusion {
+    /// An empty matrix for `classes` classes on `device`.
     pub fn new(classes: usize, device: Device) -> Self {
         Confusion { classes, counts: Tensor::zeros([(classes * classes) as i64], (Kind::Int64, device)) }
     }
@@ -27,23 +30,31 @@ impl Confusion {
         self.counts += idx.bincount::<Tensor>(None, k * k);
     }
 
+    /// Counts, row-major (row = ground truth).
     pub fn matrix(&self) -> Vec<u64> {
         Vec::<i64>::try_from(self.counts.to_device(Device::Cpu)).unwrap().into_iter().map(|v| v as u64).collect()
     }
 
+    /// The metrics of the counts so far.
     pub fn metrics(&self) -> Metrics {
         Metrics::from_matrix(&self.matrix(), self.classes)
     }
 }
 
 #[derive(Debug, Clone, Serialize)]
+/// Segmentation metrics (fractions in [0, 1]).
 pub struct Metrics {
+    /// Mean IoU over classes present in ground truth or prediction.
     pub miou: f64,
+    /// Correct pixels / valid pixels.
     pub overall_acc: f64,
+    /// Mean per-class accuracy over classes present in the ground truth.
     pub mean_acc: f64,
     /// None where the class is absent from both ground truth and prediction.
     pub per_class_iou: Vec<Option<f64>>,
+    /// Per-class accuracy (None: no ground-truth pixels).
     pub per_class_acc: Vec<Option<f64>>,
+    /// Valid pixels counted.
     pub pixels: u64,
 }
 
@@ -57,6 +68,7 @@ fn nanmean(v: &[Option<f64>]) -> f64 {
 }
 
 impl Metrics {
+    /// Metrics of a k × k row-major matrix.
     pub fn from_matrix(m: &[u64], k: usize) -> Metrics {
         let row = |i: usize| (0..k).map(|j| m[i * k + j]).sum::<u64>();
         let col = |j: usize| (0..k).map(|i| m[i * k + j]).sum::<u64>();
@@ -68,8 +80,7 @@ impl Metrics {
                 (denom > 0).then(|| m[i * k + i] as f64 / denom as f64)
             })
             .collect();
-        let per_class_acc: Vec<Option<f64>> =
-            (0..k).map(|i| (row(i) > 0).then(|| m[i * k + i] as f64 / row(i) as f64)).collect();
+        let per_class_acc: Vec<Option<f64>> = (0..k).map(|i| (row(i) > 0).then(|| m[i * k + i] as f64 / row(i) as f64)).collect();
         Metrics {
             miou: nanmean(&per_class_iou),
             overall_acc: if total > 0 { diag as f64 / total as f64 } else { f64::NAN },

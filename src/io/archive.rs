@@ -9,7 +9,7 @@ use std::io::{Cursor, Read};
 use std::path::Path;
 use std::rc::Rc;
 
-use crate::error::{format_err, bail, Context, Result};
+use crate::error::{bail, format_err, Context, Error, Result};
 use tch::{Kind, Tensor};
 
 use super::pickle::{self, Storage, StorageDtype, TensorRef, Value};
@@ -23,20 +23,25 @@ pub enum Format {
     TorchScript,
     /// The pre-1.6 `torch.save` stream.
     TorchLegacy,
+    /// safetensors.
     Safetensors,
 }
 
 /// A loaded checkpoint: named tensors in file order, plus the top-level pickled value
 /// (for non-tensor entries such as a reference checkpoint's `cur_itrs`).
 pub struct LoadedFile {
+    /// The container format.
     pub format: Format,
+    /// Every tensor, with its state-dict name.
     pub tensors: Vec<(String, Tensor)>,
+    /// The top-level pickled object (PyTorch formats).
     pub top: Option<Value>,
     /// safetensors `__metadata__`, if any.
     pub metadata: HashMap<String, String>,
 }
 
 impl LoadedFile {
+    /// The tensors by name.
     pub fn into_map(self) -> HashMap<String, Tensor> {
         self.tensors.into_iter().collect()
     }
@@ -58,9 +63,14 @@ pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
 /// Loads every tensor of a checkpoint file. Errors name the file and the problem.
 pub fn load_file(path: &Path) -> Result<LoadedFile> {
     let bytes = read_bytes(path)?;
-    load_bytes(&bytes).with_context(|| format!("{}: not a readable checkpoint", path.display()))
+    load_bytes(&bytes).map_err(|e| Error::Unreadable {
+        path: path.to_path_buf(),
+        reason: "not a readable checkpoint".into(),
+        source: Box::new(e),
+    })
 }
 
+/// Reads a checkpoint from memory (format detected from the bytes).
 pub fn load_bytes(bytes: &[u8]) -> Result<LoadedFile> {
     if bytes.len() < 8 {
         bail!("file is empty or truncated ({} bytes)", bytes.len());
@@ -237,11 +247,8 @@ fn load_safetensors(bytes: &[u8]) -> Result<LoadedFile> {
     let st = SafeTensors::deserialize(bytes).context("corrupt safetensors file (truncated?)")?;
     let metadata = meta.metadata().clone().unwrap_or_default();
     // Keep file order (offsets) so listings are stable.
-    let mut names: Vec<(usize, String)> = st
-        .names()
-        .into_iter()
-        .map(|n| (meta.info(n).map(|i| i.data_offsets.0).unwrap_or(0), n.to_string()))
-        .collect();
+    let mut names: Vec<(usize, String)> =
+        st.names().into_iter().map(|n| (meta.info(n).map(|i| i.data_offsets.0).unwrap_or(0), n.to_string())).collect();
     names.sort();
     let mut tensors = Vec::with_capacity(names.len());
     for (_, name) in names {
@@ -272,6 +279,7 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: Opt
     crate::io::atomic_write(path, &bytes)
 }
 
+/// A safetensors file's bytes (tensors sorted by the caller).
 pub fn safetensors_bytes(tensors: &[(String, Tensor)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
     use safetensors::tensor::{Dtype, TensorView};
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
@@ -293,10 +301,8 @@ pub fn safetensors_bytes(tensors: &[(String, Tensor)], metadata: Option<HashMap<
         t.f_copy_data_u8(&mut buf, numel)?;
         owned.push((name.clone(), dtype, t.size().iter().map(|&d| d as usize).collect(), buf));
     }
-    let views: Vec<(String, TensorView)> = owned
-        .iter()
-        .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b)?)))
-        .collect::<Result<_>>()?;
+    let views: Vec<(String, TensorView)> =
+        owned.iter().map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b)?))).collect::<Result<_>>()?;
     Ok(safetensors::serialize(views, metadata)?)
 }
 

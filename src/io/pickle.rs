@@ -10,24 +10,35 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::error::{format_err, bail, Context, Result};
+use crate::error::{bail, format_err, Context, Result};
 
 /// Element types of PyTorch storages that famix can read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StorageDtype {
+    /// float64.
     F64,
+    /// float32.
     F32,
+    /// float16.
     F16,
+    /// bfloat16.
     BF16,
+    /// int64.
     I64,
+    /// int32.
     I32,
+    /// int16.
     I16,
+    /// int8.
     I8,
+    /// uint8.
     U8,
+    /// bool.
     Bool,
 }
 
 impl StorageDtype {
+    /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
             StorageDtype::F64 | StorageDtype::I64 => 8,
@@ -58,53 +69,80 @@ impl StorageDtype {
 /// A storage: raw little-endian bytes of `dtype` elements.
 #[derive(Debug)]
 pub struct Storage {
+    /// Element type.
     pub dtype: StorageDtype,
+    /// Raw little-endian bytes.
     pub data: Vec<u8>,
 }
 
 /// A strided view on a storage, as `torch._utils._rebuild_tensor_v2` describes it.
 #[derive(Debug, Clone)]
 pub struct TensorRef {
+    /// The storage viewed.
     pub storage: Rc<Storage>,
+    /// Offset in elements.
     pub offset: usize,
+    /// Shape.
     pub size: Vec<i64>,
+    /// Strides in elements.
     pub stride: Vec<i64>,
 }
 
 #[derive(Debug, Clone)]
+/// An object built by REDUCE/BUILD of a class the reader does not know (kept opaque).
 pub struct Object {
+    /// Its module.
     pub module: String,
+    /// Its class name.
     pub name: String,
+    /// Constructor arguments.
     pub args: Vec<Value>,
+    /// State set by BUILD.
     pub state: Option<Value>,
 }
 
 #[derive(Debug, Clone)]
+/// A pickled value.
 pub enum Value {
+    /// None.
     None,
+    /// A bool.
     Bool(bool),
+    /// An int (famix refuses ints beyond i64).
     Int(i64),
+    /// A float.
     Float(f64),
+    /// A str.
     Str(String),
+    /// bytes.
     Bytes(Vec<u8>),
+    /// A tuple.
     Tuple(Rc<Vec<Value>>),
+    /// A list (shared, as pickle memo references are).
     List(Rc<RefCell<Vec<Value>>>),
+    /// A dict, in insertion order.
     Dict(Rc<RefCell<Vec<(Value, Value)>>>),
+    /// A global (module, name) that was not called.
     Global(String, String),
+    /// An opaque object.
     Object(Rc<RefCell<Object>>),
+    /// A tensor storage.
     Storage(Rc<Storage>),
+    /// A tensor view of a storage.
     Tensor(Rc<TensorRef>),
     /// The pickle MARK sentinel; never escapes the VM.
     Mark,
 }
 
 impl Value {
+    /// The str, if this is one.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::Str(s) => Some(s),
             _ => None,
         }
     }
+    /// The int (or bool), if this is one.
     pub fn as_int(&self) -> Option<i64> {
         match self {
             Value::Int(i) => Some(*i),
@@ -112,6 +150,7 @@ impl Value {
             _ => None,
         }
     }
+    /// The float (ints and numpy scalars too), if this is one.
     pub fn as_f64(&self) -> Option<f64> {
         match self {
             Value::Float(f) => Some(*f),
@@ -137,21 +176,18 @@ impl Value {
     /// Items of a dict (also of an OrderedDict), with string keys.
     pub fn dict_items(&self) -> Option<Vec<(String, Value)>> {
         match self {
-            Value::Dict(d) => Some(
-                d.borrow()
-                    .iter()
-                    .filter_map(|(k, v)| k.as_str().map(|k| (k.to_string(), v.clone())))
-                    .collect(),
-            ),
+            Value::Dict(d) => Some(d.borrow().iter().filter_map(|(k, v)| k.as_str().map(|k| (k.to_string(), v.clone()))).collect()),
             _ => None,
         }
     }
+    /// A dict's value under a string key.
     pub fn get(&self, key: &str) -> Option<Value> {
         match self {
             Value::Dict(d) => d.borrow().iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v.clone()),
             _ => None,
         }
     }
+    /// A list's or tuple's items.
     pub fn list_items(&self) -> Option<Vec<Value>> {
         match self {
             Value::List(l) => Some(l.borrow().clone()),
@@ -159,6 +195,7 @@ impl Value {
             _ => None,
         }
     }
+    /// A short type name for messages.
     pub fn type_name(&self) -> String {
         match self {
             Value::None => "None".into(),
@@ -247,11 +284,7 @@ impl<'a, 'p> Vm<'a, 'p> {
         self.stack.last_mut().ok_or_else(|| format_err!("pickle stack underflow"))
     }
     fn pop_mark(&mut self) -> Result<Vec<Value>> {
-        let idx = self
-            .stack
-            .iter()
-            .rposition(|v| matches!(v, Value::Mark))
-            .ok_or_else(|| format_err!("pickle MARK not found"))?;
+        let idx = self.stack.iter().rposition(|v| matches!(v, Value::Mark)).ok_or_else(|| format_err!("pickle MARK not found"))?;
         let items = self.stack.split_off(idx + 1);
         self.stack.pop();
         Ok(items)
@@ -564,9 +597,7 @@ impl<'a, 'p> Vm<'a, 'p> {
                 };
                 Ok(Value::Dict(Rc::new(RefCell::new(items))))
             }
-            ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
-                rebuild_tensor(&args)
-            }
+            ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => rebuild_tensor(&args),
             ("torch._utils", "_rebuild_parameter") | ("torch._utils", "_rebuild_parameter_with_state") => {
                 args.into_iter().next().ok_or_else(|| format_err!("_rebuild_parameter without data"))
             }
@@ -584,12 +615,7 @@ impl<'a, 'p> Vm<'a, 'p> {
                 Ok(args.into_iter().next().unwrap_or(Value::List(Rc::new(RefCell::new(vec![])))))
             }
             ("builtins", "tuple") => Ok(Value::Tuple(Rc::new(args.into_iter().next().and_then(|v| v.list_items()).unwrap_or_default()))),
-            _ => Ok(Value::Object(Rc::new(RefCell::new(Object {
-                module: module.to_string(),
-                name: name.to_string(),
-                args,
-                state: None,
-            })))),
+            _ => Ok(Value::Object(Rc::new(RefCell::new(Object { module: module.to_string(), name: name.to_string(), args, state: None })))),
         }
     }
 }
@@ -686,9 +712,7 @@ fn rebuild_tensor(args: &[Value]) -> Result<Value> {
 /// Storage dtype from the storage-type global in a persistent id.
 pub fn storage_dtype(v: &Value) -> Result<StorageDtype> {
     match v {
-        Value::Global(_, name) => {
-            StorageDtype::from_name(name).ok_or_else(|| format_err!("unsupported storage type {name}"))
-        }
+        Value::Global(_, name) => StorageDtype::from_name(name).ok_or_else(|| format_err!("unsupported storage type {name}")),
         other => bail!("storage type is a {}", other.type_name()),
     }
 }
@@ -732,10 +756,8 @@ pub fn legacy_load(data: &[u8]) -> Result<Value> {
         .collect();
     let mut storages: HashMap<String, Rc<Storage>> = HashMap::new();
     for key in &keys {
-        let (_, dtype, _) = pending
-            .iter()
-            .find(|(k, _, _)| k == key)
-            .ok_or_else(|| format_err!("legacy storage {key} was never referenced"))?;
+        let (_, dtype, _) =
+            pending.iter().find(|(k, _, _)| k == key).ok_or_else(|| format_err!("legacy storage {key} was never referenced"))?;
         if pos + 8 > data.len() {
             bail!("legacy torch.save stream truncated before storage {key}");
         }
@@ -753,11 +775,7 @@ pub fn legacy_load(data: &[u8]) -> Result<Value> {
     load(data, &mut p2, &mut |pid: &Value| {
         let t = pid.list_items().unwrap_or_default();
         let key = t.get(2).and_then(|v| v.as_str()).unwrap_or_default();
-        storages
-            .get(key)
-            .cloned()
-            .map(Value::Storage)
-            .ok_or_else(|| format_err!("legacy storage {key} has no data"))
+        storages.get(key).cloned().map(Value::Storage).ok_or_else(|| format_err!("legacy storage {key} has no data"))
     })
 }
 

@@ -13,8 +13,11 @@ use crate::io::archive::{self, Format};
 /// The tensors of one checkpoint file, keys normalised (a DataParallel `module.`
 /// prefix is dropped).
 pub struct StateDict {
+    /// The file.
     pub path: PathBuf,
+    /// Its format.
     pub format: Format,
+    /// Name → tensor.
     pub tensors: HashMap<String, Tensor>,
     /// The top-level pickled object (PyTorch files), for non-tensor entries.
     pub top: Option<crate::io::pickle::Value>,
@@ -23,19 +26,18 @@ pub struct StateDict {
 }
 
 impl StateDict {
+    /// Reads any supported checkpoint file.
     pub fn load(path: &Path) -> Result<Self> {
         let loaded = archive::load_file(path)?;
-        let tensors: HashMap<String, Tensor> = loaded
-            .tensors
-            .into_iter()
-            .map(|(k, v)| (k.strip_prefix("module.").map(str::to_string).unwrap_or(k), v))
-            .collect();
+        let tensors: HashMap<String, Tensor> =
+            loaded.tensors.into_iter().map(|(k, v)| (k.strip_prefix("module.").map(str::to_string).unwrap_or(k), v)).collect();
         if tensors.is_empty() {
             bail!("{}: the file holds no tensors", path.display());
         }
         Ok(StateDict { path: path.to_path_buf(), format: loaded.format, tensors, top: loaded.top, metadata: loaded.metadata })
     }
 
+    /// Does any key start with `prefix`?
     pub fn has_prefix(&self, prefix: &str) -> bool {
         self.tensors.keys().any(|k| k.starts_with(prefix))
     }
@@ -60,19 +62,14 @@ pub fn load_vars(
     origin: &Path,
     what: &str,
 ) -> Result<()> {
-    let vars: HashMap<String, Tensor> = vs
-        .variables()
-        .into_iter()
-        .filter_map(|(k, v)| k.strip_prefix(dst_prefix).map(|s| (s.to_string(), v)))
-        .collect();
+    let vars: HashMap<String, Tensor> =
+        vs.variables().into_iter().filter_map(|(k, v)| k.strip_prefix(dst_prefix).map(|s| (s.to_string(), v))).collect();
     let mut missing = Vec::new();
     let mut shapes = Vec::new();
     for (name, var) in &vars {
         match src.get(&format!("{src_prefix}{name}")) {
             None => missing.push(format!("{src_prefix}{name}")),
-            Some(t) if t.size() != var.size() => {
-                shapes.push(format!("{src_prefix}{name} (file {:?}, model {:?})", t.size(), var.size()))
-            }
+            Some(t) if t.size() != var.size() => shapes.push(format!("{src_prefix}{name} (file {:?}, model {:?})", t.size(), var.size())),
             _ => {}
         }
     }
@@ -87,13 +84,7 @@ pub fn load_vars(
     shapes.sort();
     unexpected.sort();
     if !missing.is_empty() || !shapes.is_empty() || !unexpected.is_empty() {
-        return Err(Error::KeyMismatch {
-            path: origin.to_path_buf(),
-            what: what.to_string(),
-            missing,
-            mismatched: shapes,
-            unexpected,
-        });
+        return Err(Error::KeyMismatch { path: origin.to_path_buf(), what: what.to_string(), missing, mismatched: shapes, unexpected });
     }
     tch::no_grad(|| -> Result<()> {
         for (name, var) in &vars {

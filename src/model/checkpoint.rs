@@ -14,26 +14,34 @@ use crate::error::{bail, format_err, Context, Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
-use crate::io::weights::{load_vars, StateDict};
 use crate::clip::{OutputStride, ResNetConfig};
 use crate::data::labels::{default_class_names, default_palette};
 use crate::io::archive::{save_safetensors, Format};
+use crate::io::weights::{load_vars, StateDict};
 use crate::model::deeplab::HeadConfig;
 use crate::model::segmenter::{FreezePolicy, Segmenter, SegmenterConfig};
 
+/// The `format` field of famix segmenter checkpoints.
 pub const FORMAT: &str = "famix-segmenter";
+/// The newest checkpoint format this famix reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
 const META_KEY: &str = "famix";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+/// A famix checkpoint's header.
 pub struct CheckpointMeta {
+    /// Always [`FORMAT`].
     pub format: String,
+    /// The format version (see [`FORMAT_VERSION`]).
     pub format_version: u32,
+    /// The famix version that wrote the file.
     pub famix_version: String,
     #[serde(flatten)]
+    /// The network and its classes.
     pub model: SegmenterConfig,
     /// Training iterations done when this was written.
     pub step: u64,
+    /// Best validation mIoU of the run so far.
     pub best_miou: Option<f64>,
     /// The optimiser/training-state file next to this checkpoint, if any.
     pub optimizer_state: Option<String>,
@@ -43,6 +51,7 @@ pub struct CheckpointMeta {
 }
 
 impl CheckpointMeta {
+    /// A header for `model` at step 0.
     pub fn new(model: &SegmenterConfig) -> Self {
         CheckpointMeta {
             format: FORMAT.into(),
@@ -67,6 +76,7 @@ pub fn weights_path(path: &Path) -> PathBuf {
     }
 }
 
+/// The JSON header written beside a checkpoint.
 pub fn sidecar_path(weights: &Path) -> PathBuf {
     weights.with_extension("json")
 }
@@ -96,9 +106,13 @@ pub fn save_random_tiny(path: &Path, num_classes: i64) -> Result<PathBuf> {
 
 /// What was loaded and from where.
 pub struct Loaded {
+    /// The model.
     pub model: Segmenter,
+    /// Its header (made up for imported reference files).
     pub meta: CheckpointMeta,
+    /// The file read.
     pub path: PathBuf,
+    /// Whether it was a reference checkpoint.
     pub imported: bool,
 }
 
@@ -112,8 +126,8 @@ pub fn load(path: &Path, device: Device, output_stride: Option<OutputStride>) ->
     }
     let sd = StateDict::load(&src)?;
     if sd.format == Format::Safetensors && sd.metadata.contains_key(META_KEY) {
-        let meta: CheckpointMeta = serde_json::from_str(&sd.metadata[META_KEY])
-            .with_context(|| format!("{}: unreadable famix header", src.display()))?;
+        let meta: CheckpointMeta =
+            serde_json::from_str(&sd.metadata[META_KEY]).with_context(|| format!("{}: unreadable famix header", src.display()))?;
         if meta.format != FORMAT {
             bail!("{}: format {:?}, expected {FORMAT:?}", src.display(), meta.format);
         }
@@ -146,9 +160,8 @@ pub fn import_state(sd: &StateDict, device: Device, os: OutputStride) -> Result<
         bail!("{}: not a segmenter checkpoint (no backbone.*/classifier.* weights){hint}", path.display());
     }
     let backbone = ResNetConfig::infer(&sd.tensors, "backbone.").with_context(|| format!("{}", path.display()))?;
-    let get = |k: &str| -> Result<Vec<i64>> {
-        sd.tensors.get(k).map(|t| t.size()).ok_or_else(|| format_err!("{}: missing {k}", path.display()))
-    };
+    let get =
+        |k: &str| -> Result<Vec<i64>> { sd.tensors.get(k).map(|t| t.size()).ok_or_else(|| format_err!("{}: missing {k}", path.display())) };
     let num_classes = get("classifier.classifier.3.weight")?[0];
     let head = HeadConfig {
         num_classes,

@@ -9,7 +9,9 @@ use crate::clip::OutputStride;
 use crate::nn::{BatchNorm2d, Conv2d};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The head's shape.
 pub struct HeadConfig {
+    /// Output classes.
     pub num_classes: i64,
     /// ASPP / decoder width (256 in the reference).
     pub aspp_channels: i64,
@@ -51,10 +53,7 @@ struct ConvBn {
 
 impl ConvBn {
     fn new(p: &nn::Path, conv_name: &str, bn_name: &str, cin: i64, cout: i64, k: i64) -> Self {
-        ConvBn {
-            conv: Conv2d::new_kaiming_normal(&(p / conv_name), cin, cout, k, false),
-            bn: BatchNorm2d::new(&(p / bn_name), cout),
-        }
+        ConvBn { conv: Conv2d::new_kaiming_normal(&(p / conv_name), cin, cout, k, false), bn: BatchNorm2d::new(&(p / bn_name), cout) }
     }
     fn forward(&self, x: &Tensor, padding: i64, dilation: i64, train: bool) -> Tensor {
         self.bn.forward(&self.conv.forward(x, 1, padding, dilation), train).relu()
@@ -62,6 +61,7 @@ impl ConvBn {
 }
 
 #[derive(Debug)]
+/// The DeepLabv3+ head.
 pub struct DeepLabHead {
     project: ConvBn,
     aspp_1x1: ConvBn,
@@ -74,6 +74,7 @@ pub struct DeepLabHead {
 }
 
 impl DeepLabHead {
+    /// A head with Kaiming-initialised convolutions under `p`.
     pub fn new(p: &nn::Path, low_channels: i64, high_channels: i64, c: &HeadConfig, os: OutputStride) -> Self {
         let a = p / "aspp";
         let convs = &a / "convs";
@@ -91,6 +92,7 @@ impl DeepLabHead {
         }
     }
 
+    /// Switches the ASPP rates to those of `os`.
     pub fn set_output_stride(&mut self, os: OutputStride) {
         self.rates = aspp_rates(os);
     }

@@ -92,6 +92,7 @@ impl PredictOptions {
 }
 
 /// One image's segmentation.
+#[derive(Debug)]
 pub struct Prediction {
     /// Train ids, one channel, the input's size.
     pub train_ids: Image8,

@@ -32,9 +32,11 @@ impl FreezePolicy {
             FreezePolicy::Synthetic => stage == 3 && block + 1 == blocks_in_stage,
         }
     }
+    /// Does the stem train?
     pub fn stem_trains(self) -> bool {
         self == FreezePolicy::None
     }
+    /// Lower-case name.
     pub fn name(self) -> &'static str {
         match self {
             FreezePolicy::Synthetic => "synthetic",
@@ -45,16 +47,24 @@ impl FreezePolicy {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Everything that defines a segmenter besides its weights.
 pub struct SegmenterConfig {
+    /// The CLIP image tower's architecture (without the attention pool).
     pub backbone: ResNetConfig,
+    /// The DeepLabv3+ head's.
     pub head: HeadConfig,
+    /// The backbone's output stride.
     pub output_stride: OutputStride,
+    /// One name per class.
     pub class_names: Vec<String>,
+    /// One colour per class.
     pub palette: Vec<[u8; 3]>,
+    /// What trains.
     pub freeze: FreezePolicy,
 }
 
 impl SegmenterConfig {
+    /// A configuration with the reference head and Cityscapes names/colours.
     pub fn new(backbone: ResNetConfig, num_classes: i64, output_stride: OutputStride, freeze: FreezePolicy) -> Self {
         SegmenterConfig {
             backbone: ResNetConfig { output_dim: None, ..backbone },
@@ -66,6 +76,7 @@ impl SegmenterConfig {
         }
     }
 
+    /// Checks that names and colours match the class count.
     pub fn validate(&self) -> Result<()> {
         let n = self.head.num_classes as usize;
         if self.class_names.len() != n || self.palette.len() != n {
@@ -75,11 +86,25 @@ impl SegmenterConfig {
     }
 }
 
+/// Tensors with their variable names.
+pub type NamedTensors = Vec<(String, Tensor)>;
+
+/// The FAMix segmenter.
 pub struct Segmenter {
+    /// All parameters and batch-norm buffers.
     pub vs: nn::VarStore,
+    /// CLIP's image tower.
     pub backbone: ModifiedResNet,
+    /// The DeepLabv3+ head.
     pub head: DeepLabHead,
+    /// Its configuration.
     pub config: SegmenterConfig,
+}
+
+impl std::fmt::Debug for Segmenter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segmenter").field("config", &self.config).field("device", &self.device()).finish_non_exhaustive()
+    }
 }
 
 impl Segmenter {
@@ -101,16 +126,19 @@ impl Segmenter {
         Ok(s)
     }
 
+    /// Where the weights live.
     pub fn device(&self) -> Device {
         self.vs.device()
     }
 
+    /// Changes the output stride (dilations and ASPP rates; weights unchanged).
     pub fn set_output_stride(&mut self, os: OutputStride) {
         self.config.output_stride = os;
         self.backbone.set_output_stride(os);
         self.head.set_output_stride(os);
     }
 
+    /// Changes what trains.
     pub fn set_freeze(&mut self, policy: FreezePolicy) {
         self.config.freeze = policy;
         self.apply_freeze();
@@ -139,7 +167,7 @@ impl Segmenter {
     }
 
     /// Trainable parameters, split into (backbone, head) groups for their learning rates.
-    pub fn param_groups(&self) -> (Vec<(String, Tensor)>, Vec<(String, Tensor)>) {
+    pub fn param_groups(&self) -> (NamedTensors, NamedTensors) {
         let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         vars.into_iter().partition(|(n, _)| n.starts_with("backbone."))
@@ -152,11 +180,7 @@ impl Segmenter {
         let policy = self.config.freeze;
         let (h, w) = (x.size()[2], x.size()[3]);
         let low_trains = train && policy.stem_trains();
-        let low = if low_trains {
-            self.backbone.forward_low(x, true)
-        } else {
-            tch::no_grad(|| self.backbone.forward_low(x, false))
-        };
+        let low = if low_trains { self.backbone.forward_low(x, true) } else { tch::no_grad(|| self.backbone.forward_low(x, false)) };
         let low = match restyle {
             Some(f) => f(&low),
             None => low,
@@ -189,6 +213,7 @@ impl Segmenter {
     }
 }
 
+/// A batch-norm running statistic (never trained by gradient)?
 pub fn is_bn_buffer(name: &str) -> bool {
     name.ends_with("running_mean") || name.ends_with("running_var")
 }

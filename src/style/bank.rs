@@ -8,30 +8,39 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::error::{format_err, bail, Context, Result};
+use crate::error::{bail, format_err, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::labels::{default_class_names, IGNORE};
 use crate::io::archive::{load_file, save_safetensors};
 
+/// The `format` field of style banks.
 pub const FORMAT: &str = "famix-style-bank";
 
 /// One mined style with where it came from.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StyleOrigin {
+    /// Mining batch it came from.
     pub batch: u64,
     /// Patch index in the batch (grid-cell-major, then image).
     pub patch: usize,
+    /// The prompt it was mined for.
     pub prompt: String,
+    /// PIN loss at the last iteration.
     pub final_loss: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+/// A bank's JSON summary (also its safetensors metadata).
 pub struct BankSummary {
+    /// Always [`FORMAT`].
     pub format: String,
+    /// The famix version that wrote it.
     pub famix_version: String,
+    /// Channels of each μ and σ.
     pub channels: usize,
+    /// Styles per class name.
     pub counts: BTreeMap<String, usize>,
     /// Mining settings and provenance (dataset, CLIP hash, seed, ...), for resume checks.
     #[serde(default)]
@@ -40,6 +49,7 @@ pub struct BankSummary {
     #[serde(default)]
     pub batches_done: u64,
     #[serde(default)]
+    /// Batches the run will mine in all.
     pub batches_total: u64,
     /// Per class, where each entry came from (same order as the tensors).
     #[serde(default)]
@@ -49,34 +59,39 @@ pub struct BankSummary {
     pub batch_losses: Vec<f64>,
 }
 
+/// One class's styles: (μ rows, σ rows).
+pub type ClassStyles = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+
 #[derive(Debug, Clone)]
+/// Per-class lists of mined (μ, σ).
 pub struct StyleBank {
+    /// Channels of each μ and σ (layer1's width).
     pub channels: usize,
+    /// Class names (index = train id).
     pub class_names: Vec<String>,
     /// class id (0..K, 255 = ignore) → (μ rows, σ rows), each row `channels` long.
-    pub entries: BTreeMap<u8, (Vec<Vec<f32>>, Vec<Vec<f32>>)>,
+    pub entries: BTreeMap<u8, ClassStyles>,
+    /// Counts, progress and provenance.
     pub summary: BankSummary,
 }
 
+/// The JSON summary written beside a bank.
 pub fn sidecar(path: &Path) -> PathBuf {
     path.with_extension("json")
 }
 
 impl StyleBank {
+    /// An empty bank.
     pub fn new(channels: usize, class_names: Vec<String>) -> Self {
         StyleBank {
             channels,
             class_names,
             entries: BTreeMap::new(),
-            summary: BankSummary {
-                format: FORMAT.into(),
-                famix_version: env!("CARGO_PKG_VERSION").into(),
-                channels,
-                ..Default::default()
-            },
+            summary: BankSummary { format: FORMAT.into(), famix_version: env!("CARGO_PKG_VERSION").into(), channels, ..Default::default() },
         }
     }
 
+    /// The key of a class in files: its name, or "255" for ignore.
     pub fn key(&self, class: u8) -> String {
         if class == IGNORE {
             "255".into()
@@ -92,6 +107,7 @@ impl StyleBank {
         self.class_names.iter().position(|n| n == key).map(|i| i as u8)
     }
 
+    /// Appends a style to a class.
     pub fn push(&mut self, class: u8, mu: Vec<f32>, sigma: Vec<f32>, origin: Option<StyleOrigin>) {
         let e = self.entries.entry(class).or_default();
         e.0.push(mu);
@@ -102,10 +118,12 @@ impl StyleBank {
         }
     }
 
+    /// Styles of a class.
     pub fn count(&self, class: u8) -> usize {
         self.entries.get(&class).map(|e| e.0.len()).unwrap_or(0)
     }
 
+    /// Styles in all.
     pub fn total(&self) -> usize {
         self.entries.values().map(|e| e.0.len()).sum()
     }
@@ -115,6 +133,7 @@ impl StyleBank {
         self.summary.counts = self.entries.iter().map(|(c, e)| (self.key(*c), e.0.len())).collect();
     }
 
+    /// Writes the bank (tensors and summary) atomically.
     pub fn save(&mut self, path: &Path) -> Result<()> {
         self.refresh_counts();
         let mut tensors = Vec::new();
@@ -129,6 +148,7 @@ impl StyleBank {
         crate::io::atomic_write_json(&sidecar(path), &self.summary)
     }
 
+    /// Reads a bank written by `save`.
     pub fn load(path: &Path) -> Result<Self> {
         if !path.exists() {
             bail!("style bank {} not found", path.display());
@@ -168,7 +188,7 @@ impl StyleBank {
         Ok(bank)
     }
 
-    /// Imports the reference's `saved_params.pkl` (dict '<class>_mu' / '<class>_std' →
+    /// Imports the reference's `saved_params.pkl` (dict `'<class>_mu'` / `'<class>_std'` →
     /// lists of (C,1,1) tensors).
     pub fn import_reference(path: &Path) -> Result<Self> {
         let bytes = crate::io::archive::read_bytes(path)?;
@@ -268,8 +288,11 @@ impl StyleBank {
     }
 }
 
+/// The bank as device tables for mixing.
 pub struct BankTables {
+    /// (styles, C) means.
     pub mu: Tensor,
+    /// (styles, C) deviations.
     pub sigma: Tensor,
     /// Per class slot (train ids 0..K, then the ignore class), (first row, rows).
     pub spans: Vec<(usize, usize)>,

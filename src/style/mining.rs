@@ -11,21 +11,25 @@ use tch::Tensor;
 
 use crate::error::{bail, Context, Error, Result};
 use crate::progress::{Progress, Unit};
-use crate::style::pin::{optimise, select_patches, gather_patches, PinConfig, PinProblem, PinResult, Selection};
+use crate::style::pin::{gather_patches, optimise, select_patches, PinConfig, PinProblem, PinResult, Selection};
 
-use crate::model::inference::normalize_u8;
 use crate::clip::Clip;
 use crate::data::augment::TrainAugment;
 use crate::data::loader::{batches_per_epoch, BatchLoader, LoaderConfig};
 use crate::data::Dataset;
+use crate::model::inference::normalize_u8;
 use crate::rng::{stream, Rng};
 use crate::style::bank::{StyleBank, StyleOrigin};
 use crate::style::prompts::{PromptEmbedder, PromptSet};
 
 #[derive(Debug, Clone)]
+/// How a mining run reads data and saves.
 pub struct MineSettings {
+    /// Crops per batch.
     pub batch: usize,
+    /// Crop size.
     pub crop: usize,
+    /// Seed of data order, crops and prompt choice.
     pub seed: u64,
     /// Mine at most this many batches (default: one pass over the dataset).
     pub limit: Option<u64>,
@@ -35,6 +39,7 @@ pub struct MineSettings {
     pub save_every: u64,
     /// Target-aware mining: this description instead of random styles.
     pub description: Option<String>,
+    /// Decoding threads.
     pub workers: usize,
     /// Replace unreadable samples by the next readable one.
     pub skip_bad: bool,
@@ -200,9 +205,13 @@ pub fn check_settings(s: &MineSettings, pin: &PinConfig) -> Result<()> {
 
 /// One mined batch: its selections, prompts and PIN result.
 pub struct MinedBatch {
+    /// The batch's index in the run.
     pub index: u64,
+    /// The mined patches.
     pub selections: Vec<Selection>,
+    /// One prompt per mined patch.
     pub prompts: Vec<String>,
+    /// The learnt statistics.
     pub result: PinResult,
 }
 

@@ -37,6 +37,7 @@ pub struct StyleDraw {
 }
 
 /// Draws bank rows for each (image, cell) and the Beta weights for iteration `step`.
+#[allow(clippy::too_many_arguments)]
 pub fn draw(
     tables: &BankTables,
     dominant: &[Vec<u8>],
@@ -53,9 +54,7 @@ pub fn draw(
         for &class in d {
             match tables.pick(class, pick.uniform()) {
                 Some(r) => rows.push(r as i64),
-                None => bail!(
-                    "the style bank has no styles for class {class} and no ignore-class (255) styles to fall back on"
-                ),
+                None => bail!("the style bank has no styles for class {class} and no ignore-class (255) styles to fall back on"),
             }
         }
     }

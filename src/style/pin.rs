@@ -22,11 +22,17 @@ use crate::clip::ModifiedResNet;
 use crate::train::sgd::Sgd;
 
 #[derive(Debug, Clone)]
+/// PIN's optimisation settings (the reference's by default).
 pub struct PinConfig {
+    /// SGD iterations per batch.
     pub iters: usize,
+    /// Learning rate.
     pub lr: f64,
+    /// SGD momentum.
     pub momentum: f64,
+    /// SGD weight decay.
     pub weight_decay: f64,
+    /// Patches per side.
     pub grid: usize,
 }
 
@@ -41,8 +47,11 @@ impl Default for PinConfig {
 pub struct Selection {
     /// Index in the batch's patch order (cell · B + image).
     pub patch: usize,
+    /// Image in the batch.
     pub image: usize,
+    /// Grid cell (row-major).
     pub cell: usize,
+    /// Its dominant class.
     pub class: u8,
 }
 
@@ -96,9 +105,11 @@ pub struct PinProblem {
     pub targets: Tensor,
 }
 
+/// What PIN learnt for one batch.
 pub struct PinResult {
     /// (n, C) learnt means and deviations.
     pub mu: Tensor,
+    /// (n, C) learnt deviations.
     pub sigma: Tensor,
     /// Loss of each iteration (before its update), as the reference logs it.
     pub losses: Vec<f64>,
@@ -113,7 +124,7 @@ pub fn optimise(visual: &ModifiedResNet, problems: &[PinProblem], cfg: &PinConfi
     let device = problems[0].patches.device();
     let res = visual.config.input_resolution / 4;
     let counts: Vec<i64> = problems.iter().map(|p| p.patches.size()[0]).collect();
-    if counts.iter().any(|&n| n == 0) {
+    if counts.contains(&0) {
         bail!("a mining batch has no patches");
     }
     let patches = Tensor::cat(&problems.iter().map(|p| p.patches.shallow_clone()).collect::<Vec<_>>(), 0);

@@ -16,10 +16,15 @@ use crate::rng::Rng;
 const DEFAULT_PROMPTS: &str = include_str!("../../assets/prompts.json");
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// Classes, templates and style words of the prompts.
 pub struct PromptSet {
+    /// One name per train id.
     pub class_names: Vec<String>,
+    /// The prompt of the ignore class ("photo").
     pub ignore_class_prompt: String,
+    /// CLIP's prompt templates with a `{}` slot.
     pub templates: Vec<String>,
+    /// Style words drawn for each prompt.
     pub random_styles: Vec<String>,
 }
 
@@ -46,8 +51,7 @@ impl PromptSet {
         if let Ok(list) = serde_json::from_str::<Vec<String>>(&text) {
             set.random_styles = list;
         } else {
-            let p: PartialPrompts =
-                serde_json::from_str(&text).with_context(|| format!("{}: not a prompt JSON file", path.display()))?;
+            let p: PartialPrompts = serde_json::from_str(&text).with_context(|| format!("{}: not a prompt JSON file", path.display()))?;
             if let Some(v) = p.class_names {
                 set.class_names = v;
             }
@@ -65,6 +69,7 @@ impl PromptSet {
         Ok(set)
     }
 
+    /// Checks that every list is non-empty and every template has a slot.
     pub fn validate(&self) -> Result<()> {
         if self.random_styles.is_empty() {
             bail!("the style list is empty");
@@ -94,6 +99,7 @@ impl PromptSet {
     }
 }
 
+/// A template with `text` in its slot.
 pub fn fill_template(template: &str, text: &str) -> String {
     template.replacen("{}", text, 1)
 }
@@ -107,6 +113,7 @@ pub struct PromptEmbedder<'a> {
 }
 
 impl<'a> PromptEmbedder<'a> {
+    /// An embedder over `templates` with CLIP's text tower.
     pub fn new(clip: &'a Clip, templates: Vec<String>) -> Result<Self> {
         clip.text()?;
         Ok(PromptEmbedder { clip, templates, cache: HashMap::new() })

@@ -7,13 +7,18 @@ use std::collections::HashMap;
 use crate::error::Result;
 use tch::Tensor;
 
+/// PyTorch's SGD with momentum and weight decay (dampening 0, no Nesterov).
 pub struct Sgd {
+    /// Momentum.
     pub momentum: f64,
+    /// L2 weight decay added to the gradient.
     pub weight_decay: f64,
+    /// Momentum buffers by parameter name.
     pub buffers: HashMap<String, Tensor>,
 }
 
 impl Sgd {
+    /// An optimiser without momentum buffers yet.
     pub fn new(momentum: f64, weight_decay: f64) -> Self {
         Sgd { momentum, weight_decay, buffers: HashMap::new() }
     }
@@ -50,6 +55,7 @@ impl Sgd {
         })
     }
 
+    /// Clears the parameters' gradients.
     pub fn zero_grad(params: &[(String, Tensor)]) {
         for (_, p) in params {
             let mut g = p.grad();
@@ -60,18 +66,17 @@ impl Sgd {
         }
     }
 
+    /// The momentum buffers, sorted by name (for checkpoints).
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> =
-            self.buffers.iter().map(|(k, t)| (format!("momentum.{k}"), t.shallow_clone())).collect();
+        let mut v: Vec<(String, Tensor)> = self.buffers.iter().map(|(k, t)| (format!("momentum.{k}"), t.shallow_clone())).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
 
+    /// Restores momentum buffers saved by `state`.
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, device: tch::Device) -> Result<()> {
-        self.buffers = tensors
-            .iter()
-            .filter_map(|(k, t)| k.strip_prefix("momentum.").map(|n| (n.to_string(), t.to_device(device))))
-            .collect();
+        self.buffers =
+            tensors.iter().filter_map(|(k, t)| k.strip_prefix("momentum.").map(|n| (n.to_string(), t.to_device(device)))).collect();
         Ok(())
     }
 }

@@ -17,26 +17,31 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
-use crate::model::inference::normalize_u8;
-use crate::io::weights::{load_vars, StateDict};
 use crate::clip::{OutputStride, ResNetConfig};
 use crate::data::augment::TrainAugment;
 use crate::data::loader::{Batch, BatchLoader, LoaderConfig};
 use crate::data::{Dataset, DatasetKind};
 use crate::eval::{evaluate, EvalOptions};
+use crate::io::weights::{load_vars, StateDict};
 use crate::model::checkpoint::{self, CheckpointMeta};
+use crate::model::inference::normalize_u8;
 use crate::model::{FreezePolicy, HeadConfig, Precision, Segmenter, SegmenterConfig};
+use crate::progress::{Progress, Silent, Unit};
 use crate::rng::{stream, Rng};
 use crate::style::bank::{BankTables, StyleBank};
 use crate::style::mixing::{self, StyleMode};
 use crate::train::sgd::{poly_lr, Sgd};
-use crate::progress::{Progress, Silent, Unit};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The validation set of a run.
 pub struct ValSpec {
+    /// Its layout.
     pub dataset: DatasetKind,
+    /// Its root folder.
     pub data_root: PathBuf,
+    /// Its split.
     pub split: String,
+    /// The ACDC condition, if any.
     pub condition: Option<String>,
     /// Validate on the first N images only.
     pub limit: Option<usize>,
@@ -45,36 +50,63 @@ pub struct ValSpec {
 /// Everything a run needs; written to RUN_DIR/config.json and reused on resume.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
+    /// CLIP checkpoint of the backbone's initial weights.
     pub clip: PathBuf,
+    /// Its SHA-256.
     pub clip_sha256: String,
+    /// Source dataset layout.
     pub dataset: DatasetKind,
+    /// Source dataset root.
     pub data_root: PathBuf,
+    /// Source split.
     pub split: String,
+    /// ACDC condition of the source, if any.
     pub condition: Option<String>,
+    /// The style bank.
     pub styles: Option<PathBuf>,
+    /// Mixing, styles without mixing, or no styles.
     pub style_mode: StyleMode,
+    /// Total iterations.
     pub iters: u64,
+    /// Images per iteration.
     pub batch: usize,
+    /// Crop size.
     pub crop: usize,
     /// Head learning rate; the backbone's is `lr · backbone_lr_mult`.
     pub lr: f64,
+    /// Backbone learning rate as a multiple of `lr`.
     pub backbone_lr_mult: f64,
+    /// SGD momentum.
     pub momentum: f64,
+    /// SGD weight decay.
     pub weight_decay: f64,
+    /// Poly schedule power.
     pub poly_power: f64,
+    /// Floor of the schedule.
     pub min_lr: f64,
+    /// Cross-entropy label smoothing.
     pub label_smoothing: f64,
+    /// Backbone output stride.
     pub output_stride: OutputStride,
+    /// What trains.
     pub freeze: FreezePolicy,
+    /// Style grid, patches per side.
     pub grid: usize,
+    /// Beta(beta, beta) mixing weights.
     pub beta: f64,
     /// Colour jitter + flips (the reference's `--data_aug`).
     pub augment: bool,
+    /// The head.
     pub head: HeadConfig,
+    /// Validation set, if any.
     pub val: Option<ValSpec>,
+    /// Iterations between validations and checkpoints.
     pub val_interval: u64,
+    /// Iterations between log lines.
     pub log_interval: u64,
+    /// Seed of every random choice.
     pub seed: u64,
+    /// bf16 autocast (see [`TrainConfig::precision`]).
     pub amp_bf16: bool,
 }
 
@@ -135,9 +167,13 @@ impl TrainConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+/// A run's progress, saved with its latest checkpoint.
 pub struct TrainState {
+    /// Iterations done.
     pub step: u64,
+    /// Best validation mIoU.
     pub best_miou: Option<f64>,
+    /// Iteration of the best validation.
     pub best_step: Option<u64>,
 }
 
@@ -171,12 +207,15 @@ pub struct TrainSummary {
     pub skipped: Vec<crate::data::Skipped>,
 }
 
+/// RUN/config.json.
 pub fn config_path(run: &Path) -> PathBuf {
     run.join("config.json")
 }
+/// RUN/latest.safetensors.
 pub fn latest_path(run: &Path) -> PathBuf {
     run.join("latest.safetensors")
 }
+/// RUN/best.safetensors.
 pub fn best_path(run: &Path) -> PathBuf {
     run.join("best.safetensors")
 }
@@ -206,9 +245,8 @@ fn save_state(run: &Path, model: &Segmenter, meta: &CheckpointMeta, sgd: &Sgd, s
 fn load_state(run: &Path, device: Device, sgd: &mut Sgd) -> Result<TrainState> {
     let p = optim_path(run);
     let f = crate::io::archive::load_file(&p).with_context(|| format!("{}: cannot resume without the optimiser state", p.display()))?;
-    let state: TrainState = serde_json::from_str(
-        f.metadata.get("famix-train-state").with_context(|| format!("{}: no training state", p.display()))?,
-    )?;
+    let state: TrainState =
+        serde_json::from_str(f.metadata.get("famix-train-state").with_context(|| format!("{}: no training state", p.display()))?)?;
     sgd.load_state(&f.into_map(), device)?;
     Ok(state)
 }
@@ -220,7 +258,9 @@ struct Log {
 impl Log {
     fn open(run: &Path) -> Result<Self> {
         let p = run.join("train_log.jsonl");
-        Ok(Log { file: std::fs::OpenOptions::new().create(true).append(true).open(&p).with_context(|| format!("cannot open {}", p.display()))? })
+        Ok(Log {
+            file: std::fs::OpenOptions::new().create(true).append(true).open(&p).with_context(|| format!("cannot open {}", p.display()))?,
+        })
     }
     fn write(&mut self, v: serde_json::Value) -> Result<()> {
         writeln!(self.file, "{v}")?;
@@ -232,16 +272,20 @@ impl Log {
 /// One training iteration's computation (shared by `train` and `famix bench`):
 /// normalise on the device, draw styles, forward with mixing, loss, backward, SGD.
 pub struct Stepper<'a> {
+    /// The model being trained.
     pub model: &'a Segmenter,
+    /// The optimiser.
     pub sgd: Sgd,
     bb: Vec<(String, Tensor)>,
     head: Vec<(String, Tensor)>,
     all: Vec<(String, Tensor)>,
+    /// Style tables (None without styles).
     pub tables: Option<BankTables>,
     cfg: &'a TrainConfig,
 }
 
 impl<'a> Stepper<'a> {
+    /// A stepper over the model's trainable parameters.
     pub fn new(model: &'a Segmenter, cfg: &'a TrainConfig, tables: Option<BankTables>, sgd: Sgd) -> Self {
         let (bb, head) = model.param_groups();
         let all = bb.iter().chain(&head).map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
@@ -467,14 +511,8 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, opts: &RunOptions, pro
     let mut sgd = Sgd::new(cfg.momentum, cfg.weight_decay);
     let (model, state) = restore_or_init(cfg, run, resume, device, &mut sgd)?;
     let start = state.step;
-    let summary = TrainSummary {
-        steps: start,
-        last_loss: None,
-        best_miou: state.best_miou,
-        last_miou: None,
-        run_dir: run.into(),
-        skipped: vec![],
-    };
+    let summary =
+        TrainSummary { steps: start, last_loss: None, best_miou: state.best_miou, last_miou: None, run_dir: run.into(), skipped: vec![] };
     if start >= cfg.iters {
         progress.notice(&format!("{} is already at iteration {start} of {}", run.display(), cfg.iters));
         return Ok(summary);

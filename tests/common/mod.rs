@@ -33,11 +33,7 @@ pub fn famix_bin() -> PathBuf {
 /// Runs the famix binary; returns (exit code, stdout, stderr).
 pub fn run_famix(args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(famix_bin()).args(args).output().expect("famix runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 pub fn tmpdir() -> tempfile::TempDir {
