@@ -88,9 +88,7 @@ fn mine_styles(a: &DemoArgs, p: &Paths) -> Result<String> {
         limit: Some(a.mine_batches),
         group: 2,
         save_every: 100,
-        description: None,
-        workers: default_workers(),
-        skip_bad: false,
+        ..MineSettings::reference(default_workers())
     };
     let src_train = Arc::new(Dataset::open(DatasetKind::Folder, &p.src, "train", None)?);
     let _ = std::fs::remove_file(&p.bank);

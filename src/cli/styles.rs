@@ -34,24 +34,24 @@ pub struct MineArgs {
     /// Output style bank (.safetensors; a .json summary is written beside it)
     #[arg(long)]
     out: PathBuf,
-    /// Crops per batch
-    #[arg(long, default_value_t = 16)]
-    batch: usize,
-    /// Random crop size (divisible by 4 × grid)
-    #[arg(long, default_value_t = 768)]
-    crop: usize,
-    /// PIN iterations per batch
-    #[arg(long, default_value_t = 100)]
-    iters: usize,
-    /// PIN learning rate (SGD, momentum 0.9, weight decay 1e-4)
-    #[arg(long, default_value_t = 1.0)]
-    lr: f64,
-    /// Patches per side
-    #[arg(long, default_value_t = 3)]
-    grid: usize,
-    /// Seed for data order, crops and style choice
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    /// Crops per batch [default: 16]
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Random crop size, divisible by 4 × grid [default: 768]
+    #[arg(long)]
+    crop: Option<usize>,
+    /// PIN iterations per batch [default: 100]
+    #[arg(long)]
+    iters: Option<usize>,
+    /// PIN learning rate (SGD, momentum 0.9, weight decay 1e-4) [default: 1]
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Patches per side [default: 3]
+    #[arg(long)]
+    grid: Option<usize>,
+    /// Seed for data order, crops and style choice [default: 1]
+    #[arg(long)]
+    seed: Option<u64>,
     /// Mine only the first N batches
     #[arg(long)]
     limit: Option<u64>,
@@ -61,12 +61,12 @@ pub struct MineArgs {
     /// Target-aware mining (PØDA-style): this description instead of random styles, e.g. "driving at night"
     #[arg(long)]
     prompt: Option<String>,
-    /// Batches optimised together in one launch (same result as one by one; faster on GPUs)
-    #[arg(long, default_value_t = 1)]
-    group: usize,
-    /// Write the bank every N batches (it is always written at the end)
-    #[arg(long, default_value_t = 10)]
-    save_every: u64,
+    /// Batches optimised together in one launch (same result as one by one; faster on GPUs) [default: 1]
+    #[arg(long)]
+    group: Option<usize>,
+    /// Write the bank every N batches (it is always written at the end) [default: 10]
+    #[arg(long)]
+    save_every: Option<u64>,
     /// Continue an interrupted run from the bank at --out
     #[arg(long)]
     resume: bool,
@@ -82,18 +82,22 @@ pub fn mine_styles(a: MineArgs) -> Result<i32> {
         bail!("{} exists: pass --resume to continue mining into it, or --force to start over", a.out.display());
     }
     let device = a.job.device.device;
-    let pin = PinConfig { iters: a.iters, lr: a.lr, grid: a.grid, ..Default::default() };
-    let settings = MineSettings {
-        batch: a.batch,
-        crop: a.crop,
-        seed: a.seed,
-        limit: a.limit,
-        group: a.group,
-        save_every: a.save_every,
-        description: a.prompt.clone(),
-        workers: a.job.workers(),
-        skip_bad: a.job.skip_bad,
+    let reference = PinConfig::default();
+    let pin = PinConfig {
+        iters: a.iters.unwrap_or(reference.iters),
+        lr: a.lr.unwrap_or(reference.lr),
+        grid: a.grid.unwrap_or(reference.grid),
+        ..reference
     };
+    let mut settings = MineSettings::reference(a.job.workers());
+    settings.batch = a.batch.unwrap_or(settings.batch);
+    settings.crop = a.crop.unwrap_or(settings.crop);
+    settings.seed = a.seed.unwrap_or(settings.seed);
+    settings.group = a.group.unwrap_or(settings.group);
+    settings.save_every = a.save_every.unwrap_or(settings.save_every);
+    settings.limit = a.limit;
+    settings.description = a.prompt.clone();
+    settings.skip_bad = a.job.skip_bad;
     check_settings(&settings, &pin)?;
     let prompts = match &a.styles {
         Some(p) => PromptSet::from_file(p)?,

@@ -45,6 +45,14 @@ pub struct MineSettings {
     pub skip_bad: bool,
 }
 
+impl MineSettings {
+    /// The reference's mining run (batches of 16 crops of 768², seed 1, one pass over
+    /// the dataset), one batch per launch, saving every 10 batches.
+    pub fn reference(workers: usize) -> Self {
+        MineSettings { batch: 16, crop: 768, seed: 1, limit: None, group: 1, save_every: 10, description: None, workers, skip_bad: false }
+    }
+}
+
 /// The settings a resumed run must share with the run it continues.
 pub fn run_identity(clip_sha: &str, ds: &Dataset, s: &MineSettings, pin: &PinConfig, prompts: &PromptSet) -> serde_json::Value {
     serde_json::json!({
