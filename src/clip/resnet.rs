@@ -122,10 +122,17 @@ impl ResNetConfig {
             .get(&format!("{prefix}layer1.0.conv1.weight"))
             .or_else(|| weights.get(&format!("{prefix}conv3.weight")))
             .ok_or_else(|| format_err!("missing {prefix}layer1.0.conv1.weight"))?
-            .size()[0];
+            .size()
+            .first()
+            .copied()
+            .filter(|&w| w > 0)
+            .ok_or_else(|| format_err!("{prefix}layer1.0.conv1.weight has no channels"))?;
         let (output_dim, input_resolution) = match weights.get(&format!("{prefix}attnpool.positional_embedding")) {
             Some(pe) => {
-                let n = pe.size()[0];
+                let n = pe.size().first().copied().unwrap_or(0);
+                if n < 2 {
+                    bail!("{prefix}attnpool.positional_embedding has {n} rows");
+                }
                 let grid = (((n - 1) as f64).sqrt()).round() as i64;
                 if grid * grid + 1 != n {
                     bail!("{prefix}attnpool.positional_embedding has {n} rows, not a square grid + 1");
@@ -133,7 +140,10 @@ impl ResNetConfig {
                 let out = weights
                     .get(&format!("{prefix}attnpool.c_proj.weight"))
                     .ok_or_else(|| format_err!("missing {prefix}attnpool.c_proj.weight"))?
-                    .size()[0];
+                    .size()
+                    .first()
+                    .copied()
+                    .unwrap_or(0);
                 (Some(out), grid * 32)
             }
             None => (None, 224),

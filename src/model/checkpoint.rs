@@ -81,14 +81,41 @@ pub fn sidecar_path(weights: &Path) -> PathBuf {
     weights.with_extension("json")
 }
 
-/// Writes weights + header atomically (temp file + rename), then the JSON sidecar.
+/// Writes weights + header atomically (temp file, fsync, rename, folder fsync), then
+/// the JSON sidecar (a copy of the header for people and scripts; famix reads the
+/// header from the weights file, so the two renames need not be one step).
 pub fn save(seg: &Segmenter, meta: &CheckpointMeta, path: &Path) -> Result<PathBuf> {
+    save_with(seg, meta, Vec::new(), HashMap::new(), path)
+}
+
+/// The prefix of extra tensors a training checkpoint carries (the optimiser's
+/// momentum buffers); loading a model ignores them.
+pub const EXTRA_PREFIX: &str = "optim.";
+
+/// [`save`] with extra tensors (named under [`EXTRA_PREFIX`]) and metadata entries
+/// in the same file, so everything becomes visible in one rename: a training
+/// checkpoint's weights, optimiser state and step cannot disagree after a crash.
+pub fn save_with(
+    seg: &Segmenter,
+    meta: &CheckpointMeta,
+    extra: Vec<(String, Tensor)>,
+    mut metadata: HashMap<String, String>,
+    path: &Path,
+) -> Result<PathBuf> {
     let path = weights_path(path);
+    if !meta.best_miou.is_none_or(f64::is_finite) {
+        bail!("{}: refusing to write a non-finite best mIoU", path.display());
+    }
     let mut tensors: Vec<(String, Tensor)> = seg.vs.variables().into_iter().collect();
+    for (k, t) in extra {
+        if !k.starts_with(EXTRA_PREFIX) {
+            bail!("extra checkpoint tensor {k:?} must be named {EXTRA_PREFIX}*");
+        }
+        tensors.push((k, t));
+    }
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    let header = serde_json::to_string(meta)?;
-    let md: HashMap<String, String> = [(META_KEY.to_string(), header)].into_iter().collect();
-    save_safetensors(&path, &tensors, Some(md))?;
+    metadata.insert(META_KEY.to_string(), serde_json::to_string(meta)?);
+    save_safetensors(&path, &tensors, Some(metadata))?;
     crate::io::atomic_write_json(&sidecar_path(&path), meta)?;
     Ok(path)
 }
@@ -114,6 +141,10 @@ pub struct Loaded {
     pub path: PathBuf,
     /// Whether it was a reference checkpoint.
     pub imported: bool,
+    /// Tensors under [`EXTRA_PREFIX`] (a training checkpoint's optimiser state).
+    pub extra: HashMap<String, Tensor>,
+    /// The file's safetensors metadata besides the header (training state).
+    pub metadata: HashMap<String, String>,
 }
 
 /// Loads a famix checkpoint or a reference FAMix `.pth`. `output_stride` overrides
@@ -138,13 +169,60 @@ pub fn load(path: &Path, device: Device, output_stride: Option<OutputStride>) ->
         if let Some(os) = output_stride {
             cfg.output_stride = os;
         }
+        check_header(&cfg, &sd).with_context(|| format!("{}: the header does not describe the weights", src.display()))?;
         let model = Segmenter::new(cfg, Device::Cpu).with_context(|| format!("{}", src.display()))?;
-        load_vars(&model.vs, "", &sd.tensors, "", &|_| false, &src, "segmenter described by its header")?;
+        let extra_key = |k: &str| k.starts_with(EXTRA_PREFIX);
+        load_vars(&model.vs, "", &sd.tensors, "", &extra_key, &src, "segmenter described by its header")?;
         let model = to_device(model, device);
-        return Ok(Loaded { model, meta, path: src, imported: false });
+        let extra = sd.tensors.iter().filter(|(k, _)| extra_key(k)).map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
+        let mut metadata = sd.metadata.clone();
+        metadata.remove(META_KEY);
+        return Ok(Loaded { model, meta, path: src, imported: false, extra, metadata });
     }
     let (model, meta) = import_state(&sd, device, output_stride.unwrap_or(OutputStride::Os16))?;
-    Ok(Loaded { model, meta, path: src, imported: true })
+    Ok(Loaded { model, meta, path: src, imported: true, extra: HashMap::new(), metadata: HashMap::new() })
+}
+
+/// The head a state dict's shapes describe (dropout: the reference's 0.1).
+fn infer_head(sd: &StateDict) -> Result<HeadConfig> {
+    let get = |k: &str| -> Result<i64> {
+        let size = sd.tensors.get(k).map(|t| t.size()).ok_or_else(|| format_err!("{}: missing {k}", sd.path.display()))?;
+        size.first().copied().filter(|&n| n > 0).ok_or_else(|| format_err!("{}: {k} has shape {size:?}", sd.path.display()))
+    };
+    Ok(HeadConfig {
+        num_classes: get("classifier.classifier.3.weight")?,
+        aspp_channels: get("classifier.aspp.project.0.weight")?,
+        low_proj_channels: get("classifier.project.0.weight")?,
+        dropout: 0.1,
+    })
+}
+
+/// Checks a header against the tensors before anything is allocated from it: the
+/// architecture must be the one the shapes describe (so a crafted header cannot make
+/// famix build a huge or negative-sized network), and the other fields must be sane.
+fn check_header(cfg: &SegmenterConfig, sd: &StateDict) -> Result<()> {
+    let backbone = ResNetConfig::infer(&sd.tensors, "backbone.")?;
+    if (backbone.layers, backbone.width) != (cfg.backbone.layers, cfg.backbone.width) {
+        bail!(
+            "header says layers {:?} width {}, the weights are layers {:?} width {}",
+            cfg.backbone.layers,
+            cfg.backbone.width,
+            backbone.layers,
+            backbone.width
+        );
+    }
+    let head = infer_head(sd)?;
+    let h = &cfg.head;
+    if (head.num_classes, head.aspp_channels, head.low_proj_channels) != (h.num_classes, h.aspp_channels, h.low_proj_channels) {
+        bail!("header says head {h:?}, the weights are {head:?}");
+    }
+    if !(h.dropout.is_finite() && (0.0..1.0).contains(&h.dropout)) {
+        bail!("head dropout {} is not in [0, 1)", h.dropout);
+    }
+    if !(1..=4096).contains(&cfg.backbone.input_resolution) || cfg.backbone.heads < 1 {
+        bail!("implausible input resolution {} or heads {}", cfg.backbone.input_resolution, cfg.backbone.heads);
+    }
+    cfg.validate()
 }
 
 fn to_device(mut model: Segmenter, device: Device) -> Segmenter {
@@ -160,15 +238,8 @@ pub fn import_state(sd: &StateDict, device: Device, os: OutputStride) -> Result<
         bail!("{}: not a segmenter checkpoint (no backbone.*/classifier.* weights){hint}", path.display());
     }
     let backbone = ResNetConfig::infer(&sd.tensors, "backbone.").with_context(|| format!("{}", path.display()))?;
-    let get =
-        |k: &str| -> Result<Vec<i64>> { sd.tensors.get(k).map(|t| t.size()).ok_or_else(|| format_err!("{}: missing {k}", path.display())) };
-    let num_classes = get("classifier.classifier.3.weight")?[0];
-    let head = HeadConfig {
-        num_classes,
-        aspp_channels: get("classifier.aspp.project.0.weight")?[0],
-        low_proj_channels: get("classifier.project.0.weight")?[0],
-        dropout: 0.1,
-    };
+    let head = infer_head(sd)?;
+    let num_classes = head.num_classes;
     let cfg = SegmenterConfig {
         backbone: ResNetConfig { output_dim: None, ..backbone },
         head,

@@ -15,6 +15,9 @@ use tch::{Device, Kind, Tensor};
 use crate::data::labels::{default_class_names, IGNORE};
 use crate::io::archive::{load_file, save_safetensors};
 
+/// The safetensors metadata key of a bank's summary.
+const SUMMARY_KEY: &str = "famix-style-bank";
+
 /// The `format` field of style banks.
 pub const FORMAT: &str = "famix-style-bank";
 
@@ -118,6 +121,20 @@ impl StyleBank {
         }
     }
 
+    /// Checks a class's styles: finite means, finite positive deviations.
+    pub fn check_values(&self, class: u8) -> Result<()> {
+        let Some((mu, sigma)) = self.entries.get(&class) else { return Ok(()) };
+        for (i, (m, s)) in mu.iter().zip(sigma).enumerate() {
+            if let Some(v) = m.iter().find(|v| !v.is_finite()) {
+                bail!("class {} style {i} has a non-finite mean ({v})", self.key(class));
+            }
+            if let Some(v) = s.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+                bail!("class {} style {i} has a deviation of {v}; deviations must be finite and positive", self.key(class));
+            }
+        }
+        Ok(())
+    }
+
     /// Styles of a class.
     pub fn count(&self, class: u8) -> usize {
         self.entries.get(&class).map(|e| e.0.len()).unwrap_or(0)
@@ -144,7 +161,13 @@ impl StyleBank {
             tensors.push((format!("{key}/mu"), flat(mu)));
             tensors.push((format!("{key}/sigma"), flat(sigma)));
         }
-        save_safetensors(path, &tensors, None)?;
+        if self.summary.batch_losses.iter().any(|l| !l.is_finite()) {
+            bail!("{}: refusing to save a bank with non-finite mining losses", path.display());
+        }
+        // The summary (with the mining progress a resume continues from) lives in the
+        // tensors' file, so one rename commits both; the .json beside it is a copy.
+        let md = [(SUMMARY_KEY.to_string(), serde_json::to_string(&self.summary)?)].into_iter().collect();
+        save_safetensors(path, &tensors, Some(md))?;
         crate::io::atomic_write_json(&sidecar(path), &self.summary)
     }
 
@@ -153,11 +176,15 @@ impl StyleBank {
         if !path.exists() {
             bail!("style bank {} not found", path.display());
         }
-        let summary: BankSummary = match std::fs::read_to_string(sidecar(path)) {
-            Ok(s) => serde_json::from_str(&s).with_context(|| format!("{}: unreadable summary", sidecar(path).display()))?,
-            Err(_) => BankSummary::default(),
-        };
         let f = load_file(path)?;
+        let summary: BankSummary = match f.metadata.get(SUMMARY_KEY) {
+            Some(s) => serde_json::from_str(s).with_context(|| format!("{}: unreadable summary", path.display()))?,
+            // Banks of older famix versions kept the summary only beside the tensors.
+            None => match std::fs::read_to_string(sidecar(path)) {
+                Ok(s) => serde_json::from_str(&s).with_context(|| format!("{}: unreadable summary", sidecar(path).display()))?,
+                Err(_) => BankSummary::default(),
+            },
+        };
         let mut bank = StyleBank::new(0, default_class_names(19));
         bank.summary = summary;
         for (name, t) in &f.tensors {
@@ -183,6 +210,7 @@ impl StyleBank {
             if e.0.len() != e.1.len() {
                 bail!("{}: class {} has {} means but {} deviations", path.display(), bank.key(*c), e.0.len(), e.1.len());
             }
+            bank.check_values(*c).with_context(|| format!("{}", path.display()))?;
         }
         bank.refresh_counts();
         Ok(bank)
@@ -231,6 +259,7 @@ impl StyleBank {
             if e.0.len() != e.1.len() {
                 bail!("{}: class {} has {} means but {} deviations", path.display(), bank.key(*c), e.0.len(), e.1.len());
             }
+            bank.check_values(*c).with_context(|| format!("{}", path.display()))?;
         }
         bank.summary.config = serde_json::json!({"imported_from": path.display().to_string()});
         bank.refresh_counts();

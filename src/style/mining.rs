@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tch::Tensor;
 
-use crate::error::{bail, Context, Error, Result};
+use crate::error::{bail, format_err, Context, Error, Result};
 use crate::progress::{Progress, Unit};
 use crate::style::pin::{gather_patches, optimise, select_patches, PinConfig, PinProblem, PinResult, Selection};
 
@@ -96,6 +96,13 @@ fn add_to_bank(bank: &mut StyleBank, m: MinedBatch) -> Result<f64> {
         let sv = Vec::<f32>::try_from(sigma.get(i as i64))?;
         bank.push(p.class, mv, sv, Some(StyleOrigin { batch: m.index, patch: p.patch, prompt: t, final_loss: last }));
     }
+    let diverged = |what: String| format!("PIN diverged in mining batch {} ({what}); lower --lr", m.index);
+    if !last.is_finite() {
+        bail!("{}", diverged(format!("loss {last}")));
+    }
+    for c in m.selections.iter().map(|p| p.class) {
+        bank.check_values(c).map_err(|e| format_err!("{}", diverged(e.to_string())))?;
+    }
     bank.summary.batch_losses.push(last);
     bank.summary.batches_done = m.index + 1;
     Ok(last)
@@ -116,6 +123,9 @@ pub fn mine(
     progress: &dyn Progress,
 ) -> Result<StyleBank> {
     check_settings(s, pin)?;
+    let _lock = crate::io::FolderLock::acquire(out, "a mining run")?;
+    crate::io::clean_temp_siblings(out)?;
+    crate::io::clean_temp_siblings(&crate::style::bank::sidecar(out))?;
     let per_epoch = batches_per_epoch(ds.len(), s.batch);
     if per_epoch == 0 {
         bail!("{} has fewer samples than one batch of {}", ds.describe(), s.batch);

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::error::Result;
+use crate::error::{bail, Result};
 use tch::Tensor;
 
 /// PyTorch's SGD with momentum and weight decay (dampening 0, no Nesterov).
@@ -73,10 +73,24 @@ impl Sgd {
         v
     }
 
-    /// Restores momentum buffers saved by `state`.
-    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, device: tch::Device) -> Result<()> {
-        self.buffers =
-            tensors.iter().filter_map(|(k, t)| k.strip_prefix("momentum.").map(|n| (n.to_string(), t.to_device(device)))).collect();
+    /// Restores momentum buffers saved by `state`, checking that each belongs to one
+    /// of `params` (by name) and has its shape.
+    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, params: &[(String, Tensor)], device: tch::Device) -> Result<()> {
+        let shapes: HashMap<&str, Vec<i64>> = params.iter().map(|(n, t)| (n.as_str(), t.size())).collect();
+        let mut buffers = HashMap::new();
+        for (k, t) in tensors {
+            let Some(name) = k.strip_prefix("momentum.") else { continue };
+            match shapes.get(name) {
+                None => bail!("momentum buffer {name} matches no trainable parameter"),
+                Some(s) if *s != t.size() => bail!("momentum buffer {name} has shape {:?}, the parameter {:?}", t.size(), s),
+                _ => {}
+            }
+            if t.isfinite().logical_not().any().int64_value(&[]) != 0 {
+                bail!("momentum buffer {name} holds non-finite values");
+            }
+            buffers.insert(name.to_string(), t.to_device(device));
+        }
+        self.buffers = buffers;
         Ok(())
     }
 }

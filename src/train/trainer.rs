@@ -108,6 +108,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// bf16 autocast (see [`TrainConfig::precision`]).
     pub amp_bf16: bool,
+    /// A random id given to the run when it starts; its checkpoints carry it, and
+    /// resume refuses a checkpoint of another run.
+    #[serde(default)]
+    pub run_id: String,
 }
 
 impl TrainConfig {
@@ -145,6 +149,7 @@ impl TrainConfig {
             log_interval: 10,
             seed: 1,
             amp_bf16: false,
+            run_id: String::new(),
         }
     }
 
@@ -175,6 +180,13 @@ pub struct TrainState {
     pub best_miou: Option<f64>,
     /// Iteration of the best validation.
     pub best_step: Option<u64>,
+    /// The run this state belongs to ([`TrainConfig::run_id`]).
+    #[serde(default)]
+    pub run_id: String,
+    /// Length of `train_log.jsonl` when the checkpoint was made: a resume truncates the
+    /// log there, so lines of iterations that are redone appear once.
+    #[serde(default)]
+    pub log_bytes: Option<u64>,
 }
 
 /// How to run (not what to train): these may differ between a run and its resume.
@@ -219,9 +231,12 @@ pub fn latest_path(run: &Path) -> PathBuf {
 pub fn best_path(run: &Path) -> PathBuf {
     run.join("best.safetensors")
 }
-fn optim_path(run: &Path) -> PathBuf {
+/// Where famix before the single-file checkpoints kept the optimiser state.
+fn legacy_optim_path(run: &Path) -> PathBuf {
     run.join("latest.optim.safetensors")
 }
+
+const STATE_KEY: &str = "famix-train-state";
 
 /// A fresh segmenter: CLIP image-tower weights for the backbone, Kaiming head.
 pub fn initial_model(cfg: &TrainConfig, device: Device) -> Result<Segmenter> {
@@ -236,18 +251,55 @@ pub fn initial_model(cfg: &TrainConfig, device: Device) -> Result<Segmenter> {
     Ok(model)
 }
 
+/// Commits a training checkpoint: weights, optimiser momentum and training state
+/// in one file, made visible by one rename (see `checkpoint::save_with`).
 fn save_state(run: &Path, model: &Segmenter, meta: &CheckpointMeta, sgd: &Sgd, state: &TrainState) -> Result<()> {
-    checkpoint::save(model, meta, &latest_path(run))?;
-    let md = [("famix-train-state".to_string(), serde_json::to_string(state)?)].into_iter().collect();
-    crate::io::archive::save_safetensors(&optim_path(run), &sgd.state(), Some(md))
+    if !state.best_miou.is_none_or(f64::is_finite) {
+        bail!("refusing to checkpoint a non-finite best mIoU");
+    }
+    let extra = sgd.state().into_iter().map(|(k, t)| (format!("{}{k}", checkpoint::EXTRA_PREFIX), t)).collect();
+    let md = [(STATE_KEY.to_string(), serde_json::to_string(state)?)].into_iter().collect();
+    checkpoint::save_with(model, meta, extra, md, &latest_path(run))?;
+    // The optimiser state of older famix versions is now inside latest.safetensors.
+    let legacy = legacy_optim_path(run);
+    if legacy.exists() {
+        std::fs::remove_file(&legacy).with_context(|| format!("cannot remove {}", legacy.display()))?;
+    }
+    Ok(())
 }
 
-fn load_state(run: &Path, device: Device, sgd: &mut Sgd) -> Result<TrainState> {
-    let p = optim_path(run);
-    let f = crate::io::archive::load_file(&p).with_context(|| format!("{}: cannot resume without the optimiser state", p.display()))?;
+/// The training state and momentum of a loaded `latest` checkpoint (or, for run
+/// folders of older famix versions, of `latest.optim.safetensors`, which must be at
+/// the same step).
+fn load_state(run: &Path, loaded: &checkpoint::Loaded, params: &[(String, Tensor)], device: Device, sgd: &mut Sgd) -> Result<TrainState> {
+    let (state_json, tensors, origin) = match loaded.metadata.get(STATE_KEY) {
+        Some(j) => {
+            let t: std::collections::HashMap<String, Tensor> = loaded
+                .extra
+                .iter()
+                .filter_map(|(k, t)| k.strip_prefix(checkpoint::EXTRA_PREFIX).map(|n| (n.to_string(), t.shallow_clone())))
+                .collect();
+            (j.clone(), t, loaded.path.clone())
+        }
+        None => {
+            let p = legacy_optim_path(run);
+            let f = crate::io::archive::load_file(&p)
+                .with_context(|| format!("{}: no training state in the checkpoint and none beside it", loaded.path.display()))?;
+            let j = f.metadata.get(STATE_KEY).cloned().with_context(|| format!("{}: no training state", p.display()))?;
+            (j, f.into_map(), p)
+        }
+    };
     let state: TrainState =
-        serde_json::from_str(f.metadata.get("famix-train-state").with_context(|| format!("{}: no training state", p.display()))?)?;
-    sgd.load_state(&f.into_map(), device)?;
+        serde_json::from_str(&state_json).with_context(|| format!("{}: unreadable training state", origin.display()))?;
+    if state.step != loaded.meta.step {
+        bail!(
+            "{}: optimiser state of step {} but weights of step {}; the run folder is inconsistent",
+            origin.display(),
+            state.step,
+            loaded.meta.step
+        );
+    }
+    sgd.load_state(&tensors, params, device).with_context(|| format!("{}: cannot restore the optimiser", origin.display()))?;
     Ok(state)
 }
 
@@ -256,11 +308,22 @@ struct Log {
 }
 
 impl Log {
-    fn open(run: &Path) -> Result<Self> {
+    /// Opens the run's log for appending, first cutting it to `keep` bytes (the length
+    /// recorded with the checkpoint a resume starts from).
+    fn open(run: &Path, keep: Option<u64>) -> Result<Self> {
         let p = run.join("train_log.jsonl");
-        Ok(Log {
-            file: std::fs::OpenOptions::new().create(true).append(true).open(&p).with_context(|| format!("cannot open {}", p.display()))?,
-        })
+        let file =
+            std::fs::OpenOptions::new().create(true).append(true).open(&p).with_context(|| format!("cannot open {}", p.display()))?;
+        let len = file.metadata()?.len();
+        if let Some(k) = keep.filter(|&k| k < len) {
+            file.set_len(k).with_context(|| format!("cannot truncate {}", p.display()))?;
+        }
+        Ok(Log { file })
+    }
+    /// Makes the lines so far durable; returns the log's length.
+    fn sync(&mut self) -> Result<u64> {
+        self.file.sync_data()?;
+        Ok(self.file.metadata()?.len())
     }
     fn write(&mut self, v: serde_json::Value) -> Result<()> {
         writeln!(self.file, "{v}")?;
@@ -374,18 +437,33 @@ pub fn check_config(cfg: &TrainConfig) -> Result<()> {
 }
 
 /// The model and training state a run starts from: the latest checkpoint of `run`
-/// (resume) or CLIP's image tower with a fresh head.
+/// (resume: weights, momentum and step from one file, checked against the run's
+/// configuration) or CLIP's image tower with a fresh head.
 fn restore_or_init(cfg: &TrainConfig, run: &Path, resume: bool, device: Device, sgd: &mut Sgd) -> Result<(Segmenter, TrainState)> {
     if !resume {
-        return Ok((initial_model(cfg, device)?, TrainState::default()));
+        // A new run (also one started over with --force) starts an empty log.
+        let state = TrainState { run_id: cfg.run_id.clone(), log_bytes: Some(0), ..Default::default() };
+        return Ok((initial_model(cfg, device)?, state));
     }
     let mut l = checkpoint::load(&latest_path(run), device, Some(cfg.output_stride))?;
     if l.model.config.head != cfg.head {
         bail!("{}: the checkpoint's head {:?} contradicts the run's config.json {:?}", l.path.display(), l.model.config.head, cfg.head);
     }
     l.model.set_freeze(cfg.freeze);
-    let st = load_state(run, device, sgd)?;
+    let (bb, head) = l.model.param_groups();
+    let params: Vec<(String, Tensor)> = bb.into_iter().chain(head).collect();
+    let st = load_state(run, &l, &params, device, sgd)?;
+    if !st.run_id.is_empty() && !cfg.run_id.is_empty() && st.run_id != cfg.run_id {
+        bail!("{}: the checkpoint belongs to run {} but config.json to run {}", l.path.display(), st.run_id, cfg.run_id);
+    }
     Ok((l.model, st))
+}
+
+/// A fresh id for a new run (time and process, hashed).
+fn new_run_id() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let mut r = Rng::derive(nanos as u64, &[std::process::id() as u64, (nanos >> 64) as u64]);
+    format!("{:016x}", r.next_u64())
 }
 
 /// The source and (optional) validation datasets, both non-empty.
@@ -443,11 +521,7 @@ impl Session<'_> {
     fn log_loss(&mut self, done: u64, lrs: (f64, f64), device: Device) -> Result<()> {
         let mean = self.loss_acc.double_value(&[]) / self.loss_n as f64;
         if !mean.is_finite() {
-            bail!(
-                "the loss became {mean} by iteration {done}; training stopped. The last good checkpoint is {} (iteration {}). Try a lower --lr.",
-                latest_path(self.run).display(),
-                self.state.step
-            );
+            bail!("the loss became {mean} by iteration {done}; training stopped. {} Try a lower --lr.", self.last_good());
         }
         let secs = self.t_log.elapsed().as_secs_f64();
         let mut entry = json!({
@@ -466,8 +540,21 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// Where a diverged run can be continued from, in words.
+    fn last_good(&self) -> String {
+        if self.state.step > 0 {
+            format!("The last good checkpoint is {} (iteration {}).", latest_path(self.run).display(), self.state.step)
+        } else {
+            "No checkpoint was written yet.".into()
+        }
+    }
+
     /// Validates (when a validation set is configured), keeps `best`, writes `latest`.
+    /// Weights that are no longer finite are never checkpointed.
     fn checkpoint(&mut self, done: u64, model: &Segmenter, sgd: &Sgd, val: Option<&Dataset>) -> Result<()> {
+        if let Some(name) = first_non_finite(model) {
+            bail!("the weights became non-finite ({name}) by iteration {done}; training stopped. {} Try a lower --lr.", self.last_good());
+        }
         self.state.step = done;
         if let Some(vd) = val {
             let opts = EvalOptions {
@@ -491,7 +578,8 @@ impl Session<'_> {
         }
         self.meta.step = done;
         self.meta.best_miou = self.state.best_miou;
-        self.meta.optimizer_state = Some("latest.optim.safetensors".into());
+        self.meta.optimizer_state = None;
+        self.state.log_bytes = Some(self.log.sync()?);
         save_state(self.run, model, &self.meta, sgd, &self.state)?;
         self.t_log = Instant::now();
         Ok(())
@@ -500,10 +588,20 @@ impl Session<'_> {
 
 /// Trains (or resumes) the run in `run`. `cfg` is the run's configuration (for a
 /// resume: the saved one, possibly with a larger `iters`).
+///
+/// The run folder is locked for the call (a second writer fails at once), temporary
+/// files of killed runs are removed, and every checkpoint is one atomic commit.
 pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, opts: &RunOptions, progress: &dyn Progress) -> Result<TrainSummary> {
     check_config(cfg)?;
     let device = opts.device;
     std::fs::create_dir_all(run).with_context(|| format!("cannot create run folder {}", run.display()))?;
+    let _lock = crate::io::FolderLock::acquire(run, "a training run")?;
+    crate::io::clean_temp_files(run)?;
+    let mut cfg = cfg.clone();
+    if !resume {
+        cfg.run_id = new_run_id();
+    }
+    let cfg = &cfg;
     crate::io::atomic_write_json(&config_path(run), cfg)?;
     if let Device::Cuda(_) = device {
         tch::Cuda::cudnn_set_benchmark(true);
@@ -534,7 +632,7 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, opts: &RunOptions, pro
         cfg,
         run,
         progress,
-        log: Log::open(run)?,
+        log: Log::open(run, state.log_bytes)?,
         meta,
         state,
         loss_acc: Tensor::zeros([], (Kind::Float, device)),
@@ -550,6 +648,12 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, opts: &RunOptions, pro
     s.summary.steps = s.state.step;
     s.summary.best_miou = s.state.best_miou;
     Ok(s.summary)
+}
+
+/// The first trainable parameter with a NaN or infinite value, if any.
+fn first_non_finite(model: &Segmenter) -> Option<String> {
+    let (bb, head) = model.param_groups();
+    bb.into_iter().chain(head).find(|(_, t)| t.isfinite().logical_not().any().int64_value(&[]) != 0).map(|(n, _)| n)
 }
 
 fn run_loop(s: &mut Session, stepper: &mut Stepper, loader: &mut BatchLoader, val: Option<&Dataset>, start: u64, end: u64) -> Result<()> {
