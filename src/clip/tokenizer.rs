@@ -26,6 +26,20 @@ pub const EOT: u32 = 49407;
 /// CLIP's context length.
 pub const CONTEXT_LENGTH: usize = 77;
 
+/// The longest context famix accepts (CLIP uses 77; anything beyond a few thousand
+/// tokens is a typo, and a (texts × context) table is allocated from it).
+pub const MAX_CONTEXT: usize = 4096;
+
+fn check_context(context: usize) -> Result<()> {
+    if !(2..=MAX_CONTEXT).contains(&context) {
+        return Err(crate::Error::InvalidSetting {
+            name: "--context-length".into(),
+            problem: format!("{context} is not in 2..={MAX_CONTEXT} (it must hold the start and end tokens)"),
+        });
+    }
+    Ok(())
+}
+
 /// CLIP's byte-level BPE tokenizer (token ids identical to CLIP's `SimpleTokenizer`).
 pub struct Tokenizer {
     encoder: HashMap<String, u32>,
@@ -150,6 +164,7 @@ impl Tokenizer {
     /// `<|startoftext|> … <|endoftext|>` ids, unpadded. Longer than `context` is an
     /// error unless `truncate` (then the end token is kept last, as CLIP does).
     pub fn tokenize(&self, text: &str, context: usize, truncate: bool) -> Result<Vec<u32>> {
+        check_context(context)?;
         let mut ids = vec![SOT];
         ids.extend(self.encode(text));
         ids.push(EOT);
@@ -165,6 +180,7 @@ impl Tokenizer {
 
     /// Zero-padded (N, context) int64 tensor of several texts.
     pub fn batch(&self, texts: &[String], context: usize, truncate: bool) -> Result<Tensor> {
+        check_context(context)?;
         let mut flat = vec![0i64; texts.len() * context];
         for (i, t) in texts.iter().enumerate() {
             for (j, id) in self.tokenize(t, context, truncate)?.into_iter().enumerate() {

@@ -51,13 +51,28 @@ impl LoadedFile {
 pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
+        let limit = inflate_limit(raw.len());
         let mut out = Vec::new();
         flate2::read::MultiGzDecoder::new(&raw[..])
+            .take(limit + 1)
             .read_to_end(&mut out)
             .with_context(|| format!("{}: corrupt gzip data", path.display()))?;
+        if out.len() as u64 > limit {
+            bail!(
+                "{}: gzip data expands to more than {limit} bytes ({} compressed): refusing a decompression bomb",
+                path.display(),
+                raw.len()
+            );
+        }
         return Ok(out);
     }
     Ok(raw)
+}
+
+/// The most bytes famix inflates from `compressed` compressed bytes. Weights compress
+/// poorly (a few ×); a ratio in the thousands is a decompression bomb.
+pub fn inflate_limit(compressed: usize) -> u64 {
+    (compressed as u64).saturating_mul(64).saturating_add(64 << 20)
 }
 
 /// Loads every tensor of a checkpoint file. Errors name the file and the problem.
@@ -92,9 +107,17 @@ pub fn load_bytes(bytes: &[u8]) -> Result<LoadedFile> {
     bail!("unknown format (expected a PyTorch .pt/.pth/.bin zip archive, a TorchScript archive, or .safetensors)")
 }
 
+/// Materialises pickled tensor views, each storage once; the bytes it may produce in
+/// all are bounded by the storages' own size (4× plus 256 MiB for expanded views), so
+/// a small file whose tensors share storages or views cannot make famix allocate
+/// gigabytes.
 #[derive(Default)]
 struct StorageCache {
     by_ptr: HashMap<*const Storage, Tensor>,
+    storage_bytes: u64,
+    produced_bytes: u64,
+    /// Module-tree nodes visited (see `collect_module`).
+    visits: u64,
 }
 
 impl StorageCache {
@@ -116,13 +139,20 @@ impl StorageCache {
             StorageDtype::Bool => Kind::Bool,
         };
         let n = (s.data.len() / s.dtype.size()) as i64;
-        let t = Tensor::f_from_data_size(&s.data, &[n], kind)?;
+        let t = Tensor::f_from_data_size(&s.data[..n as usize * s.dtype.size()], &[n], kind)?;
+        self.storage_bytes += s.data.len() as u64;
         self.by_ptr.insert(key, t.shallow_clone());
         Ok(t)
     }
 
     fn tensor(&mut self, r: &TensorRef) -> Result<Tensor> {
         let flat = self.flat(&r.storage)?;
+        let numel = r.size.iter().try_fold(1u64, |acc, &s| acc.checked_mul(s as u64)).unwrap_or(u64::MAX);
+        let bytes = numel.saturating_mul(r.storage.dtype.size() as u64);
+        self.produced_bytes = self.produced_bytes.saturating_add(bytes);
+        if self.produced_bytes > self.storage_bytes.saturating_mul(4).saturating_add(256 << 20) {
+            bail!("the file's tensors expand to far more data than it stores ({} bytes so far): refusing it", self.produced_bytes);
+        }
         let t = flat.f_as_strided(&r.size, &r.stride, Some(r.offset as i64))?;
         Ok(to_f32_if_float(t.contiguous()))
     }
@@ -140,6 +170,17 @@ fn to_f32_if_float(t: Tensor) -> Tensor {
     }
 }
 
+/// Reads one zip entry, refusing to inflate more than `cap` bytes.
+fn read_entry(zip: &mut zip::ZipArchive<Cursor<&[u8]>>, name: &str, cap: u64) -> Result<Vec<u8>> {
+    let mut data = Vec::new();
+    let entry = zip.by_name(name).with_context(|| format!("archive lacks {name}"))?;
+    entry.take(cap + 1).read_to_end(&mut data).with_context(|| format!("reading {name}"))?;
+    if data.len() as u64 > cap {
+        bail!("{name} inflates to more than the {cap} bytes it can need: refusing a decompression bomb");
+    }
+    Ok(data)
+}
+
 fn load_torch_zip(bytes: &[u8]) -> Result<LoadedFile> {
     let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).context("corrupt zip archive (truncated download?)")?;
     let names: Vec<String> = zip.file_names().map(str::to_string).collect();
@@ -151,8 +192,8 @@ fn load_torch_zip(bytes: &[u8]) -> Result<LoadedFile> {
         .clone();
     let prefix = pkl.trim_end_matches("data.pkl").to_string();
     let is_script = names.iter().any(|n| n.starts_with(&format!("{prefix}code/")) || *n == format!("{prefix}constants.pkl"));
-    let mut data_pkl = Vec::new();
-    zip.by_name(&pkl)?.read_to_end(&mut data_pkl).with_context(|| format!("reading {pkl}"))?;
+    let limit = inflate_limit(bytes.len());
+    let data_pkl = read_entry(&mut zip, &pkl, limit)?;
 
     let mut storages: HashMap<String, Rc<Storage>> = HashMap::new();
     let mut persistent = |pid: &Value| -> Result<Value> {
@@ -166,14 +207,17 @@ fn load_torch_zip(bytes: &[u8]) -> Result<LoadedFile> {
             return Ok(Value::Storage(s.clone()));
         }
         let entry = format!("{prefix}data/{key}");
-        let mut data = Vec::new();
-        zip.by_name(&entry)
-            .with_context(|| format!("archive lacks tensor data {entry} (truncated file?)"))?
-            .read_to_end(&mut data)
-            .with_context(|| format!("reading {entry}"))?;
-        if let Some(numel) = t.get(4).and_then(|v| v.as_int()) {
-            if data.len() < numel as usize * dtype.size() {
-                bail!("{entry} holds {} bytes, {} expected (truncated file?)", data.len(), numel as usize * dtype.size());
+        // Never inflate more than the storage needs (its declared element count).
+        let need = t.get(4).and_then(|v| v.as_int()).map(|n| u64::try_from(n).ok().and_then(|n| n.checked_mul(dtype.size() as u64)));
+        let cap = match need {
+            Some(Some(n)) if n <= limit => n,
+            Some(_) => bail!("{entry}: declared size is implausible for a {}-byte file", bytes.len()),
+            None => limit,
+        };
+        let data = read_entry(&mut zip, &entry, cap).with_context(|| "archive lacks or cannot read tensor data (truncated file?)")?;
+        if let Some(Some(n)) = need {
+            if (data.len() as u64) < n {
+                bail!("{entry} holds {} bytes, {n} expected (truncated file?)", data.len());
             }
         }
         let s = Rc::new(Storage { dtype, data });
@@ -223,6 +267,12 @@ fn collect_state_dict(v: &Value, prefix: &str, out: &mut Vec<(String, Tensor)>, 
 fn collect_module(v: &Value, prefix: &str, out: &mut Vec<(String, Tensor)>, cache: &mut StorageCache, depth: usize) -> Result<()> {
     if depth > 64 {
         bail!("TorchScript module tree is too deep");
+    }
+    // Shared sub-modules are walked once per path; bound the paths (a module DAG
+    // with exponentially many paths would otherwise never finish).
+    cache.visits += 1;
+    if cache.visits > 1_000_000 {
+        bail!("TorchScript module tree has more than a million module paths");
     }
     let state = match v {
         Value::Object(o) => o.borrow().state.clone(),
@@ -329,5 +379,67 @@ mod tests {
         let err = load_bytes(b"definitely not a checkpoint").err().unwrap();
         assert!(format!("{err:#}").contains("unknown format"));
         assert!(load_bytes(b"").is_err());
+    }
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    }
+
+    /// PyTorch's legacy (non-zip) torch.save format reads exactly like the zip format
+    /// written from the same state dict (tolerance 0), strided views included.
+    #[test]
+    fn legacy_torch_save_reads_like_the_zip_format() {
+        let legacy = load_file(&fixture("legacy_state.pth")).unwrap();
+        assert_eq!(legacy.format, Format::TorchLegacy);
+        let zip = load_file(&fixture("zip_state.pth")).unwrap().into_map();
+        let legacy = legacy.into_map();
+        assert_eq!(legacy.len(), 6);
+        for (k, t) in &zip {
+            let l = &legacy[k];
+            assert_eq!((l.size(), l.kind()), (t.size(), t.kind()), "{k}");
+            assert!(l.equal(t), "{k} differs");
+        }
+    }
+
+    #[test]
+    fn decompression_bombs_are_refused() {
+        use std::io::Write;
+        let d = tempfile::tempdir().unwrap();
+        // 400 MB of zeros gzip to ~400 KB: far beyond the 64× + 64 MiB limit.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..400 {
+            gz.write_all(&zeros).unwrap();
+        }
+        let p = d.path().join("bomb.pt.gz");
+        std::fs::write(&p, gz.finish().unwrap()).unwrap();
+        let e = read_bytes(&p).unwrap_err();
+        assert!(e.to_string().contains("decompression bomb"), "{e}");
+        // A real torch.save zip whose first storage entry is replaced by one that
+        // inflates far beyond what its tensor declares.
+        let orig = std::fs::read(fixture("zip_state.pth")).unwrap();
+        let mut src = zip::ZipArchive::new(std::io::Cursor::new(&orig[..])).unwrap();
+        let mut buf = std::io::Cursor::new(Vec::new());
+        {
+            let mut z = zip::ZipWriter::new(&mut buf);
+            let deflate = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+            for i in 0..src.len() {
+                let mut f = src.by_index(i).unwrap();
+                let name = f.name().to_string();
+                z.start_file(name.as_str(), deflate).unwrap();
+                if name.ends_with("/data/0") {
+                    for _ in 0..64 {
+                        z.write_all(&zeros).unwrap();
+                    }
+                } else {
+                    std::io::copy(&mut f, &mut z).unwrap();
+                }
+            }
+            z.finish().unwrap();
+        }
+        assert!(load_bytes(&orig).is_ok());
+        let e = load_bytes(buf.get_ref()).err().expect("a bomb must be refused");
+        let msg = format!("{e:#}");
+        assert!(msg.contains("decompression bomb"), "{msg}");
     }
 }

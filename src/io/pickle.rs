@@ -4,7 +4,14 @@
 //!
 //! Unknown classes never fail the load: they become opaque [`Value::Object`]s that
 //! keep their constructor arguments and `__setstate__` state, so a caller only errors
-//! when a value it actually needs has an unexpected shape.
+//! when a value it actually needs has an unexpected shape. Nothing is ever executed.
+//!
+//! Files are untrusted, so the VM is built to fail cleanly, never to crash or hang:
+//! it is iterative (no recursion on the file's nesting), every length and offset is
+//! checked arithmetic, the object graph it returns is checked for cycles and for a
+//! nesting depth of at most [`MAX_DEPTH`] (in time linear in its size, however much
+//! of it is shared), and whatever it built is torn down iteratively, so a
+//! million-deep or self-referencing structure cannot overflow the stack on drop.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -222,12 +229,119 @@ impl Value {
 /// Resolves a pickle persistent id (PyTorch's storage references) to a value.
 pub type PersistentLoad<'a> = dyn FnMut(&Value) -> Result<Value> + 'a;
 
+/// The deepest nesting of containers a loaded value may have (PyTorch files need a
+/// handful of levels; TorchScript module trees a few dozen).
+pub const MAX_DEPTH: usize = 256;
+
 /// Unpickles one pickle from `data` starting at `*pos`; advances `pos` past STOP.
 pub fn load(data: &[u8], pos: &mut usize, persistent: &mut PersistentLoad) -> Result<Value> {
     let mut vm = Vm { data, pos: *pos, stack: Vec::new(), memo: HashMap::new(), persistent };
-    let v = vm.run()?;
+    let res = vm.run().and_then(|v| match check_graph(&v) {
+        Ok(()) => Ok(v),
+        Err(e) => {
+            dismantle(vec![v], true);
+            Err(e)
+        }
+    });
     *pos = vm.pos;
-    Ok(v)
+    let failed = res.is_err();
+    let leftovers: Vec<Value> = vm.stack.drain(..).chain(vm.memo.drain().map(|(_, v)| v)).collect();
+    dismantle(leftovers, failed);
+    res
+}
+
+/// Tears values down without recursion: a container whose last handle this is gives
+/// its children to a work list before it is dropped. With `force` every container is
+/// emptied (also shared and self-referencing ones): only for values that are all
+/// being discarded.
+fn dismantle(values: Vec<Value>, force: bool) {
+    let mut work = values;
+    while let Some(v) = work.pop() {
+        match v {
+            Value::List(l) => {
+                if force || Rc::strong_count(&l) == 1 {
+                    work.extend(std::mem::take(&mut *l.borrow_mut()));
+                }
+            }
+            Value::Dict(d) => {
+                if force || Rc::strong_count(&d) == 1 {
+                    for (k, v) in std::mem::take(&mut *d.borrow_mut()) {
+                        work.push(k);
+                        work.push(v);
+                    }
+                }
+            }
+            Value::Tuple(t) => {
+                if let Ok(items) = Rc::try_unwrap(t) {
+                    work.extend(items);
+                }
+            }
+            Value::Object(o) => {
+                if force || Rc::strong_count(&o) == 1 {
+                    let mut o = o.borrow_mut();
+                    work.extend(std::mem::take(&mut o.args));
+                    work.extend(o.state.take());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Children of a container (shallow handles), or None for a leaf.
+fn children(v: &Value) -> Option<(usize, Vec<Value>)> {
+    Some(match v {
+        Value::List(l) => (Rc::as_ptr(l) as *const () as usize, l.borrow().clone()),
+        Value::Tuple(t) => (Rc::as_ptr(t) as *const () as usize, t.as_ref().clone()),
+        Value::Dict(d) => (Rc::as_ptr(d) as *const () as usize, d.borrow().iter().flat_map(|(k, v)| [k.clone(), v.clone()]).collect()),
+        Value::Object(o) => {
+            let o2 = o.borrow();
+            (Rc::as_ptr(o) as *const () as usize, o2.args.iter().cloned().chain(o2.state.clone()).collect())
+        }
+        _ => return None,
+    })
+}
+
+/// Refuses object graphs with a cycle or nested deeper than [`MAX_DEPTH`]. Each
+/// container is examined once (shared sub-graphs are not re-walked), iteratively.
+fn check_graph(top: &Value) -> Result<()> {
+    enum State {
+        OnPath,
+        Done(usize),
+    }
+    let mut state: HashMap<usize, State> = HashMap::new();
+    let Some((id, kids)) = children(top) else { return Ok(()) };
+    // (container id, its children, next child, deepest child so far)
+    let mut stack: Vec<(usize, Vec<Value>, usize, usize)> = vec![(id, kids, 0, 0)];
+    state.insert(id, State::OnPath);
+    while let Some(frame) = stack.last_mut() {
+        if frame.2 == frame.1.len() {
+            let (id, _, _, deepest) = stack.pop().unwrap_or_default();
+            state.insert(id, State::Done(deepest + 1));
+            if let Some(parent) = stack.last_mut() {
+                parent.3 = parent.3.max(deepest + 1);
+            }
+            continue;
+        }
+        let child = frame.1[frame.2].clone();
+        frame.2 += 1;
+        let Some((cid, ckids)) = children(&child) else { continue };
+        match state.get(&cid) {
+            Some(State::OnPath) => bail!("pickle object graph contains a cycle (a container inside itself)"),
+            Some(State::Done(d)) => {
+                let d = *d;
+                frame.3 = frame.3.max(d);
+            }
+            None => {
+                if stack.len() >= MAX_DEPTH {
+                    bail!("pickle nesting deeper than {MAX_DEPTH} levels");
+                }
+                state.insert(cid, State::OnPath);
+                stack.push((cid, ckids, 0, 0));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Unpickles a buffer holding exactly one pickle and no persistent ids.
@@ -246,7 +360,7 @@ struct Vm<'a, 'p> {
 
 impl<'a, 'p> Vm<'a, 'p> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        if self.pos + n > self.data.len() {
+        if n > self.data.len() - self.pos {
             bail!("pickle truncated at byte {} (wanted {n} more bytes)", self.pos);
         }
         let s = &self.data[self.pos..self.pos + n];
@@ -362,7 +476,7 @@ impl<'a, 'p> Vm<'a, 'p> {
                     self.stack.push(Value::Str(String::from_utf8_lossy(s).into_owned()))
                 }
                 0x8d => {
-                    let n = self.u64()? as usize;
+                    let n = usize::try_from(self.u64()?).unwrap_or(usize::MAX);
                     let s = self.take(n)?;
                     self.stack.push(Value::Str(String::from_utf8_lossy(s).into_owned()))
                 }
@@ -391,7 +505,7 @@ impl<'a, 'p> Vm<'a, 'p> {
                     self.stack.push(Value::Bytes(s.to_vec()))
                 }
                 0x8e => {
-                    let n = self.u64()? as usize;
+                    let n = usize::try_from(self.u64()?).unwrap_or(usize::MAX);
                     let s = self.take(n)?;
                     self.stack.push(Value::Bytes(s.to_vec()))
                 }
@@ -597,6 +711,13 @@ impl<'a, 'p> Vm<'a, 'p> {
                 };
                 Ok(Value::Dict(Rc::new(RefCell::new(items))))
             }
+            // The first pass over a legacy stream has placeholders for storages whose
+            // bytes come after the pickle; its tensors are rebuilt in the second pass.
+            ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor")
+                if args.first().and_then(|a| a.as_str()).is_some_and(|s| s.starts_with(LEGACY_PLACEHOLDER)) =>
+            {
+                Ok(Value::None)
+            }
             ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => rebuild_tensor(&args),
             ("torch._utils", "_rebuild_parameter") | ("torch._utils", "_rebuild_parameter_with_state") => {
                 args.into_iter().next().ok_or_else(|| format_err!("_rebuild_parameter without data"))
@@ -695,18 +816,31 @@ fn rebuild_tensor(args: &[Value]) -> Result<Value> {
         Value::Storage(s) => s.clone(),
         other => bail!("_rebuild_tensor_v2 storage is a {}", other.type_name()),
     };
-    let offset = args[1].as_int().ok_or_else(|| format_err!("tensor offset is not an integer"))? as usize;
+    let offset = args[1].as_int().ok_or_else(|| format_err!("tensor offset is not an integer"))?;
     let size = ints(&args[2], "size")?;
     let stride = ints(&args[3], "stride")?;
-    // Validate the view fits in the storage now, so later reads cannot go out of bounds.
-    let numel_storage = storage.data.len() / storage.dtype.size();
-    if size.iter().all(|&s| s > 0) {
-        let last: i64 = size.iter().zip(&stride).map(|(s, st)| (s - 1) * st).sum::<i64>() + offset as i64;
-        if last as usize >= numel_storage {
-            bail!("tensor view (offset {offset}, size {size:?}, stride {stride:?}) exceeds its storage of {numel_storage} elements (file truncated?)");
-        }
+    let numel_storage = (storage.data.len() / storage.dtype.size()) as i128;
+    check_view(offset, &size, &stride, numel_storage)?;
+    Ok(Value::Tensor(Rc::new(TensorRef { storage, offset: offset as usize, size, stride })))
+}
+
+/// Validates a strided view against its storage now, so later reads cannot go out of
+/// bounds: non-negative offset, sizes and strides, as many strides as sizes, the last
+/// element inside the storage (in 128-bit arithmetic, so no product can overflow).
+fn check_view(offset: i64, size: &[i64], stride: &[i64], numel_storage: i128) -> Result<()> {
+    if offset < 0 || size.len() != stride.len() || size.iter().chain(stride).any(|&v| v < 0) || size.len() > 64 {
+        bail!("invalid tensor view (offset {offset}, size {size:?}, stride {stride:?})");
     }
-    Ok(Value::Tensor(Rc::new(TensorRef { storage, offset, size, stride })))
+    if size.contains(&0) {
+        return Ok(());
+    }
+    let last = size.iter().zip(stride).try_fold(offset as i128, |acc, (&s, &st)| acc.checked_add((s as i128 - 1) * st as i128));
+    match last {
+        Some(l) if l < numel_storage => Ok(()),
+        _ => bail!(
+            "tensor view (offset {offset}, size {size:?}, stride {stride:?}) exceeds its storage of {numel_storage} elements (file truncated?)"
+        ),
+    }
 }
 
 /// Storage dtype from the storage-type global in a persistent id.
@@ -716,6 +850,9 @@ pub fn storage_dtype(v: &Value) -> Result<StorageDtype> {
         other => bail!("storage type is a {}", other.type_name()),
     }
 }
+
+/// Stands for a legacy storage in the first pass over the object pickle.
+const LEGACY_PLACEHOLDER: &str = "\u{0}famix-storage:";
 
 /// Reads the legacy (pre-zip) `torch.save` stream: magic, protocol, sys info, the
 /// object pickle, the storage keys, then each storage's raw bytes.
@@ -743,7 +880,7 @@ pub fn legacy_load(data: &[u8]) -> Result<Value> {
             if seen.insert(key.clone()) {
                 pending.push((key.clone(), dtype, numel));
             }
-            Ok(Value::Str(format!("\u{0}famix-storage:{key}")))
+            Ok(Value::Str(format!("{LEGACY_PLACEHOLDER}{key}")))
         };
         load(data, &mut pos, &mut pl)?;
     }
@@ -758,15 +895,16 @@ pub fn legacy_load(data: &[u8]) -> Result<Value> {
     for key in &keys {
         let (_, dtype, _) =
             pending.iter().find(|(k, _, _)| k == key).ok_or_else(|| format_err!("legacy storage {key} was never referenced"))?;
-        if pos + 8 > data.len() {
+        if data.len() - pos < 8 {
             bail!("legacy torch.save stream truncated before storage {key}");
         }
-        let n = u64::from_le_bytes(data[pos..pos + 8].try_into().unwrap()) as usize;
+        let n = u64::from_le_bytes(data[pos..pos + 8].try_into()?);
         pos += 8;
-        let nbytes = n * dtype.size();
-        if pos + nbytes > data.len() {
-            bail!("legacy torch.save stream truncated inside storage {key}");
-        }
+        let nbytes = usize::try_from(n).ok().and_then(|n| n.checked_mul(dtype.size()));
+        let nbytes = match nbytes {
+            Some(b) if b <= data.len() - pos => b,
+            _ => bail!("legacy torch.save stream truncated inside storage {key} ({n} elements declared)"),
+        };
         storages.insert(key.clone(), Rc::new(Storage { dtype: *dtype, data: data[pos..pos + nbytes].to_vec() }));
         pos += nbytes;
     }
@@ -781,4 +919,104 @@ pub fn legacy_load(data: &[u8]) -> Result<Value> {
 
 fn load_plain_at(data: &[u8], pos: &mut usize) -> Result<Value> {
     load(data, pos, &mut |_| bail!("unexpected persistent id"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pickle(body: &[u8]) -> Vec<u8> {
+        let mut v = vec![0x80, 2];
+        v.extend_from_slice(body);
+        v.push(b'.');
+        v
+    }
+
+    fn binput(i: u32) -> Vec<u8> {
+        let mut v = vec![b'r'];
+        v.extend_from_slice(&i.to_le_bytes());
+        v
+    }
+
+    fn binget(i: u32) -> Vec<u8> {
+        let mut v = vec![b'j'];
+        v.extend_from_slice(&i.to_le_bytes());
+        v
+    }
+
+    /// A list nested `levels` deep (each level memoised and appended to the previous).
+    fn nested_lists(levels: u32) -> Vec<u8> {
+        let mut body = vec![b']'];
+        body.extend(binput(0));
+        for i in 1..levels {
+            body.extend(binget(i - 1));
+            body.push(b']');
+            body.extend(binput(i));
+            body.push(b'a');
+            body.push(b'0');
+        }
+        pickle(&body)
+    }
+
+    #[test]
+    fn a_million_deep_nesting_is_refused_without_overflowing_the_stack() {
+        let e = load_plain(&nested_lists(1_000_000)).unwrap_err();
+        assert!(e.to_string().contains("deeper than"), "{e}");
+        // Shallow nesting still loads.
+        let v = load_plain(&nested_lists(100)).unwrap();
+        assert!(matches!(v, Value::List(_)));
+    }
+
+    #[test]
+    fn self_referencing_containers_are_refused() {
+        let mut body = vec![b']'];
+        body.extend(binput(0));
+        body.extend(binget(0));
+        body.push(b'a');
+        let e = load_plain(&pickle(&body)).unwrap_err();
+        assert!(e.to_string().contains("cycle"), "{e}");
+    }
+
+    #[test]
+    fn huge_declared_lengths_are_errors_not_panics() {
+        for op in [0x8du8, 0x8e] {
+            let mut body = vec![op];
+            body.extend_from_slice(&u64::MAX.to_le_bytes());
+            let e = load_plain(&pickle(&body)).unwrap_err();
+            assert!(e.to_string().contains("truncated"), "{e}");
+        }
+        let mut body = vec![b'X'];
+        body.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(load_plain(&pickle(&body)).is_err());
+    }
+
+    /// A DAG with 2^60 paths but 61 nodes is checked in linear time.
+    #[test]
+    fn shared_subgraphs_are_checked_once() {
+        let mut body = vec![b')'];
+        body.extend(binput(0));
+        for i in 1..=60u32 {
+            body.extend(binget(i - 1));
+            body.extend(binget(i - 1));
+            body.push(0x86); // TUPLE2
+            body.extend(binput(i));
+            body.push(b'0');
+        }
+        body.extend(binget(60));
+        let t = std::time::Instant::now();
+        let v = load_plain(&pickle(&body)).unwrap();
+        assert!(matches!(v, Value::Tuple(_)));
+        assert!(t.elapsed().as_secs() < 5, "graph check took {:?}", t.elapsed());
+    }
+
+    #[test]
+    fn tensor_views_outside_their_storage_or_negative_are_refused() {
+        assert!(check_view(0, &[2, 3], &[3, 1], 6).is_ok());
+        assert!(check_view(1, &[2, 3], &[3, 1], 6).is_err());
+        assert!(check_view(-1, &[2], &[1], 6).is_err());
+        assert!(check_view(0, &[2], &[-1], 6).is_err());
+        assert!(check_view(0, &[2, 2], &[1], 6).is_err());
+        assert!(check_view(0, &[i64::MAX, i64::MAX], &[i64::MAX, i64::MAX], 6).is_err());
+        assert!(check_view(0, &[0, 5], &[5, 1], 0).is_ok());
+    }
 }
