@@ -22,6 +22,13 @@ pub struct Image8 {
     pub data: Vec<u8>,
 }
 
+/// Whether a JPEG stream ends with its end-of-image marker (FF D9), allowing the
+/// trailing padding some writers add.
+fn jpeg_has_end(bytes: &[u8]) -> bool {
+    let tail = &bytes[bytes.len().saturating_sub(4096)..];
+    tail.windows(2).any(|w| w == [0xff, 0xd9])
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 /// Resampling filters (Pillow's).
 pub enum Filter {
@@ -51,12 +58,18 @@ impl Image8 {
 
     /// Decodes any PNG/JPEG to RGB (as PIL's `.convert('RGB')`).
     pub fn open_rgb(path: &Path) -> Result<Self> {
-        let img = image::ImageReader::open(path)
-            .with_context(|| format!("cannot open image {}", path.display()))?
-            .with_guessed_format()
-            .with_context(|| format!("cannot read image {}", path.display()))?
-            .decode()
-            .with_context(|| format!("corrupt or unsupported image {}", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| format!("cannot open image {}", path.display()))?;
+        Self::decode_rgb(&bytes).with_context(|| format!("corrupt or unsupported image {}", path.display()))
+    }
+
+    /// Decodes PNG/JPEG bytes strictly: a JPEG without its end marker is truncated and
+    /// refused (as Pillow does), not decoded as if whole. The image crate's default
+    /// limits bound the memory a header may ask for.
+    pub fn decode_rgb(bytes: &[u8]) -> Result<Self> {
+        if bytes.starts_with(&[0xff, 0xd8]) && !jpeg_has_end(bytes) {
+            bail!("truncated JPEG (no end-of-image marker)");
+        }
+        let img = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?.decode()?;
         let rgb = img.to_rgb8();
         let (w, h) = rgb.dimensions();
         Ok(Image8 { width: w as usize, height: h as usize, channels: 3, data: rgb.into_raw() })

@@ -95,3 +95,52 @@ fn unknown_model_name_lists_choices() {
     assert_ne!(code, 0);
     assert!(err.contains("RN50") && err.contains("RN101"), "{err}");
 }
+
+#[test]
+fn a_complete_partial_file_is_verified_and_renamed_without_a_request() {
+    let body: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
+    let digest = sha(&body);
+    let dir = common::tmpdir();
+    std::fs::write(dir.path().join("RN-full.pt.partial"), &body).unwrap();
+    let (base_dead, log_dead) = serve(vec![], 0);
+    let path = fetch(&base_dead, &digest, "RN-full.pt", dir.path(), &famix::progress::Silent).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), body);
+    assert!(log_dead.lock().unwrap().is_empty(), "no request was needed");
+}
+
+/// A server that never stops sending (no Content-Length; it gives up by itself after
+/// 8 MB) cannot fill the disk: the download stops at the limit, naming the file.
+#[test]
+fn an_endless_body_is_cut_off_at_the_limit() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Some(Ok(mut s)) = listener.incoming().next() {
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) && line != "\r\n" {
+                line.clear();
+            }
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+            let chunk = vec![7u8; 1 << 16];
+            for _ in 0..128 {
+                if s.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let dir = common::tmpdir();
+    let e = famix::clip::download::fetch_limited(
+        &format!("http://{addr}"),
+        &"0".repeat(64),
+        "RN-x.pt",
+        dir.path(),
+        1 << 20,
+        &famix::progress::Silent,
+    )
+    .unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("RN-x.pt.partial") && msg.contains("would grow past"), "{msg}");
+    assert!(std::fs::metadata(dir.path().join("RN-x.pt.partial")).map(|m| m.len()).unwrap_or(0) <= 1 << 20);
+}

@@ -181,8 +181,11 @@ fn the_tokenizer_takes_any_text() {
             .collect();
         let _ = tok.tokenize(&text, 77, rng.below(2) == 0);
     }
-    for bad in [0usize, 1, 100_000_000_000] {
+    for bad in [0usize, 1] {
         assert!(tok.tokenize("a photo", bad, true).is_err());
+    }
+    // The padded table is allocated from the context length: bounded.
+    for bad in [0usize, 1, 100_000_000_000] {
         assert!(tok.batch(&["a".into()], bad, true).is_err());
     }
 }

@@ -71,7 +71,7 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
         precision: a.amp,
         workers: a.workers.unwrap_or_else(default_workers),
     };
-    if a.crop % 4 != 0 || a.mine_crop % 12 != 0 {
+    if !a.crop.is_multiple_of(4) || !a.mine_crop.is_multiple_of(12) {
         bail!("--crop must be divisible by 4 and --mine-crop by 12 (4 × the 3x3 style grid)");
     }
     if let tch::Device::Cuda(_) = device {

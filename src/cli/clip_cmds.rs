@@ -74,6 +74,9 @@ pub struct TokenizeArgs {
 
 pub fn tokenize(a: TokenizeArgs) -> Result<i32> {
     let tok = Tokenizer::global();
+    if a.pad {
+        famix::clip::tokenizer::check_context(a.context_length)?;
+    }
     for t in &a.texts {
         let mut ids = tok.tokenize(t, a.context_length, a.truncate)?;
         if a.pad {

@@ -17,7 +17,8 @@ use famix::data::{Dataset, DatasetKind};
 #[derive(Subcommand)]
 pub enum DataCommand {
     /// Count image/label pairs per split, find missing partners, unreadable files,
-    /// size mismatches and unknown label ids, and print the label histogram.
+    /// size mismatches and unknown label ids, and print the label histogram. Exits 2 when
+    /// anything is wrong (an empty split, a split asked for that does not exist, a bad pair).
     Check(CheckArgs),
 }
 
@@ -111,7 +112,9 @@ fn check_split(a: &CheckArgs, split: &str, cond: Option<&str>) -> (serde_json::V
         Ok(d) => d,
         Err(e) => {
             println!("{label}: not available: {e:#}");
-            return (json!({"split": split, "condition": cond, "error": format!("{e:#}")}), 0);
+            // A split the user asked for by name must exist; default ones may not.
+            let asked = !a.split.is_empty() || a.condition.is_some();
+            return (json!({"split": split, "condition": cond, "error": format!("{e:#}")}), asked as usize);
         }
     };
     let n = a.limit.map(|l| l.min(ds.len())).unwrap_or(ds.len());
@@ -134,7 +137,10 @@ fn check_split(a: &CheckArgs, split: &str, cond: Option<&str>) -> (serde_json::V
     if !s.unknown.is_empty() {
         println!("  label ids unknown to {} (mapped to ignore): {:?}", a.dataset.name(), s.unknown);
     }
-    let problems = s.bad.len() + ds.issues.len();
+    if ds.is_empty() {
+        println!("  no image/label pairs: nothing to train or evaluate on");
+    }
+    let problems = s.bad.len() + ds.issues.len() + ds.is_empty() as usize;
     let entry = json!({
         "split": split, "condition": cond, "pairs": ds.len(), "decoded": n,
         "missing_partners": ds.issues, "bad": s.bad, "histogram": hj,

@@ -64,9 +64,42 @@ enum Command {
 }
 
 /// Runs the CLI; returns the process exit code. Errors print their whole cause chain.
+/// A panic (a famix bug: every user value should be refused with an error first) is
+/// caught at the command boundary and reported in one line, never as an abort with a
+/// C++ backtrace.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    let res = match cli.command {
+    static PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        let line = msg.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        *PANIC.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{line}{at}"));
+    }));
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(cli.command))) {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            1
+        }
+        Err(_) => {
+            let msg = PANIC.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
+            eprintln!("error: internal error: {msg}\n  this is a famix bug; please report it with the command that caused it");
+            101
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<i32> {
+    match command {
         Command::Demo(a) => demo::demo(a),
         Command::EncodeImage(a) => clip_cmds::encode_image(a),
         Command::EncodeText(a) => clip_cmds::encode_text(a),
@@ -81,16 +114,6 @@ pub fn main() -> i32 {
         Command::Styles(c) => styles::styles(c),
         Command::Train(a) => train::train(a),
         Command::Bench(a) => bench::bench(a),
-    };
-    match res {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            1
-        }
     }
 }
 

@@ -71,9 +71,12 @@ impl Pending<'_> {
 pub fn predict(a: PredictArgs) -> Result<i32> {
     let opts = a.test.predict_options()?;
     let model = checkpoint::load(&a.checkpoint, a.device.device, a.test.output_stride()?)?.model;
-    let items = collect_inputs(&a.inputs)?;
+    let (items, notes) = collect_inputs(&a.inputs)?;
     if items.is_empty() {
         bail!("no .png/.jpg images found in the inputs");
+    }
+    for n in &notes {
+        eprintln!("note: {n}");
     }
     std::fs::create_dir_all(&a.out)?;
     let (paths, stems): (Vec<PathBuf>, Vec<PathBuf>) = items.into_iter().unzip();
@@ -82,9 +85,14 @@ pub fn predict(a: PredictArgs) -> Result<i32> {
     let decoded = ordered_map(shared.len(), default_workers(), 8, move |i| Image8::open_rgb(&p2[i]));
     let bars = super::progress::Bars::default();
     bars.start("predict", shared.len() as u64, 0, Unit::Items);
+    let opts_scale = opts.scale;
     let mut pending = Pending { model: &model, opts, out: &a.out, stems: &stems, overlay: a.overlay, batch: Vec::new() };
     let mut failed = 0usize;
     for (i, res) in decoded.enumerate() {
+        let res = res.map_err(anyhow::Error::from).and_then(|img| {
+            model.check_size(img.width as i64, img.height as i64, opts_scale)?;
+            Ok(img)
+        });
         match res {
             Ok(img) => {
                 let other_size = pending.batch.first().is_some_and(|(_, b)| (b.width, b.height) != (img.width, img.height));

@@ -50,8 +50,19 @@ pub fn download(name: &str, dir: &Path, base_url: &str, progress: &dyn Progress)
     fetch(base_url, sha, file, dir, progress)
 }
 
+/// The largest file a download may produce (OpenAI's largest ResNet CLIP, RN50x64,
+/// is 1.26 GB): a server sending an endless body is cut off here.
+pub const MAX_DOWNLOAD_BYTES: u64 = 4 << 30;
+
 /// Fetches `{base_url}/{sha}/{file}` into `dir/file`, resuming `dir/file.partial`.
+/// A partial file that is already complete is verified and renamed without a
+/// request; the body is bounded by its Content-Length and [`MAX_DOWNLOAD_BYTES`].
 pub fn fetch(base_url: &str, sha: &str, file: &str, dir: &Path, progress: &dyn Progress) -> Result<PathBuf> {
+    fetch_limited(base_url, sha, file, dir, MAX_DOWNLOAD_BYTES, progress)
+}
+
+/// [`fetch`] with a byte limit of `max_bytes` instead of [`MAX_DOWNLOAD_BYTES`].
+pub fn fetch_limited(base_url: &str, sha: &str, file: &str, dir: &Path, max_bytes: u64, progress: &dyn Progress) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let target = dir.join(file);
     if target.is_file() {
@@ -59,42 +70,77 @@ pub fn fetch(base_url: &str, sha: &str, file: &str, dir: &Path, progress: &dyn P
             return Ok(target);
         }
         progress.notice(&format!("{} exists but its SHA-256 does not match; downloading again", target.display()));
-        std::fs::remove_file(&target)?;
+        std::fs::remove_file(&target).with_context(|| format!("cannot remove {}", target.display()))?;
     }
     let partial = dir.join(format!("{file}.partial"));
-    let url = format!("{}/{sha}/{file}", base_url.trim_end_matches('/'));
     let have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    if have > 0 && sha256_file(&partial)? == sha {
+        return finish(&partial, &target);
+    }
+    let url = format!("{}/{sha}/{file}", base_url.trim_end_matches('/'));
     let mut req = ureq::get(&url);
     if have > 0 {
         req = req.set("Range", &format!("bytes={have}-"));
     }
-    let resp = req.call().map_err(|e| format_err!("download of {url} failed: {e}"))?;
-    let status = resp.status();
-    let (mut out, start) = match status {
-        206 => (OpenOptions::new().append(true).open(&partial)?, have),
-        200 => (std::fs::File::create(&partial)?, 0),
+    let resp = match req.call() {
+        Ok(r) => r,
+        // The partial file is not the right file but the server has nothing after it.
+        Err(ureq::Error::Status(416, _)) => {
+            std::fs::remove_file(&partial).with_context(|| format!("cannot remove {}", partial.display()))?;
+            bail!("{}: the server has no data past its {have} bytes and they do not verify; it was removed, run again", partial.display());
+        }
+        Err(e) => bail!("download of {url} failed: {e}"),
+    };
+    let (out, start) = match resp.status() {
+        206 => (OpenOptions::new().append(true).open(&partial).with_context(|| format!("cannot append to {}", partial.display()))?, have),
+        200 => (std::fs::File::create(&partial).with_context(|| format!("cannot create {}", partial.display()))?, 0),
         s => bail!("download of {url}: unexpected HTTP status {s}"),
     };
-    let total = resp.header("Content-Length").and_then(|v| v.parse::<u64>().ok()).map(|n| n + start);
+    let total = resp.header("Content-Length").and_then(|v| v.parse::<u64>().ok()).map(|n| n.saturating_add(start));
+    let limit = total.unwrap_or(max_bytes).min(max_bytes);
     progress.start(file, total.unwrap_or(0), start, Unit::Bytes);
-    let mut reader = resp.into_reader();
+    let res = copy_bounded(resp.into_reader(), out, start, limit, &partial, progress);
+    progress.finish();
+    res.with_context(|| format!("downloading {url}"))?;
+    let got = sha256_file(&partial)?;
+    if got != sha {
+        std::fs::remove_file(&partial).with_context(|| format!("cannot remove {}", partial.display()))?;
+        bail!("downloaded {file} has SHA-256 {got}, expected {sha}; the partial file {} was removed, run again", partial.display());
+    }
+    finish(&partial, &target)
+}
+
+/// Appends the body to `out` (which already holds `start` bytes), never past `limit`.
+fn copy_bounded(
+    mut reader: impl Read,
+    mut out: std::fs::File,
+    start: u64,
+    limit: u64,
+    partial: &Path,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let mut written = start;
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = reader.read(&mut buf).with_context(|| format!("connection lost while downloading {url}; run again to resume"))?;
+        let n = reader.read(&mut buf).context("connection lost; run again to resume")?;
         if n == 0 {
             break;
         }
-        out.write_all(&buf[..n])?;
+        if written + n as u64 > limit {
+            bail!(
+                "{} would grow past {limit} bytes (the announced size or famix's limit): the server sends more than the file",
+                partial.display()
+            );
+        }
+        out.write_all(&buf[..n]).with_context(|| format!("cannot write {}", partial.display()))?;
+        written += n as u64;
         progress.advance(n as u64);
     }
-    out.sync_all()?;
-    drop(out);
-    progress.finish();
-    let got = sha256_file(&partial)?;
-    if got != sha {
-        std::fs::remove_file(&partial)?;
-        bail!("downloaded {file} has SHA-256 {got}, expected {sha}; the partial file was removed, run again");
-    }
-    std::fs::rename(&partial, &target)?;
-    Ok(target)
+    out.sync_all().with_context(|| format!("cannot sync {}", partial.display()))
+}
+
+/// Moves a verified partial download into place.
+fn finish(partial: &Path, target: &Path) -> Result<PathBuf> {
+    std::fs::rename(partial, target).with_context(|| format!("cannot move {} to {}", partial.display(), target.display()))?;
+    Ok(target.to_path_buf())
 }

@@ -30,7 +30,8 @@ pub const CONTEXT_LENGTH: usize = 77;
 /// tokens is a typo, and a (texts × context) table is allocated from it).
 pub const MAX_CONTEXT: usize = 4096;
 
-fn check_context(context: usize) -> Result<()> {
+/// Checks a context length for padded token tables: 2..=[`MAX_CONTEXT`].
+pub fn check_context(context: usize) -> Result<()> {
     if !(2..=MAX_CONTEXT).contains(&context) {
         return Err(crate::Error::InvalidSetting {
             name: "--context-length".into(),
@@ -164,7 +165,9 @@ impl Tokenizer {
     /// `<|startoftext|> … <|endoftext|>` ids, unpadded. Longer than `context` is an
     /// error unless `truncate` (then the end token is kept last, as CLIP does).
     pub fn tokenize(&self, text: &str, context: usize, truncate: bool) -> Result<Vec<u32>> {
-        check_context(context)?;
+        // Nothing is allocated from `context` here (it may be usize::MAX: no limit),
+        // but it must hold the start and end tokens.
+        check_context(context.min(MAX_CONTEXT))?;
         let mut ids = vec![SOT];
         ids.extend(self.encode(text));
         ids.push(EOT);

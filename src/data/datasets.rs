@@ -307,11 +307,29 @@ fn list_synthia(root: &Path, split: &str, out: &mut Listing) -> Result<()> {
 /// A generic folder: `images/[split/]**/*.{png,jpg}`, `labels/[split/]**/*.png` (train ids).
 fn list_folder(root: &Path, split: &str, out: &mut Listing) -> Result<()> {
     let (mut img_dir, mut lbl_dir) = (root.join("images"), root.join("labels"));
+    need_dir(&img_dir, "images")?;
     if img_dir.join(split).is_dir() {
         img_dir = img_dir.join(split);
         lbl_dir = lbl_dir.join(split);
+    } else {
+        // With split sub-folders (train/val/test/...), a missing split is an error,
+        // never "all images"; a folder without them (flat, or grouped by city or
+        // sequence) is one split, whatever its name.
+        const SPLIT_NAMES: [&str; 6] = ["train", "val", "test", "training", "validation", "testing"];
+        let splits: Vec<String> = std::fs::read_dir(&img_dir)
+            .with_context(|| format!("cannot list folder {}", img_dir.display()))?
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| SPLIT_NAMES.contains(&n.as_str()))
+            .collect();
+        if !splits.is_empty() {
+            return Err(Error::DatasetLayout {
+                path: img_dir.join(split),
+                problem: format!("split {split:?} not found in {} (it has: {})", img_dir.display(), splits.join(", ")),
+            });
+        }
     }
-    need_dir(&img_dir, "images")?;
     need_dir(&lbl_dir, "labels")?;
     for img in files_with_suffix(&img_dir, &[".png", ".jpg", ".jpeg"], true)? {
         let rel = img.strip_prefix(&img_dir).unwrap_or(&img).with_extension("png");
@@ -352,6 +370,20 @@ impl Dataset {
     /// No pairs at all?
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()
+    }
+
+    /// A note about pairs the listing could not make (images without labels, labels
+    /// without images), or None when every file paired up.
+    pub fn issues_note(&self) -> Option<String> {
+        (!self.issues.is_empty()).then(|| {
+            format!(
+                "note: {}: {} files did not pair up (e.g. {}: {}); `famix data check` lists them",
+                self.describe(),
+                self.issues.len(),
+                self.issues[0].path,
+                self.issues[0].problem
+            )
+        })
     }
 
     /// A one-line description ("cityscapes val (500 images) at /data/cs").

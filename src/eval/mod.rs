@@ -43,6 +43,9 @@ pub fn evaluate(model: &Segmenter, ds: &Dataset, opts: &EvalOptions, progress: &
     if ds.is_empty() {
         bail!("no image/label pairs found for {} (run `famix data check`)", ds.describe());
     }
+    if let Some(note) = ds.issues_note() {
+        progress.notice(&note);
+    }
     let n = opts.limit.map(|l| l.min(ds.len())).unwrap_or(ds.len());
     let ds = std::sync::Arc::new(ds.clone());
     let transform = ds.kind.eval_transform();
@@ -78,5 +81,10 @@ pub fn evaluate(model: &Segmenter, ds: &Dataset, opts: &EvalOptions, progress: &
         }
     }
     progress.finish();
-    Ok(EvalReport { metrics: conf.metrics(), images, skipped })
+    let metrics = conf.metrics();
+    if metrics.pixels == 0 {
+        // mIoU would be NaN: say why instead of reporting it.
+        bail!("no labelled pixel was evaluated on {} ({images} images evaluated, {} skipped as unreadable)", ds.describe(), skipped.len());
+    }
+    Ok(EvalReport { metrics, images, skipped })
 }

@@ -258,17 +258,11 @@ fn dismantle(values: Vec<Value>, force: bool) {
     let mut work = values;
     while let Some(v) = work.pop() {
         match v {
-            Value::List(l) => {
-                if force || Rc::strong_count(&l) == 1 {
-                    work.extend(std::mem::take(&mut *l.borrow_mut()));
-                }
-            }
-            Value::Dict(d) => {
-                if force || Rc::strong_count(&d) == 1 {
-                    for (k, v) in std::mem::take(&mut *d.borrow_mut()) {
-                        work.push(k);
-                        work.push(v);
-                    }
+            Value::List(l) if force || Rc::strong_count(&l) == 1 => work.extend(std::mem::take(&mut *l.borrow_mut())),
+            Value::Dict(d) if force || Rc::strong_count(&d) == 1 => {
+                for (k, v) in std::mem::take(&mut *d.borrow_mut()) {
+                    work.push(k);
+                    work.push(v);
                 }
             }
             Value::Tuple(t) => {
@@ -276,12 +270,10 @@ fn dismantle(values: Vec<Value>, force: bool) {
                     work.extend(items);
                 }
             }
-            Value::Object(o) => {
-                if force || Rc::strong_count(&o) == 1 {
-                    let mut o = o.borrow_mut();
-                    work.extend(std::mem::take(&mut o.args));
-                    work.extend(o.state.take());
-                }
+            Value::Object(o) if force || Rc::strong_count(&o) == 1 => {
+                let mut o = o.borrow_mut();
+                work.extend(std::mem::take(&mut o.args));
+                work.extend(o.state.take());
             }
             _ => {}
         }
@@ -758,7 +750,7 @@ fn long_from_bytes(b: &[u8]) -> Value {
 }
 
 fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         bail!("pickle dict with an odd number of items");
     }
     let mut out = Vec::with_capacity(items.len() / 2);

@@ -200,27 +200,38 @@ fn infer_head(sd: &StateDict) -> Result<HeadConfig> {
 /// Checks a header against the tensors before anything is allocated from it: the
 /// architecture must be the one the shapes describe (so a crafted header cannot make
 /// famix build a huge or negative-sized network), and the other fields must be sane.
+/// Where the head's tensors are missing, the header's values must be within
+/// plausible bounds (a few hundred MB at most), and the strict key check that
+/// follows lists every missing key.
 fn check_header(cfg: &SegmenterConfig, sd: &StateDict) -> Result<()> {
-    let backbone = ResNetConfig::infer(&sd.tensors, "backbone.")?;
-    if (backbone.layers, backbone.width) != (cfg.backbone.layers, cfg.backbone.width) {
-        bail!(
-            "header says layers {:?} width {}, the weights are layers {:?} width {}",
-            cfg.backbone.layers,
-            cfg.backbone.width,
-            backbone.layers,
-            backbone.width
-        );
+    let (b, h) = (&cfg.backbone, &cfg.head);
+    let plausible = |name: &str, v: i64, max: i64| -> Result<()> {
+        if !(1..=max).contains(&v) {
+            bail!("{name} {v} is not in 1..={max}");
+        }
+        Ok(())
+    };
+    for (i, &n) in b.layers.iter().enumerate() {
+        plausible(&format!("layer{} blocks", i + 1), n, 256)?;
     }
-    let head = infer_head(sd)?;
-    let h = &cfg.head;
-    if (head.num_classes, head.aspp_channels, head.low_proj_channels) != (h.num_classes, h.aspp_channels, h.low_proj_channels) {
-        bail!("header says head {h:?}, the weights are {head:?}");
+    plausible("width", b.width, 1024)?;
+    plausible("classes", h.num_classes, 1024)?;
+    plausible("ASPP channels", h.aspp_channels, 1024)?;
+    plausible("low-level projection channels", h.low_proj_channels, 1024)?;
+    plausible("input resolution", b.input_resolution, 4096)?;
+    plausible("attention heads", b.heads, 1024)?;
+    // The backbone is most of the network: its shape must come from the weights.
+    let inferred = ResNetConfig::infer(&sd.tensors, "backbone.")?;
+    if (inferred.layers, inferred.width) != (b.layers, b.width) {
+        bail!("header says layers {:?} width {}, the weights are layers {:?} width {}", b.layers, b.width, inferred.layers, inferred.width);
+    }
+    if let Ok(head) = infer_head(sd) {
+        if (head.num_classes, head.aspp_channels, head.low_proj_channels) != (h.num_classes, h.aspp_channels, h.low_proj_channels) {
+            bail!("header says head {h:?}, the weights are {head:?}");
+        }
     }
     if !(h.dropout.is_finite() && (0.0..1.0).contains(&h.dropout)) {
         bail!("head dropout {} is not in [0, 1)", h.dropout);
-    }
-    if !(1..=4096).contains(&cfg.backbone.input_resolution) || cfg.backbone.heads < 1 {
-        bail!("implausible input resolution {} or heads {}", cfg.backbone.input_resolution, cfg.backbone.heads);
     }
     cfg.validate()
 }

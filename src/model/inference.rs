@@ -119,6 +119,20 @@ impl Segmenter {
         Ok(checkpoint::load(path.as_ref(), device, Some(output_stride))?.model)
     }
 
+    /// Checks that a `width` × `height` image can go through the network at test
+    /// `scale`: every stride-2 average pool needs two cells, so each side must reach
+    /// the output stride after scaling.
+    pub fn check_size(&self, width: i64, height: i64, scale: f64) -> Result<()> {
+        let min_side = self.config.output_stride.value();
+        let side = (width.min(height) as f64 * scale.min(1.0)).floor() as i64;
+        if side < min_side {
+            bail!(
+                "image of {width}x{height} is too small for the network at scale {scale} (each side needs at least {min_side} pixels at output stride {min_side})"
+            );
+        }
+        Ok(())
+    }
+
     /// Segments one RGB image.
     pub fn predict(&self, image: &Image8, opts: &PredictOptions) -> Result<Prediction> {
         if image.channels != 3 {
@@ -138,18 +152,7 @@ impl Segmenter {
         if size.len() != 4 || size[1] != 3 || images_u8.kind() != Kind::Uint8 {
             bail!("predict_ids needs (N, 3, H, W) u8 images, got {:?} {:?}", size, images_u8.kind());
         }
-        // Every stride-2 average pool needs two cells: each side must reach the
-        // network's output stride after the test scale.
-        let min_side = self.config.output_stride.value();
-        let side = (size[2].min(size[3]) as f64 * opts.scale.min(1.0)).floor() as i64;
-        if side < min_side {
-            bail!(
-                "image of {}x{} is too small for the network at scale {} (each side needs at least {min_side} pixels at output stride {min_side})",
-                size[3],
-                size[2],
-                opts.scale
-            );
-        }
+        self.check_size(size[3], size[2], opts.scale)?;
         let x = normalize_u8(images_u8, self.device());
         let _amp = crate::device::Autocast::new(self.device(), opts.precision == Precision::Bf16);
         let logits = self.predict_logits(&x, opts.scale, opts.ensemble);

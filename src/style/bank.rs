@@ -121,15 +121,14 @@ impl StyleBank {
         }
     }
 
-    /// Checks a class's styles: finite means, finite positive deviations.
+    /// Checks a class's styles: finite means and deviations. (A deviation may be
+    /// negative: PIN optimises σ freely and ReLU(norm·σ + μ) is defined for either
+    /// sign; the reference keeps such styles, and so does famix.)
     pub fn check_values(&self, class: u8) -> Result<()> {
         let Some((mu, sigma)) = self.entries.get(&class) else { return Ok(()) };
         for (i, (m, s)) in mu.iter().zip(sigma).enumerate() {
-            if let Some(v) = m.iter().find(|v| !v.is_finite()) {
-                bail!("class {} style {i} has a non-finite mean ({v})", self.key(class));
-            }
-            if let Some(v) = s.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
-                bail!("class {} style {i} has a deviation of {v}; deviations must be finite and positive", self.key(class));
+            if let Some(v) = m.iter().chain(s).find(|v| !v.is_finite()) {
+                bail!("class {} style {i} holds a non-finite value ({v}); styles must be finite", self.key(class));
             }
         }
         Ok(())

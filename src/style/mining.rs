@@ -138,6 +138,9 @@ pub fn mine(
     if start >= total {
         return Ok(bank);
     }
+    if let Some(note) = ds.issues_note() {
+        progress.notice(&note);
+    }
     let mut embedder = PromptEmbedder::new(clip, prompts.templates.clone())?;
     let lc = LoaderConfig {
         batch: s.batch,
@@ -209,7 +212,7 @@ pub fn check_settings(s: &MineSettings, pin: &PinConfig) -> Result<()> {
     if pin.grid == 0 {
         return bad("--grid", "must be at least 1".into());
     }
-    if s.crop == 0 || s.crop % (4 * pin.grid) != 0 {
+    if s.crop == 0 || !s.crop.is_multiple_of(4 * pin.grid) {
         return bad("--crop", format!("{} must be positive and divisible by 4 × grid = {}", s.crop, 4 * pin.grid));
     }
     if pin.iters == 0 {

@@ -413,7 +413,7 @@ pub fn check_config(cfg: &TrainConfig) -> Result<()> {
     if cfg.grid == 0 {
         return bad("--grid", "must be at least 1".into());
     }
-    if cfg.crop % 4 != 0 || cfg.crop / 4 < cfg.grid {
+    if !cfg.crop.is_multiple_of(4) || cfg.crop / 4 < cfg.grid {
         return bad("--crop", format!("{} must be divisible by 4 and at least 4 × grid (layer1 has stride 4)", cfg.crop));
     }
     for (name, v, ok) in [
@@ -624,6 +624,9 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, opts: &RunOptions, pro
         ));
     }
     let (ds, val_ds) = open_datasets(cfg)?;
+    for note in std::iter::once(&*ds).chain(val_ds.as_ref()).filter_map(Dataset::issues_note) {
+        progress.notice(&note);
+    }
     let mut loader = make_loader(cfg, ds, opts, start, end)?;
     let mut stepper = Stepper::new(&model, cfg, tables, sgd);
     let mut meta = CheckpointMeta::new(&model.config);
@@ -650,6 +653,19 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, opts: &RunOptions, pro
     Ok(s.summary)
 }
 
+/// Labels must be train ids below the class count or the ignore label: the loss
+/// would otherwise index past the logits (a crash in libtorch).
+fn check_labels(batch: &Batch, num_classes: i64, iteration: u64) -> Result<()> {
+    let valid = batch.labels.lt(num_classes).logical_or(&batch.labels.eq(255));
+    if valid.all().int64_value(&[]) == 0 {
+        let bad = batch.labels.masked_select(&valid.logical_not()).max().int64_value(&[]);
+        bail!(
+            "label id {bad} in the batch of iteration {iteration} is not below --num-classes {num_classes} (labels must be train ids < {num_classes} or 255)"
+        );
+    }
+    Ok(())
+}
+
 /// The first trainable parameter with a NaN or infinite value, if any.
 fn first_non_finite(model: &Segmenter) -> Option<String> {
     let (bb, head) = model.param_groups();
@@ -665,13 +681,14 @@ fn run_loop(s: &mut Session, stepper: &mut Stepper, loader: &mut BatchLoader, va
             s.progress.notice(&format!("skipping unreadable sample {}: {}", sk.path, sk.error));
             s.summary.skipped.push(sk);
         }
+        check_labels(&batch, stepper.model.config.head.num_classes, step + 1)?;
         let loss = stepper.step(&batch, step)?;
         s.loss_acc += loss;
         s.loss_n += 1;
         s.progress.advance(1);
         let done = step + 1;
-        let checkpoint_now = done % s.cfg.val_interval.max(1) == 0 || done == end;
-        if done % s.cfg.log_interval.max(1) == 0 || checkpoint_now {
+        let checkpoint_now = done.is_multiple_of(s.cfg.val_interval.max(1)) || done == end;
+        if done.is_multiple_of(s.cfg.log_interval.max(1)) || checkpoint_now {
             s.log_loss(done, stepper.learning_rates(step), device)?;
         }
         if checkpoint_now {

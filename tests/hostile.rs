@@ -1,0 +1,282 @@
+//! Hostile and careless input through the command line: every case ends with a clear
+//! error (or a reported, skipped item) and a non-zero exit where something was wrong —
+//! never a panic, an abort or silently wrong output.
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use famix::Image8;
+
+fn tiny_checkpoint(dir: &Path) -> String {
+    tch::manual_seed(3);
+    famix::model::checkpoint::save_random_tiny(&dir.join("tiny"), 19).unwrap().to_str().unwrap().to_string()
+}
+
+fn jpeg(img: &Image8) -> Vec<u8> {
+    let mut buf = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new(&mut buf)
+        .encode(&img.data, img.width as u32, img.height as u32, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    buf
+}
+
+fn no_panic(err: &str) {
+    assert!(!err.contains("panicked") && !err.contains("internal error") && !err.contains("RUST_BACKTRACE"), "{err}");
+}
+
+#[test]
+fn predict_keeps_every_output_and_reports_what_it_cannot_read() {
+    let d = tmpdir();
+    let ckpt = tiny_checkpoint(d.path());
+    let inp = d.path().join("in");
+    let img = Image8::new(64, 48, 3, 90);
+    img.save_png(&inp.join("x.png")).unwrap();
+    std::fs::write(inp.join("x.jpg"), jpeg(&img)).unwrap();
+    let j = jpeg(&img);
+    std::fs::write(inp.join("cut.jpg"), &j[..j.len() / 2]).unwrap(); // truncated JPEG
+    Image8::new(3, 5, 3, 0).save_png(&inp.join("tiny.png")).unwrap(); // too small for the network
+    img.save_png(&d.path().join("d1/y.png")).unwrap();
+    img.save_png(&d.path().join("d2/y.png")).unwrap();
+    std::os::unix::fs::symlink(&inp, inp.join("loop")).unwrap(); // a symlink loop
+    let out = d.path().join("out");
+    let (code, _, err) = run_famix(&[
+        "predict",
+        "--checkpoint",
+        &ckpt,
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        inp.to_str().unwrap(),
+        d.path().join("d1/y.png").to_str().unwrap(),
+        d.path().join("d2/y.png").to_str().unwrap(),
+    ]);
+    no_panic(&err);
+    assert_eq!(code, 2, "failures must show in the exit code: {err}");
+    assert!(err.contains("cut.jpg") && err.contains("truncated"), "{err}");
+    assert!(err.contains("tiny.png") && err.contains("too small"), "{err}");
+    for stem in ["x_png", "x_jpg", "y_png", "y_png_2"] {
+        assert!(out.join(format!("{stem}_trainid.png")).exists(), "{stem} missing: {err}");
+    }
+    let written =
+        std::fs::read_dir(&out).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with("_trainid.png")).count();
+    assert_eq!(written, 4, "the symlink loop must not list files twice");
+    assert!(err.contains("4 predictions written") && err.contains("2 failed"), "{err}");
+}
+
+#[test]
+fn user_values_out_of_range_are_refused_by_name() {
+    let d = tmpdir();
+    let ckpt = tiny_checkpoint(d.path());
+    let cs = fixture("cityscapes_mini");
+    let eval = |extra: &[&str]| {
+        let mut a = vec!["eval", "--checkpoint", &ckpt, "--dataset", "cityscapes", "--data-root", cs.to_str().unwrap(), "--device", "cpu"];
+        a.extend_from_slice(extra);
+        run_famix(&a)
+    };
+    for (extra, name) in [
+        (&["--limit", "0"][..], "--limit"),
+        (&["--scale", "nan"][..], "--scale"),
+        (&["--scale", "0.001"][..], "--scale"),
+        (&["--scale", "inf"][..], "--scale"),
+    ] {
+        let (code, _, err) = eval(extra);
+        no_panic(&err);
+        assert_ne!(code, 0, "{extra:?}");
+        assert!(err.contains(name), "{extra:?}: {err}");
+    }
+    let (code, _, err) = run_famix(&["tokenize", "--context-length", "100000000000", "--pad", "a photo"]);
+    no_panic(&err);
+    assert_ne!(code, 0);
+    assert!(err.contains("--context-length"), "{err}");
+}
+
+fn train_args(run: &Path, bank: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "train",
+        "--clip",
+        fixture("clip_a_state.pt.gz").to_str().unwrap(),
+        "--dataset",
+        "gta5",
+        "--data-root",
+        fixture("gta5_mini").to_str().unwrap(),
+        "--split",
+        "all",
+        "--styles",
+        bank.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--iters",
+        "2",
+        "--batch",
+        "2",
+        "--crop",
+        "48",
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+#[test]
+fn training_and_mining_settings_are_validated_before_any_work() {
+    let d = tmpdir();
+    let bank = d.path().join("bank.safetensors");
+    assert_eq!(run_famix(&["styles", "import", fixture("saved_params.pkl").to_str().unwrap(), "--out", bank.to_str().unwrap()]).0, 0);
+    for (extra, name) in [
+        (&["--lr", "NaN"][..], "--lr"),
+        (&["--lr=-1"][..], "--lr"),
+        (&["--label-smoothing", "2"][..], "--label-smoothing"),
+        (&["--momentum", "1"][..], "--momentum"),
+        (&["--grid", "0"][..], "--grid"),
+        (&["--val-dataset", "cityscapes", "--val-root", "/nonexistent", "--val-limit", "0"][..], "--val-limit"),
+    ] {
+        let run = d.path().join("r");
+        let args = train_args(&run, &bank, extra);
+        let (code, _, err) = run_famix(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        no_panic(&err);
+        assert_ne!(code, 0, "{extra:?}");
+        assert!(err.contains(name), "{extra:?}: {err}");
+        assert!(!run.join("config.json").exists(), "{extra:?}: a refused run wrote files");
+    }
+    // Labels beyond --num-classes stop the run by name (they would crash the loss).
+    let run = d.path().join("k5");
+    let args = train_args(&run, &bank, &["--num-classes", "5", "--no-styles"]);
+    let (code, _, err) = run_famix(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    no_panic(&err);
+    assert_ne!(code, 0);
+    assert!(err.contains("--num-classes 5"), "{err}");
+    // A bank with a non-finite style is refused wherever it is read.
+    let mut b = famix::style::bank::StyleBank::new(16, famix::data::labels::default_class_names(19));
+    b.push(0, vec![0.0; 16], vec![f32::NAN; 16], None);
+    let bad = d.path().join("neg.safetensors");
+    b.save(&bad).unwrap();
+    let (code, _, err) = run_famix(&["styles", "show", bad.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("non-finite"), "{err}");
+    // Mining settings.
+    let (clip, gta) = (fixture("clip_a.safetensors.gz"), fixture("gta5_mini"));
+    for (extra, name) in [
+        (&["--batch", "0"][..], "--batch"),
+        (&["--crop", "0"][..], "--crop"),
+        (&["--grid", "0"][..], "--grid"),
+        (&["--iters", "0"][..], "--iters"),
+        (&["--lr", "nan"][..], "--lr"),
+    ] {
+        let out = d.path().join("m.safetensors");
+        let mut a = vec![
+            "mine-styles",
+            "--clip",
+            clip.to_str().unwrap(),
+            "--dataset",
+            "gta5",
+            "--data-root",
+            gta.to_str().unwrap(),
+            "--split",
+            "all",
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ];
+        a.extend_from_slice(extra);
+        let (code, _, err) = run_famix(&a);
+        no_panic(&err);
+        assert_ne!(code, 0, "{extra:?}");
+        assert!(err.contains(name), "{extra:?}: {err}");
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn dataset_layout_problems_are_reported() {
+    let d = tmpdir();
+    let ckpt = tiny_checkpoint(d.path());
+    // A folder dataset with split sub-folders but not the one asked for.
+    let root = d.path().join("ds");
+    Image8::new(64, 64, 3, 1).save_png(&root.join("images/train/a.png")).unwrap();
+    Image8::new(64, 64, 1, 1).save_png(&root.join("labels/train/a.png")).unwrap();
+    let (code, _, err) = run_famix(&[
+        "eval",
+        "--checkpoint",
+        &ckpt,
+        "--dataset",
+        "folder",
+        "--data-root",
+        root.to_str().unwrap(),
+        "--split",
+        "val",
+        "--device",
+        "cpu",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("split \"val\" not found") && err.contains("train"), "{err}");
+    // An empty split makes `data check` fail.
+    std::fs::create_dir_all(root.join("images/val")).unwrap();
+    std::fs::create_dir_all(root.join("labels/val")).unwrap();
+    let (code, out, _) = run_famix(&["data", "check", "--dataset", "folder", "--data-root", root.to_str().unwrap(), "--split", "val"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("no image/label pairs"), "{out}");
+    // Images without labels are named when evaluating.
+    Image8::new(64, 64, 3, 1).save_png(&root.join("images/train/b.png")).unwrap();
+    let (code, _, err) = run_famix(&[
+        "eval",
+        "--checkpoint",
+        &ckpt,
+        "--dataset",
+        "folder",
+        "--data-root",
+        root.to_str().unwrap(),
+        "--split",
+        "train",
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("did not pair up") && err.contains("b.png"), "{err}");
+}
+
+#[test]
+fn crafted_checkpoint_headers_are_refused_before_allocation() {
+    let d = tmpdir();
+    let ckpt = tiny_checkpoint(d.path());
+    let f = famix::io::archive::load_file(Path::new(&ckpt)).unwrap();
+    let mut tensors: Vec<(String, tch::Tensor)> = f.tensors.into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    for (field, value) in [
+        ("aspp_channels", serde_json::json!(1_i64 << 40)),
+        ("aspp_channels", serde_json::json!(-5)),
+        ("width", serde_json::json!(1_i64 << 30)),
+        ("layers", serde_json::json!([100000, 1, 2, 2])),
+    ] {
+        let mut meta: serde_json::Value = serde_json::from_str(&f.metadata["famix"]).unwrap();
+        if field == "aspp_channels" {
+            meta["head"][field] = value.clone();
+        } else {
+            meta["backbone"][field] = value.clone();
+        }
+        let p = d.path().join("crafted.safetensors");
+        let md = [("famix".to_string(), meta.to_string())].into_iter().collect();
+        famix::io::archive::save_safetensors(&p, &tensors, Some(md)).unwrap();
+        let (code, _, err) = run_famix(&[
+            "predict",
+            "--checkpoint",
+            p.to_str().unwrap(),
+            "--out",
+            d.path().join("o").to_str().unwrap(),
+            "--device",
+            "cpu",
+            fixture("img_a.png").to_str().unwrap(),
+        ]);
+        no_panic(&err);
+        assert_ne!(code, 0, "{field}={value}");
+        assert!(err.contains("crafted.safetensors"), "{field}: {err}");
+    }
+}
