@@ -29,14 +29,19 @@ pub fn overlay(image: &Image8, color: &Image8) -> Image8 {
 /// Writes `<stem>_trainid.png`, `<stem>_color.png` and, with `with_overlay`,
 /// `<stem>_overlay.png` (creating the folder).
 pub fn write_outputs(stem: &Path, image: &Image8, labels: &Image8, palette: &[[u8; 3]], with_overlay: bool) -> Result<()> {
-    let name = stem.file_name().unwrap_or_default().to_string_lossy().into_owned();
     let dir = stem.parent().unwrap_or(Path::new(""));
+    // Built from the OS string, so names that are not UTF-8 keep their bytes.
+    let named = |suffix: &str| {
+        let mut n = stem.file_name().unwrap_or_default().to_os_string();
+        n.push(suffix);
+        dir.join(n)
+    };
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
-    labels.save_png(&dir.join(format!("{name}_trainid.png")))?;
+    labels.save_png(&named("_trainid.png"))?;
     let color = colorize(labels, palette);
-    color.save_png(&dir.join(format!("{name}_color.png")))?;
+    color.save_png(&named("_color.png"))?;
     if with_overlay {
-        overlay(image, &color).save_png(&dir.join(format!("{name}_overlay.png")))?;
+        overlay(image, &color).save_png(&named("_overlay.png"))?;
     }
     Ok(())
 }

@@ -280,3 +280,64 @@ fn crafted_checkpoint_headers_are_refused_before_allocation() {
         assert!(err.contains("crafted.safetensors"), "{field}: {err}");
     }
 }
+
+#[test]
+fn resume_refuses_a_run_folder_whose_parts_disagree() {
+    let d = tmpdir();
+    let bank = d.path().join("bank.safetensors");
+    assert_eq!(run_famix(&["styles", "import", fixture("saved_params.pkl").to_str().unwrap(), "--out", bank.to_str().unwrap()]).0, 0);
+    let run = d.path().join("run");
+    let args = train_args(&run, &bank, &["--stop-after", "1"]);
+    let (code, _, err) = run_famix(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{err}");
+    let cfg_path = run.join("config.json");
+    let original = std::fs::read_to_string(&cfg_path).unwrap();
+    let resume = || run_famix(&["train", "--resume", run.to_str().unwrap(), "--device", "cpu"]);
+    // config.json of another run.
+    let mut cfg: serde_json::Value = serde_json::from_str(&original).unwrap();
+    cfg["run_id"] = "0123456789abcdef".into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let (code, _, err) = resume();
+    assert_ne!(code, 0);
+    assert!(err.contains("belongs to run"), "{err}");
+    // config.json contradicting the checkpoint (7 classes vs 19).
+    let mut cfg: serde_json::Value = serde_json::from_str(&original).unwrap();
+    cfg["head"]["num_classes"] = 7.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let (code, _, err) = resume();
+    assert_ne!(code, 0);
+    assert!(err.contains("contradicts"), "{err}");
+    // Restored, the run continues.
+    std::fs::write(&cfg_path, &original).unwrap();
+    let (code, _, err) = resume();
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn file_names_that_are_not_utf8_are_handled() {
+    use std::os::unix::ffi::OsStrExt;
+    let d = tmpdir();
+    let ckpt = tiny_checkpoint(d.path());
+    let inp = d.path().join("in");
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9.png");
+    Image8::new(64, 48, 3, 10).save_png(&inp.join(name)).unwrap();
+    let out = d.path().join("out");
+    let (code, _, err) = run_famix(&["predict", "--checkpoint", &ckpt, "--out", out.to_str().unwrap(), "--device", "cpu", inp.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.join(std::ffi::OsStr::from_bytes(b"caf\xe9_trainid.png")).exists(), "{err}");
+}
+
+#[test]
+fn a_diverging_pin_stops_mining_with_a_message() {
+    let d = tmpdir();
+    let out = d.path().join("m.safetensors");
+    let (clip, gta) = (fixture("clip_a.safetensors.gz"), fixture("gta5_mini"));
+    let (code, _, err) = run_famix(&[
+        "mine-styles", "--clip", clip.to_str().unwrap(), "--dataset", "gta5", "--data-root", gta.to_str().unwrap(), "--split", "all",
+        "--out", out.to_str().unwrap(), "--device", "cpu", "--batch", "2", "--crop", "72", "--iters", "5", "--limit", "1", "--lr", "1e30",
+    ]);
+    no_panic(&err);
+    assert_ne!(code, 0);
+    assert!(err.contains("PIN diverged") && err.contains("--lr"), "{err}");
+    assert!(!out.exists(), "a diverged bank was written");
+}

@@ -442,4 +442,35 @@ mod tests {
         let msg = format!("{e:#}");
         assert!(msg.contains("decompression bomb"), "{msg}");
     }
+
+    /// Views that re-read one storage many times (a 4 MB storage viewed by many
+    /// entries) stop at the materialisation budget instead of allocating gigabytes.
+    #[test]
+    fn shared_storages_cannot_expand_without_bound() {
+        let storage = Rc::new(Storage { dtype: StorageDtype::F32, data: vec![0u8; 4 << 20] });
+        let view = TensorRef { storage, offset: 0, size: vec![1 << 20], stride: vec![1] };
+        let mut cache = StorageCache::default();
+        let mut made = 0;
+        let err = loop {
+            match cache.tensor(&view) {
+                Ok(_) => made += 1,
+                Err(e) => break e,
+            }
+            assert!(made < 1000, "no budget");
+        };
+        assert!(err.to_string().contains("expand"), "{err}");
+        assert!(made >= 4, "legitimate re-use of a storage is allowed ({made})");
+    }
+
+    /// Every 8-byte field at the end of a legacy stream (the storage sizes and data)
+    /// set to u64::MAX gives a clean error or a load, never a panic.
+    #[test]
+    fn legacy_storage_sizes_are_checked() {
+        let orig = std::fs::read(fixture("legacy_state.pth")).unwrap();
+        for p in orig.len().saturating_sub(400)..orig.len() - 8 {
+            let mut b = orig.clone();
+            b[p..p + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+            let _ = load_bytes(&b);
+        }
+    }
 }

@@ -100,3 +100,22 @@ pub fn poly_lr(base: f64, it: u64, max_it: u64, power: f64, min_lr: f64) -> f64 
     let frac = 1.0 - it as f64 / max_it.max(1) as f64;
     (base * frac.max(0.0).powf(power)).max(min_lr)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn momentum_state_must_match_the_parameters() {
+        let params = vec![("w".to_string(), Tensor::zeros([2, 3], (tch::Kind::Float, tch::Device::Cpu)))];
+        let mut sgd = Sgd::new(0.9, 0.0);
+        let ok: HashMap<String, Tensor> = [("momentum.w".to_string(), Tensor::ones([2, 3], (tch::Kind::Float, tch::Device::Cpu)))].into();
+        sgd.load_state(&ok, &params, tch::Device::Cpu).unwrap();
+        let shape: HashMap<String, Tensor> = [("momentum.w".to_string(), Tensor::ones([3, 2], (tch::Kind::Float, tch::Device::Cpu)))].into();
+        assert!(sgd.load_state(&shape, &params, tch::Device::Cpu).unwrap_err().to_string().contains("shape"));
+        let other: HashMap<String, Tensor> = [("momentum.v".to_string(), Tensor::ones([2, 3], (tch::Kind::Float, tch::Device::Cpu)))].into();
+        assert!(sgd.load_state(&other, &params, tch::Device::Cpu).unwrap_err().to_string().contains("no trainable parameter"));
+        let nan: HashMap<String, Tensor> = [("momentum.w".to_string(), Tensor::full([2, 3], f64::NAN, (tch::Kind::Float, tch::Device::Cpu)))].into();
+        assert!(sgd.load_state(&nan, &params, tch::Device::Cpu).unwrap_err().to_string().contains("non-finite"));
+    }
+}
