@@ -34,12 +34,14 @@ fn bench_prints_one_json_line_per_workload() {
     let whats: Vec<&str> = lines.iter().map(|l| l["what"].as_str().unwrap()).collect();
     assert_eq!(whats, ["infer", "train", "mine", "loader"]);
     for l in &lines {
-        for k in ["device", "batch", "height", "width", "median_ms", "min_ms", "max_ms", "peak_mem_mb", "images_per_s"] {
+        for k in ["device", "batch", "height", "width", "median_ms", "min_ms", "max_ms", "peak_mem_mb", "peak_rss_mb", "images_per_s"] {
             assert!(l.get(k).is_some(), "{k} missing in {l}");
         }
         let (min, med, max) = (l["min_ms"].as_f64().unwrap(), l["median_ms"].as_f64().unwrap(), l["max_ms"].as_f64().unwrap());
         assert!(min > 0.0 && min <= med && med <= max, "{l}");
         assert!(l["images_per_s"].as_f64().unwrap() > 0.0);
+        let rss = l["peak_rss_mb"].as_f64().expect("peak_rss_mb on Linux");
+        assert!(rss > 10.0 && rss < 64_000.0, "implausible peak RSS {rss} MiB");
     }
     assert_eq!((lines[0]["height"].as_u64(), lines[0]["width"].as_u64()), (Some(64), Some(96)));
     assert_eq!(lines[1]["batch"], 2);

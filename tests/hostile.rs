@@ -322,7 +322,8 @@ fn file_names_that_are_not_utf8_are_handled() {
     let name = std::ffi::OsStr::from_bytes(b"caf\xe9.png");
     Image8::new(64, 48, 3, 10).save_png(&inp.join(name)).unwrap();
     let out = d.path().join("out");
-    let (code, _, err) = run_famix(&["predict", "--checkpoint", &ckpt, "--out", out.to_str().unwrap(), "--device", "cpu", inp.to_str().unwrap()]);
+    let (code, _, err) =
+        run_famix(&["predict", "--checkpoint", &ckpt, "--out", out.to_str().unwrap(), "--device", "cpu", inp.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.join(std::ffi::OsStr::from_bytes(b"caf\xe9_trainid.png")).exists(), "{err}");
 }
@@ -333,8 +334,29 @@ fn a_diverging_pin_stops_mining_with_a_message() {
     let out = d.path().join("m.safetensors");
     let (clip, gta) = (fixture("clip_a.safetensors.gz"), fixture("gta5_mini"));
     let (code, _, err) = run_famix(&[
-        "mine-styles", "--clip", clip.to_str().unwrap(), "--dataset", "gta5", "--data-root", gta.to_str().unwrap(), "--split", "all",
-        "--out", out.to_str().unwrap(), "--device", "cpu", "--batch", "2", "--crop", "72", "--iters", "5", "--limit", "1", "--lr", "1e30",
+        "mine-styles",
+        "--clip",
+        clip.to_str().unwrap(),
+        "--dataset",
+        "gta5",
+        "--data-root",
+        gta.to_str().unwrap(),
+        "--split",
+        "all",
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--batch",
+        "2",
+        "--crop",
+        "72",
+        "--iters",
+        "5",
+        "--limit",
+        "1",
+        "--lr",
+        "1e30",
     ]);
     no_panic(&err);
     assert_ne!(code, 0);

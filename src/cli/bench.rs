@@ -79,13 +79,15 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
     }
     let tmp = tempdir()?;
     for what in a.what.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let r = match what {
+        super::bench_run::reset_peak_rss();
+        let mut r = match what {
             "infer" => bench_infer(&cfg)?,
             "train" => bench_train(&cfg, &tmp)?,
             "mine" => bench_mine(&cfg)?,
             "loader" => bench_loader(&cfg, &tmp)?,
             other => bail!("unknown workload {other:?} (train, infer, mine, loader)"),
         };
+        r.peak_rss_mb = super::bench_run::peak_rss_mb();
         if a.json {
             println!("{}", serde_json::to_string(&r)?);
         } else {

@@ -88,10 +88,25 @@ pub struct BenchResult {
     pub min_ms: f64,
     pub max_ms: f64,
     pub peak_mem_mb: Option<f64>,
+    /// Peak resident memory of the process during the workload (MiB; Linux).
+    pub peak_rss_mb: Option<f64>,
     pub images_per_s: f64,
     /// infer with bf16: fraction of pixels whose predicted class equals fp32's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fp32_agreement: Option<f64>,
+}
+
+/// Resets the kernel's peak-RSS counter of this process (Linux `clear_refs` 5); false
+/// where that is not possible, and the peak then covers the whole process so far.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// The process's peak resident memory (VmHWM) in MiB, on Linux.
+pub fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 fn timed(cfg: &BenchConfig, mut f: impl FnMut() -> Result<()>) -> Result<(Vec<f64>, Option<f64>)> {
@@ -126,6 +141,7 @@ fn result(cfg: &BenchConfig, what: &str, batch: usize, h: usize, w: usize, mut m
         min_ms: ms[0],
         max_ms: ms[ms.len() - 1],
         peak_mem_mb: peak,
+        peak_rss_mb: None,
         images_per_s: batch as f64 * 1e3 / median,
         fp32_agreement: None,
     }

@@ -111,11 +111,14 @@ mod tests {
         let mut sgd = Sgd::new(0.9, 0.0);
         let ok: HashMap<String, Tensor> = [("momentum.w".to_string(), Tensor::ones([2, 3], (tch::Kind::Float, tch::Device::Cpu)))].into();
         sgd.load_state(&ok, &params, tch::Device::Cpu).unwrap();
-        let shape: HashMap<String, Tensor> = [("momentum.w".to_string(), Tensor::ones([3, 2], (tch::Kind::Float, tch::Device::Cpu)))].into();
+        let shape: HashMap<String, Tensor> =
+            [("momentum.w".to_string(), Tensor::ones([3, 2], (tch::Kind::Float, tch::Device::Cpu)))].into();
         assert!(sgd.load_state(&shape, &params, tch::Device::Cpu).unwrap_err().to_string().contains("shape"));
-        let other: HashMap<String, Tensor> = [("momentum.v".to_string(), Tensor::ones([2, 3], (tch::Kind::Float, tch::Device::Cpu)))].into();
+        let other: HashMap<String, Tensor> =
+            [("momentum.v".to_string(), Tensor::ones([2, 3], (tch::Kind::Float, tch::Device::Cpu)))].into();
         assert!(sgd.load_state(&other, &params, tch::Device::Cpu).unwrap_err().to_string().contains("no trainable parameter"));
-        let nan: HashMap<String, Tensor> = [("momentum.w".to_string(), Tensor::full([2, 3], f64::NAN, (tch::Kind::Float, tch::Device::Cpu)))].into();
+        let nan: HashMap<String, Tensor> =
+            [("momentum.w".to_string(), Tensor::full([2, 3], f64::NAN, (tch::Kind::Float, tch::Device::Cpu)))].into();
         assert!(sgd.load_state(&nan, &params, tch::Device::Cpu).unwrap_err().to_string().contains("non-finite"));
     }
 }
