@@ -17,6 +17,7 @@ build: setup
 # Hygiene first (formatting, lints, docs, the library without the CLI features),
 # then every test: unit, integration (PyTorch-parity fixtures, CLI), doc tests.
 test: build
+	tools/setup-test-deps.sh
 	cargo fmt --check
 	cargo clippy --release --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps

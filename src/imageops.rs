@@ -77,6 +77,12 @@ impl Image8 {
 
     /// Writes a PNG atomically (grey, RGB or RGBA).
     pub fn save_png(&self, path: &Path) -> Result<()> {
+        let buf = self.to_png().with_context(|| format!("cannot encode {}", path.display()))?;
+        crate::io::atomic_write(path, &buf)
+    }
+
+    /// PNG bytes (grey, RGB or RGBA); the same encoding as [`Image8::save_png`].
+    pub fn to_png(&self) -> Result<Vec<u8>> {
         let color = match self.channels {
             1 => image::ExtendedColorType::L8,
             3 => image::ExtendedColorType::Rgb8,
@@ -85,10 +91,8 @@ impl Image8 {
         };
         use image::ImageEncoder;
         let mut buf = Vec::new();
-        image::codecs::png::PngEncoder::new(&mut buf)
-            .write_image(&self.data, self.width as u32, self.height as u32, color)
-            .with_context(|| format!("cannot encode {}", path.display()))?;
-        crate::io::atomic_write(path, &buf)
+        image::codecs::png::PngEncoder::new(&mut buf).write_image(&self.data, self.width as u32, self.height as u32, color)?;
+        Ok(buf)
     }
 
     #[inline]

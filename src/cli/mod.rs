@@ -8,6 +8,7 @@ mod demo;
 mod eval;
 mod predict;
 mod progress;
+mod serve;
 mod styles;
 mod train;
 
@@ -61,6 +62,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Time training, inference, style mining and data loading (JSON with --json).
     Bench(bench::BenchArgs),
+    /// Serve segmentation over HTTP (JSON/PNG API, a web page, Prometheus metrics).
+    Serve(serve::ServeArgs),
 }
 
 /// Runs the CLI; returns the process exit code. Errors print their whole cause chain.
@@ -114,6 +117,7 @@ fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Styles(c) => styles::styles(c),
         Command::Train(a) => train::train(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Serve(a) => serve::serve(a),
     }
 }
 

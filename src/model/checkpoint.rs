@@ -124,8 +124,14 @@ pub fn save_with(
 /// ([`ResNetConfig::tiny`], [`HeadConfig::tiny`], OS16) to `path` and returns the
 /// weights' path: for examples, documentation and tests that need a checkpoint.
 pub fn save_random_tiny(path: &Path, num_classes: i64) -> Result<PathBuf> {
-    let mut cfg = SegmenterConfig::new(ResNetConfig::tiny(), num_classes, OutputStride::Os16, FreezePolicy::Synthetic);
-    cfg.head = HeadConfig::tiny(num_classes);
+    save_random(path, ResNetConfig::tiny(), HeadConfig::tiny(num_classes))
+}
+
+/// Writes a random-weight segmenter of any architecture (OS16): for benchmarks of
+/// real model sizes without trained weights.
+pub fn save_random(path: &Path, backbone: ResNetConfig, head: HeadConfig) -> Result<PathBuf> {
+    let mut cfg = SegmenterConfig::new(backbone, head.num_classes, OutputStride::Os16, FreezePolicy::Synthetic);
+    cfg.head = head;
     let model = Segmenter::new(cfg, Device::Cpu)?;
     let meta = CheckpointMeta::new(&model.config);
     save(&model, &meta, path)

@@ -1,0 +1,303 @@
+//! `famix serve` on loopback: the API round trip equals `famix predict` byte for byte,
+//! bad input gets the right status while the server keeps answering, a bounded load
+//! test completes without errors (and prints p50/p99 and images/s), and the web page
+//! renders the segmentation in a real browser (headless Chromium, installed by the
+//! test setup; see README).
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A running server, stopped with SIGTERM on drop.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(checkpoint: &str, extra: &[&str]) -> Server {
+        let mut child = Command::new(famix_bin())
+            .args(["serve", "--checkpoint", checkpoint, "--port", "0", "--device", "cpu"])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let url = loop {
+            let line = lines.next().expect("server exited before listening").unwrap();
+            if let Some(u) = line.split("listening on ").nth(1) {
+                break u.trim().to_string();
+            }
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, url }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).stderr(Stdio::null()).status();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+/// (status, body) of a POST to /v1/segment.
+fn post(url: &str, query: &str, body: &[u8]) -> (u16, Vec<u8>, Option<String>) {
+    let r = ureq::post(&format!("{url}/v1/segment{query}")).timeout(Duration::from_secs(60)).send_bytes(body);
+    let resp = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("request failed: {e}"),
+    };
+    let status = resp.status();
+    let retry = resp.header("Retry-After").map(str::to_string);
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut resp.into_reader(), &mut out).unwrap();
+    (status, out, retry)
+}
+
+fn tiny_checkpoint(dir: &Path) -> String {
+    tch::manual_seed(5);
+    famix::model::checkpoint::save_random_tiny(&dir.join("tiny"), 19).unwrap().to_str().unwrap().to_string()
+}
+
+/// A PNG whose header claims `w` × `h` (valid chunk CRCs, no pixel data).
+fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+    let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        v.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        v.extend_from_slice(kind);
+        v.extend_from_slice(data);
+        v.extend_from_slice(&crc.sum().to_be_bytes());
+    };
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(b"IHDR", &ihdr);
+    // A few bytes of compressed data: a real bomb would inflate them to 30 GB.
+    chunk(b"IDAT", &[0x78, 0x9c, 0x63, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01]);
+    chunk(b"IEND", &[]);
+    v
+}
+
+#[test]
+fn the_api_answers_like_predict_and_refuses_bad_input() {
+    let d = tmpdir();
+    let ckpt = fixture("seg_a_ref.pth");
+    let server = Server::start(ckpt.to_str().unwrap(), &["--max-body-mb", "1"]);
+    let img = std::fs::read(fixture("img_a.png")).unwrap();
+
+    // trainid equals `famix predict` on the same image, byte for byte.
+    let (status, body, _) = post(&server.url, "?output=trainid", &img);
+    assert_eq!(status, 200);
+    let out = d.path().join("pred");
+    let (code, _, err) = run_famix(&[
+        "predict",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        fixture("img_a.png").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(body, std::fs::read(out.join("img_a_trainid.png")).unwrap(), "served train ids differ from famix predict");
+    let (status, body, _) = post(&server.url, "?output=color", &img);
+    assert_eq!(status, 200);
+    assert_eq!(body, std::fs::read(out.join("img_a_color.png")).unwrap());
+    let (status, body, _) = post(&server.url, "?output=overlay&scale=0.75&ensemble=true", &img);
+    assert_eq!(status, 200);
+    assert!(body.starts_with(b"\x89PNG"));
+
+    // JSON: sizes, classes and fractions that add up.
+    let (status, body, _) = post(&server.url, "", &img);
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((v["width"].as_u64(), v["height"].as_u64()), (Some(96), Some(80)));
+    let total: f64 = v["classes"].as_array().unwrap().iter().map(|c| c["fraction"].as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-9, "fractions sum to {total}");
+    assert!(v["elapsed_ms"].as_f64().unwrap() >= 0.0);
+
+    // Bad input: the right status, a JSON error naming the problem.
+    let cases: Vec<(Vec<u8>, &str, u16, &str)> = vec![
+        (vec![0u8; 2 << 20], "", 413, ""),
+        (img[..img.len() / 2].to_vec(), "", 400, "corrupt"),
+        (png_header_only(100_000, 100_000), "", 413, "max-pixels"),
+        (b"just some text, not an image".to_vec(), "", 415, "PNG"),
+        (img.clone(), "?output=svg", 400, "unknown output"),
+        (img.clone(), "?scale=nan", 400, "--scale"),
+    ];
+    for (body, query, want, words) in cases {
+        let (status, answer, _) = post(&server.url, query, &body);
+        assert_eq!(status, want, "{query} {}", String::from_utf8_lossy(&answer));
+        if !words.is_empty() {
+            let e: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+            assert!(e["error"].as_str().unwrap().contains(words), "{e}");
+        }
+    }
+    let h: serde_json::Value =
+        ureq::get(&format!("{}/v1/health", server.url)).call().unwrap().into_string().map(|s| serde_json::from_str(&s).unwrap()).unwrap();
+    assert_eq!(h["ready"], true);
+    assert_eq!(h["checkpoint_sha256"].as_str().unwrap(), famix::io::sha256_file(&ckpt).unwrap());
+    let c: serde_json::Value =
+        ureq::get(&format!("{}/v1/classes", server.url)).call().unwrap().into_string().map(|s| serde_json::from_str(&s).unwrap()).unwrap();
+    assert_eq!(c["classes"].as_array().unwrap().len(), 5);
+    let m = ureq::get(&format!("{}/metrics", server.url)).call().unwrap().into_string().unwrap();
+    for k in [
+        "famix_requests_total",
+        "famix_errors_total{kind=\"corrupt\"}",
+        "famix_queue_depth",
+        "famix_request_latency_seconds_bucket",
+        "famix_images_per_second",
+    ] {
+        assert!(m.contains(k), "{k} missing from /metrics");
+    }
+}
+
+/// 8 clients × 50 requests on loopback, bounded in count and time; prints the figures.
+#[test]
+fn a_bounded_load_test_completes_without_errors() {
+    let d = tmpdir();
+    let server = Server::start(&tiny_checkpoint(d.path()), &["--max-batch", "8"]);
+    let img = famix::Image8::new(128, 96, 3, 77).to_png().unwrap();
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, img) = (server.url.clone(), img.clone());
+            std::thread::spawn(move || {
+                (0..50)
+                    .map(|_| {
+                        let t = Instant::now();
+                        let (status, _, _) = post(&url, "?output=trainid", &img);
+                        (status, t.elapsed().as_secs_f64() * 1e3)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut results: Vec<(u16, f64)> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let secs = t0.elapsed().as_secs_f64();
+    assert_eq!(results.len(), 400);
+    assert!(
+        results.iter().all(|(s, _)| *s == 200),
+        "errors under load: {:?}",
+        results.iter().filter(|(s, _)| *s != 200).take(5).collect::<Vec<_>>()
+    );
+    results.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let (p50, p99) = (results[200].1, results[395].1);
+    eprintln!("load (tiny model, 128x96, 8 clients x 50): p50 {p50:.1} ms, p99 {p99:.1} ms, {:.1} images/s", 400.0 / secs);
+    assert!(p50 <= p99);
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after() {
+    let d = tmpdir();
+    // One slot, one image per forward and a large image: the queue fills at once.
+    let server = Server::start(&tiny_checkpoint(d.path()), &["--max-queue", "1", "--max-batch", "1"]);
+    let img = famix::Image8::new(1024, 1024, 3, 5).to_png().unwrap();
+    let handles: Vec<_> = (0..12)
+        .map(|_| {
+            let (url, img) = (server.url.clone(), img.clone());
+            std::thread::spawn(move || post(&url, "?output=json", &img))
+        })
+        .collect();
+    let answers: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(answers.iter().any(|(s, _, _)| *s == 200), "some requests are served");
+    let busy: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 503).collect();
+    assert!(!busy.is_empty(), "a full queue must answer 503: {:?}", answers.iter().map(|a| a.0).collect::<Vec<_>>());
+    assert!(busy.iter().all(|(_, _, r)| r.as_deref() == Some("1")), "503 without Retry-After");
+    assert_eq!(ureq::get(&format!("{}/v1/health", server.url)).call().unwrap().status(), 200);
+}
+
+fn chromium() -> String {
+    for c in ["chromium", "chromium-browser", "google-chrome"] {
+        if Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()) {
+            return c.to_string();
+        }
+    }
+    panic!("headless Chromium is needed for this test: `make test` installs Debian's chromium package (see README)");
+}
+
+/// The page, opened by a real browser on `/?sample=1`, segments the built-in sample
+/// and shows the legend and the downloads.
+#[test]
+fn the_page_segments_the_sample_in_a_real_browser() {
+    let d = tmpdir();
+    let server = Server::start(&tiny_checkpoint(d.path()), &[]);
+    let profile = d.path().join("chromium-profile");
+    let out = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            &format!("--user-data-dir={}", profile.display()),
+            "--virtual-time-budget=30000",
+            "--dump-dom",
+            &format!("{}/?sample=1", server.url),
+        ])
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(dom.contains("data-state=\"done\""), "the page did not finish: {}", &dom[..dom.len().min(3000)]);
+    let legend_items = dom.matches("<li class=\"class\">").count();
+    assert!(legend_items >= 1, "no legend entries");
+    assert!(dom.contains("id=\"mask\"") && dom.contains("src=\"blob:"), "no segmentation shown");
+    assert!(
+        dom.contains("id=\"dl-trainid\"") && !dom.contains("id=\"dl-trainid\" download=\"trainid.png\" hidden"),
+        "download buttons not enabled"
+    );
+}
+
+/// SIGTERM lets the request in flight finish; an image too small for the network is
+/// answered 422 without disturbing the server.
+#[test]
+fn shutdown_finishes_requests_in_flight() {
+    let d = tmpdir();
+    let server = Server::start(&tiny_checkpoint(d.path()), &[]);
+    let small = famix::Image8::new(3, 5, 3, 0).to_png().unwrap();
+    let (status, body, _) = post(&server.url, "", &small);
+    assert_eq!(status, 422, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("too small"));
+    let big = famix::Image8::new(1536, 1536, 3, 9).to_png().unwrap();
+    let url = server.url.clone();
+    let inflight = std::thread::spawn(move || post(&url, "?output=json", &big).0);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut server = server;
+    let _ = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status();
+    assert_eq!(inflight.join().unwrap(), 200, "the request in flight was dropped");
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "the server did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
+}
