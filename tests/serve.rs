@@ -126,6 +126,15 @@ fn the_api_answers_like_predict_and_refuses_bad_input() {
     let (status, body, _) = post(&server.url, "?output=color", &img);
     assert_eq!(status, 200);
     assert_eq!(body, std::fs::read(out.join("img_a_color.png")).unwrap());
+    // The same pixels as lossless WebP give the same answer.
+    let decoded = famix::Image8::open_rgb(&fixture("img_a.png")).unwrap();
+    let mut webp = Vec::new();
+    image::codecs::webp::WebPEncoder::new_lossless(&mut webp)
+        .encode(&decoded.data, decoded.width as u32, decoded.height as u32, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    let (status, body, _) = post(&server.url, "?output=color", &webp);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, std::fs::read(out.join("img_a_color.png")).unwrap(), "WebP input answered differently");
     let (status, body, _) = post(&server.url, "?output=overlay&scale=0.75&ensemble=true", &img);
     assert_eq!(status, 200);
     assert!(body.starts_with(b"\x89PNG"));
