@@ -12,42 +12,10 @@ use common::*;
 use famix::style::bank::StyleBank;
 
 fn train_args(run: &Path, bank: &Path) -> Vec<String> {
-    [
-        "train",
-        "--clip",
-        fixture("clip_a_state.pt.gz").to_str().unwrap(),
-        "--dataset",
-        "gta5",
-        "--data-root",
-        fixture("gta5_mini").to_str().unwrap(),
-        "--split",
-        "all",
-        "--styles",
-        bank.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--iters",
-        "6",
-        "--batch",
-        "2",
-        "--crop",
-        "48",
-        "--val-dataset",
-        "cityscapes",
-        "--val-root",
-        fixture("cityscapes_mini").to_str().unwrap(),
-        "--val-interval",
-        "3",
-        "--log-interval",
-        "1",
-        "--device",
-        "cpu",
-        "--workers",
-        "2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    let val = fixture("cityscapes_mini").display().to_string();
+    let extra =
+        ["--iters", "6", "--val-dataset", "cityscapes", "--val-root", &val, "--val-interval", "3", "--log-interval", "1", "--workers", "2"];
+    common::train_args(run, bank, &extra)
 }
 
 /// Runs famix with `FAMIX_CRASH_AT=at` (None: no crash); returns whether it exited 0.
@@ -86,9 +54,7 @@ fn logged_iters(run: &Path) -> Vec<u64> {
 #[test]
 fn training_killed_at_every_commit_point_resumes_bit_exactly() {
     let d = tmpdir();
-    let bank = d.path().join("bank.safetensors");
-    let (code, _, err) = run_famix(&["styles", "import", fixture("saved_params.pkl").to_str().unwrap(), "--out", bank.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
+    let bank = reference_bank(d.path());
     let straight = d.path().join("straight");
     assert!(famix_crashing(&train_args(&straight, &bank), None));
     let want_log = logged_iters(&straight);
@@ -123,36 +89,9 @@ fn training_killed_at_every_commit_point_resumes_bit_exactly() {
 }
 
 fn mine_args(out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "mine-styles",
-        "--clip",
-        fixture("clip_a.safetensors.gz").to_str().unwrap(),
-        "--dataset",
-        "gta5",
-        "--data-root",
-        fixture("gta5_mini").to_str().unwrap(),
-        "--split",
-        "all",
-        "--batch",
-        "2",
-        "--crop",
-        "72",
-        "--iters",
-        "3",
-        "--device",
-        "cpu",
-        "--save-every",
-        "1",
-        "--limit",
-        "3",
-        "--out",
-        out.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
+    let mut v = vec!["--batch", "2", "--iters", "3", "--save-every", "1", "--limit", "3"];
+    v.extend_from_slice(extra);
+    common::mine_args(out, &v)
 }
 
 #[test]
@@ -185,16 +124,15 @@ fn a_second_writer_is_refused_while_the_first_runs() {
     let run = d.path().join("run");
     std::fs::create_dir_all(&run).unwrap();
     let held = famix::io::FolderLock::acquire(&run, "test").unwrap();
-    let bank = d.path().join("bank.safetensors");
-    assert_eq!(run_famix(&["styles", "import", fixture("saved_params.pkl").to_str().unwrap(), "--out", bank.to_str().unwrap()]).0, 0);
-    let (code, _, err) = run_famix(&train_args(&run, &bank).iter().map(String::as_str).collect::<Vec<_>>());
+    let bank = reference_bank(d.path());
+    let (code, _, err) = run_args(&train_args(&run, &bank));
     assert_ne!(code, 0);
     assert!(err.contains("in use by another famix process"), "{err}");
     assert!(!run.join("config.json").exists(), "the refused writer touched the folder");
     // A lock held by this process on a bank refuses mining into it too.
     let out = d.path().join("b.safetensors");
     let _held_bank = famix::io::FolderLock::acquire(&out, "test").unwrap();
-    let (code, _, err) = run_famix(&mine_args(&out, &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    let (code, _, err) = run_args(&mine_args(&out, &[]));
     assert_ne!(code, 0);
     assert!(err.contains("in use"), "{err}");
     drop(held);

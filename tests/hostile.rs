@@ -93,43 +93,15 @@ fn user_values_out_of_range_are_refused_by_name() {
 }
 
 fn train_args(run: &Path, bank: &Path, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "train",
-        "--clip",
-        fixture("clip_a_state.pt.gz").to_str().unwrap(),
-        "--dataset",
-        "gta5",
-        "--data-root",
-        fixture("gta5_mini").to_str().unwrap(),
-        "--split",
-        "all",
-        "--styles",
-        bank.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--iters",
-        "2",
-        "--batch",
-        "2",
-        "--crop",
-        "48",
-        "--device",
-        "cpu",
-        "--workers",
-        "1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
+    let mut v = vec!["--iters", "2", "--workers", "1"];
+    v.extend_from_slice(extra);
+    common::train_args(run, bank, &v)
 }
 
 #[test]
 fn training_and_mining_settings_are_validated_before_any_work() {
     let d = tmpdir();
-    let bank = d.path().join("bank.safetensors");
-    assert_eq!(run_famix(&["styles", "import", fixture("saved_params.pkl").to_str().unwrap(), "--out", bank.to_str().unwrap()]).0, 0);
+    let bank = reference_bank(d.path());
     for (extra, name) in [
         (&["--lr", "NaN"][..], "--lr"),
         (&["--lr=-1"][..], "--lr"),
@@ -140,7 +112,7 @@ fn training_and_mining_settings_are_validated_before_any_work() {
     ] {
         let run = d.path().join("r");
         let args = train_args(&run, &bank, extra);
-        let (code, _, err) = run_famix(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let (code, _, err) = run_args(&args);
         no_panic(&err);
         assert_ne!(code, 0, "{extra:?}");
         assert!(err.contains(name), "{extra:?}: {err}");
@@ -149,7 +121,7 @@ fn training_and_mining_settings_are_validated_before_any_work() {
     // Labels beyond --num-classes stop the run by name (they would crash the loss).
     let run = d.path().join("k5");
     let args = train_args(&run, &bank, &["--num-classes", "5", "--no-styles"]);
-    let (code, _, err) = run_famix(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (code, _, err) = run_args(&args);
     no_panic(&err);
     assert_ne!(code, 0);
     assert!(err.contains("--num-classes 5"), "{err}");
@@ -162,7 +134,6 @@ fn training_and_mining_settings_are_validated_before_any_work() {
     assert_ne!(code, 0);
     assert!(err.contains("non-finite"), "{err}");
     // Mining settings.
-    let (clip, gta) = (fixture("clip_a.safetensors.gz"), fixture("gta5_mini"));
     for (extra, name) in [
         (&["--batch", "0"][..], "--batch"),
         (&["--crop", "0"][..], "--crop"),
@@ -171,23 +142,7 @@ fn training_and_mining_settings_are_validated_before_any_work() {
         (&["--lr", "nan"][..], "--lr"),
     ] {
         let out = d.path().join("m.safetensors");
-        let mut a = vec![
-            "mine-styles",
-            "--clip",
-            clip.to_str().unwrap(),
-            "--dataset",
-            "gta5",
-            "--data-root",
-            gta.to_str().unwrap(),
-            "--split",
-            "all",
-            "--out",
-            out.to_str().unwrap(),
-            "--device",
-            "cpu",
-        ];
-        a.extend_from_slice(extra);
-        let (code, _, err) = run_famix(&a);
+        let (code, _, err) = run_args(&common::mine_args(&out, extra));
         no_panic(&err);
         assert_ne!(code, 0, "{extra:?}");
         assert!(err.contains(name), "{extra:?}: {err}");
@@ -284,11 +239,10 @@ fn crafted_checkpoint_headers_are_refused_before_allocation() {
 #[test]
 fn resume_refuses_a_run_folder_whose_parts_disagree() {
     let d = tmpdir();
-    let bank = d.path().join("bank.safetensors");
-    assert_eq!(run_famix(&["styles", "import", fixture("saved_params.pkl").to_str().unwrap(), "--out", bank.to_str().unwrap()]).0, 0);
+    let bank = reference_bank(d.path());
     let run = d.path().join("run");
     let args = train_args(&run, &bank, &["--stop-after", "1"]);
-    let (code, _, err) = run_famix(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (code, _, err) = run_args(&args);
     assert_eq!(code, 0, "{err}");
     let cfg_path = run.join("config.json");
     let original = std::fs::read_to_string(&cfg_path).unwrap();
@@ -332,32 +286,7 @@ fn file_names_that_are_not_utf8_are_handled() {
 fn a_diverging_pin_stops_mining_with_a_message() {
     let d = tmpdir();
     let out = d.path().join("m.safetensors");
-    let (clip, gta) = (fixture("clip_a.safetensors.gz"), fixture("gta5_mini"));
-    let (code, _, err) = run_famix(&[
-        "mine-styles",
-        "--clip",
-        clip.to_str().unwrap(),
-        "--dataset",
-        "gta5",
-        "--data-root",
-        gta.to_str().unwrap(),
-        "--split",
-        "all",
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--batch",
-        "2",
-        "--crop",
-        "72",
-        "--iters",
-        "5",
-        "--limit",
-        "1",
-        "--lr",
-        "1e30",
-    ]);
+    let (code, _, err) = run_args(&common::mine_args(&out, &["--batch", "2", "--iters", "5", "--limit", "1", "--lr", "1e30"]));
     no_panic(&err);
     assert_ne!(code, 0);
     assert!(err.contains("PIN diverged") && err.contains("--lr"), "{err}");

@@ -13,41 +13,9 @@ const TOL: f64 = 1e-4;
 
 /// Runs mine-styles on the mini GTA5 set; `extra` flags override the defaults.
 fn mine(out: &std::path::Path, extra: &[&str]) -> (i32, String, String) {
-    let mut flags: Vec<(String, Option<String>)> = vec![];
-    let mut set = |k: &str, v: Option<&str>| {
-        flags.retain(|(f, _)| f != k);
-        flags.push((k.to_string(), v.map(str::to_string)));
-    };
-    for (k, v) in [
-        ("--clip", fixture("clip_a.safetensors.gz").to_str().unwrap().to_string()),
-        ("--dataset", "gta5".into()),
-        ("--data-root", fixture("gta5_mini").to_str().unwrap().to_string()),
-        ("--split", "all".into()),
-        ("--batch", "4".into()),
-        ("--crop", "72".into()),
-        ("--iters", "5".into()),
-        ("--seed", "1".into()),
-        ("--device", "cpu".into()),
-        ("--out", out.to_str().unwrap().to_string()),
-    ] {
-        set(k, Some(&v));
-    }
-    let mut i = 0;
-    while i < extra.len() {
-        if i + 1 < extra.len() && !extra[i + 1].starts_with("--") {
-            set(extra[i], Some(extra[i + 1]));
-            i += 2;
-        } else {
-            set(extra[i], None);
-            i += 1;
-        }
-    }
-    let mut args = vec!["mine-styles".to_string()];
-    for (k, v) in flags {
-        args.push(k);
-        args.extend(v);
-    }
-    run_famix(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    let mut v = vec!["--batch", "4", "--iters", "5", "--seed", "1"];
+    v.extend_from_slice(extra);
+    run_args(&common::mine_args(out, &v))
 }
 
 fn expected() -> (serde_json::Value, std::collections::HashMap<String, Tensor>) {

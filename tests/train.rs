@@ -91,56 +91,22 @@ fn style_draws_use_the_class_bank_or_fall_back() {
 }
 
 fn train_args(run: &std::path::Path, bank: &std::path::Path, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "train",
-        "--clip",
-        fixture("clip_a_state.pt.gz").to_str().unwrap(),
-        "--dataset",
-        "gta5",
-        "--data-root",
-        fixture("gta5_mini").to_str().unwrap(),
-        "--split",
-        "all",
-        "--styles",
-        bank.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--iters",
-        "8",
-        "--batch",
-        "2",
-        "--crop",
-        "48",
-        "--val-dataset",
-        "cityscapes",
-        "--val-root",
-        fixture("cityscapes_mini").to_str().unwrap(),
-        "--val-interval",
-        "4",
-        "--log-interval",
-        "2",
-        "--device",
-        "cpu",
-        "--workers",
-        "2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
+    let mut v = vec!["--iters", "8", "--val-dataset", "cityscapes", "--val-root"];
+    let val = fixture("cityscapes_mini").display().to_string();
+    v.push(&val);
+    v.extend(["--val-interval", "4", "--log-interval", "2", "--workers", "2"]);
+    v.extend_from_slice(extra);
+    common::train_args(run, bank, &v)
 }
 
 fn run(args: &[String]) -> (i32, String, String) {
-    run_famix(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    run_args(args)
 }
 
 #[test]
 fn resume_is_exact_and_runs_are_complete() {
     let d = tmpdir();
-    let bank = d.path().join("bank.safetensors");
-    let (code, _, err) = run_famix(&["styles", "import", fixture("saved_params.pkl").to_str().unwrap(), "--out", bank.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
+    let bank = reference_bank(d.path());
 
     let straight = d.path().join("straight");
     let (code, out, err) = run(&train_args(&straight, &bank, &[]));
@@ -222,8 +188,7 @@ fn resume_is_exact_and_runs_are_complete() {
 #[test]
 fn ablations_and_bad_settings() {
     let d = tmpdir();
-    let bank = d.path().join("bank.safetensors");
-    assert_eq!(run_famix(&["styles", "import", fixture("saved_params.pkl").to_str().unwrap(), "--out", bank.to_str().unwrap()]).0, 0);
+    let bank = reference_bank(d.path());
     for flag in ["--no-mix", "--no-styles"] {
         let r = d.path().join(flag.trim_start_matches('-'));
         let (code, _, err) = run(&train_args(&r, &bank, &[flag, "--iters", "2", "--val-interval", "2"]));
@@ -276,8 +241,7 @@ fn demo_runs_end_to_end_and_learns() {
 #[test]
 fn unreadable_training_samples_stop_the_run_or_are_skipped() {
     let d = tmpdir();
-    let bank = d.path().join("bank.safetensors");
-    assert_eq!(run_famix(&["styles", "import", fixture("saved_params.pkl").to_str().unwrap(), "--out", bank.to_str().unwrap()]).0, 0);
+    let bank = reference_bank(d.path());
     // A copy of the mini GTA5 set with one truncated frame.
     let data = d.path().join("gta5");
     for sub in ["images", "labels"] {

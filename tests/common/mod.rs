@@ -39,3 +39,38 @@ pub fn run_famix(args: &[&str]) -> (i32, String, String) {
 pub fn tmpdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
+
+/// `famix COMMAND` on the mini GTA5 fixture with the tiny CLIP `clip` on the CPU:
+/// `fixed` flags, then `extra` (a flag given twice takes its last value, so extras
+/// override).
+fn fixture_job(command: &str, clip: &str, fixed: &[String], extra: &[&str]) -> Vec<String> {
+    let (clip, data) = (fixture(clip).display().to_string(), fixture("gta5_mini").display().to_string());
+    let base =
+        [command, "--clip", &clip, "--dataset", "gta5", "--data-root", &data, "--split", "all", "--device", "cpu"].map(str::to_string);
+    base.into_iter().chain(fixed.iter().cloned()).chain(extra.iter().map(|s| s.to_string())).collect()
+}
+
+/// `famix train` on the mini GTA5 fixture (batch 2, crop 48) into `run` with `bank`.
+pub fn train_args(run: &std::path::Path, bank: &std::path::Path, extra: &[&str]) -> Vec<String> {
+    let fixed = ["--styles".into(), bank.display().to_string(), "--out".into(), run.display().to_string()];
+    let fixed: Vec<String> = fixed.into_iter().chain(["--batch", "2", "--crop", "48"].map(str::to_string)).collect();
+    fixture_job("train", "clip_a_state.pt.gz", &fixed, extra)
+}
+
+/// `famix mine-styles` on the mini GTA5 fixture (crop 72) into `out`.
+pub fn mine_args(out: &std::path::Path, extra: &[&str]) -> Vec<String> {
+    fixture_job("mine-styles", "clip_a.safetensors.gz", &["--crop".into(), "72".into(), "--out".into(), out.display().to_string()], extra)
+}
+
+/// Runs famix with owned arguments.
+pub fn run_args(args: &[String]) -> (i32, String, String) {
+    run_famix(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// The reference's `saved_params.pkl` imported as a bank in `dir`.
+pub fn reference_bank(dir: &std::path::Path) -> std::path::PathBuf {
+    let bank = dir.join("bank.safetensors");
+    let (code, _, err) = run_famix(&["styles", "import", fixture("saved_params.pkl").to_str().unwrap(), "--out", bank.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    bank
+}
