@@ -26,9 +26,40 @@ pub fn overlay(image: &Image8, color: &Image8) -> Image8 {
     o
 }
 
+/// How a prediction's ids are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum IdFormat {
+    /// `<stem>_trainid.png`: the 19 train ids (255 = ignore).
+    #[default]
+    Trainid,
+    /// `<stem>_labelIds.png`: Cityscapes label ids (7 = road, ..., 33 = bicycle), the
+    /// format of the Cityscapes and ACDC benchmark servers.
+    Labelid,
+}
+
+/// Train ids → Cityscapes label ids (ids without a label id become 0, "unlabeled").
+pub fn to_label_ids(train_ids: &Image8) -> Image8 {
+    let map = crate::data::labels::CITYSCAPES_LABEL_IDS;
+    Image8 { data: train_ids.data.iter().map(|&t| map.get(t as usize).copied().unwrap_or(0)).collect(), ..train_ids.clone() }
+}
+
 /// Writes `<stem>_trainid.png`, `<stem>_color.png` and, with `with_overlay`,
 /// `<stem>_overlay.png` (creating the folder).
 pub fn write_outputs(stem: &Path, image: &Image8, labels: &Image8, palette: &[[u8; 3]], with_overlay: bool) -> Result<()> {
+    write_outputs_as(stem, image, labels, palette, with_overlay, IdFormat::Trainid)
+}
+
+/// [`write_outputs`] with the ids in `format` (`_labelIds.png` instead of
+/// `_trainid.png` for [`IdFormat::Labelid`]).
+pub fn write_outputs_as(
+    stem: &Path,
+    image: &Image8,
+    labels: &Image8,
+    palette: &[[u8; 3]],
+    with_overlay: bool,
+    format: IdFormat,
+) -> Result<()> {
     let dir = stem.parent().unwrap_or(Path::new(""));
     // Built from the OS string, so names that are not UTF-8 keep their bytes.
     let named = |suffix: &str| {
@@ -37,7 +68,10 @@ pub fn write_outputs(stem: &Path, image: &Image8, labels: &Image8, palette: &[[u
         dir.join(n)
     };
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
-    labels.save_png(&named("_trainid.png"))?;
+    match format {
+        IdFormat::Trainid => labels.save_png(&named("_trainid.png"))?,
+        IdFormat::Labelid => to_label_ids(labels).save_png(&named("_labelIds.png"))?,
+    }
     let color = colorize(labels, palette);
     color.save_png(&named("_color.png"))?;
     if with_overlay {

@@ -13,7 +13,7 @@ use famix::data::prefetch::{default_workers, ordered_map};
 use famix::imageops::Image8;
 use famix::model::checkpoint;
 use famix::progress::{Progress, Unit};
-use famix::render::write_outputs;
+use famix::render::write_outputs_as;
 use famix::{PredictOptions, Segmenter};
 
 #[derive(Args)]
@@ -32,6 +32,9 @@ pub struct PredictArgs {
     overlay: bool,
     #[command(flatten)]
     test: super::TestTimeArgs,
+    /// Id format of the label PNGs: trainid (<stem>_trainid.png) or labelid (<stem>_labelIds.png, Cityscapes label ids as the Cityscapes/ACDC benchmark servers expect)
+    #[arg(long, value_enum, default_value = "trainid")]
+    label_format: famix::render::IdFormat,
     /// Images per forward pass (same-size images are batched)
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -46,6 +49,7 @@ struct Pending<'a> {
     out: &'a Path,
     stems: &'a [PathBuf],
     overlay: bool,
+    format: famix::render::IdFormat,
     batch: Vec<(usize, Image8)>,
 }
 
@@ -61,7 +65,7 @@ impl Pending<'_> {
         let palette = &self.model.config.palette;
         for (k, (i, img)) in self.batch.iter().enumerate() {
             let labels = Image8::from_tensor_u8(&ids.get(k as i64))?;
-            write_outputs(&self.out.join(&self.stems[*i]), img, &labels, palette, self.overlay)?;
+            write_outputs_as(&self.out.join(&self.stems[*i]), img, &labels, palette, self.overlay, self.format)?;
         }
         self.batch.clear();
         Ok(())
@@ -86,7 +90,8 @@ pub fn predict(a: PredictArgs) -> Result<i32> {
     let bars = super::progress::Bars::default();
     bars.start("predict", shared.len() as u64, 0, Unit::Items);
     let opts_scale = opts.scale;
-    let mut pending = Pending { model: &model, opts, out: &a.out, stems: &stems, overlay: a.overlay, batch: Vec::new() };
+    let mut pending =
+        Pending { model: &model, opts, out: &a.out, stems: &stems, overlay: a.overlay, format: a.label_format, batch: Vec::new() };
     let mut failed = 0usize;
     for (i, res) in decoded.enumerate() {
         let res = res.map_err(anyhow::Error::from).and_then(|img| {

@@ -27,6 +27,10 @@ pub const CITYSCAPES_CLASSES: [&str; 19] = [
     "bicycle",
 ];
 
+/// The Cityscapes label id of each train id (what the Cityscapes and ACDC benchmark
+/// servers expect); the ignore train id maps to 0 ("unlabeled").
+pub const CITYSCAPES_LABEL_IDS: [u8; 19] = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33];
+
 /// Cityscapes' colour palette for the 19 classes.
 pub const CITYSCAPES_PALETTE: [[u8; 3]; 19] = [
     [128, 64, 128],

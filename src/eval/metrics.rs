@@ -41,6 +41,30 @@ impl Confusion {
     }
 }
 
+/// The Cityscapes train ids of Synthia's 16-class protocol (as DG papers report it):
+/// the 19 classes without terrain, truck and train, which Synthia does not label.
+pub const SYNTHIA_16: [usize; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18];
+/// The 13-class protocol: the 16 without wall, fence and pole.
+pub const SYNTHIA_13: [usize; 13] = [0, 1, 2, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18];
+
+/// Mean IoU over `classes` of a k × k row-major confusion matrix, leaving out
+/// classes absent from both ground truth and prediction (as [`Metrics::miou`]);
+/// None when none of them is present.
+pub fn subset_miou(m: &[u64], k: usize, classes: &[usize]) -> Option<f64> {
+    let ious: Vec<f64> = classes
+        .iter()
+        .filter(|&&c| c < k)
+        .filter_map(|&c| {
+            let tp = m[c * k + c];
+            let row: u64 = (0..k).map(|j| m[c * k + j]).sum();
+            let col: u64 = (0..k).map(|i| m[i * k + c]).sum();
+            let denom = row + col - tp;
+            (denom > 0).then(|| tp as f64 / denom as f64)
+        })
+        .collect();
+    (!ious.is_empty()).then(|| ious.iter().sum::<f64>() / ious.len() as f64)
+}
+
 #[derive(Debug, Clone, Serialize)]
 /// Segmentation metrics (fractions in [0, 1]).
 pub struct Metrics {

@@ -33,6 +33,8 @@ pub struct EvalReport {
     pub images: usize,
     /// Samples that could not be read (with `skip_bad`).
     pub skipped: Vec<Skipped>,
+    /// The confusion matrix, K × K row-major counts (row = ground truth).
+    pub confusion: Vec<u64>,
 }
 
 /// Evaluates `model` on `ds`, decoding ahead on loader threads.
@@ -81,10 +83,11 @@ pub fn evaluate(model: &Segmenter, ds: &Dataset, opts: &EvalOptions, progress: &
         }
     }
     progress.finish();
-    let metrics = conf.metrics();
+    let confusion = conf.matrix();
+    let metrics = Metrics::from_matrix(&confusion, conf.classes);
     if metrics.pixels == 0 {
         // mIoU would be NaN: say why instead of reporting it.
         bail!("no labelled pixel was evaluated on {} ({images} images evaluated, {} skipped as unreadable)", ds.describe(), skipped.len());
     }
-    Ok(EvalReport { metrics, images, skipped })
+    Ok(EvalReport { metrics, images, skipped, confusion })
 }

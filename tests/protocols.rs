@@ -1,0 +1,118 @@
+//! Evaluation conventions of DG papers and benchmark servers: the confusion matrix in
+//! `eval --json`, Synthia's 16/13-class mIoU (checked against a hand computation from
+//! that matrix, tolerance 1e-12), and Cityscapes label-id outputs from `predict`.
+mod common;
+
+use common::*;
+
+/// IoU of class c from a row-major matrix, None when absent from both sides.
+fn iou(m: &[Vec<u64>], c: usize) -> Option<f64> {
+    let tp = m[c][c] as f64;
+    let row: u64 = m[c].iter().sum();
+    let col: u64 = m.iter().map(|r| r[c]).sum();
+    let denom = row as f64 + col as f64 - tp;
+    (denom > 0.0).then(|| tp / denom)
+}
+
+fn mean_present(m: &[Vec<u64>], classes: &[usize]) -> f64 {
+    let v: Vec<f64> = classes.iter().filter_map(|&c| iou(m, c)).collect();
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+#[test]
+fn eval_reports_the_confusion_matrix_and_synthia_class_subsets() {
+    let d = tmpdir();
+    tch::manual_seed(11);
+    let ckpt = famix::model::checkpoint::save_random_tiny(&d.path().join("tiny"), 19).unwrap();
+    let cs = fixture("cityscapes_mini");
+    for (classes, key, subset) in [
+        ("16", "miou16", vec![0usize, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18]),
+        ("13", "miou13", vec![0usize, 1, 2, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18]),
+    ] {
+        let json = d.path().join(format!("{key}.json"));
+        let (code, out, err) = run_famix(&[
+            "eval",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--dataset",
+            "cityscapes",
+            "--data-root",
+            cs.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--classes",
+            classes,
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains(key), "{out}");
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let m: Vec<Vec<u64>> = v["confusion_matrix"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect())
+            .collect();
+        assert_eq!((m.len(), m[0].len()), (19, 19));
+        assert_eq!(v["class_names"].as_array().unwrap().len(), 19);
+        assert_eq!(v["class_names"][13], "car");
+        assert!(m.iter().flatten().sum::<u64>() > 0);
+        let all: Vec<usize> = (0..19).collect();
+        assert!((v["miou"].as_f64().unwrap() - mean_present(&m, &all)).abs() <= 1e-12, "miou disagrees with the matrix");
+        let got = v[key].as_f64().unwrap();
+        assert!((got - mean_present(&m, &subset)).abs() <= 1e-12, "{key} {got} != hand computation {}", mean_present(&m, &subset));
+    }
+    // Subsets are defined on the 19 Cityscapes classes: a 5-class model is refused.
+    let (code, _, err) = run_famix(&[
+        "eval",
+        "--checkpoint",
+        fixture("seg_a_ref.pth").to_str().unwrap(),
+        "--dataset",
+        "cityscapes",
+        "--data-root",
+        cs.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--classes",
+        "16",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--classes 16"), "{err}");
+    let (code, _, err) = run_famix(&["eval", "--checkpoint", "x", "--dataset", "cityscapes", "--data-root", "y", "--classes", "17"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("19, 16 or 13"), "{err}");
+}
+
+#[test]
+fn predict_writes_cityscapes_label_ids_for_benchmark_servers() {
+    let d = tmpdir();
+    let ckpt = fixture("seg_a_ref.pth");
+    let img = fixture("img_a.png");
+    let run = |fmt: &str, out: &std::path::Path| {
+        let (code, _, err) = run_famix(&[
+            "predict",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--label-format",
+            fmt,
+            img.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+    };
+    let (a, b) = (d.path().join("train"), d.path().join("label"));
+    run("trainid", &a);
+    run("labelid", &b);
+    assert!(!b.join("img_a_trainid.png").exists());
+    let train = famix::data::datasets::read_label_ids(&a.join("img_a_trainid.png"), false).unwrap();
+    let label = famix::data::datasets::read_label_ids(&b.join("img_a_labelIds.png"), false).unwrap();
+    let table = [7u8, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33];
+    assert_eq!(label.data, train.data.iter().map(|&t| table[t as usize]).collect::<Vec<_>>());
+    // Converting back with the Cityscapes table gives the train ids again.
+    let back = famix::data::DatasetKind::Cityscapes.label_map();
+    assert_eq!(label.data.iter().map(|&l| back[l as usize]).collect::<Vec<_>>(), train.data);
+}
