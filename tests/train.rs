@@ -120,6 +120,14 @@ fn resume_is_exact_and_runs_are_complete() {
     let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(lines.iter().any(|l| l["iter"] == 2 && l["loss"].as_f64().unwrap().is_finite() && l["lr_head"].as_f64().is_some()));
     assert_eq!(lines.iter().filter(|l| l.get("val_miou").is_some()).count(), 2);
+    // The best validation's confusion matrix is kept beside `best`, consistent with it.
+    let conf: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(straight.join("best_confusion.json")).unwrap()).unwrap();
+    let best = checkpoint::load(&straight.join("best"), Device::Cpu, None).unwrap().meta;
+    assert_eq!(conf["iter"].as_u64(), Some(best.step));
+    assert_eq!(conf["miou"].as_f64(), best.best_miou);
+    let m = conf["confusion_matrix"].as_array().unwrap();
+    assert_eq!((m.len(), conf["class_names"].as_array().unwrap().len()), (19, 19));
+    assert!(m.iter().flat_map(|r| r.as_array().unwrap()).map(|x| x.as_u64().unwrap()).sum::<u64>() > 0);
 
     let split = d.path().join("split");
     let (code, _, err) = run(&train_args(&split, &bank, &["--stop-after", "4"]));

@@ -227,6 +227,12 @@ pub fn config_path(run: &Path) -> PathBuf {
 pub fn latest_path(run: &Path) -> PathBuf {
     run.join("latest.safetensors")
 }
+/// RUN/best_confusion.json: the confusion matrix (rows = ground truth) of the best
+/// validation, with its class names and per-class IoU.
+pub fn best_confusion_path(run: &Path) -> PathBuf {
+    run.join("best_confusion.json")
+}
+
 /// RUN/best.safetensors.
 pub fn best_path(run: &Path) -> PathBuf {
     run.join("best.safetensors")
@@ -573,6 +579,14 @@ impl Session<'_> {
                 let mut m = self.meta.clone();
                 m.step = done;
                 m.best_miou = Some(miou);
+                // The matrix first: a crash between the two leaves a matrix newer than
+                // `best`, which the next validation at this step rewrites identically.
+                let k = model.config.class_names.len();
+                let confusion = json!({
+                    "iter": done, "miou": miou, "dataset": vd.describe(), "class_names": model.config.class_names,
+                    "per_class_iou": rep.metrics.per_class_iou, "confusion_matrix": rep.confusion.chunks(k.max(1)).collect::<Vec<_>>(),
+                });
+                crate::io::atomic_write_json(&best_confusion_path(self.run), &confusion)?;
                 checkpoint::save(model, &m, &best_path(self.run))?;
             }
         }
