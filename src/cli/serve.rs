@@ -281,11 +281,12 @@ fn model_loop(model: Segmenter, jobs: Receiver<Job>, precision: Precision, max_b
 /// One forward pass for same-size jobs; each job gets its own answer.
 fn run_batch(model: &Segmenter, batch: Vec<Job>, precision: Precision, metrics: &Metrics) {
     let t = Instant::now();
-    let (ok, bad): (Vec<Job>, Vec<Job>) =
-        batch.into_iter().partition(|j| model.check_size(j.image.width as i64, j.image.height as i64, j.scale).is_ok());
-    for j in bad {
-        let e = model.check_size(j.image.width as i64, j.image.height as i64, j.scale).err().map(|e| e.to_string()).unwrap_or_default();
-        let _ = j.reply.send(Err(e));
+    let mut ok = Vec::with_capacity(batch.len());
+    for j in batch {
+        match model.check_size(j.image.width as i64, j.image.height as i64, j.scale) {
+            Ok(()) => ok.push(j),
+            Err(e) => drop(j.reply.send(Err(e.to_string()))),
+        }
     }
     if ok.is_empty() {
         return;

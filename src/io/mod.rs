@@ -25,26 +25,22 @@ pub fn temp_path(path: &Path) -> PathBuf {
 /// Removes temporary files that a killed writer left in `dir` (only ours: hidden
 /// names with the temp mark). Returns how many were removed.
 pub fn clean_temp_files(dir: &Path) -> Result<usize> {
-    let mut n = 0;
-    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(0) };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.contains(TEMP_MARK) && e.path().is_file() {
-            std::fs::remove_file(e.path()).with_context(|| format!("cannot remove stale temp file {}", e.path().display()))?;
-            n += 1;
-        }
-    }
-    Ok(n)
+    remove_matching(dir, &|name| name.starts_with('.') && name.contains(TEMP_MARK))
 }
 
 /// Removes the temporary files a killed writer of `path` left beside it.
 pub fn clean_temp_siblings(path: &Path) -> Result<usize> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let prefix = format!(".{}{TEMP_MARK}", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    remove_matching(dir, &|name| name.starts_with(&prefix))
+}
+
+/// Removes the files in `dir` whose name passes `stale`; returns how many.
+fn remove_matching(dir: &Path, stale: &dyn Fn(&str) -> bool) -> Result<usize> {
     let mut n = 0;
     let Ok(entries) = std::fs::read_dir(dir) else { return Ok(0) };
     for e in entries.flatten() {
-        if e.file_name().to_string_lossy().starts_with(&prefix) && e.path().is_file() {
+        if stale(&e.file_name().to_string_lossy()) && e.path().is_file() {
             std::fs::remove_file(e.path()).with_context(|| format!("cannot remove stale temp file {}", e.path().display()))?;
             n += 1;
         }
