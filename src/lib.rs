@@ -40,6 +40,7 @@ pub mod model;
 pub mod nn;
 pub mod progress;
 pub mod render;
+pub mod report;
 pub mod rng;
 pub mod style;
 pub mod train;

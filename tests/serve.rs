@@ -255,40 +255,13 @@ fn a_full_queue_answers_503_with_retry_after() {
     assert_eq!(ureq::get(&format!("{}/v1/health", server.url)).call().unwrap().status(), 200);
 }
 
-fn chromium() -> String {
-    for c in ["chromium", "chromium-browser", "google-chrome"] {
-        if Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()) {
-            return c.to_string();
-        }
-    }
-    panic!("headless Chromium is needed for this test: `make test` installs Debian's chromium package (see README)");
-}
-
 /// The page, opened by a real browser on `/?sample=1`, segments the built-in sample
 /// and shows the legend and the downloads.
 #[test]
 fn the_page_segments_the_sample_in_a_real_browser() {
     let d = tmpdir();
     let server = Server::start(&tiny_checkpoint(d.path()), &[]);
-    let profile = d.path().join("chromium-profile");
-    let out = Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            &format!("--user-data-dir={}", profile.display()),
-            "--virtual-time-budget=30000",
-            "--dump-dom",
-            &format!("{}/?sample=1", server.url),
-        ])
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&out.stdout);
+    let dom = chromium_dump_dom(&format!("{}/?sample=1", server.url), &d.path().join("chromium-profile"));
     assert!(dom.contains("data-state=\"done\""), "the page did not finish: {}", &dom[..dom.len().min(3000)]);
     let legend_items = dom.matches("<li class=\"class\">").count();
     assert!(legend_items >= 1, "no legend entries");

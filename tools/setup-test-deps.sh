@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# System tools the test suite needs, installed from Debian's packages when missing:
-#   chromium — tests/serve.rs renders `famix serve`'s page in headless Chromium.
+# What the test suite needs besides libtorch, installed when missing:
+#   chromium (Debian package) — tests/serve.rs and tests/report.rs render famix's pages
+#     in headless Chromium;
+#   tools/requirements-test.txt (PyPI, exact versions, into the project venv) — the real
+#     clients famix is checked against: TensorBoard's event reader, ONNX Runtime.
 set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+sudo=""
+if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
 if ! command -v chromium >/dev/null 2>&1; then
-    echo "famix: installing Debian's chromium for the browser test" >&2
-    sudo=""
-    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    echo "famix: installing Debian's chromium for the browser tests" >&2
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+if ! "$here/.venv/bin/python" -c "import tensorboard, onnxruntime" >/dev/null 2>&1; then
+    echo "famix: installing the test clients (tools/requirements-test.txt) into .venv" >&2
+    "$here/.venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$here/tools/requirements-test.txt"
 fi

@@ -151,7 +151,7 @@ pub fn demo(a: DemoArgs) -> Result<i32> {
     let _ = std::fs::remove_dir_all(&p.run);
     let cfg = train_config(&a, &p)?;
     let untrained = initial_model(&cfg, device)?;
-    let opts = RunOptions { device, workers: default_workers(), stop_after: None, skip_bad: false };
+    let opts = RunOptions { device, workers: default_workers(), stop_after: None, skip_bad: false, tensorboard: None };
     let summary = train(&cfg, &p.run, false, &opts, &Bars::default())?;
 
     step("5/6 evaluating the untrained and the trained model on source and target");

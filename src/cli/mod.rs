@@ -8,6 +8,7 @@ mod demo;
 mod eval;
 mod predict;
 mod progress;
+mod report;
 mod serve;
 mod styles;
 mod train;
@@ -60,6 +61,8 @@ enum Command {
     Styles(styles::StylesCommand),
     /// Train a segmenter with local style mixing (resumable).
     Train(train::TrainArgs),
+    /// Write an HTML report of a training run: loss, learning rates, validation mIoU, per-class IoU, confusion matrix, sample predictions.
+    Report(report::ReportArgs),
     /// Time training, inference, style mining and data loading (JSON with --json).
     Bench(bench::BenchArgs),
     /// Serve segmentation over HTTP (JSON/PNG API, a web page, Prometheus metrics).
@@ -116,6 +119,7 @@ fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::MineStyles(a) => styles::mine_styles(a),
         Command::Styles(c) => styles::styles(c),
         Command::Train(a) => train::train(a),
+        Command::Report(a) => report::report(a),
         Command::Bench(a) => bench::bench(a),
         Command::Serve(a) => serve::serve(a),
     }

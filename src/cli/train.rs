@@ -126,6 +126,9 @@ pub struct TrainArgs {
     /// Start over even if the run folder has checkpoints
     #[arg(long)]
     force: bool,
+    /// Also write TensorBoard event files (loss, learning rates, images/s, val mIoU, per-class IoU) to DIR [default: RUN_DIR/tensorboard]
+    #[arg(long, value_name = "DIR", num_args = 0..=1)]
+    tensorboard: Option<Option<PathBuf>>,
     #[command(flatten)]
     job: super::DataJobArgs,
 }
@@ -258,7 +261,6 @@ fn override_values(a: &TrainArgs, c: &mut TrainConfig) {
 }
 
 pub fn train(a: TrainArgs) -> Result<i32> {
-    let opts = RunOptions { device: a.job.device.device, workers: a.job.workers(), stop_after: a.stop_after, skip_bad: a.job.skip_bad };
     let (cfg, run, resume) = match &a.resume {
         Some(run) => (resumed_config(&a, run)?, run.clone(), true),
         None => {
@@ -270,6 +272,14 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         }
     };
     check_config(&cfg)?;
+    let tensorboard = a.tensorboard.clone().map(|d| d.unwrap_or_else(|| run.join("tensorboard")));
+    let opts = RunOptions {
+        device: a.job.device.device,
+        workers: a.job.workers(),
+        stop_after: a.stop_after,
+        skip_bad: a.job.skip_bad,
+        tensorboard,
+    };
     eprintln!(
         "training {} → {} ({} iterations, batch {}, crop {}, {:?}, freeze {})",
         cfg.dataset.name(),

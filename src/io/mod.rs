@@ -102,6 +102,17 @@ pub fn atomic_write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<
     atomic_write(path, s.as_bytes())
 }
 
+/// Reads a JSON file into `T`, naming the file in any error. Files above 256 MiB are
+/// refused before reading (famix's JSON files are metadata, far smaller).
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let len = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.len();
+    if len > 256 << 20 {
+        crate::error::bail!("{}: {len} bytes is too large for a famix JSON file", path.display());
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: unreadable", path.display()))
+}
+
 /// An advisory lock on a folder (a `.lock` file inside it, held until drop), so two
 /// writers cannot interleave in one run folder or bank.
 #[derive(Debug)]

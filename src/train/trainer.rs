@@ -15,6 +15,8 @@ use std::time::Instant;
 use crate::error::{bail, Context, Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+
+use crate::report::tensorboard::EventWriter;
 use tch::{Device, Kind, Tensor};
 
 use crate::clip::{OutputStride, ResNetConfig};
@@ -199,6 +201,8 @@ pub struct RunOptions {
     pub stop_after: Option<u64>,
     /// Replace unreadable training samples by the next readable one.
     pub skip_bad: bool,
+    /// Also write the log's scalars as TensorBoard event files in this folder.
+    pub tensorboard: Option<PathBuf>,
 }
 
 /// What a `train` call did.
@@ -519,6 +523,7 @@ struct Session<'a> {
     loss_n: u64,
     t_log: Instant,
     summary: TrainSummary,
+    tensorboard: Option<EventWriter>,
 }
 
 impl Session<'_> {
@@ -538,6 +543,11 @@ impl Session<'_> {
             entry["gpu_mem_mb"] = json!(peak);
         }
         self.log.write(entry)?;
+        if let Some(tb) = &mut self.tensorboard {
+            let per_s = (self.loss_n as f64 * self.cfg.batch as f64) / secs;
+            let scalars = [("train/loss", mean), ("train/lr_head", lrs.0), ("train/lr_backbone", lrs.1), ("train/images_per_s", per_s)];
+            tb.scalars(done, &scalars.map(|(k, v)| (k.to_string(), v)))?;
+        }
         self.progress.status(&format!("loss {mean:.4}"));
         self.summary.last_loss = Some(mean);
         self.loss_acc = Tensor::zeros([], (Kind::Float, device));
@@ -571,7 +581,15 @@ impl Session<'_> {
             let rep = evaluate(model, vd, &opts, &Silent)?;
             let miou = rep.metrics.miou;
             self.summary.last_miou = Some(miou);
-            self.log.write(json!({"iter": done, "val_miou": miou, "val_images": rep.images, "val_dataset": vd.describe()}))?;
+            let names = &model.config.class_names;
+            self.log.write(json!({
+                "iter": done, "val_miou": miou, "val_images": rep.images, "val_dataset": vd.describe(),
+                "per_class_iou": names.iter().zip(&rep.metrics.per_class_iou).map(|(n, v)| (n.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            }))?;
+            if let Some(tb) = &mut self.tensorboard {
+                let per_class = names.iter().zip(&rep.metrics.per_class_iou).filter_map(|(n, v)| v.map(|v| (format!("val/iou/{n}"), v)));
+                tb.scalars(done, &std::iter::once(("val/miou".to_string(), miou)).chain(per_class).collect::<Vec<_>>())?;
+            }
             self.progress.notice(&format!("iteration {done}: val mIoU {:.2} % on {}", miou * 100.0, vd.describe()));
             if self.state.best_miou.is_none_or(|b| miou > b) {
                 self.state.best_miou = Some(miou);
@@ -594,6 +612,9 @@ impl Session<'_> {
         self.meta.best_miou = self.state.best_miou;
         self.meta.optimizer_state = None;
         self.state.log_bytes = Some(self.log.sync()?);
+        if let Some(tb) = &mut self.tensorboard {
+            tb.sync()?;
+        }
         save_state(self.run, model, &self.meta, sgd, &self.state)?;
         self.t_log = Instant::now();
         Ok(())
@@ -656,6 +677,7 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, opts: &RunOptions, pro
         loss_n: 0,
         t_log: Instant::now(),
         summary,
+        tensorboard: opts.tensorboard.as_deref().map(|d| EventWriter::create(d, start)).transpose()?,
     };
     crate::device::cuda_reset_peak(device);
     progress.start("train", cfg.iters, start, Unit::Items);

@@ -74,3 +74,48 @@ pub fn reference_bank(dir: &std::path::Path) -> std::path::PathBuf {
     assert_eq!(code, 0, "{err}");
     bank
 }
+
+/// The first Chromium found (Debian's `chromium`, installed by `make test`).
+pub fn chromium() -> String {
+    for c in ["chromium", "chromium-browser", "google-chrome"] {
+        if std::process::Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()) {
+            return c.to_string();
+        }
+    }
+    panic!("headless Chromium is needed for this test: `make test` installs Debian's chromium package (see README)");
+}
+
+/// Headless Chromium's flags for a quiet, offline, throw-away profile.
+fn chromium_base(profile: &std::path::Path) -> Vec<String> {
+    let fixed = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"];
+    let fixed = fixed.into_iter().chain(["--disable-component-update", "--disable-sync", "--virtual-time-budget=30000"]);
+    fixed.map(str::to_string).chain([format!("--user-data-dir={}", profile.display())]).collect()
+}
+
+/// The DOM of `url` after the page ran its scripts, as headless Chromium dumps it.
+pub fn chromium_dump_dom(url: &str, profile: &std::path::Path) -> String {
+    let out = std::process::Command::new(chromium()).args(chromium_base(profile)).args(["--dump-dom", url]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A `width`×`height` screenshot of `url` by headless Chromium, written to `png`.
+pub fn chromium_screenshot(url: &str, profile: &std::path::Path, png: &std::path::Path, width: u32, height: u32) {
+    let st = std::process::Command::new(chromium())
+        .args(chromium_base(profile))
+        .args([
+            format!("--screenshot={}", png.display()),
+            format!("--window-size={width},{height}"),
+            "--hide-scrollbars".into(),
+            url.into(),
+        ])
+        .output()
+        .unwrap();
+    assert!(png.exists(), "no screenshot: {}", String::from_utf8_lossy(&st.stderr));
+}
+
+/// The project venv's Python (the tests' real clients: TensorBoard's reader, ONNX Runtime).
+pub fn venv_python() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(p.exists(), "{} is missing: run `make test` (it installs the venv and tools/requirements-test.txt)", p.display());
+    p
+}

@@ -1,0 +1,244 @@
+//! The figures of a run report, drawn with `plotters` into RGB buffers and written as
+//! PNG: line charts (loss, learning rates, validation mIoU), a horizontal bar chart
+//! (per-class IoU) and a heat map (row-normalised confusion matrix).
+//!
+//! Text is rendered with DejaVu Sans, registered once with plotters' `ab_glyph`
+//! backend, so figures look the same on every machine and need no system fonts.
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::colors::colormaps::ViridisRGB;
+
+use crate::error::{format_err, Result};
+use crate::imageops::Image8;
+
+/// The font family name figures use.
+const FONT: &str = "sans-serif";
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // DejaVu Sans is a valid TrueType font; a failure here would be a packaging bug.
+        let _ = plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular());
+    });
+}
+
+/// One line of a line chart.
+pub struct Series {
+    /// Legend entry.
+    pub name: String,
+    /// (x, y) points in x order.
+    pub points: Vec<(f64, f64)>,
+    /// Line colour (RGB).
+    pub color: [u8; 3],
+}
+
+fn draw_err<E: std::fmt::Debug>(what: &str) -> impl FnOnce(E) -> crate::Error + '_ {
+    move |e| format_err!("drawing {what}: {e:?}")
+}
+
+/// Renders into a white `width × height` canvas and writes it as PNG.
+fn render(path: &Path, width: u32, height: u32, draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> Result<()>) -> Result<()> {
+    register_font();
+    let mut buf = vec![255u8; (width * height * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err("the background"))?;
+        draw(&root)?;
+        root.present().map_err(draw_err("the figure"))?;
+    }
+    Image8 { width: width as usize, height: height as usize, channels: 3, data: buf }.save_png(path)
+}
+
+/// The (min, max) of values, widened when empty or flat so an axis has extent.
+fn extent(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    let pad = if hi > lo { (hi - lo) * 0.05 } else { lo.abs().max(1e-3) * 0.1 };
+    (lo - pad, hi + pad)
+}
+
+/// A line chart of `series` over a shared x axis; `best` marks one point (e.g. the
+/// best validation) with a circle and its value.
+pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series], best: Option<(f64, f64)>) -> Result<()> {
+    let (x0, x1) = extent(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
+    let (y0, y1) = extent(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
+    render(path, 800, 420, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 22))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(draw_err(title))?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .label_style((FONT, 14))
+            .y_label_formatter(&|v| format!("{v:.3}"))
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .draw()
+            .map_err(draw_err(title))?;
+        for s in series {
+            let c = RGBColor(s.color[0], s.color[1], s.color[2]);
+            chart
+                .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))
+                .map_err(draw_err(title))?
+                .label(s.name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        }
+        if let Some((bx, by)) = best {
+            let red = RGBColor(200, 30, 30);
+            chart
+                .draw_series(std::iter::once(Circle::new((bx, by), 6, red.stroke_width(2))))
+                .map_err(draw_err(title))?
+                .label(format!("best {by:.4} @ {bx:.0}"))
+                .legend(move |(x, y)| Circle::new((x + 10, y), 5, red.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .label_font((FONT, 14))
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(draw_err(title))
+    })
+}
+
+/// Horizontal bars of one value in [0, 1] per class (NaN = absent, drawn as no bar
+/// and labelled "n/a").
+pub fn bar_chart(path: &Path, title: &str, names: &[String], values: &[f64]) -> Result<()> {
+    if names.is_empty() || values.len() != names.len() {
+        return Err(format_err!("{title}: {} values for {} class names", values.len(), names.len()));
+    }
+    let k = names.len() as u32;
+    render(path, 800, 120 + 26 * k, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 22))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(130)
+            .build_cartesian_2d(0f64..1f64, (0..k - 1).into_segmented())
+            .map_err(draw_err(title))?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(k as usize)
+            .label_style((FONT, 14))
+            .y_label_formatter(&|v| match v {
+                // The first class at the top.
+                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < k => names[(k - 1 - i) as usize].clone(),
+                _ => String::new(),
+            })
+            .x_desc("IoU")
+            .draw()
+            .map_err(draw_err(title))?;
+        let bars = values.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, v)| (k - 1 - i as u32, *v));
+        chart
+            .draw_series(Histogram::horizontal(&chart).style(RGBColor(60, 110, 180).filled()).margin(4).data(bars))
+            .map_err(draw_err(title))?;
+        let labels = values.iter().enumerate().map(|(i, v)| {
+            let text = if v.is_finite() { format!("{:.1}", v * 100.0) } else { "n/a".into() };
+            let x = if v.is_finite() { v.min(0.9) + 0.01 } else { 0.01 };
+            Text::new(text, (x, SegmentValue::CenterOf(k - 1 - i as u32)), (FONT, 13))
+        });
+        chart.draw_series(labels).map_err(draw_err(title))?;
+        Ok(())
+    })
+}
+
+/// A heat map of a K × K row-major confusion matrix (row = ground truth),
+/// normalised per row; rows without pixels stay white.
+pub fn confusion_heatmap(path: &Path, title: &str, names: &[String], matrix: &[u64]) -> Result<()> {
+    let k = names.len();
+    if matrix.len() != k * k {
+        return Err(format_err!("{title}: the matrix has {} entries, not {k}×{k}", matrix.len()));
+    }
+    let kk = k.max(1) as u32;
+    let side = 120 + 30 * kk;
+    render(path, side + 120, side, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 22))
+            .margin(12)
+            .x_label_area_size(50)
+            .y_label_area_size(140)
+            .build_cartesian_2d((0..kk - 1).into_segmented(), (0..kk - 1).into_segmented())
+            .map_err(draw_err(title))?;
+        // Row 0 at the top: the y axis counts down. Rows are labelled "index name",
+        // columns by index (19 names side by side do not fit).
+        let row_label = |v: &SegmentValue<u32>| match v {
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < kk => {
+                let r = kk - 1 - i;
+                format!("{r} {}", names.get(r as usize).map(String::as_str).unwrap_or(""))
+            }
+            _ => String::new(),
+        };
+        let col_label = |v: &SegmentValue<u32>| match v {
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < kk => i.to_string(),
+            _ => String::new(),
+        };
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(k)
+            .y_labels(k)
+            .label_style((FONT, 13))
+            .x_label_formatter(&col_label)
+            .y_label_formatter(&row_label)
+            .x_desc("prediction")
+            .y_desc("ground truth")
+            .draw()
+            .map_err(draw_err(title))?;
+        let cells = (0..k).flat_map(|r| {
+            let total: u64 = matrix[r * k..(r + 1) * k].iter().sum();
+            (0..k).map(move |c| {
+                let v = if total > 0 { matrix[r * k + c] as f64 / total as f64 } else { f64::NAN };
+                let color = if v.is_finite() { ViridisRGB::get_color(v as f32) } else { WHITE };
+                let (x, y) = (c as u32, kk - 1 - r as u32);
+                Rectangle::new(
+                    [(SegmentValue::Exact(x), SegmentValue::Exact(y)), (SegmentValue::Exact(x + 1), SegmentValue::Exact(y + 1))],
+                    color.filled(),
+                )
+            })
+        });
+        chart.draw_series(cells).map_err(draw_err(title))?;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn distinct_colors(path: &Path) -> usize {
+        let img = Image8::open_rgb(path).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for px in img.data.chunks(img.channels) {
+            seen.insert(px.to_vec());
+        }
+        seen.len()
+    }
+
+    /// Each figure is written, has the size asked for, and is not blank (a blank
+    /// canvas has one colour; axes, text and data give many).
+    #[test]
+    fn figures_are_drawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = ["road", "car", "sky"].iter().map(|s| s.to_string()).collect();
+        let s = Series { name: "loss".into(), points: vec![(10.0, 2.0), (20.0, 1.5), (30.0, 1.2)], color: [0, 0, 200] };
+        line_chart(&dir.path().join("l.png"), "loss", "iteration", "loss", &[s], Some((20.0, 1.5))).unwrap();
+        bar_chart(&dir.path().join("b.png"), "IoU", &names, &[0.5, f64::NAN, 0.9]).unwrap();
+        confusion_heatmap(&dir.path().join("c.png"), "confusion", &names, &[5, 1, 0, 0, 0, 0, 2, 2, 9]).unwrap();
+        for f in ["l.png", "b.png", "c.png"] {
+            assert!(distinct_colors(&dir.path().join(f)) > 20, "{f} looks blank");
+        }
+        assert!(confusion_heatmap(&dir.path().join("x.png"), "bad", &names, &[1, 2]).is_err());
+    }
+}
