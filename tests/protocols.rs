@@ -116,3 +116,115 @@ fn predict_writes_cityscapes_label_ids_for_benchmark_servers() {
     let back = famix::data::DatasetKind::Cityscapes.label_map();
     assert_eq!(label.data.iter().map(|&l| back[l as usize]).collect::<Vec<_>>(), train.data);
 }
+
+/// Copies the Cityscapes fixture into an ACDC layout: condition `night` gets all three
+/// images, `rain` the first two (so the columns differ).
+fn acdc_from_cityscapes(root: &std::path::Path) {
+    let cs = fixture("cityscapes_mini");
+    for (cond, take) in [("night", 3), ("rain", 2)] {
+        let mut imgs: Vec<_> = walk(&cs.join("leftImg8bit/val"));
+        imgs.sort();
+        for img in imgs.into_iter().take(take) {
+            let name = img.file_name().unwrap().to_str().unwrap().replace("_leftImg8bit.png", "");
+            let lbl = img.to_str().unwrap().replace("leftImg8bit", "gtFine").replace("gtFine.png", "gtFine_labelIds.png");
+            let (di, dl) = (root.join("rgb_anon").join(cond).join("val/seq"), root.join("gt").join(cond).join("val/seq"));
+            std::fs::create_dir_all(&di).unwrap();
+            std::fs::create_dir_all(&dl).unwrap();
+            std::fs::copy(&img, di.join(format!("{name}_rgb_anon.png"))).unwrap();
+            std::fs::copy(&lbl, dl.join(format!("{name}_gt_labelIds.png"))).unwrap();
+        }
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// `eval` with several checkpoints and targets prints one table; every cell equals the
+/// single evaluation of that checkpoint on that target (exactly: same computation), the
+/// mean column and the mean ± std row match a hand computation (1e-12), and
+/// `--markdown` writes the same table as Markdown.
+#[test]
+fn eval_makes_paper_style_tables() {
+    let d = tmpdir();
+    let ckpts: Vec<String> = (0..2)
+        .map(|i| {
+            tch::manual_seed(100 + i);
+            famix::model::checkpoint::save_random_tiny(&d.path().join(format!("seed{i}")), 19).unwrap().display().to_string()
+        })
+        .collect();
+    let acdc = d.path().join("acdc");
+    acdc_from_cityscapes(&acdc);
+    let cs = fixture("cityscapes_mini").display().to_string();
+    let (json, md) = (d.path().join("table.json"), d.path().join("table.md"));
+    let (c, n, r) = (format!("cityscapes={cs}"), format!("acdc-night={}", acdc.display()), format!("acdc:rain={}", acdc.display()));
+    let mut args = vec!["eval", "--device", "cpu", "--json", json.to_str().unwrap(), "--markdown", md.to_str().unwrap()];
+    for a in [&c, &n, &r] {
+        args.extend(["--dataset", a.as_str()]);
+    }
+    for ck in &ckpts {
+        args.extend(["--checkpoint", ck.as_str()]);
+    }
+    let (code, out, err) = run_famix(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("mean ± std"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["columns"], serde_json::json!(["C", "night", "rain"]));
+    let mut rows = vec![];
+    for (i, ck) in ckpts.iter().enumerate() {
+        let mut row = vec![];
+        for (col, kind, root, cond) in [
+            ("C", "cityscapes", cs.clone(), None),
+            ("night", "acdc", acdc.display().to_string(), Some("night")),
+            ("rain", "acdc", acdc.display().to_string(), Some("rain")),
+        ] {
+            let one = d.path().join("one.json");
+            let mut a = vec![
+                "eval",
+                "--device",
+                "cpu",
+                "--checkpoint",
+                ck,
+                "--dataset",
+                kind,
+                "--data-root",
+                &root,
+                "--json",
+                one.to_str().unwrap(),
+            ];
+            if let Some(c) = cond {
+                a.extend(["--condition", c]);
+            }
+            let (code, _, err) = run_famix(&a);
+            assert_eq!(code, 0, "{err}");
+            let single: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&one).unwrap()).unwrap();
+            assert_eq!(v["rows"][i]["miou"][col], single["miou"], "{ck} on {col}");
+            row.push(single["miou"].as_f64().unwrap());
+        }
+        let mean = row.iter().sum::<f64>() / 3.0;
+        assert!((v["rows"][i]["mean"].as_f64().unwrap() - mean).abs() <= 1e-12);
+        rows.push(row);
+    }
+    let (a, b) = (rows[0][0], rows[1][0]);
+    let (m, s) = ((a + b) / 2.0, ((a - b) * (a - b) / 2.0).sqrt());
+    assert!((v["mean"]["C"].as_f64().unwrap() - m).abs() <= 1e-12 && (v["std"]["C"].as_f64().unwrap() - s).abs() <= 1e-12);
+    let md = std::fs::read_to_string(&md).unwrap();
+    assert!(md.starts_with("| checkpoint | C | night | rain | mean |"), "{md}");
+    assert!(md.contains(&format!("| mean ± std | {:.2} ± {:.2} |", m * 100.0, s * 100.0)), "{md}");
+    // A target without a root is refused by flag name.
+    let (code, _, err) = run_famix(&["eval", "--checkpoint", &ckpts[0], "--dataset", "cityscapes", "--dataset", "bdd100k=/x"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("needs a root"), "{err}");
+    let (code, _, err) = run_famix(&["eval", "--checkpoint", &ckpts[0], "--dataset", "acdc-dusk=/x"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not one of night"), "{err}");
+}

@@ -2,6 +2,7 @@
 //! evaluation transform, the test-time options of [`PredictOptions`], and a streaming
 //! confusion matrix on the model's device.
 pub mod metrics;
+pub mod table;
 
 use tch::Kind;
 
