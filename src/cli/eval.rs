@@ -69,7 +69,7 @@ pub struct TargetSpec {
 
 fn parse_target(s: &str) -> Result<TargetSpec, String> {
     let (name, root) = match s.split_once('=') {
-        Some((n, r)) if r.is_empty() => return Err(format!("{n}= has no root folder after '='")),
+        Some((n, "")) => return Err(format!("{n}= has no root folder after '='")),
         Some((n, r)) => (n, Some(PathBuf::from(r))),
         None => (s, None),
     };
