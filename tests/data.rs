@@ -503,3 +503,41 @@ fn cli_eval_matches_pytorch_metrics() {
         }
     }
 }
+
+/// `data browse` draws the samples spread over the split (image | label colours |
+/// overlay, the colours those of the converted train ids) and a legend whose shares add
+/// up to 100 % (to the 2 decimals printed, ±0.1 in total).
+#[test]
+fn data_browse_draws_samples_and_a_legend() {
+    let d = common::tmpdir();
+    let out = d.path().join("browse");
+    let root = common::fixture("cityscapes_mini");
+    let (code, stdout, err) =
+        common::run_famix(&["data", "browse", "cityscapes", root.to_str().unwrap(), "--out", out.to_str().unwrap(), "--samples", "2"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(stdout.trim(), out.join("index.html").display().to_string());
+    let ds = famix::data::Dataset::open(famix::data::DatasetKind::Cityscapes, &root, "val", None).unwrap();
+    for i in famix::report::browse::spread(ds.len(), 2) {
+        let panel = famix::Image8::open_rgb(&out.join(format!("{i:05}.png"))).unwrap();
+        let (img, lbl) = ds.load(i).unwrap();
+        assert_eq!((panel.width, panel.height), (3 * img.width + 8, img.height));
+        let color = famix::render::colorize(&lbl, &famix::data::labels::CITYSCAPES_PALETTE);
+        for y in 0..img.height {
+            for x in 0..img.width {
+                for c in 0..3 {
+                    assert_eq!(panel.px(img.width + 4 + x, y, c), color.px(x, y, c));
+                }
+            }
+        }
+    }
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    let shares: f64 = html
+        .lines()
+        .filter(|l| l.contains("class=\"sw\""))
+        .map(|l| l.rsplit("<td>").next().unwrap().trim_end_matches("</td></tr>").parse::<f64>().unwrap())
+        .sum();
+    assert!((shares - 100.0).abs() <= 0.1, "legend shares add up to {shares}");
+    let (code, _, err) = common::run_famix(&["data", "browse", "cityscapes", d.path().to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not found"), "{err}");
+}

@@ -20,6 +20,40 @@ pub enum DataCommand {
     /// size mismatches and unknown label ids, and print the label histogram. Exits 2 when
     /// anything is wrong (an empty split, a split asked for that does not exist, a bad pair).
     Check(CheckArgs),
+    /// Draw a few samples with their labels (after conversion to train ids) and a class
+    /// legend into DIR/index.html, to check a dataset layout by eye.
+    Browse(BrowseArgs),
+}
+
+#[derive(Args)]
+pub struct BrowseArgs {
+    /// Dataset layout
+    #[arg(value_enum)]
+    dataset: DatasetKind,
+    /// Dataset root folder
+    root: PathBuf,
+    /// Output folder (index.html and one PNG per sample)
+    #[arg(long)]
+    out: PathBuf,
+    /// Split to show [default: the dataset's validation split]
+    #[arg(long)]
+    split: Option<String>,
+    /// ACDC condition [default: night]
+    #[arg(long)]
+    condition: Option<String>,
+    /// Samples to show, spread evenly over the split
+    #[arg(long, default_value_t = 8)]
+    samples: usize,
+}
+
+fn browse(a: BrowseArgs) -> Result<i32> {
+    let split = a.split.clone().unwrap_or_else(|| a.dataset.default_splits().last().copied().unwrap_or("val").to_string());
+    let cond = a.condition.clone().or_else(|| (a.dataset == DatasetKind::Acdc).then(|| "night".to_string()));
+    let ds = Dataset::open(a.dataset, &a.root, &split, cond.as_deref())?;
+    let files = famix::report::browse::browse(&ds, a.samples, &a.out)?;
+    eprintln!("{}: {} samples of {} pairs", ds.describe(), files.panels.len(), ds.len());
+    println!("{}", files.html.display());
+    Ok(0)
 }
 
 #[derive(Args)]
@@ -51,7 +85,10 @@ struct PairCheck {
 }
 
 pub fn data(cmd: DataCommand) -> Result<i32> {
-    let DataCommand::Check(a) = cmd;
+    let a = match cmd {
+        DataCommand::Check(a) => a,
+        DataCommand::Browse(a) => return browse(a),
+    };
     let splits: Vec<String> =
         if a.split.is_empty() { a.dataset.default_splits().into_iter().map(str::to_string).collect() } else { a.split.clone() };
     let conds: Vec<Option<String>> = match (a.dataset, &a.condition) {

@@ -11,6 +11,7 @@
 //!
 //! [`tensorboard`] writes the same scalars as TensorBoard event files during training.
 
+pub mod browse;
 pub mod plots;
 pub mod tensorboard;
 
