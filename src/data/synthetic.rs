@@ -43,12 +43,10 @@ impl DomainStyle {
     pub fn day() -> Self {
         DomainStyle { colors: base_colors(), noise: 12.0, gain: 1.0, tint: [1.0, 1.0, 1.0] }
     }
-    /// Night: dark, blue-tinted, noisier; the sky darkest.
+    /// Night: the same scene colours, darker (gain 0.45), blue-tinted and noisier: a
+    /// pure appearance shift, the kind FAMix's layer-1 statistics mixing is meant for.
     pub fn night() -> Self {
-        let mut colors = base_colors();
-        colors[10] = [20, 25, 60];
-        colors[2] = [70, 60, 75];
-        colors[13] = [120, 40, 40];
+        let colors = base_colors();
         DomainStyle { colors, noise: 25.0, gain: 0.45, tint: [0.8, 0.9, 1.3] }
     }
 }
