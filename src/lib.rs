@@ -42,6 +42,7 @@ pub mod progress;
 pub mod render;
 pub mod report;
 pub mod rng;
+pub mod shard;
 pub mod style;
 pub mod train;
 

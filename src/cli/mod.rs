@@ -187,3 +187,21 @@ impl DataJobArgs {
         self.workers.unwrap_or_else(famix::data::prefetch::default_workers)
     }
 }
+
+/// `--shard I/N | auto` and `--shards N`, shared by predict, eval and mine-styles.
+#[derive(clap::Args, Clone)]
+pub struct ShardArgs {
+    /// Do part I of an N-way split (items with index ≡ I mod N, 0-based), or `auto`: from Slurm (SLURM_ARRAY_TASK_ID/_MIN/_COUNT) or a Kubernetes Indexed Job (JOB_COMPLETION_INDEX with --shards)
+    #[arg(long, value_name = "I/N|auto")]
+    pub shard: Option<String>,
+    /// The shard count for `--shard auto` (required on Kubernetes; overrides SLURM_ARRAY_TASK_COUNT)
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+}
+
+impl ShardArgs {
+    /// The shard of this task, if the job is split.
+    pub fn shard(&self) -> anyhow::Result<Option<famix::shard::Shard>> {
+        Ok(famix::shard::Shard::from_flags(self.shard.as_deref(), self.shards)?)
+    }
+}

@@ -39,6 +39,8 @@ pub struct PredictArgs {
     #[arg(long, default_value_t = 1)]
     batch: usize,
     #[command(flatten)]
+    shard: super::ShardArgs,
+    #[command(flatten)]
     device: super::DeviceArgs,
 }
 
@@ -75,9 +77,14 @@ impl Pending<'_> {
 pub fn predict(a: PredictArgs) -> Result<i32> {
     let opts = a.test.predict_options()?;
     let model = checkpoint::load(&a.checkpoint, a.device.device, a.test.output_stride()?)?.model;
-    let (items, notes) = collect_inputs(&a.inputs)?;
+    let (mut items, notes) = collect_inputs(&a.inputs)?;
     if items.is_empty() {
         bail!("no .png/.jpg images found in the inputs");
+    }
+    if let Some(sh) = a.shard.shard()? {
+        let all = items.len();
+        items = sh.select(all).into_iter().map(|i| items[i].clone()).collect();
+        eprintln!("shard {sh}: {} of {all} images", items.len());
     }
     for n in &notes {
         eprintln!("note: {n}");

@@ -74,6 +74,8 @@ pub struct MineArgs {
     #[arg(long)]
     force: bool,
     #[command(flatten)]
+    shard: super::ShardArgs,
+    #[command(flatten)]
     job: super::DataJobArgs,
 }
 
@@ -98,6 +100,7 @@ pub fn mine_styles(a: MineArgs) -> Result<i32> {
     settings.limit = a.limit;
     settings.description = a.prompt.clone();
     settings.skip_bad = a.job.skip_bad;
+    settings.shard = a.shard.shard()?;
     check_settings(&settings, &pin)?;
     let prompts = match &a.styles {
         Some(p) => PromptSet::from_file(p)?,
@@ -135,6 +138,15 @@ pub enum StylesCommand {
         /// Print the summary as JSON
         #[arg(long)]
         json: bool,
+    },
+    /// Combine the banks of all shards of a `mine-styles --shard I/N` run into the bank the unsharded run writes.
+    Merge {
+        /// The shards' banks (all N, any order)
+        #[arg(required = true)]
+        banks: Vec<PathBuf>,
+        /// The merged bank
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Convert the reference's saved_params.pkl into a famix style bank.
     Import {
@@ -175,6 +187,13 @@ pub fn styles(cmd: StylesCommand) -> Result<i32> {
             } else {
                 print!("{}", describe(&b));
             }
+        }
+        StylesCommand::Merge { banks, out } => {
+            let parts: Vec<(PathBuf, StyleBank)> = banks.iter().map(|p| Ok((p.clone(), StyleBank::load(p)?))).collect::<Result<_>>()?;
+            let mut b = famix::style::mining::merge_shards(&parts)?;
+            b.save(&out)?;
+            eprintln!("merged {} shards → {}", parts.len(), out.display());
+            print!("{}", describe(&b));
         }
         StylesCommand::Import { pkl, out } => {
             let mut b = StyleBank::import_reference(&pkl)?;

@@ -152,12 +152,18 @@ pub struct BatchLoader {
 impl BatchLoader {
     /// Starts loading the batches of steps `start..end` on `cfg.workers` threads.
     pub fn new(ds: Arc<Dataset>, cfg: LoaderConfig, start: u64, end: u64) -> Result<Self> {
+        Self::for_steps(ds, cfg, (start..end).collect())
+    }
+
+    /// Starts loading the batches of the given steps, in that order (a shard's steps);
+    /// each batch is the one step `s` has in the whole run.
+    pub fn for_steps(ds: Arc<Dataset>, cfg: LoaderConfig, step_list: Vec<u64>) -> Result<Self> {
         let n = ds.len();
         if n < cfg.batch || cfg.batch == 0 {
             bail!("{} has {n} samples, fewer than one batch of {}", ds.describe(), cfg.batch);
         }
         let order = Arc::new(EpochOrder::new(n, cfg.seed));
-        let steps = end.saturating_sub(start);
+        let steps = step_list.len() as u64;
         let total = steps as usize * cfg.batch;
         let batch = cfg.batch;
         let prefetch = cfg.prefetch.max(batch);
@@ -165,7 +171,7 @@ impl BatchLoader {
         let skips = Arc::new(Mutex::new(SkipLog::default()));
         let log = skips.clone();
         let items = ordered_map(total, workers, prefetch, move |i| {
-            let step = start + (i / batch) as u64;
+            let step = step_list[i / batch];
             let (epoch, index) = locate(&order, n, batch, step, i % batch);
             load_item(&ds, &cfg, epoch, index, &log)
         });

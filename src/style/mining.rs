@@ -19,6 +19,7 @@ use crate::data::loader::{batches_per_epoch, BatchLoader, LoaderConfig};
 use crate::data::Dataset;
 use crate::model::inference::normalize_u8;
 use crate::rng::{stream, Rng};
+use crate::shard::Shard;
 use crate::style::bank::{StyleBank, StyleOrigin};
 use crate::style::prompts::{PromptEmbedder, PromptSet};
 
@@ -43,18 +44,48 @@ pub struct MineSettings {
     pub workers: usize,
     /// Replace unreadable samples by the next readable one.
     pub skip_bad: bool,
+    /// Mine only this shard's batches (whole launch groups, see [`shard_batches`]).
+    pub shard: Option<Shard>,
 }
 
 impl MineSettings {
     /// The reference's mining run (batches of 16 crops of 768², seed 1, one pass over
     /// the dataset), one batch per launch, saving every 10 batches.
     pub fn reference(workers: usize) -> Self {
-        MineSettings { batch: 16, crop: 768, seed: 1, limit: None, group: 1, save_every: 10, description: None, workers, skip_bad: false }
+        MineSettings {
+            batch: 16,
+            crop: 768,
+            seed: 1,
+            limit: None,
+            group: 1,
+            save_every: 10,
+            description: None,
+            workers,
+            skip_bad: false,
+            shard: None,
+        }
     }
 }
 
-/// The settings a resumed run must share with the run it continues.
+/// The batches of a run of `total` batches that `shard` mines, in order: whole launch
+/// groups (`group` batches) `g` with `g mod N = I`, so every group is optimised exactly
+/// as in the unsharded run. Without a shard: all of them.
+pub fn shard_batches(total: u64, group: usize, shard: Option<Shard>) -> Vec<u64> {
+    let group = group.max(1) as u64;
+    (0..total).filter(|b| shard.is_none_or(|s| s.owns((b / group) as usize))).collect()
+}
+
+/// The settings a resumed run must share with the run it continues (and the parts of
+/// a sharded run with each other: with a shard, `shard` holds index, count and group).
 pub fn run_identity(clip_sha: &str, ds: &Dataset, s: &MineSettings, pin: &PinConfig, prompts: &PromptSet) -> serde_json::Value {
+    let mut v = identity_fields(clip_sha, ds, s, pin, prompts);
+    if let Some(sh) = s.shard {
+        v["shard"] = serde_json::json!({"index": sh.index, "count": sh.count, "group": s.group.max(1)});
+    }
+    v
+}
+
+fn identity_fields(clip_sha: &str, ds: &Dataset, s: &MineSettings, pin: &PinConfig, prompts: &PromptSet) -> serde_json::Value {
     serde_json::json!({
         "clip_sha256": clip_sha,
         "dataset": ds.kind.name(), "data_root": ds.root.display().to_string(), "split": ds.split,
@@ -104,7 +135,8 @@ fn add_to_bank(bank: &mut StyleBank, m: MinedBatch) -> Result<f64> {
         bank.check_values(c).map_err(|e| format_err!("{}", diverged(e.to_string())))?;
     }
     bank.summary.batch_losses.push(last);
-    bank.summary.batches_done = m.index + 1;
+    // Batches of this run's list done (the global index + 1 for an unsharded run).
+    bank.summary.batches_done += 1;
     Ok(last)
 }
 
@@ -133,9 +165,14 @@ pub fn mine(
     let total = s.limit.map(|l| l.min(per_epoch)).unwrap_or(per_epoch);
     let channels = clip.visual.config.low_level_channels() as usize;
     let mut bank = open_bank(out, resume, identity, channels, prompts)?;
-    let start = bank.summary.batches_done;
-    bank.summary.batches_total = total;
-    if start >= total {
+    let list = shard_batches(total, s.group, s.shard);
+    let start = bank.summary.batches_done as usize;
+    bank.summary.batches_total = list.len() as u64;
+    if start >= list.len() {
+        if !out.exists() {
+            // A shard with no batches still leaves its (empty) part for `styles merge`.
+            bank.save(out)?;
+        }
         return Ok(bank);
     }
     if let Some(note) = ds.issues_note() {
@@ -151,9 +188,9 @@ pub fn mine(
         prefetch: 2 * s.batch * s.group.max(1),
         skip_bad: s.skip_bad,
     };
-    let mut loader = BatchLoader::new(ds, lc, start, total)?;
-    progress.start("mine", total, start, Unit::Items);
-    let res = mine_loop(clip, &mut embedder, prompts, pin, s, out, &mut bank, &mut loader, progress);
+    let mut loader = BatchLoader::for_steps(ds, lc, list[start..].to_vec())?;
+    progress.start("mine", list.len() as u64, start as u64, Unit::Items);
+    let res = mine_loop(clip, &mut embedder, prompts, pin, s, out, &mut bank, &mut loader, &list, progress);
     progress.finish();
     res?;
     bank.save(out)?;
@@ -171,15 +208,16 @@ fn mine_loop(
     out: &Path,
     bank: &mut StyleBank,
     loader: &mut BatchLoader,
+    list: &[u64],
     progress: &dyn Progress,
 ) -> Result<()> {
-    let mut batch_index = bank.summary.batches_done;
+    let mut done = bank.summary.batches_done as usize;
     let mut since_save = 0u64;
     loop {
         let mut group = Vec::new();
         while group.len() < s.group.max(1) {
             match loader.next() {
-                Some(b) => group.push(b.with_context(|| format!("loading mining batch {}", batch_index + group.len() as u64))?),
+                Some(b) => group.push(b.with_context(|| format!("loading mining batch {}", list[done + group.len()]))?),
                 None => break,
             }
         }
@@ -189,12 +227,13 @@ fn mine_loop(
         if group.is_empty() {
             return Ok(());
         }
-        for m in mine_batches(clip, embedder, prompts, pin, s.seed, s.description.as_deref(), batch_index, &group)? {
+        // A group's batches are consecutive in the run (shards take whole groups).
+        for m in mine_batches(clip, embedder, prompts, pin, s.seed, s.description.as_deref(), list[done], &group)? {
             let last = add_to_bank(bank, m)?;
             progress.status(&format!("{} styles, loss {last:.4}", bank.total()));
             progress.advance(1);
         }
-        batch_index += group.len() as u64;
+        done += group.len();
         since_save += group.len() as u64;
         if since_save >= s.save_every.max(1) {
             bank.save(out)?;
@@ -270,4 +309,90 @@ pub fn mine_batches(
         .zip(results)
         .map(|((index, selections, prompts), result)| MinedBatch { index, selections, prompts, result })
         .collect())
+}
+
+/// Combines the banks of all shards of one sharded mining run into the bank the
+/// unsharded run writes: per class, styles in batch order (each batch's styles keep
+/// their order), batch losses in batch order, the run's settings without the shard.
+/// Every part must be complete and agree on the settings (the data root aside).
+pub fn merge_shards(parts: &[(std::path::PathBuf, StyleBank)]) -> Result<StyleBank> {
+    let Some((first_path, first)) = parts.first() else { bail!("no banks to merge") };
+    let mut shards = Vec::new();
+    let mut lists = Vec::new();
+    let common = |b: &StyleBank| {
+        let mut c = b.summary.config.clone();
+        if let Some(o) = c.as_object_mut() {
+            o.remove("shard");
+            o.remove("data_root");
+        }
+        c
+    };
+    for (path, b) in parts {
+        let sh = &b.summary.config["shard"];
+        let (Some(index), Some(count), Some(group)) = (sh["index"].as_u64(), sh["count"].as_u64(), sh["group"].as_u64()) else {
+            bail!("{}: not a shard of a mining run (mined without --shard)", path.display());
+        };
+        if common(b) != common(first)
+            || sh["count"] != first.summary.config["shard"]["count"]
+            || sh["group"] != first.summary.config["shard"]["group"]
+        {
+            bail!("{} and {} were mined with different settings: not parts of one run", first_path.display(), path.display());
+        }
+        if b.summary.batches_done != b.summary.batches_total {
+            bail!(
+                "{}: shard {index}/{count} is incomplete ({} of {} batches); finish it with --resume",
+                path.display(),
+                b.summary.batches_done,
+                b.summary.batches_total
+            );
+        }
+        let shard = Shard { index: index as usize, count: count as usize };
+        shards.push(shard);
+        lists.push((shard, group as usize));
+    }
+    crate::shard::check_complete(&shards)?;
+    let total: u64 = parts.iter().map(|(_, b)| b.summary.batches_total).sum();
+    let mut out = StyleBank::new(first.channels, first.class_names.clone());
+    out.summary.config = first.summary.config.clone();
+    if let Some(o) = out.summary.config.as_object_mut() {
+        o.remove("shard");
+    }
+    // Per batch: each part's losses follow its batch list.
+    let mut losses = vec![f64::NAN; total as usize];
+    for ((_, b), (shard, group)) in parts.iter().zip(&lists) {
+        let list = shard_batches(total, *group, Some(*shard));
+        if list.len() != b.summary.batch_losses.len() {
+            bail!("shard {shard}: {} batch losses for {} batches", b.summary.batch_losses.len(), list.len());
+        }
+        for (bi, l) in list.iter().zip(&b.summary.batch_losses) {
+            losses[*bi as usize] = *l;
+        }
+    }
+    out.summary.batch_losses = losses;
+    let classes: std::collections::BTreeSet<u8> = parts.iter().flat_map(|(_, b)| b.entries.keys().copied()).collect();
+    for class in classes {
+        merge_class(&mut out, parts, class)?;
+    }
+    out.summary.batches_done = total;
+    out.summary.batches_total = total;
+    Ok(out)
+}
+
+/// One class's styles from all parts, in batch order (a stable sort keeps each
+/// batch's own order).
+fn merge_class(out: &mut StyleBank, parts: &[(std::path::PathBuf, StyleBank)], class: u8) -> Result<()> {
+    let mut rows = Vec::new();
+    for (path, b) in parts {
+        let Some((mu, sigma)) = b.entries.get(&class) else { continue };
+        let origins = b.summary.origins.get(&b.key(class)).cloned().unwrap_or_default();
+        if origins.len() != mu.len() {
+            bail!("{}: class {} has {} styles but {} origins", path.display(), b.key(class), mu.len(), origins.len());
+        }
+        rows.extend(mu.iter().zip(sigma).zip(origins).map(|((m, s), o)| (m.clone(), s.clone(), o)));
+    }
+    rows.sort_by_key(|r| r.2.batch);
+    for (m, s, o) in rows {
+        out.push(class, m, s, Some(o));
+    }
+    Ok(())
 }
