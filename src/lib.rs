@@ -34,6 +34,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod imageops;
 pub mod io;
 pub mod model;

@@ -92,6 +92,21 @@ impl BatchNorm2d {
     }
 }
 
+/// A convolution followed by an eval-mode batch norm, as one convolution with a bias:
+/// BN(conv(x)) = γ·(W∗x + b − μ)/√(σ² + ε) + β, so W' = W·s and b' = (b − μ)·s + β with
+/// s = γ/√(σ² + ε) per output channel. Computed in f64 and returned in f32 (weight,
+/// bias), on the weights' device.
+pub fn fold_bn(conv: &Conv2d, bn: &BatchNorm2d) -> (Tensor, Tensor) {
+    tch::no_grad(|| {
+        let d = tch::Kind::Double;
+        let scale = bn.weight.to_kind(d) / (bn.running_var.to_kind(d) + BN_EPS).sqrt();
+        let w = conv.weight.to_kind(d) * scale.view([-1, 1, 1, 1]);
+        let b0 = conv.bias.as_ref().map(|b| b.to_kind(d)).unwrap_or_else(|| scale.zeros_like());
+        let b = (b0 - bn.running_mean.to_kind(d)) * &scale + bn.bias.to_kind(d);
+        (w.to_kind(tch::Kind::Float), b.to_kind(tch::Kind::Float))
+    })
+}
+
 #[derive(Debug)]
 /// A fully connected layer.
 pub struct Linear {

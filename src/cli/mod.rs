@@ -6,6 +6,7 @@ mod clip_cmds;
 mod data;
 mod demo;
 mod eval;
+mod export;
 mod predict;
 mod progress;
 mod report;
@@ -49,6 +50,8 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Convert a reference FAMix .pth checkpoint into a famix checkpoint.
     ImportCheckpoint(predict::ImportArgs),
+    /// Export a segmenter as an ONNX graph (BatchNorm folded; dynamic batch/height/width) for ONNX Runtime, TensorRT, ...
+    Export(export::ExportArgs),
     /// Evaluate a checkpoint on a dataset split (mIoU, per-class IoU, accuracy).
     Eval(eval::EvalArgs),
     /// Dataset utilities.
@@ -115,6 +118,7 @@ fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Predict(a) => predict::predict(a),
         Command::ImportCheckpoint(a) => predict::import(a),
         Command::Eval(a) => eval::eval(a),
+        Command::Export(a) => export::export(a),
         Command::Data(c) => data::data(c),
         Command::MineStyles(a) => styles::mine_styles(a),
         Command::Styles(c) => styles::styles(c),

@@ -9,6 +9,7 @@ use crate::error::{bail, format_err, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
+use crate::export::graph::Graph;
 use crate::nn::{BatchNorm2d, Conv2d, Linear};
 
 /// Output stride of the backbone (input size / layer4 size).
@@ -210,6 +211,26 @@ impl Bottleneck {
         };
         (out + identity).relu()
     }
+
+    /// The block as ONNX nodes on value `x` (eval mode, batch norms folded).
+    pub fn export(&self, g: &mut Graph, x: &str) -> Result<String> {
+        let d = self.dilation;
+        let out = g.conv(x, &self.conv1, Some(&self.bn1), (1, 0, 1), true)?;
+        let mut out = g.conv(&out, &self.conv2, Some(&self.bn2), (1, d, d), true)?;
+        if self.stride > 1 {
+            out = g.avg_pool(&out, self.stride);
+        }
+        let out = g.conv(&out, &self.conv3, Some(&self.bn3), (1, 0, 1), false)?;
+        let identity = match &self.downsample {
+            Some((conv, bn)) => {
+                let x = if self.stride > 1 { g.avg_pool(x, self.stride) } else { x.to_string() };
+                g.conv(&x, conv, Some(bn), (1, 0, 1), false)?
+            }
+            None => x.to_string(),
+        };
+        let sum = g.node("Add", &[&out, &identity], vec![]);
+        Ok(g.node("Relu", &[&sum], vec![]))
+    }
 }
 
 /// CLIP's attention pooling: the mean token queries all spatial tokens (plus itself)
@@ -383,6 +404,24 @@ impl ModifiedResNet {
     pub fn forward_low(&self, x: &Tensor, train: bool) -> Tensor {
         let x = self.stem(x, train);
         self.stage(0, &x, &|_, _| train)
+    }
+
+    /// Stem + layer1 and layer4 as ONNX nodes on value `x` (eval mode): (low, high).
+    pub fn export(&self, g: &mut Graph, x: &str) -> Result<(String, String)> {
+        let x = g.conv(x, &self.conv1, Some(&self.bn1), (2, 1, 1), true)?;
+        let x = g.conv(&x, &self.conv2, Some(&self.bn2), (1, 1, 1), true)?;
+        let x = g.conv(&x, &self.conv3, Some(&self.bn3), (1, 1, 1), true)?;
+        let mut x = g.avg_pool(&x, 2);
+        let mut low = String::new();
+        for (idx, layer) in self.layers.iter().enumerate() {
+            for blk in layer {
+                x = blk.export(g, &x)?;
+            }
+            if idx == 0 {
+                low = x.clone();
+            }
+        }
+        Ok((low, x))
     }
 
     /// layer2..layer4 from layer1 features.

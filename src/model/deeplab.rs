@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
 use crate::clip::OutputStride;
+use crate::error::Result;
+use crate::export::graph::{Attr, Graph};
 use crate::nn::{BatchNorm2d, Conv2d};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +59,9 @@ impl ConvBn {
     }
     fn forward(&self, x: &Tensor, padding: i64, dilation: i64, train: bool) -> Tensor {
         self.bn.forward(&self.conv.forward(x, 1, padding, dilation), train).relu()
+    }
+    fn export(&self, g: &mut Graph, x: &str, padding: i64, dilation: i64) -> Result<String> {
+        g.conv(x, &self.conv, Some(&self.bn), (1, padding, dilation), true)
     }
 }
 
@@ -116,5 +121,26 @@ impl DeepLabHead {
         let x = x.upsample_bilinear2d([low.size()[2], low.size()[3]], false, None, None);
         let x = self.fuse.forward(&Tensor::cat(&[low, x], 1), 1, 1, train);
         self.classify.forward1(&x)
+    }
+
+    /// [`DeepLabHead::forward`] in eval mode as ONNX nodes; the image-pooling branch is
+    /// broadcast with `Expand` (bilinear upsampling of a 1×1 map is a broadcast).
+    pub fn export(&self, g: &mut Graph, low: &str, high: &str) -> Result<String> {
+        let low = self.project.export(g, low, 0, 1)?;
+        let mut branches = vec![self.aspp_1x1.export(g, high, 0, 1)?];
+        for (conv, &r) in self.aspp_dilated.iter().zip(&self.rates) {
+            branches.push(conv.export(g, high, r, r)?);
+        }
+        let pooled = g.node("GlobalAveragePool", &[high], vec![]);
+        let pooled = self.aspp_pool.export(g, &pooled, 0, 1)?;
+        let shape = g.node("Shape", &[&branches[0]], vec![]);
+        branches.push(g.node("Expand", &[&pooled, &shape], vec![]));
+        let refs: Vec<&str> = branches.iter().map(String::as_str).collect();
+        let cat = g.node("Concat", &refs, vec![("axis", Attr::Int(1))]);
+        let x = self.aspp_project.export(g, &cat, 0, 1)?;
+        let x = g.resize_like(&x, &low);
+        let cat = g.node("Concat", &[&low, &x], vec![("axis", Attr::Int(1))]);
+        let x = self.fuse.export(g, &cat, 1, 1)?;
+        g.conv(&x, &self.classify, None, (1, 0, 1), false)
     }
 }
