@@ -13,6 +13,8 @@ mod report;
 mod serve;
 mod styles;
 mod train;
+mod video;
+mod writers;
 
 use clap::{Parser, Subcommand};
 

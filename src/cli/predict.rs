@@ -16,17 +16,29 @@ use famix::progress::{Progress, Unit};
 use famix::render::write_outputs_as;
 use famix::{PredictOptions, Segmenter};
 
+use super::video::{is_video, predict_video, VideoJob};
+use super::writers::Writers;
+
 #[derive(Args)]
 pub struct PredictArgs {
     /// famix checkpoint (.safetensors, or its stem) or a reference FAMix .pth
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Images or folders (searched recursively for .png/.jpg/.jpeg)
+    /// Images, folders (searched recursively for .png/.jpg/.jpeg) or video files (.mp4/.mkv/.avi/.mov/.webm; needs ffmpeg)
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
-    /// Output folder: <stem>_trainid.png, <stem>_color.png (and <stem>_overlay.png)
+    /// Output folder: <stem>_trainid.png, <stem>_color.png (and <stem>_overlay.png); for videos <stem>_overlay.mp4
     #[arg(long)]
     out: PathBuf,
+    /// Videos: also write the colour map as <stem>_color.mp4
+    #[arg(long)]
+    color_video: bool,
+    /// Videos: also write every frame's PNGs as <stem>/<frame>_trainid.png, _color.png, _overlay.png
+    #[arg(long)]
+    frames: bool,
+    /// Threads encoding and writing PNGs beside the model [default: cores / 2, at least 1]
+    #[arg(long)]
+    writers: Option<usize>,
     /// Also write the colour map blended over the photo
     #[arg(long)]
     overlay: bool,
@@ -53,6 +65,7 @@ struct Pending<'a> {
     overlay: bool,
     format: famix::render::IdFormat,
     batch: Vec<(usize, Image8)>,
+    writers: &'a Writers,
 }
 
 impl Pending<'_> {
@@ -64,32 +77,53 @@ impl Pending<'_> {
         let x = Tensor::stack(&self.batch.iter().map(|(_, im)| im.to_tensor_u8()).collect::<Vec<_>>(), 0);
         let (ids, _) = self.model.predict_ids(&x, &self.opts)?;
         let ids = ids.to_kind(Kind::Uint8).to_device(Device::Cpu);
-        let palette = &self.model.config.palette;
-        for (k, (i, img)) in self.batch.iter().enumerate() {
+        for (k, (i, img)) in self.batch.drain(..).enumerate() {
             let labels = Image8::from_tensor_u8(&ids.get(k as i64))?;
-            write_outputs_as(&self.out.join(&self.stems[*i]), img, &labels, palette, self.overlay, self.format)?;
+            let (stem, palette, overlay, format) =
+                (self.out.join(&self.stems[i]), self.model.config.palette.clone(), self.overlay, self.format);
+            self.writers.submit(Box::new(move || write_outputs_as(&stem, &img, &labels, &palette, overlay, format)))?;
         }
-        self.batch.clear();
         Ok(())
     }
 }
 
 pub fn predict(a: PredictArgs) -> Result<i32> {
     let opts = a.test.predict_options()?;
-    let model = checkpoint::load(&a.checkpoint, a.device.device, a.test.output_stride()?)?.model;
-    let (mut items, notes) = collect_inputs(&a.inputs)?;
-    if items.is_empty() {
-        bail!("no .png/.jpg images found in the inputs");
+    let (videos, images): (Vec<PathBuf>, Vec<PathBuf>) = a.inputs.iter().cloned().partition(|p| p.is_file() && is_video(p));
+    let (mut items, notes) = if images.is_empty() { (vec![], vec![]) } else { collect_inputs(&images)? };
+    if items.is_empty() && videos.is_empty() {
+        bail!("no .png/.jpg images or videos found in the inputs");
     }
+    let mut videos: Vec<(PathBuf, PathBuf)> =
+        videos.into_iter().map(|v| (v.file_stem().map(PathBuf::from).unwrap_or_default(), v)).collect();
     if let Some(sh) = a.shard.shard()? {
         let all = items.len();
         items = sh.select(all).into_iter().map(|i| items[i].clone()).collect();
+        videos = sh.select(videos.len()).into_iter().map(|i| videos[i].clone()).collect();
         eprintln!("shard {sh}: {} of {all} images", items.len());
     }
     for n in &notes {
         eprintln!("note: {n}");
     }
+    let model = checkpoint::load(&a.checkpoint, a.device.device, a.test.output_stride()?)?.model;
     std::fs::create_dir_all(&a.out)?;
+    let mut failed = if items.is_empty() { 0 } else { predict_images(&a, &model, opts.clone(), items)? };
+    let job = VideoJob { model: &model, opts, batch: a.batch, color_video: a.color_video, frames: a.frames, format: a.label_format };
+    for (stem, v) in &videos {
+        match predict_video(&job, v, &a.out, stem) {
+            Ok(n) => eprintln!("{}: {n} frames → {}", v.display(), a.out.join(stem).display()),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                failed += 1;
+            }
+        }
+    }
+    Ok(if failed > 0 { 2 } else { 0 })
+}
+
+/// Images through the overlapped pipeline: decoding on loader threads, the model here,
+/// PNG encoding on writer threads. Returns the number of images that failed.
+fn predict_images(a: &PredictArgs, model: &Segmenter, opts: PredictOptions, items: Vec<(PathBuf, PathBuf)>) -> Result<usize> {
     let (paths, stems): (Vec<PathBuf>, Vec<PathBuf>) = items.into_iter().unzip();
     let shared = Arc::new(paths);
     let p2 = shared.clone();
@@ -97,8 +131,18 @@ pub fn predict(a: PredictArgs) -> Result<i32> {
     let bars = super::progress::Bars::default();
     bars.start("predict", shared.len() as u64, 0, Unit::Items);
     let opts_scale = opts.scale;
-    let mut pending =
-        Pending { model: &model, opts, out: &a.out, stems: &stems, overlay: a.overlay, format: a.label_format, batch: Vec::new() };
+    let writers =
+        Writers::new(a.writers.unwrap_or_else(|| (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) / 2).max(1)));
+    let mut pending = Pending {
+        model,
+        opts,
+        out: &a.out,
+        stems: &stems,
+        overlay: a.overlay,
+        format: a.label_format,
+        batch: Vec::new(),
+        writers: &writers,
+    };
     let mut failed = 0usize;
     for (i, res) in decoded.enumerate() {
         let res = res.map_err(anyhow::Error::from).and_then(|img| {
@@ -121,9 +165,10 @@ pub fn predict(a: PredictArgs) -> Result<i32> {
         bars.advance(1);
     }
     pending.flush()?;
+    writers.finish()?;
     bars.finish();
     eprintln!("{} predictions written to {} ({} failed)", shared.len() - failed, a.out.display(), failed);
-    Ok(if failed > 0 { 2 } else { 0 })
+    Ok(failed)
 }
 
 #[derive(Args)]
