@@ -107,6 +107,45 @@ pub fn fold_bn(conv: &Conv2d, bn: &BatchNorm2d) -> (Tensor, Tensor) {
     })
 }
 
+/// `t` (4-D) with channels-last strides (NHWC in memory, NCHW in shape): what
+/// `memory_format=torch.channels_last` gives. tch has no memory-format argument, so
+/// the layout is made by permuting, copying and permuting back; oneDNN's CPU and
+/// cuDNN's convolutions then pick their NHWC kernels, and element-wise ops keep it.
+pub fn channels_last(t: &Tensor) -> Tensor {
+    t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
+#[derive(Debug)]
+/// A convolution with its eval-mode batch norm folded in ([`fold_bn`]), for
+/// inference: one convolution with a bias instead of a convolution and a batch norm.
+/// Weights are channels-last (see [`channels_last`]).
+pub struct FoldedConv {
+    /// (out, in, k, k), channels-last.
+    pub weight: Tensor,
+    /// (out).
+    pub bias: Tensor,
+}
+
+impl FoldedConv {
+    /// Folds `bn` into `conv`.
+    pub fn new(conv: &Conv2d, bn: &BatchNorm2d) -> Self {
+        let (w, b) = fold_bn(conv, bn);
+        FoldedConv { weight: channels_last(&w), bias: b }
+    }
+
+    /// A convolution without batch norm, in the same form (its bias or zeros).
+    pub fn plain(conv: &Conv2d) -> Self {
+        let w = conv.weight.detach();
+        let bias = conv.bias.as_ref().map(|b| b.detach().copy()).unwrap_or_else(|| Tensor::zeros([w.size()[0]], (w.kind(), w.device())));
+        FoldedConv { weight: channels_last(&w), bias }
+    }
+
+    /// The folded convolution with the given stride, padding and dilation.
+    pub fn forward(&self, x: &Tensor, stride: i64, padding: i64, dilation: i64) -> Tensor {
+        x.conv2d(&self.weight, Some(&self.bias), [stride, stride], [padding, padding], [dilation, dilation], 1)
+    }
+}
+
 #[derive(Debug)]
 /// A fully connected layer.
 pub struct Linear {

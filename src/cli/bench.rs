@@ -47,6 +47,15 @@ pub struct BenchArgs {
     /// Loader threads (default: cores - 1)
     #[arg(long)]
     workers: Option<usize>,
+    /// Inference on the plain path (conv then batch norm) instead of the fast path
+    #[arg(long)]
+    no_fuse: bool,
+    /// Inference with this checkpoint (e.g. the demo's trained one) instead of random weights; with --amp bf16, fp32_agreement is measured on it
+    #[arg(long)]
+    checkpoint: Option<std::path::PathBuf>,
+    /// Inference input: an image (resized to --infer-size) instead of random pixels
+    #[arg(long)]
+    image: Option<std::path::PathBuf>,
     #[command(flatten)]
     device: super::DeviceArgs,
 }
@@ -70,6 +79,9 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
         iters: a.iters,
         precision: a.amp,
         workers: a.workers.unwrap_or_else(default_workers),
+        no_fuse: a.no_fuse,
+        checkpoint: a.checkpoint.clone(),
+        image: a.image.clone(),
     };
     if !a.crop.is_multiple_of(4) || !a.mine_crop.is_multiple_of(12) {
         bail!("--crop must be divisible by 4 and --mine-crop by 12 (4 × the 3x3 style grid)");

@@ -72,6 +72,12 @@ pub struct BenchConfig {
     pub iters: usize,
     pub precision: Precision,
     pub workers: usize,
+    /// Inference on the plain path (no folded batch norms, no channels-last).
+    pub no_fuse: bool,
+    /// Inference with this checkpoint's weights instead of a random model of `arch`.
+    pub checkpoint: Option<std::path::PathBuf>,
+    /// Inference on this image (resized to `infer_size`) instead of random pixels.
+    pub image: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -94,6 +100,12 @@ pub struct BenchResult {
     /// infer with bf16: fraction of pixels whose predicted class equals fp32's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fp32_agreement: Option<f64>,
+    /// infer: "fused" (the fast path) or "plain".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// infer with --checkpoint: the checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
 }
 
 /// Resets the kernel's peak-RSS counter of this process (Linux `clear_refs` 5); false
@@ -144,6 +156,8 @@ fn result(cfg: &BenchConfig, what: &str, batch: usize, h: usize, w: usize, mut m
         peak_rss_mb: None,
         images_per_s: batch as f64 * 1e3 / median,
         fp32_agreement: None,
+        path: None,
+        checkpoint: None,
     }
 }
 
@@ -152,6 +166,18 @@ fn segmenter(cfg: &BenchConfig, freeze: FreezePolicy) -> Result<Segmenter> {
     sc.head = cfg.arch.head();
     tch::manual_seed(0);
     Ok(Segmenter::new(sc, cfg.device)?)
+}
+
+/// The inference model: [`segmenter`] on the fast path unless `--no-fuse`.
+fn inference_segmenter(cfg: &BenchConfig) -> Result<Segmenter> {
+    let mut m = match &cfg.checkpoint {
+        Some(p) => famix::model::checkpoint::load(p, cfg.device, None)?.model,
+        None => segmenter(cfg, FreezePolicy::Synthetic)?,
+    };
+    if !cfg.no_fuse {
+        m.fuse();
+    }
+    Ok(m)
 }
 
 /// A synthetic batch like the loader's: u8 images, blocky labels, dominant classes.
@@ -195,15 +221,20 @@ fn random_bank(channels: usize, dir: &Path) -> Result<std::path::PathBuf> {
 /// `predict`'s forward ([`Segmenter::predict_ids`]: normalisation, network, argmax)
 /// on one random image; with bf16, the share of pixels whose class equals fp32's.
 pub fn bench_infer(cfg: &BenchConfig) -> Result<BenchResult> {
-    let model = segmenter(cfg, FreezePolicy::Synthetic)?;
+    let model = inference_segmenter(cfg)?;
     let (h, w) = cfg.infer_size;
-    let x = Tensor::randint(256, [1, 3, h as i64, w as i64], (Kind::Uint8, Device::Cpu));
+    let x = match &cfg.image {
+        Some(p) => famix::Image8::open_rgb(p)?.resize(w, h, famix::imageops::Filter::Bilinear).to_tensor_u8().unsqueeze(0),
+        None => Tensor::randint(256, [1, 3, h as i64, w as i64], (Kind::Uint8, Device::Cpu)),
+    };
     let opts = PredictOptions { precision: cfg.precision, ..Default::default() };
     let (ms, peak) = timed(cfg, || {
         let _ = model.predict_ids(&x, &opts)?;
         Ok(())
     })?;
     let mut r = result(cfg, "infer", 1, h, w, ms, peak);
+    r.path = Some(if model.is_fused() { "fused" } else { "plain" }.into());
+    r.checkpoint = cfg.checkpoint.as_ref().map(|p| p.display().to_string());
     if cfg.precision == Precision::Bf16 {
         let (fp32, _) = model.predict_ids(&x, &PredictOptions::default())?;
         let (bf16, _) = model.predict_ids(&x, &opts)?;
@@ -213,7 +244,10 @@ pub fn bench_infer(cfg: &BenchConfig) -> Result<BenchResult> {
 }
 
 pub fn bench_train(cfg: &BenchConfig, tmp: &Path) -> Result<BenchResult> {
-    let model = segmenter(cfg, FreezePolicy::Synthetic)?;
+    let mut model = segmenter(cfg, FreezePolicy::Synthetic)?;
+    if !cfg.no_fuse {
+        model.fuse_frozen();
+    }
     let bank = random_bank(model.config.backbone.low_level_channels() as usize, tmp)?;
     let tc = TrainConfig {
         batch: cfg.batch,
@@ -231,7 +265,9 @@ pub fn bench_train(cfg: &BenchConfig, tmp: &Path) -> Result<BenchResult> {
         step += 1;
         Ok(())
     })?;
-    Ok(result(cfg, "train", cfg.batch, cfg.crop, cfg.crop, ms, peak))
+    let mut r = result(cfg, "train", cfg.batch, cfg.crop, cfg.crop, ms, peak);
+    r.path = Some(if cfg.no_fuse { "plain" } else { "fused" }.into());
+    Ok(r)
 }
 
 pub fn bench_mine(cfg: &BenchConfig) -> Result<BenchResult> {

@@ -163,7 +163,14 @@ fn write_predictions(baseline: &Segmenter, famix_model: &Segmenter, p: &Paths) -
 fn train_run(a: &DemoArgs, p: &Paths, run: &Path, styles: Option<PathBuf>) -> Result<Segmenter> {
     let _ = std::fs::remove_dir_all(run);
     let cfg = train_config(a, p, styles)?;
-    let opts = RunOptions { device: a.device.device, workers: default_workers(), stop_after: None, skip_bad: false, tensorboard: None };
+    let opts = RunOptions {
+        device: a.device.device,
+        workers: default_workers(),
+        stop_after: None,
+        skip_bad: false,
+        tensorboard: None,
+        no_fuse: false,
+    };
     train(&cfg, run, false, &opts, &Bars::default())?;
     let report = write_report(run, &run.join("report"), &ReportOptions { samples: 4, device: a.device.device })?;
     for n in &report.notes {

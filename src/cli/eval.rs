@@ -150,7 +150,8 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
 
 /// The mIoU of one checkpoint on every target, in the --classes protocol.
 fn table_row(a: &EvalArgs, ckpt: &Path, targets: &[Target], cells: &mut Vec<serde_json::Value>) -> Result<Vec<f64>> {
-    let loaded = checkpoint::load(ckpt, a.device.device, a.test.output_stride()?)?;
+    let mut loaded = checkpoint::load(ckpt, a.device.device, a.test.output_stride()?)?;
+    a.test.prepare(&mut loaded.model);
     let k = loaded.model.config.class_names.len();
     if protocol(a.classes).is_some() && k != 19 {
         bail!("--classes {} is a protocol on the 19 Cityscapes classes; {} has {k}", a.classes, ckpt.display());
@@ -245,7 +246,8 @@ fn finish_single(a: &EvalArgs, r: &Single, subset: Option<(&'static str, &'stati
 fn eval_one(a: &EvalArgs, ckpt: &Path, t: &Target) -> Result<i32> {
     let predict = a.test.predict_options()?;
     let shard = a.shard.shard()?;
-    let loaded = checkpoint::load(ckpt, a.device.device, a.test.output_stride()?)?;
+    let mut loaded = checkpoint::load(ckpt, a.device.device, a.test.output_stride()?)?;
+    a.test.prepare(&mut loaded.model);
     let mut ds = Dataset::open(t.kind, &t.root, &a.split, t.condition.as_deref())?;
     if let Some(sh) = shard {
         ds.samples = sh.select(ds.samples.len()).into_iter().map(|i| ds.samples[i].clone()).collect();

@@ -157,12 +157,21 @@ pub struct TestTimeArgs {
     /// Output stride 8, 16 or 32 (default: the checkpoint's; 16 for reference .pth files)
     #[arg(long)]
     pub output_stride: Option<i64>,
-    /// bf16 autocast: faster on GPUs; fp32 is the reference's precision
+    /// bf16 autocast: faster on GPUs and on CPUs with AVX512-BF16/AMX; fp32 is the reference's precision
     #[arg(long, value_enum, default_value = "fp32")]
     pub amp: famix::Precision,
+    /// Run the plain network (conv then batch norm, as the reference) instead of the fast path (batch norms folded into the convolutions, channels-last)
+    #[arg(long)]
+    pub no_fuse: bool,
 }
 
 impl TestTimeArgs {
+    /// Switches `model` to the fast path unless `--no-fuse`.
+    pub fn prepare(&self, model: &mut famix::Segmenter) {
+        if !self.no_fuse {
+            model.fuse();
+        }
+    }
     /// The output stride asked for, if any.
     pub fn output_stride(&self) -> anyhow::Result<Option<famix::clip::OutputStride>> {
         Ok(self.output_stride.map(famix::clip::OutputStride::from_int).transpose()?)

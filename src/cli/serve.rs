@@ -47,6 +47,9 @@ pub struct ServeArgs {
     /// bf16 autocast for the forward passes
     #[arg(long, value_enum, default_value = "fp32")]
     amp: Precision,
+    /// Serve the plain network (conv then batch norm) instead of the fast path (folded batch norms, channels-last)
+    #[arg(long)]
+    no_fuse: bool,
     /// Most images per forward pass (same size and options)
     #[arg(long, default_value_t = 8)]
     max_batch: usize,
@@ -372,7 +375,10 @@ async fn shutdown_signal() {
 
 pub fn serve(a: ServeArgs) -> Result<i32> {
     let loaded = famix::model::checkpoint::load(&a.checkpoint, a.device.device, None)?;
-    let model = loaded.model;
+    let mut model = loaded.model;
+    if !a.no_fuse {
+        model.fuse();
+    }
     let (tx, rx) = bounded::<Job>(a.max_queue.max(1));
     let app = Arc::new(App {
         jobs: tx,

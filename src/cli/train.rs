@@ -129,6 +129,9 @@ pub struct TrainArgs {
     /// Also write TensorBoard event files (loss, learning rates, images/s, val mIoU, per-class IoU) to DIR [default: RUN_DIR/tensorboard]
     #[arg(long, value_name = "DIR", num_args = 0..=1)]
     tensorboard: Option<Option<PathBuf>>,
+    /// Run the plain network instead of the training fast path (frozen layers with folded batch norms, channels-last)
+    #[arg(long)]
+    no_fuse: bool,
     #[command(flatten)]
     job: super::DataJobArgs,
 }
@@ -279,6 +282,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         stop_after: a.stop_after,
         skip_bad: a.job.skip_bad,
         tensorboard,
+        no_fuse: a.no_fuse,
     };
     eprintln!(
         "training {} → {} ({} iterations, batch {}, crop {}, {:?}, freeze {})",

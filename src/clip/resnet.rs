@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
 use crate::export::graph::Graph;
-use crate::nn::{BatchNorm2d, Conv2d, Linear};
+use crate::nn::{BatchNorm2d, Conv2d, FoldedConv, Linear};
 
 /// Output stride of the backbone (input size / layer4 size).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +167,9 @@ pub struct Bottleneck {
     /// output stride, see `ModifiedResNet::set_output_stride`.
     stride: i64,
     dilation: i64,
+    /// conv1..3 and the downsample with their batch norms folded in (inference
+    /// fast path, see [`ModifiedResNet::fuse`]).
+    folded: Option<(FoldedConv, FoldedConv, FoldedConv, Option<FoldedConv>)>,
 }
 
 impl Bottleneck {
@@ -186,11 +189,41 @@ impl Bottleneck {
             }),
             stride: 1,
             dilation: 1,
+            folded: None,
         }
+    }
+
+    fn fuse(&mut self) {
+        self.folded = Some((
+            FoldedConv::new(&self.conv1, &self.bn1),
+            FoldedConv::new(&self.conv2, &self.bn2),
+            FoldedConv::new(&self.conv3, &self.bn3),
+            self.downsample.as_ref().map(|(c, b)| FoldedConv::new(c, b)),
+        ));
+    }
+
+    /// [`Bottleneck::forward`] in eval mode with folded batch norms.
+    fn forward_folded(&self, x: &Tensor, f: &(FoldedConv, FoldedConv, FoldedConv, Option<FoldedConv>)) -> Tensor {
+        let d = self.dilation;
+        let pool = |t: &Tensor| t.avg_pool2d([self.stride, self.stride], [self.stride, self.stride], [0, 0], false, true, None::<i64>);
+        let out = f.0.forward(x, 1, 0, 1).relu();
+        let mut out = f.1.forward(&out, 1, d, d).relu();
+        if self.stride > 1 {
+            out = pool(&out);
+        }
+        let out = f.2.forward(&out, 1, 0, 1);
+        let identity = match &f.3 {
+            Some(down) => down.forward(&if self.stride > 1 { pool(x) } else { x.shallow_clone() }, 1, 0, 1),
+            None => x.shallow_clone(),
+        };
+        (out + identity).relu()
     }
 
     /// The block on `x`; `train` uses batch statistics in its batch norms.
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        if let (false, Some(f)) = (train, &self.folded) {
+            return self.forward_folded(x, f);
+        }
         let d = self.dilation;
         let out = self.bn1.forward(&self.conv1.forward1(x), train).relu();
         let mut out = self.bn2.forward(&self.conv2.forward(&out, 1, d, d), train).relu();
@@ -305,6 +338,8 @@ pub struct ModifiedResNet {
     /// The architecture.
     pub config: ResNetConfig,
     output_stride: OutputStride,
+    /// The stem's convolutions with folded batch norms (inference fast path).
+    folded_stem: Option<[FoldedConv; 3]>,
 }
 
 impl ModifiedResNet {
@@ -344,6 +379,7 @@ impl ModifiedResNet {
             attnpool,
             config: config.clone(),
             output_stride: os,
+            folded_stem: None,
         };
         net.set_output_stride(os);
         net
@@ -382,8 +418,47 @@ impl ModifiedResNet {
         }
     }
 
+    /// The inference fast path: folds every batch norm into its convolution (eval-mode
+    /// statistics, so forwards with `train = false` use the folded weights; training
+    /// forwards are unchanged). Call again after the weights change; [`Self::unfuse`]
+    /// drops the folded copies.
+    pub fn fuse(&mut self) {
+        self.fuse_where(true, &|_, _| true);
+    }
+
+    /// Folds the stem (if `stem`) and the blocks for which `block(stage, index)` holds:
+    /// for training, the frozen ones (their weights and statistics never change).
+    pub fn fuse_where(&mut self, stem: bool, block: &dyn Fn(usize, usize) -> bool) {
+        if stem {
+            self.folded_stem = Some([
+                FoldedConv::new(&self.conv1, &self.bn1),
+                FoldedConv::new(&self.conv2, &self.bn2),
+                FoldedConv::new(&self.conv3, &self.bn3),
+            ]);
+        }
+        for (s, layer) in self.layers.iter_mut().enumerate() {
+            for (b, blk) in layer.iter_mut().enumerate() {
+                if block(s, b) {
+                    blk.fuse();
+                }
+            }
+        }
+    }
+
+    /// Back to the plain path (batch norms as separate ops).
+    pub fn unfuse(&mut self) {
+        self.folded_stem = None;
+        self.layers.iter_mut().flatten().for_each(|b| b.folded = None);
+    }
+
     /// The stem (three convolutions and the average pool): stride 4.
     pub fn stem(&self, x: &Tensor, train: bool) -> Tensor {
+        if let (false, Some(f)) = (train, &self.folded_stem) {
+            let x = f[0].forward(x, 2, 1, 1).relu();
+            let x = f[1].forward(&x, 1, 1, 1).relu();
+            let x = f[2].forward(&x, 1, 1, 1).relu();
+            return x.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>);
+        }
         let x = self.bn1.forward(&self.conv1.forward(x, 2, 1, 1), train).relu();
         let x = self.bn2.forward(&self.conv2.forward(&x, 1, 1, 1), train).relu();
         let x = self.bn3.forward(&self.conv3.forward(&x, 1, 1, 1), train).relu();

@@ -8,7 +8,7 @@ use tch::{nn, Tensor};
 use crate::clip::OutputStride;
 use crate::error::Result;
 use crate::export::graph::{Attr, Graph};
-use crate::nn::{BatchNorm2d, Conv2d};
+use crate::nn::{BatchNorm2d, Conv2d, FoldedConv};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 /// The head's shape.
@@ -51,13 +51,19 @@ pub fn aspp_rates(os: OutputStride) -> [i64; 3] {
 struct ConvBn {
     conv: Conv2d,
     bn: BatchNorm2d,
+    /// The pair folded into one convolution (inference fast path).
+    folded: Option<FoldedConv>,
 }
 
 impl ConvBn {
     fn new(p: &nn::Path, conv_name: &str, bn_name: &str, cin: i64, cout: i64, k: i64) -> Self {
-        ConvBn { conv: Conv2d::new_kaiming_normal(&(p / conv_name), cin, cout, k, false), bn: BatchNorm2d::new(&(p / bn_name), cout) }
+        let conv = Conv2d::new_kaiming_normal(&(p / conv_name), cin, cout, k, false);
+        ConvBn { conv, bn: BatchNorm2d::new(&(p / bn_name), cout), folded: None }
     }
     fn forward(&self, x: &Tensor, padding: i64, dilation: i64, train: bool) -> Tensor {
+        if let (false, Some(f)) = (train, &self.folded) {
+            return f.forward(x, 1, padding, dilation).relu();
+        }
         self.bn.forward(&self.conv.forward(x, 1, padding, dilation), train).relu()
     }
     fn export(&self, g: &mut Graph, x: &str, padding: i64, dilation: i64) -> Result<String> {
@@ -76,6 +82,8 @@ pub struct DeepLabHead {
     fuse: ConvBn,
     classify: Conv2d,
     rates: [i64; 3],
+    /// The classifier in the fast path's form (channels-last weights).
+    classify_fast: Option<FoldedConv>,
 }
 
 impl DeepLabHead {
@@ -94,7 +102,27 @@ impl DeepLabHead {
             fuse: ConvBn::new(&clf, "0", "1", ch + c.low_proj_channels, ch, 3),
             classify: Conv2d::new_kaiming_normal(&(&clf / "3"), ch, c.num_classes, 1, true),
             rates: aspp_rates(os),
+            classify_fast: None,
         }
+    }
+
+    fn conv_bns(&mut self) -> impl Iterator<Item = &mut ConvBn> {
+        [&mut self.project, &mut self.aspp_1x1, &mut self.aspp_pool, &mut self.aspp_project, &mut self.fuse]
+            .into_iter()
+            .chain(self.aspp_dilated.iter_mut())
+    }
+
+    /// Folds every batch norm into its convolution for inference (see
+    /// [`crate::clip::ModifiedResNet::fuse`]).
+    pub fn fuse(&mut self) {
+        self.conv_bns().for_each(|c| c.folded = Some(FoldedConv::new(&c.conv, &c.bn)));
+        self.classify_fast = Some(FoldedConv::plain(&self.classify));
+    }
+
+    /// Back to the plain path.
+    pub fn unfuse(&mut self) {
+        self.conv_bns().for_each(|c| c.folded = None);
+        self.classify_fast = None;
     }
 
     /// Switches the ASPP rates to those of `os`.
@@ -120,7 +148,10 @@ impl DeepLabHead {
         }
         let x = x.upsample_bilinear2d([low.size()[2], low.size()[3]], false, None, None);
         let x = self.fuse.forward(&Tensor::cat(&[low, x], 1), 1, 1, train);
-        self.classify.forward1(&x)
+        match (train, &self.classify_fast) {
+            (false, Some(f)) => f.forward(&x, 1, 0, 1),
+            _ => self.classify.forward1(&x),
+        }
     }
 
     /// [`DeepLabHead::forward`] in eval mode as ONNX nodes; the image-pooling branch is

@@ -108,15 +108,21 @@ pub fn normalize_u8(batch: &Tensor, device: Device) -> Tensor {
 
 impl Segmenter {
     /// Loads a famix checkpoint (`.safetensors` or its stem) or a reference FAMix
-    /// `.pth`, with the output stride it was saved with (16 for `.pth` files).
+    /// `.pth`, with the output stride it was saved with (16 for `.pth` files), ready
+    /// for inference: the fast path ([`Segmenter::fuse`]) is on; `unfuse()` for the
+    /// plain one.
     pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Segmenter> {
-        Ok(checkpoint::load(path.as_ref(), device, None)?.model)
+        let mut m = checkpoint::load(path.as_ref(), device, None)?.model;
+        m.fuse();
+        Ok(m)
     }
 
     /// [`Segmenter::load`] at another output stride (8, 16 or 32: the dilation of
     /// the last stages changes, the weights do not).
     pub fn load_with_stride(path: impl AsRef<Path>, device: Device, output_stride: OutputStride) -> Result<Segmenter> {
-        Ok(checkpoint::load(path.as_ref(), device, Some(output_stride))?.model)
+        let mut m = checkpoint::load(path.as_ref(), device, Some(output_stride))?.model;
+        m.fuse();
+        Ok(m)
     }
 
     /// Checks that a `width` × `height` image can go through the network at test

@@ -99,6 +99,10 @@ pub struct Segmenter {
     pub head: DeepLabHead,
     /// Its configuration.
     pub config: SegmenterConfig,
+    /// Whether the inference fast path is on ([`Segmenter::fuse`]).
+    fused: bool,
+    /// Whether inputs go channels-last (both fast paths).
+    channels_last: bool,
 }
 
 impl std::fmt::Debug for Segmenter {
@@ -121,9 +125,47 @@ impl Segmenter {
             &config.head,
             config.output_stride,
         );
-        let mut s = Segmenter { vs, backbone, head, config };
+        let mut s = Segmenter { vs, backbone, head, config, fused: false, channels_last: false };
         s.apply_freeze();
         Ok(s)
+    }
+
+    /// The inference fast path (docs/design.md §8): every batch norm folded into its
+    /// convolution once (inference uses running statistics, so conv + BN is one affine
+    /// map), channels-last weights and inputs, no autograd. Forwards with `train =
+    /// false` use it; training forwards are unchanged. Logits agree with the plain
+    /// path to ~1e-5 (tests allow 1e-4). Call again after changing the weights.
+    pub fn fuse(&mut self) {
+        self.backbone.fuse();
+        self.head.fuse();
+        self.fused = true;
+        self.channels_last = true;
+    }
+
+    /// The training fast path: the parts the freeze policy keeps frozen (the stem and
+    /// the blocks before the first trainable one — their weights and batch-norm
+    /// statistics never change, and they run without autograd) are folded once, and
+    /// inputs go channels-last. Trainable parts are unchanged, so gradients are those
+    /// of the plain path up to rounding (tested).
+    pub fn fuse_frozen(&mut self) {
+        let policy = self.config.freeze;
+        let blocks = self.config.backbone.layers;
+        self.backbone.fuse_where(!policy.stem_trains(), &|s, b| !policy.block_trains(s, b, blocks[s] as usize));
+        self.channels_last = true;
+    }
+
+    /// Drops the folded weights: inference runs the plain path (conv, then batch norm)
+    /// again, as the reference does.
+    pub fn unfuse(&mut self) {
+        self.backbone.unfuse();
+        self.head.unfuse();
+        self.fused = false;
+        self.channels_last = false;
+    }
+
+    /// Whether [`Segmenter::fuse`] is in effect.
+    pub fn is_fused(&self) -> bool {
+        self.fused
     }
 
     /// Where the weights live.
@@ -177,6 +219,7 @@ impl Segmenter {
     /// dropout in the parts the freeze policy trains; `restyle` replaces the layer1
     /// features (local style mixing) before everything that consumes them.
     pub fn forward(&self, x: &Tensor, train: bool, restyle: Option<&dyn Fn(&Tensor) -> Tensor>) -> Tensor {
+        let x = &if self.channels_last { crate::nn::channels_last(x) } else { x.shallow_clone() };
         let policy = self.config.freeze;
         let (h, w) = (x.size()[2], x.size()[3]);
         let low_trains = train && policy.stem_trains();

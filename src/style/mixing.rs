@@ -93,7 +93,7 @@ pub fn restyle(f1: &Tensor, style_mu: &Tensor, style_sigma: &Tensor, s: Option<&
         }
         None => (mu_t, sd_t),
     };
-    (norm * sd_m + mu_m).relu().view([b, c, h, w])
+    (norm * sd_m + mu_m).relu().reshape([b, c, h, w])
 }
 
 /// The same for feature maps the grid does not divide (the last row/column of cells

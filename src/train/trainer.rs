@@ -203,6 +203,8 @@ pub struct RunOptions {
     pub skip_bad: bool,
     /// Also write the log's scalars as TensorBoard event files in this folder.
     pub tensorboard: Option<PathBuf>,
+    /// Run the plain path instead of the training fast path ([`Segmenter::fuse_frozen`]).
+    pub no_fuse: bool,
 }
 
 /// What a `train` call did.
@@ -642,7 +644,10 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, opts: &RunOptions, pro
         tch::Cuda::cudnn_set_benchmark(true);
     }
     let mut sgd = Sgd::new(cfg.momentum, cfg.weight_decay);
-    let (model, state) = restore_or_init(cfg, run, resume, device, &mut sgd)?;
+    let (mut model, state) = restore_or_init(cfg, run, resume, device, &mut sgd)?;
+    if !opts.no_fuse {
+        model.fuse_frozen();
+    }
     let start = state.step;
     let summary =
         TrainSummary { steps: start, last_loss: None, best_miou: state.best_miou, last_miou: None, run_dir: run.into(), skipped: vec![] };

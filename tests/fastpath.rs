@@ -1,0 +1,81 @@
+//! The fast paths agree with the plain path: inference with every batch norm folded
+//! and channels-last layouts (logits within 1e-4, max abs), and one training step
+//! with the frozen layers folded (loss and updated weights as PyTorch's within the
+//! training parity tolerance, 1e-4).
+mod common;
+
+use common::*;
+use famix::model::checkpoint;
+use famix::model::FreezePolicy;
+use famix::style::mixing::restyle;
+use famix::train::sgd::Sgd;
+use famix::{PredictOptions, Segmenter};
+use tch::{Device, Kind, Tensor};
+
+/// Random batch-norm statistics and affine parameters, so folding has work to do.
+fn randomise_bn(m: &Segmenter) {
+    tch::no_grad(|| {
+        for (name, mut t) in m.vs.variables() {
+            if name.ends_with("running_var") {
+                t.copy_(&(Tensor::rand_like(&t) * 2.0 + 0.1));
+            } else if name.ends_with("running_mean") || (name.contains("bn") && name.ends_with("bias")) {
+                t.copy_(&(Tensor::randn_like(&t) * 0.2));
+            } else if name.contains("bn") && name.ends_with("weight") {
+                t.copy_(&(Tensor::rand_like(&t) + 0.5));
+            }
+        }
+    });
+}
+
+fn logits(m: &Segmenter, x: &Tensor) -> Tensor {
+    m.predict_logits(x, 1.0, false)
+}
+
+#[test]
+fn fused_inference_matches_the_plain_path() {
+    let d = tmpdir();
+    tch::manual_seed(21);
+    let tiny = checkpoint::save_random_tiny(&d.path().join("tiny"), 19).unwrap();
+    for (path, os) in [(fixture("seg_a_ref.pth"), None), (tiny.clone(), None), (tiny, Some(famix::clip::OutputStride::Os8))] {
+        let mut m = checkpoint::load(&path, Device::Cpu, os).unwrap().model;
+        randomise_bn(&m);
+        let x = Tensor::randn([2, 3, 72, 96], (Kind::Float, Device::Cpu));
+        let plain = logits(&m, &x);
+        m.fuse();
+        assert!(m.is_fused());
+        let fused = logits(&m, &x);
+        let diff = max_abs_diff(&plain, &fused);
+        assert!(diff <= 1e-4, "{}: fused logits differ by {diff:e} > 1e-4", path.display());
+        // The whole prediction (normalisation, argmax) through the public API.
+        let u8s = Tensor::randint(256, [1, 3, 64, 80], (Kind::Uint8, Device::Cpu));
+        let (ids_fused, _) = m.predict_ids(&u8s, &PredictOptions::default()).unwrap();
+        m.unfuse();
+        let (ids_plain, _) = m.predict_ids(&u8s, &PredictOptions::default()).unwrap();
+        let agree = ids_fused.eq_tensor(&ids_plain).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        assert!(agree >= 0.999, "{}: argmax agreement {agree}", path.display());
+    }
+    // The library's loader turns the fast path on.
+    assert!(Segmenter::load(fixture("seg_a_ref.pth"), Device::Cpu).unwrap().is_fused());
+}
+
+/// The PyTorch-checked training iteration (tests/train.rs) on the training fast path:
+/// stem and frozen blocks folded, channels-last input. Loss and every updated weight
+/// match PyTorch's to 1e-4.
+#[test]
+fn training_step_on_the_fast_path_matches_pytorch() {
+    let exp = load("expected_mixing.safetensors");
+    let mut m = checkpoint::load(&fixture("seg_a_ref.pth"), Device::Cpu, None).unwrap().model;
+    m.config.head.dropout = 0.0;
+    m.set_freeze(FreezePolicy::Synthetic);
+    m.fuse_frozen();
+    let (bb, head) = m.param_groups();
+    let f = |x: &Tensor| restyle(x, &exp["style_mu"], &exp["style_sigma"], Some(&exp["s"]), 3);
+    let logits = m.forward(&exp["x"], true, Some(&f));
+    let loss = logits.cross_entropy_loss::<Tensor>(&exp["y"], None, tch::Reduction::Mean, 255, 0.1);
+    assert_close("loss", &loss.reshape([1]), &exp["loss"], 1e-4);
+    loss.backward();
+    Sgd::new(0.9, 1e-4).step(&[(0.01, &bb), (0.1, &head)]);
+    for (n, p) in bb.iter().chain(&head) {
+        assert_close(&format!("after {n}"), p, &exp[&format!("after.{n}")], 1e-4);
+    }
+}
