@@ -66,8 +66,9 @@ extern "C" {
 /// nested guards, or a guard inside code that already enabled autocast, behave like
 /// nested `torch.autocast` blocks.
 pub struct Autocast {
-    /// (device type id, previous enabled flag) when this guard changed anything.
-    restore: Option<(i32, bool)>,
+    /// (device type id, previous enabled flag, whether it entered an autocast
+    /// nesting level) when this guard changed anything.
+    restore: Option<(i32, bool, bool)>,
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
@@ -84,7 +85,20 @@ impl Autocast {
         if unsafe { famix_autocast_set(id, true, &mut was) } {
             // SAFETY: as above.
             unsafe { famix_autocast_nesting(1) };
-            guard.restore = Some((id, was));
+            guard.restore = Some((id, was, true));
+        }
+        guard
+    }
+
+    /// Turns autocast off for `d`'s device type until the guard drops (the previous
+    /// state comes back): for the few ops kept in fp32 inside a bf16 forward.
+    pub fn suspend(d: Device) -> Self {
+        let mut guard = Autocast { restore: None, _not_send: std::marker::PhantomData };
+        let id = if matches!(d, Device::Cuda(_)) { 1 } else { 0 };
+        let mut was = false;
+        // SAFETY: the shim writes one bool and catches C++ exceptions.
+        if unsafe { famix_autocast_set(id, false, &mut was) } && was {
+            guard.restore = Some((id, was, false));
         }
         guard
     }
@@ -98,12 +112,14 @@ impl Autocast {
 
 impl Drop for Autocast {
     fn drop(&mut self) {
-        if let Some((id, was)) = self.restore {
+        if let Some((id, was, nested)) = self.restore {
             let mut ignored = false;
             // SAFETY: as in `new`.
             unsafe {
                 famix_autocast_set(id, was, &mut ignored);
-                famix_autocast_nesting(-1);
+                if nested {
+                    famix_autocast_nesting(-1);
+                }
             }
         }
     }
@@ -162,7 +178,16 @@ mod tests {
             assert!(Autocast::is_enabled(cpu));
             let _noop = Autocast::new(cpu, false);
             assert!(Autocast::is_enabled(cpu));
+            {
+                let _fp32 = Autocast::suspend(cpu);
+                assert!(!Autocast::is_enabled(cpu));
+            }
+            // The suspension ends with its guard.
+            assert!(Autocast::is_enabled(cpu));
         }
+        assert!(!Autocast::is_enabled(cpu));
+        // Suspending when autocast is off changes nothing.
+        drop(Autocast::suspend(cpu));
         assert!(!Autocast::is_enabled(cpu));
     }
 

@@ -256,6 +256,25 @@ fn demo_runs_end_to_end_and_learns() {
     assert!(cfg("run-baseline")["styles"].is_null() && cfg("run")["styles"].is_string());
     let cmp = famix::Image8::open_rgb(&out.join("comparison.png")).unwrap();
     assert_eq!(cmp.width, 4 * 256 + 3 * 4, "target | ground truth | baseline | FAMix");
+    bf16_agrees_with_fp32_on_a_trained_model(&out);
+}
+
+/// On the demo's trained FAMix model and its unseen-target images, bf16 autocast
+/// inference (fast path) predicts the fp32 class for at least 99.5 % of the pixels.
+fn bf16_agrees_with_fp32_on_a_trained_model(out: &std::path::Path) {
+    let model = famix::Segmenter::load(out.join("run/latest.safetensors"), Device::Cpu).unwrap();
+    let ds = famix::data::Dataset::open(famix::data::DatasetKind::Folder, &out.join("data/target"), "val", None).unwrap();
+    let (mut same, mut total) = (0i64, 0i64);
+    let bf16 = famix::PredictOptions { precision: famix::Precision::Bf16, ..Default::default() };
+    for i in 0..ds.len() {
+        let x = ds.load(i).unwrap().0.to_tensor_u8().unsqueeze(0);
+        let (a, _) = model.predict_ids(&x, &famix::PredictOptions::default()).unwrap();
+        let (b, _) = model.predict_ids(&x, &bf16).unwrap();
+        same += a.eq_tensor(&b).sum(Kind::Int64).int64_value(&[]);
+        total += a.numel() as i64;
+    }
+    let agreement = same as f64 / total as f64;
+    assert!(agreement >= 0.995, "bf16 agrees with fp32 on {:.3} % of the pixels", agreement * 100.0);
 }
 
 #[test]

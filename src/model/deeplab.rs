@@ -148,6 +148,11 @@ impl DeepLabHead {
         }
         let x = x.upsample_bilinear2d([low.size()[2], low.size()[3]], false, None, None);
         let x = self.fuse.forward(&Tensor::cat(&[low, x], 1), 1, 1, train);
+        // The classifier (a 1×1 convolution, a small share of the work) runs in fp32
+        // under bf16 autocast: it decides the argmax, where bf16 rounding of nearly
+        // tied logits would flip classes.
+        let _fp32 = crate::device::Autocast::suspend(x.device());
+        let x = x.to_kind(tch::Kind::Float);
         match (train, &self.classify_fast) {
             (false, Some(f)) => f.forward(&x, 1, 0, 1),
             _ => self.classify.forward1(&x),
