@@ -136,19 +136,6 @@ fn acdc_from_cityscapes(root: &std::path::Path) {
     }
 }
 
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![];
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// `eval` with several checkpoints and targets prints one table; every cell equals the
 /// single evaluation of that checkpoint on that target (exactly: same computation), the
 /// mean column and the mean ± std row match a hand computation (1e-12), and

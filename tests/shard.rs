@@ -142,16 +142,3 @@ fn predict_shards_are_disjoint_and_cover_the_job() {
         assert_eq!(std::fs::read(parts[1].join(f)).unwrap(), std::fs::read(parts[0].join(f)).unwrap(), "{f}");
     }
 }
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![];
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}

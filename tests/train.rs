@@ -44,12 +44,17 @@ fn uneven_grids_restyle_each_cell_like_even_ones() {
     assert_close("last cell mean", &cell.mean_dim([2i64, 3].as_slice(), false, Kind::Float), &want, 1e-4);
 }
 
-#[test]
-fn training_iteration_with_mixing_matches_pytorch() {
+/// One PyTorch-checked training iteration with style mixing (loss and every updated
+/// weight within TOL); `fast` runs it on the training fast path (frozen stem and blocks
+/// folded, channels-last input).
+fn mixing_iteration_matches_pytorch(fast: bool) {
     let exp = load("expected_mixing.safetensors");
     let mut m = checkpoint::load(&fixture("seg_a_ref.pth"), Device::Cpu, None).unwrap().model;
     m.config.head.dropout = 0.0;
     m.set_freeze(FreezePolicy::Synthetic);
+    if fast {
+        m.fuse_frozen();
+    }
     let (bb, head) = m.param_groups();
     let f = |x: &Tensor| restyle(x, &exp["style_mu"], &exp["style_sigma"], Some(&exp["s"]), 3);
     let logits = m.forward(&exp["x"], true, Some(&f));
@@ -60,6 +65,17 @@ fn training_iteration_with_mixing_matches_pytorch() {
     for (n, p) in bb.iter().chain(&head) {
         assert_close(&format!("after {n}"), p, &exp[&format!("after.{n}")], TOL);
     }
+}
+
+#[test]
+fn training_iteration_with_mixing_matches_pytorch() {
+    mixing_iteration_matches_pytorch(false);
+}
+
+/// The training fast path gives PyTorch's step too (same tolerance).
+#[test]
+fn training_step_on_the_fast_path_matches_pytorch() {
+    mixing_iteration_matches_pytorch(true);
 }
 
 #[test]

@@ -45,6 +45,16 @@ fn probe(p: &Path) -> (u64, String, u64, u64) {
     )
 }
 
+/// `famix predict` on the CPU with `ckpt` into `out`, then `extra`; must succeed.
+fn predict(ckpt: &Path, out: &Path, extra: &[&str]) {
+    let args: Vec<&str> = ["predict", "--checkpoint", ckpt.to_str().unwrap(), "--device", "cpu", "--out", out.to_str().unwrap()]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let (code, _, err) = run_famix(&args);
+    assert_eq!(code, 0, "{err}");
+}
+
 #[test]
 fn video_in_video_out_with_per_frame_predictions() {
     let d = tmpdir();
@@ -64,21 +74,7 @@ fn video_in_video_out_with_per_frame_predictions() {
     ]);
     let ckpt = fixture("seg_a_ref.pth");
     let out = d.path().join("out");
-    let (code, _, err) = run_famix(&[
-        "predict",
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--out",
-        out.to_str().unwrap(),
-        "--frames",
-        "--color-video",
-        "--batch",
-        "5",
-        clip.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
+    predict(&ckpt, &out, &["--frames", "--color-video", "--batch", "5", clip.to_str().unwrap()]);
     for v in ["street_overlay.mp4", "street_color.mp4"] {
         assert_eq!(probe(&out.join(v)), (12, "10/1".to_string(), 96, 64), "{v}");
     }
@@ -87,17 +83,7 @@ fn video_in_video_out_with_per_frame_predictions() {
     std::fs::create_dir_all(&frames).unwrap();
     ffmpeg(&["-i", clip.to_str().unwrap(), "-fps_mode", "passthrough", frames.join("%06d.png").to_str().unwrap()]);
     let img_out = d.path().join("img_out");
-    let (code, _, err) = run_famix(&[
-        "predict",
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--out",
-        img_out.to_str().unwrap(),
-        frames.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
+    predict(&ckpt, &img_out, &[frames.to_str().unwrap()]);
     for k in 0..12 {
         let video = famix::Image8::open_rgb(&out.join(format!("street/{k:06}_color.png"))).unwrap();
         let image = famix::Image8::open_rgb(&img_out.join(format!("{:06}_color.png", k + 1))).unwrap();

@@ -119,3 +119,17 @@ pub fn venv_python() -> PathBuf {
     assert!(p.exists(), "{} is missing: run `make test` (it installs the venv and tools/requirements-test.txt)", p.display());
     p
 }
+
+/// Every file under `dir`, recursively (unsorted).
+pub fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
