@@ -163,16 +163,18 @@ pub fn confusion_heatmap(path: &Path, title: &str, names: &[String], matrix: &[u
     }
     let kk = k.max(1) as u32;
     let side = 120 + 30 * kk;
-    render(path, side + 120, side, |root| {
+    render(path, side + 120, side + 80, |root| {
         let mut chart = ChartBuilder::on(root)
             .caption(title, (FONT, 22))
             .margin(12)
-            .x_label_area_size(50)
+            .x_label_area_size(130)
             .y_label_area_size(140)
             .build_cartesian_2d((0..kk - 1).into_segmented(), (0..kk - 1).into_segmented())
             .map_err(draw_err(title))?;
         // Row 0 at the top: the y axis counts down. Rows are labelled "index name",
-        // columns by index (19 names side by side do not fit).
+        // columns "name index" written downwards (rotated labels are centred on their
+        // tick, so each is padded with spaces at its start to fall
+        // entirely below the axis).
         let row_label = |v: &SegmentValue<u32>| match v {
             SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < kk => {
                 let r = kk - 1 - i;
@@ -181,7 +183,11 @@ pub fn confusion_heatmap(path: &Path, title: &str, names: &[String], matrix: &[u
             _ => String::new(),
         };
         let col_label = |v: &SegmentValue<u32>| match v {
-            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < kk => i.to_string(),
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < kk => {
+                let text = format!("{} {i}", names.get(*i as usize).map(String::as_str).unwrap_or(""));
+                // Spaces are narrower than letters: 1.5× the length covers the name.
+                format!("{}{text}", " ".repeat(text.chars().count() * 3 / 2 + 2))
+            }
             _ => String::new(),
         };
         chart
@@ -189,11 +195,13 @@ pub fn confusion_heatmap(path: &Path, title: &str, names: &[String], matrix: &[u
             .disable_mesh()
             .x_labels(k)
             .y_labels(k)
-            .label_style((FONT, 13))
+            .y_label_style((FONT, 13))
+            .x_label_style(TextStyle::from((FONT, 13).into_font()).transform(FontTransform::Rotate90))
             .x_label_formatter(&col_label)
             .y_label_formatter(&row_label)
             .x_desc("prediction")
             .y_desc("ground truth")
+            .axis_desc_style((FONT, 14))
             .draw()
             .map_err(draw_err(title))?;
         let cells = (0..k).flat_map(|r| {
