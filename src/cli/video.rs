@@ -184,55 +184,50 @@ pub fn predict_video(job: &VideoJob, path: &Path, out: &Path, stem: &Path) -> Re
     if let Some(dir) = named("").parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let (rx, mut decoder, dec_err) = frames(path, &p, 2 * job.batch.max(1) + 2)?;
-    let (tx_out, rx_out) = bounded::<(u64, Image8, Image8)>(2 * job.batch.max(1) + 2);
-    let (overlay_path, color_path, frame_dir) =
-        (named("_overlay.mp4"), job.color_video.then(|| named("_color.mp4")), job.frames.then(|| named("")));
-    let (palette, format) = (job.model.config.palette.clone(), job.format);
-    let (ov, co) = (Encoder::new(&overlay_path, &p)?, color_path.as_deref().map(|c| Encoder::new(c, &p)).transpose()?);
+    let queue = 2 * job.batch.max(1) + 2;
+    let (rx, mut decoder, dec_err) = frames(path, &p, queue)?;
+    let (tx_out, rx_out) = bounded::<(u64, Image8, Image8)>(queue);
+    let ov = Encoder::new(&named("_overlay.mp4"), &p)?;
+    let co = job.color_video.then(|| Encoder::new(&named("_color.mp4"), &p)).transpose()?;
+    let (frame_dir, palette, format) = (job.frames.then(|| named("")), job.model.config.palette.clone(), job.format);
     let writer = std::thread::spawn(move || write_frames(rx_out, ov, co, frame_dir, palette, format));
-    let mut n = 0u64;
-    let mut pending: Vec<Image8> = Vec::new();
-    let flush = |pending: &mut Vec<Image8>, n: &mut u64| -> Result<()> {
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let x = Tensor::stack(&pending.iter().map(|im| im.to_tensor_u8()).collect::<Vec<_>>(), 0);
-        let (ids, _) = job.model.predict_ids(&x, &job.opts)?;
-        let ids = ids.to_kind(Kind::Uint8).to_device(Device::Cpu);
-        for (k, img) in pending.drain(..).enumerate() {
-            let labels = Image8::from_tensor_u8(&ids.get(k as i64))?;
-            tx_out.send((*n, img, labels)).map_err(|_| anyhow!("the video writer stopped"))?;
-            *n += 1;
-        }
-        Ok(())
-    };
-    let mut result = Ok(());
-    for frame in rx {
-        pending.push(frame);
-        if pending.len() >= job.batch.max(1) {
-            result = flush(&mut pending, &mut n);
-            if result.is_err() {
-                break;
-            }
-        }
-    }
-    if result.is_ok() {
-        result = flush(&mut pending, &mut n);
-    }
-    drop(tx_out);
+    let result = segment_frames(job, rx, tx_out);
     let written = writer.join().map_err(|_| anyhow!("the video writer panicked"))?;
     let _ = decoder.kill();
     let status = decoder.wait()?;
     let derr = dec_err.join().unwrap_or_default();
-    result?;
+    let n = result?;
     written?;
     if n == 0 || (!status.success() && !derr.trim().is_empty()) {
-        bail!(
-            "{}: ffmpeg decoded {n} frames{}",
-            path.display(),
-            if derr.trim().is_empty() { String::new() } else { format!(": {}", derr.trim()) }
-        );
+        let why = if derr.trim().is_empty() { String::new() } else { format!(": {}", derr.trim()) };
+        bail!("{}: ffmpeg decoded {n} frames{why}", path.display());
+    }
+    Ok(n)
+}
+
+/// Segments decoded frames in batches of `job.batch` and sends (index, frame, ids) to
+/// the writer, in order; returns the number of frames. Closing `tx` (on return) ends
+/// the writer.
+fn segment_frames(
+    job: &VideoJob,
+    rx: crossbeam_channel::Receiver<Image8>,
+    tx: crossbeam_channel::Sender<(u64, Image8, Image8)>,
+) -> Result<u64> {
+    let mut n = 0u64;
+    let mut pending: Vec<Image8> = Vec::new();
+    let mut frames = rx.into_iter().peekable();
+    while let Some(frame) = frames.next() {
+        pending.push(frame);
+        if pending.len() < job.batch.max(1) && frames.peek().is_some() {
+            continue;
+        }
+        let x = Tensor::stack(&pending.iter().map(|im| im.to_tensor_u8()).collect::<Vec<_>>(), 0);
+        let ids = job.model.predict_ids(&x, &job.opts)?.0.to_kind(Kind::Uint8).to_device(Device::Cpu);
+        for (k, img) in pending.drain(..).enumerate() {
+            let labels = Image8::from_tensor_u8(&ids.get(k as i64))?;
+            tx.send((n, img, labels)).map_err(|_| anyhow!("the video writer stopped"))?;
+            n += 1;
+        }
     }
     Ok(n)
 }
