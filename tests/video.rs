@@ -46,13 +46,15 @@ fn probe(p: &Path) -> (u64, String, u64, u64) {
 }
 
 /// `famix predict` on the CPU with `ckpt` into `out`, then `extra`; must succeed.
-fn predict(ckpt: &Path, out: &Path, extra: &[&str]) {
+/// Returns its stderr.
+fn predict(ckpt: &Path, out: &Path, extra: &[&str]) -> String {
     let args: Vec<&str> = ["predict", "--checkpoint", ckpt.to_str().unwrap(), "--device", "cpu", "--out", out.to_str().unwrap()]
         .into_iter()
         .chain(extra.iter().copied())
         .collect();
     let (code, _, err) = run_famix(&args);
     assert_eq!(code, 0, "{err}");
+    err
 }
 
 #[test]
@@ -111,4 +113,35 @@ fn missing_ffmpeg_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("needs `ffprobe`") && err.contains("apt install ffmpeg"), "{err}");
     assert!(d.path().join("o/img_a_trainid.png").exists());
+}
+
+/// Two videos with the same name from different folders get distinct outputs, named
+/// as colliding images are (`<stem>_<ext>`, then a counter), with a note.
+#[test]
+fn same_named_videos_do_not_overwrite_each_other() {
+    let d = tmpdir();
+    for sub in ["a", "b"] {
+        std::fs::create_dir_all(d.path().join(sub)).unwrap();
+        let clip = d.path().join(sub).join("cam.mp4");
+        ffmpeg(&[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=64x48:rate=5",
+            "-frames:v",
+            "3",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            clip.to_str().unwrap(),
+        ]);
+    }
+    let out = d.path().join("out");
+    let (a, b) = (d.path().join("a/cam.mp4"), d.path().join("b/cam.mp4"));
+    let err = predict(&fixture("seg_a_ref.pth"), &out, &[a.to_str().unwrap(), b.to_str().unwrap()]);
+    assert!(err.contains("would share its output name"), "{err}");
+    for v in ["cam_mp4_overlay.mp4", "cam_mp4_2_overlay.mp4"] {
+        assert_eq!(probe(&out.join(v)).0, 3, "{v}");
+    }
 }

@@ -89,19 +89,18 @@ impl Pending<'_> {
 
 pub fn predict(a: PredictArgs) -> Result<i32> {
     let opts = a.test.predict_options()?;
-    let (videos, images): (Vec<PathBuf>, Vec<PathBuf>) = a.inputs.iter().cloned().partition(|p| p.is_file() && is_video(p));
-    let (mut items, notes) = if images.is_empty() { (vec![], vec![]) } else { collect_inputs(&images)? };
-    if items.is_empty() && videos.is_empty() {
+    // Videos go through the same listing, so their output names are deduplicated with
+    // the images' (two `clip.mp4` from different folders do not overwrite each other).
+    let (mut items, notes) = collect_inputs(&a.inputs)?;
+    if items.is_empty() {
         bail!("no .png/.jpg images or videos found in the inputs");
     }
-    let mut videos: Vec<(PathBuf, PathBuf)> =
-        videos.into_iter().map(|v| (v.file_stem().map(PathBuf::from).unwrap_or_default(), v)).collect();
     if let Some(sh) = a.shard.shard()? {
         let all = items.len();
         items = sh.select(all).into_iter().map(|i| items[i].clone()).collect();
-        videos = sh.select(videos.len()).into_iter().map(|i| videos[i].clone()).collect();
-        eprintln!("shard {sh}: {} of {all} images", items.len());
+        eprintln!("shard {sh}: {} of {all} inputs", items.len());
     }
+    let (videos, items): (Vec<_>, Vec<_>) = items.into_iter().partition(|(p, _)| p.is_file() && is_video(p));
     for n in &notes {
         eprintln!("note: {n}");
     }
@@ -110,7 +109,7 @@ pub fn predict(a: PredictArgs) -> Result<i32> {
     std::fs::create_dir_all(&a.out)?;
     let mut failed = if items.is_empty() { 0 } else { predict_images(&a, &model, opts.clone(), items)? };
     let job = VideoJob { model: &model, opts, batch: a.batch, color_video: a.color_video, frames: a.frames, format: a.label_format };
-    for (stem, v) in &videos {
+    for (v, stem) in &videos {
         match predict_video(&job, v, &a.out, stem) {
             Ok(n) => eprintln!("{}: {n} frames → {}", v.display(), a.out.join(stem).display()),
             Err(e) => {
