@@ -39,22 +39,22 @@ pub struct Probe {
     pub fps: String,
 }
 
-fn tool(name: &str) -> Result<Command> {
-    match Command::new(name).arg("-version").stdout(Stdio::null()).stderr(Stdio::null()).status() {
-        Ok(s) if s.success() => Ok(Command::new(name)),
-        _ => {
-            bail!("video input needs `{name}` (FFmpeg) on PATH; install it (Debian/Ubuntu: apt install ffmpeg) or predict extracted frames")
-        }
+/// The error of starting `name`: what to install when it is not on PATH.
+fn start_error(name: &str, e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        anyhow!("video input needs `{name}` (FFmpeg) on PATH; install it (Debian/Ubuntu: apt install ffmpeg) or predict extracted frames")
+    } else {
+        anyhow!("cannot start {name}: {e}")
     }
 }
 
 /// ffprobe's width, height and frame rate of the first video stream of `path`.
 pub fn probe(path: &Path) -> Result<Probe> {
-    let out = tool("ffprobe")?
+    let out = Command::new("ffprobe")
         .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height,r_frame_rate", "-of", "json"])
         .arg(path)
         .output()
-        .with_context(|| format!("running ffprobe on {}", path.display()))?;
+        .map_err(|e| start_error("ffprobe", e))?;
     if !out.status.success() {
         bail!("{}: ffprobe cannot read it: {}", path.display(), String::from_utf8_lossy(&out.stderr).trim());
     }
@@ -71,7 +71,7 @@ pub fn probe(path: &Path) -> Result<Probe> {
 
 /// A child process whose stderr is collected on a thread (so it can never block it).
 fn spawn(mut cmd: Command, stdin: Stdio, stdout: Stdio) -> Result<(Child, JoinHandle<String>)> {
-    let mut child = cmd.stdin(stdin).stdout(stdout).stderr(Stdio::piped()).spawn().context("starting ffmpeg")?;
+    let mut child = cmd.stdin(stdin).stdout(stdout).stderr(Stdio::piped()).spawn().map_err(|e| start_error("ffmpeg", e))?;
     let mut err = child.stderr.take().expect("stderr is piped");
     let h = std::thread::spawn(move || {
         let mut s = String::new();
@@ -91,7 +91,7 @@ struct Encoder {
 
 impl Encoder {
     fn new(path: &Path, p: &Probe) -> Result<Self> {
-        let mut cmd = tool("ffmpeg")?;
+        let mut cmd = Command::new("ffmpeg");
         cmd.args([
             "-v",
             "error",
@@ -143,7 +143,7 @@ pub struct VideoJob<'a> {
 
 /// Decoded frames of `path`, on a thread, through a bounded queue.
 fn frames(path: &Path, p: &Probe, queue: usize) -> Result<(crossbeam_channel::Receiver<Image8>, Child, JoinHandle<String>)> {
-    let mut cmd = tool("ffmpeg")?;
+    let mut cmd = Command::new("ffmpeg");
     cmd.args(["-v", "error", "-nostdin", "-i"]).arg(path).args([
         "-map",
         "0:v:0",
