@@ -22,13 +22,13 @@ use famix::imageops::Filter;
 use famix::io::sha256_file;
 use famix::model::{FreezePolicy, HeadConfig};
 use famix::render::{colorize, write_outputs};
-use famix::report::{hstack, vstack, write_report, ReportOptions};
+use famix::report::{panel_row, vstack, write_report, ReportOptions};
 use famix::style::mining::{mine, run_identity, MineSettings};
 use famix::style::prompts::PromptSet;
 use famix::style::PinConfig;
 use famix::train::trainer::{latest_path, train};
 use famix::train::{RunOptions, TrainConfig, ValSpec};
-use famix::{Image8, PredictOptions, Segmenter, Silent};
+use famix::{PredictOptions, Segmenter, Silent};
 
 use super::progress::Bars;
 
@@ -148,12 +148,8 @@ fn write_predictions(baseline: &Segmenter, famix_model: &Segmenter, p: &Paths) -
         let ours = famix_model.predict(&img, &PredictOptions::default())?.train_ids;
         let base = baseline.predict(&img, &PredictOptions::default())?.train_ids;
         write_outputs(&p.predictions.join(format!("{i:04}")), &img, &ours, palette, true)?;
-        let panels = [img.clone(), colorize(&lbl, palette), colorize(&base, palette), colorize(&ours, palette)];
-        let w = 256;
-        let h = img.height * w / img.width.max(1);
-        let scaled: Vec<Image8> =
-            panels.iter().enumerate().map(|(k, x)| x.resize(w, h, if k == 0 { Filter::Bilinear } else { Filter::Nearest })).collect();
-        rows.push(hstack(&scaled, 4));
+        let (gt, base, ours) = (colorize(&lbl, palette), colorize(&base, palette), colorize(&ours, palette));
+        rows.push(panel_row(&[(&img, Filter::Bilinear), (&gt, Filter::Nearest), (&base, Filter::Nearest), (&ours, Filter::Nearest)], 256));
     }
     vstack(&rows, 4).save_png(&p.comparison)?;
     Ok(())

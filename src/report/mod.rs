@@ -118,14 +118,17 @@ pub fn sample_row(model: &Segmenter, image: &Image8, label: &Image8, panel_width
     let palette = &model.config.palette;
     let (gt, pr) = (colorize(label, palette), colorize(&pred.train_ids, palette));
     let ov = overlay(image, &pr);
-    let h = (image.height * panel_width).div_ceil(image.width.max(1)).max(1);
-    let panels = [
-        image.resize(panel_width, h, Filter::Bilinear),
-        gt.resize(panel_width, h, Filter::Nearest),
-        pr.resize(panel_width, h, Filter::Nearest),
-        ov.resize(panel_width, h, Filter::Bilinear),
-    ];
-    Ok(hstack(&panels, 4))
+    Ok(panel_row(&[(image, Filter::Bilinear), (&gt, Filter::Nearest), (&pr, Filter::Nearest), (&ov, Filter::Bilinear)], panel_width))
+}
+
+/// Same-size panels side by side, each scaled to `panel_width` (height keeping the
+/// first panel's aspect ratio) with its filter — `Nearest` for label colours — and 4
+/// white pixels between them.
+pub fn panel_row(panels: &[(&Image8, Filter)], panel_width: usize) -> Image8 {
+    let first = panels.first().map(|p| p.0);
+    let h = first.map(|im| (im.height * panel_width).div_ceil(im.width.max(1)).max(1)).unwrap_or(1);
+    let scaled: Vec<Image8> = panels.iter().map(|(im, f)| im.resize(panel_width, h, *f)).collect();
+    hstack(&scaled, 4)
 }
 
 /// Panels side by side with `gap` white pixels between them (same height, RGB).
