@@ -104,17 +104,24 @@ fn open_bank(out: &Path, resume: bool, identity: serde_json::Value, channels: us
         return Ok(b);
     }
     let b = StyleBank::load(out)?;
-    let mut saved = b.summary.config.clone();
-    let mut now = identity;
-    for v in [&mut saved, &mut now] {
-        if let Some(o) = v.as_object_mut() {
-            o.remove("data_root");
-        }
-    }
+    let (saved, now) = (settings_without(&b.summary.config, &[]), settings_without(&identity, &[]));
     if saved != now {
         bail!("{}: the bank was mined with other settings; resume needs the same ones\n  bank: {}\n  now:  {}", out.display(), saved, now);
     }
     Ok(b)
+}
+
+/// A run identity with the data root (which may differ between machines mounting the
+/// same data) and the `extra` keys left out: what two runs must share to continue or
+/// complete each other.
+fn settings_without(config: &serde_json::Value, extra: &[&str]) -> serde_json::Value {
+    let mut c = config.clone();
+    if let Some(o) = c.as_object_mut() {
+        for k in ["data_root"].iter().chain(extra) {
+            o.remove(*k);
+        }
+    }
+    c
 }
 
 /// Appends a mined batch's styles to the bank.
@@ -319,14 +326,7 @@ pub fn merge_shards(parts: &[(std::path::PathBuf, StyleBank)]) -> Result<StyleBa
     let Some((first_path, first)) = parts.first() else { bail!("no banks to merge") };
     let mut shards = Vec::new();
     let mut lists = Vec::new();
-    let common = |b: &StyleBank| {
-        let mut c = b.summary.config.clone();
-        if let Some(o) = c.as_object_mut() {
-            o.remove("shard");
-            o.remove("data_root");
-        }
-        c
-    };
+    let common = |b: &StyleBank| settings_without(&b.summary.config, &["shard"]);
     for (path, b) in parts {
         let sh = &b.summary.config["shard"];
         let (Some(index), Some(count), Some(group)) = (sh["index"].as_u64(), sh["count"].as_u64(), sh["group"].as_u64()) else {
