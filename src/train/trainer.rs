@@ -537,16 +537,16 @@ impl Session<'_> {
             bail!("the loss became {mean} by iteration {done}; training stopped. {} Try a lower --lr.", self.last_good());
         }
         let secs = self.t_log.elapsed().as_secs_f64();
+        let per_s = (self.loss_n as f64 * self.cfg.batch as f64) / secs;
         let mut entry = json!({
             "iter": done, "loss": mean, "lr_head": lrs.0, "lr_backbone": lrs.1,
-            "images_per_s": (self.loss_n as f64 * self.cfg.batch as f64) / secs, "step_ms": secs * 1000.0 / self.loss_n as f64,
+            "images_per_s": per_s, "step_ms": secs * 1000.0 / self.loss_n as f64,
         });
         if let Some((_, peak, _)) = crate::device::cuda_memory_mb(device) {
             entry["gpu_mem_mb"] = json!(peak);
         }
         self.log.write(entry)?;
         if let Some(tb) = &mut self.tensorboard {
-            let per_s = (self.loss_n as f64 * self.cfg.batch as f64) / secs;
             let scalars = [("train/loss", mean), ("train/lr_head", lrs.0), ("train/lr_backbone", lrs.1), ("train/images_per_s", per_s)];
             tb.scalars(done, &scalars.map(|(k, v)| (k.to_string(), v)))?;
         }
