@@ -134,6 +134,15 @@ fn protocol(classes: usize) -> Option<(&'static str, &'static [usize])> {
     }
 }
 
+/// Synthia's subsets are defined on the 19 Cityscapes classes: refuses a model (or
+/// merged parts) with `k` classes before any work.
+fn check_protocol(subset: Option<(&str, &[usize])>, k: usize, whose: &str) -> Result<()> {
+    if let Some((_, classes)) = subset.filter(|_| k != 19) {
+        bail!("--classes {} is a protocol on the 19 Cityscapes classes; {whose} has {k}", classes.len());
+    }
+    Ok(())
+}
+
 pub fn eval(a: EvalArgs) -> Result<i32> {
     if !a.merge.is_empty() {
         return merge(&a);
@@ -153,9 +162,7 @@ fn table_row(a: &EvalArgs, ckpt: &Path, targets: &[Target], cells: &mut Vec<serd
     let mut loaded = checkpoint::load(ckpt, a.device.device, a.test.output_stride()?)?;
     a.test.prepare(&mut loaded.model);
     let k = loaded.model.config.class_names.len();
-    if protocol(a.classes).is_some() && k != 19 {
-        bail!("--classes {} is a protocol on the 19 Cityscapes classes; {} has {k}", a.classes, ckpt.display());
-    }
+    check_protocol(protocol(a.classes), k, &ckpt.display().to_string())?;
     let opts = EvalOptions { predict: a.test.predict_options()?, skip_bad: a.skip_bad, limit: a.limit };
     let mut row = Vec::new();
     for t in targets {
@@ -214,9 +221,6 @@ fn finish_single(a: &EvalArgs, r: &Single, subset: Option<(&'static str, &'stati
     let k = r.names.len();
     let metrics = Metrics::from_matrix(r.confusion, k);
     print!("{}", metrics.table(r.names));
-    if subset.is_some() && k != 19 {
-        bail!("--classes {} is a protocol on the 19 Cityscapes classes; this checkpoint has {k}", a.classes);
-    }
     let sub = subset.map(|(key, cls)| (key, famix::eval::metrics::subset_miou(r.confusion, k, cls)));
     if let Some((key, v)) = &sub {
         println!("{key}: {}", v.map(|v| format!("{:.2} %", v * 100.0)).unwrap_or_else(|| "- (no pixel of those classes)".into()));
@@ -248,6 +252,7 @@ fn eval_one(a: &EvalArgs, ckpt: &Path, t: &Target) -> Result<i32> {
     let shard = a.shard.shard()?;
     let mut loaded = checkpoint::load(ckpt, a.device.device, a.test.output_stride()?)?;
     a.test.prepare(&mut loaded.model);
+    check_protocol(protocol(a.classes), loaded.model.config.class_names.len(), &loaded.path.display().to_string())?;
     let mut ds = Dataset::open(t.kind, &t.root, &a.split, t.condition.as_deref())?;
     if let Some(sh) = shard {
         ds.samples = sh.select(ds.samples.len()).into_iter().map(|i| ds.samples[i].clone()).collect();
@@ -313,6 +318,7 @@ fn merge(a: &EvalArgs) -> Result<i32> {
     let subset =
         ["miou16", "miou13"].into_iter().find(|k| parts[0].get(*k).is_some()).and_then(|k| protocol(if k == "miou16" { 16 } else { 13 }));
     let subset = subset.or(protocol(a.classes));
+    check_protocol(subset, k, "the merged evaluation")?;
     finish_single(a, &Single { names: &names, confusion: &sum, images, skipped: json!(skipped), about }, subset)?;
     Ok(0)
 }
