@@ -29,6 +29,8 @@ pub struct Graph {
     /// Constant tensors.
     pub initializers: Vec<TensorProto>,
     counter: usize,
+    /// The int64 constants made so far, by value (each is stored once).
+    int_constants: std::collections::HashMap<Vec<i64>, String>,
 }
 
 fn attribute(name: &str, a: Attr) -> AttributeProto {
@@ -58,9 +60,13 @@ impl Graph {
         Ok(name)
     }
 
-    /// A 1-D int64 initialiser.
+    /// A 1-D int64 initialiser (shared by every use of the same values).
     pub fn ints(&mut self, hint: &str, v: &[i64]) -> String {
+        if let Some(name) = self.int_constants.get(v) {
+            return name.clone();
+        }
         let name = self.fresh(hint);
+        self.int_constants.insert(v.to_vec(), name.clone());
         let raw = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         self.initializers.push(TensorProto { dims: vec![v.len() as i64], data_type: data_type::INT64, name: name.clone(), raw_data: raw });
         name
