@@ -112,6 +112,11 @@ fn checkpoint_readers_never_panic() {
     failures.extend(fuzz("saved_params.pkl", &std::fs::read(fixture("saved_params.pkl")).unwrap(), 300, &|b| {
         let _ = famix::io::pickle::load_plain(b);
     }));
+    // Seeds that once crashed famix: a self-referencing persistent id, plain and zipped.
+    failures.extend(fuzz("cyclic persistent id", &cyclic_persistent_id_pickle(), 310, &|b| {
+        let _ = famix::io::pickle::load_plain(b);
+    }));
+    failures.extend(fuzz("cyclic persistent id (zip)", &cyclic_persistent_id_zip(), 320, &load));
     // famix's own checkpoints go through the header checks before any allocation.
     let d = tmpdir();
     let ckpt = famix::model::checkpoint::save_random_tiny(&d.path().join("tiny"), 19).unwrap();
@@ -196,5 +201,9 @@ fn known_hostile_inputs_are_clean_errors() {
     let garbage: [&[u8]; 4] = [b"", b"\x80\x02", b"PK\x03\x04garbage", b"\x1f\x8b\x08\x00broken"];
     for g in garbage {
         assert!(famix::io::archive::load_bytes(g).is_err());
+    }
+    for cyclic in [cyclic_persistent_id_pickle(), cyclic_persistent_id_zip()] {
+        let e = format!("{:#}", famix::io::archive::load_bytes(&cyclic).err().expect("a cyclic pickle must be refused"));
+        assert!(e.contains("cycle"), "{e}");
     }
 }

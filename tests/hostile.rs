@@ -292,3 +292,28 @@ fn a_diverging_pin_stops_mining_with_a_message() {
     assert!(err.contains("PIN diverged") && err.contains("--lr"), "{err}");
     assert!(!out.exists(), "a diverged bank was written");
 }
+
+/// A checkpoint (.pth) or style bank (.pkl) whose pickle has a self-referencing
+/// persistent id is refused with a message (it used to overflow the stack, exit 134).
+#[test]
+fn self_referencing_pickles_are_refused_not_crashed_on() {
+    let d = tmpdir();
+    let pth = d.path().join("cyclic.pth");
+    std::fs::write(&pth, cyclic_persistent_id_zip()).unwrap();
+    let pkl = d.path().join("cyclic.pkl");
+    std::fs::write(&pkl, cyclic_persistent_id_pickle()).unwrap();
+    let img = d.path().join("x.png");
+    Image8::new(64, 48, 3, 90).save_png(&img).unwrap();
+    let out = d.path().join("out").display().to_string();
+    let bank = d.path().join("bank.safetensors").display().to_string();
+    for args in [
+        vec!["predict", "--checkpoint", pth.to_str().unwrap(), "--out", &out, "--device", "cpu", img.to_str().unwrap()],
+        vec!["encode-image", "--clip", pth.to_str().unwrap(), img.to_str().unwrap()],
+        vec!["styles", "import", pkl.to_str().unwrap(), "--out", &bank],
+    ] {
+        let (code, _, err) = run_famix(&args);
+        no_panic(&err);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains("cycle") && err.contains("persistent id"), "{args:?}: {err}");
+    }
+}

@@ -95,7 +95,7 @@ pub struct TensorRef {
     pub stride: Vec<i64>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 /// An object built by REDUCE/BUILD of a class the reader does not know (kept opaque).
 pub struct Object {
     /// Its module.
@@ -108,7 +108,7 @@ pub struct Object {
     pub state: Option<Value>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 /// A pickled value.
 pub enum Value {
     /// None.
@@ -139,6 +139,74 @@ pub enum Value {
     Tensor(Rc<TensorRef>),
     /// The pickle MARK sentinel; never escapes the VM.
     Mark,
+}
+
+/// Containers deeper than this print as `…` (values may be self-referencing).
+const DEBUG_DEPTH: usize = 3;
+/// Items of one container printed before `…`.
+const DEBUG_ITEMS: usize = 8;
+
+impl Value {
+    /// Writes the value for messages, at most [`DEBUG_DEPTH`] containers deep and
+    /// [`DEBUG_ITEMS`] items wide, so a self-referencing or huge structure from a
+    /// hostile file prints in bounded time and stack.
+    fn fmt_bounded(&self, f: &mut std::fmt::Formatter<'_>, depth: usize) -> std::fmt::Result {
+        let items = |f: &mut std::fmt::Formatter<'_>, open: &str, close: &str, v: &[Value]| -> std::fmt::Result {
+            if depth >= DEBUG_DEPTH {
+                return write!(f, "{open}…{close}");
+            }
+            f.write_str(open)?;
+            for (i, x) in v.iter().take(DEBUG_ITEMS).enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                x.fmt_bounded(f, depth + 1)?;
+            }
+            if v.len() > DEBUG_ITEMS {
+                write!(f, ", … {} more", v.len() - DEBUG_ITEMS)?;
+            }
+            f.write_str(close)
+        };
+        match self {
+            Value::Str(s) => write!(f, "{:?}", s.chars().take(80).collect::<String>()),
+            Value::Bytes(b) => write!(f, "bytes[{}]", b.len()),
+            Value::Int(i) => write!(f, "{i}"),
+            Value::Float(x) => write!(f, "{x}"),
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::Tuple(t) => items(f, "(", ")", t),
+            Value::List(l) => match l.try_borrow() {
+                Ok(v) => items(f, "[", "]", &v),
+                Err(_) => f.write_str("[…]"),
+            },
+            Value::Dict(d) => match d.try_borrow() {
+                Ok(v) => {
+                    let flat: Vec<Value> = v.iter().take(DEBUG_ITEMS).flat_map(|(k, x)| [k.clone(), x.clone()]).collect();
+                    items(f, "{", "}", &flat)
+                }
+                Err(_) => f.write_str("{…}"),
+            },
+            Value::Object(o) => match o.try_borrow() {
+                Ok(o) => {
+                    write!(f, "{}.{}", o.module, o.name)?;
+                    items(f, "(", ")", &o.args)
+                }
+                Err(_) => f.write_str("object(…)"),
+            },
+            other => f.write_str(&other.type_name()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.fmt_bounded(f, 0)
+    }
+}
+
+impl std::fmt::Debug for Object {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        Value::Object(Rc::new(RefCell::new(self.clone()))).fmt(f)
+    }
 }
 
 impl Value {
@@ -658,6 +726,12 @@ impl<'a, 'p> Vm<'a, 'p> {
                 }
                 b'Q' => {
                     let pid = self.pop()?;
+                    // A persistent id is a small tuple of names and numbers; refuse a
+                    // self-referencing or deep one before anything walks it.
+                    if let Err(e) = check_graph(&pid) {
+                        dismantle(vec![pid], true);
+                        return Err(e.context("persistent id"));
+                    }
                     let v = (self.persistent)(&pid)?;
                     self.stack.push(v)
                 }
@@ -967,6 +1041,39 @@ mod tests {
         body.push(b'a');
         let e = load_plain(&pickle(&body)).unwrap_err();
         assert!(e.to_string().contains("cycle"), "{e}");
+    }
+
+    /// A persistent id that contains itself (as a crafted .pth or .pkl can) is
+    /// refused before the loader or an error message walks it.
+    #[test]
+    fn self_referencing_persistent_ids_are_refused() {
+        let mut body = vec![b']'];
+        body.extend(binput(0));
+        body.extend(binget(0));
+        body.push(b'a');
+        body.push(b'Q');
+        let data = pickle(&body);
+        let e = load_plain(&data).unwrap_err();
+        assert!(format!("{e:#}").contains("persistent id") && format!("{e:#}").contains("cycle"), "{e:#}");
+        let mut called = false;
+        let mut pos = 0;
+        assert!(load(&data, &mut pos, &mut |_| {
+            called = true;
+            Ok(Value::None)
+        })
+        .is_err());
+        assert!(!called, "the persistent loader must not see a cyclic id");
+    }
+
+    /// Debug output of a self-referencing value is bounded.
+    #[test]
+    fn debug_of_a_cyclic_value_terminates() {
+        let l = Rc::new(RefCell::new(Vec::new()));
+        l.borrow_mut().push(Value::List(l.clone()));
+        l.borrow_mut().push(Value::Int(7));
+        let s = format!("{:?}", Value::List(l.clone()));
+        assert!(s.starts_with("[[[") && s.contains('…') && s.len() < 200, "{s}");
+        l.borrow_mut().clear(); // break the cycle so the test does not leak
     }
 
     #[test]

@@ -133,3 +133,26 @@ pub fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A protocol-2 pickle whose persistent id is a list that contains itself (a crafted
+/// file that once overflowed famix's stack).
+pub fn cyclic_persistent_id_pickle() -> Vec<u8> {
+    // PROTO 2, EMPTY_LIST, BINPUT 0, BINGET 0, APPEND, BINPERSID, STOP
+    b"\x80\x02]q\x00h\x00aQ.".to_vec()
+}
+
+/// The same pickle as `archive/data.pkl` of a PyTorch zip checkpoint.
+pub fn cyclic_persistent_id_zip() -> Vec<u8> {
+    use std::io::Write;
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut z = zip::ZipWriter::new(&mut buf);
+        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        z.start_file("archive/data.pkl", opts).unwrap();
+        z.write_all(&cyclic_persistent_id_pickle()).unwrap();
+        z.start_file("archive/version", opts).unwrap();
+        z.write_all(b"3\n").unwrap();
+        z.finish().unwrap();
+    }
+    buf.into_inner()
+}
