@@ -70,6 +70,14 @@ pub enum Error {
         /// Why the value is refused.
         problem: String,
     },
+    /// A tensor (weights, statistics, optimiser state, a loss) that became NaN or
+    /// infinite: training diverged, or a file holds poisoned values.
+    NonFinite {
+        /// The tensor's name.
+        what: String,
+        /// How many of its values are not finite.
+        count: u64,
+    },
     /// An operating-system I/O error without more context.
     Io(#[from] std::io::Error),
     /// A JSON (de)serialisation error.
@@ -125,6 +133,7 @@ impl fmt::Display for Error {
             }
             Error::DatasetLayout { problem, .. } => f.write_str(problem),
             Error::InvalidSetting { name, problem } => write!(f, "{name}: {problem}"),
+            Error::NonFinite { what, count } => write!(f, "{what} holds {count} non-finite (NaN or infinite) values"),
             Error::Io(e) => write!(f, "{e}"),
             Error::Json(e) => write!(f, "{e}"),
             Error::Torch(e) => write!(f, "{}", first_line(&e.to_string())),

@@ -39,6 +39,7 @@ pub mod imageops;
 pub mod io;
 pub mod model;
 pub mod nn;
+pub mod optim;
 pub mod progress;
 pub mod render;
 pub mod report;

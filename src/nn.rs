@@ -5,6 +5,9 @@
 
 use tch::{nn, Tensor};
 
+/// Tensors with their variable names.
+pub type NamedTensors = Vec<(String, Tensor)>;
+
 /// Batch-norm epsilon (PyTorch's default).
 pub const BN_EPS: f64 = 1e-5;
 /// Batch-norm running-statistics momentum (PyTorch's default).

@@ -68,8 +68,9 @@ fn training_killed_at_every_commit_point_resumes_bit_exactly() {
             break; // fewer durable steps than `at`: every point has been tried
         }
         crashed += 1;
-        // Continue as a user would: resume if a checkpoint exists, else start again.
-        let resumed = if run.join("latest.safetensors").exists() {
+        // Continue as a job scheduler would: --resume whenever the run folder has its
+        // configuration (also before the first checkpoint), else start again.
+        let resumed = if run.join("config.json").exists() {
             let r = ["train", "--resume", run.to_str().unwrap(), "--device", "cpu", "--workers", "2"];
             famix_crashing(&r.iter().map(|s| s.to_string()).collect::<Vec<_>>(), None)
         } else {

@@ -9,7 +9,7 @@ use famix::clip::OutputStride;
 use famix::imageops::Image8;
 use famix::model::checkpoint;
 use famix::model::FreezePolicy;
-use famix::train::sgd::Sgd;
+use famix::optim::Sgd;
 use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-4;

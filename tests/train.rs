@@ -1,13 +1,13 @@
 //! Local style mixing and one training iteration against the PyTorch twin (1e-4 after
 //! the SGD step), exact resume (N straight = N/2 + resume + N/2, bit for bit on CPU),
-//! run-folder contents, NaN handling, and `famix demo`.
+//! run-folder contents and NaN handling.
 mod common;
 
 use common::*;
 use famix::model::checkpoint;
 use famix::model::FreezePolicy;
+use famix::optim::Sgd;
 use famix::style::mixing::{restyle, StyleMode};
-use famix::train::sgd::Sgd;
 use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-4;
@@ -244,56 +244,6 @@ fn ablations_and_bad_settings() {
 }
 
 #[test]
-fn demo_runs_end_to_end_and_learns() {
-    let d = tmpdir();
-    let out = d.path().join("demo");
-    let (code, stdout, err) = run_famix(&["demo", "--out", out.to_str().unwrap(), "--iters", "150", "--device", "cpu"]);
-    assert_eq!(code, 0, "{err}");
-    let row = |name: &str| -> (f64, f64) {
-        let l = stdout.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{stdout}"));
-        let v: Vec<f64> = l.split_whitespace().skip(1).map(|x| x.parse().unwrap()).collect();
-        (v[0], v[1])
-    };
-    // Both runs learn the source (a random segmenter scores ~0-5 % here); the target
-    // numbers are whatever they are, printed for the README.
-    for name in ["baseline", "FAMix"] {
-        let (source, target) = row(name);
-        assert!(source > 10.0 && target.is_finite(), "{name}: {stdout}");
-    }
-    assert!(out.join("predictions/0000_color.png").exists());
-    for run in ["run", "run-baseline"] {
-        assert!(out.join(run).join("latest.safetensors").exists());
-        assert!(out.join(run).join("report/index.html").exists() && out.join(run).join("report/confusion.png").exists());
-    }
-    // The baseline trained without styles, FAMix with the mined bank.
-    let cfg = |run: &str| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(out.join(run).join("config.json")).unwrap()).unwrap()
-    };
-    assert!(cfg("run-baseline")["styles"].is_null() && cfg("run")["styles"].is_string());
-    let cmp = famix::Image8::open_rgb(&out.join("comparison.png")).unwrap();
-    assert_eq!(cmp.width, 4 * 256 + 3 * 4, "target | ground truth | baseline | FAMix");
-    bf16_agrees_with_fp32_on_a_trained_model(&out);
-}
-
-/// On the demo's trained FAMix model and its unseen-target images, bf16 autocast
-/// inference (fast path) predicts the fp32 class for at least 99.5 % of the pixels.
-fn bf16_agrees_with_fp32_on_a_trained_model(out: &std::path::Path) {
-    let model = famix::Segmenter::load(out.join("run/latest.safetensors"), Device::Cpu).unwrap();
-    let ds = famix::data::Dataset::open(famix::data::DatasetKind::Folder, &out.join("data/target"), "val", None).unwrap();
-    let (mut same, mut total) = (0i64, 0i64);
-    let bf16 = famix::PredictOptions { precision: famix::Precision::Bf16, ..Default::default() };
-    for i in 0..ds.len() {
-        let x = ds.load(i).unwrap().0.to_tensor_u8().unsqueeze(0);
-        let (a, _) = model.predict_ids(&x, &famix::PredictOptions::default()).unwrap();
-        let (b, _) = model.predict_ids(&x, &bf16).unwrap();
-        same += a.eq_tensor(&b).sum(Kind::Int64).int64_value(&[]);
-        total += a.numel() as i64;
-    }
-    let agreement = same as f64 / total as f64;
-    assert!(agreement >= 0.995, "bf16 agrees with fp32 on {:.3} % of the pixels", agreement * 100.0);
-}
-
-#[test]
 fn unreadable_training_samples_stop_the_run_or_are_skipped() {
     let d = tmpdir();
     let bank = reference_bank(d.path());
@@ -323,4 +273,97 @@ fn unreadable_training_samples_stop_the_run_or_are_skipped() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(err.matches("skipping unreadable sample").count(), 1, "reported once: {err}");
     assert!(err.contains("00003.png"));
+}
+
+/// A checkpoint with its weights but without a fitting optimiser state is refused by
+/// --resume (naming the problem and the flag), unless --reset-optimizer; a checkpoint
+/// whose batch-norm statistics hold inf is refused by eval naming the tensor; a run
+/// that diverges names the last checkpoint that is entirely finite; a run folder with
+/// its configuration but no checkpoint resumes from iteration 0.
+#[test]
+fn incomplete_or_poisoned_checkpoints_and_early_resumes() {
+    let d = tmpdir();
+    let bank = reference_bank(d.path());
+    let run_dir = d.path().join("run");
+    let (code, _, err) = run(&train_args(&run_dir, &bank, &["--stop-after", "4"]));
+    assert_eq!(code, 0, "{err}");
+    let latest = run_dir.join("latest.safetensors");
+    let original = std::fs::read(&latest).unwrap();
+    let rewrite = |keep: &dyn Fn(&str) -> bool, poison: Option<&str>| {
+        let f = famix::io::archive::load_file(&latest).unwrap();
+        let meta = f.metadata.clone();
+        let mut kept: Vec<(String, tch::Tensor)> = f.into_map().into_iter().filter(|(k, _)| keep(k)).collect();
+        if let Some(p) = poison {
+            let t = kept.iter_mut().find(|(k, _)| k == p).unwrap();
+            t.1 = t.1.fill(f64::INFINITY);
+        }
+        kept.sort_by(|a, b| a.0.cmp(&b.0));
+        famix::io::archive::save_safetensors(&latest, &kept, Some(meta)).unwrap();
+    };
+    let resume = |extra: &[&str]| {
+        let mut a = vec!["train", "--resume", run_dir.to_str().unwrap(), "--device", "cpu", "--workers", "2"];
+        a.extend_from_slice(extra);
+        run_famix(&a)
+    };
+    // Missing momentum: refused, then accepted with --reset-optimizer.
+    rewrite(&|k: &str| !k.starts_with("optim."), None);
+    let (code, _, err) = resume(&["--stop-after", "1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no optimiser momentum") && err.contains("--reset-optimizer"), "{err}");
+    let (code, _, err) = resume(&["--stop-after", "1", "--reset-optimizer"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("fresh SGD momentum"), "{err}");
+    // Mis-shaped momentum: refused with the tensor's name.
+    std::fs::write(&latest, &original).unwrap();
+    let f = famix::io::archive::load_file(&latest).unwrap();
+    let meta = f.metadata.clone();
+    let mut all: Vec<(String, tch::Tensor)> = f.into_map().into_iter().collect();
+    let m = all.iter_mut().find(|(k, _)| k.starts_with("optim.momentum.")).unwrap();
+    m.1 = tch::Tensor::zeros([3], (Kind::Float, Device::Cpu));
+    let bad_name = m.0.clone();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    famix::io::archive::save_safetensors(&latest, &all, Some(meta)).unwrap();
+    let (code, _, err) = resume(&["--stop-after", "1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains(bad_name.trim_start_matches("optim.")) && err.contains("shape") && err.contains("--reset-optimizer"), "{err}");
+    // inf in a batch-norm running variance: eval and resume refuse it by name.
+    std::fs::write(&latest, &original).unwrap();
+    rewrite(&|_: &str| true, Some("backbone.layer4.0.bn2.running_var"));
+    let (code, _, err) = run_famix(&[
+        "eval",
+        "--checkpoint",
+        latest.to_str().unwrap(),
+        "--dataset",
+        "cityscapes",
+        "--data-root",
+        fixture("cityscapes_mini").to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("backbone.layer4.0.bn2.running_var") && err.contains("non-finite"), "{err}");
+    let (code, _, err) = resume(&[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("running_var") && err.contains("non-finite"), "{err}");
+    // A diverging run stops before writing non-finite values and names the last
+    // checkpoint that is entirely finite (or says there is none).
+    let div = d.path().join("div");
+    let (code, _, err) = run(&train_args(&div, &bank, &["--lr", "1e6", "--iters", "8", "--log-interval", "1", "--val-interval", "2"]));
+    assert_ne!(code, 0);
+    assert!(err.contains("non-finite") || err.contains("loss became"), "{err}");
+    assert!(err.contains("holds only finite values") || err.contains("No checkpoint was written yet"), "{err}");
+    if div.join("latest.safetensors").exists() {
+        let all: Vec<(String, tch::Tensor)> =
+            famix::io::archive::load_file(&div.join("latest.safetensors")).unwrap().into_map().into_iter().collect();
+        famix::io::weights::check_finite(&all).expect("a written checkpoint is entirely finite");
+    }
+    // Configuration but no checkpoint: --resume starts the run from iteration 0.
+    let early = d.path().join("early");
+    std::fs::create_dir_all(&early).unwrap();
+    std::fs::copy(run_dir.join("config.json"), early.join("config.json")).unwrap();
+    let (code, _, err) =
+        run_famix(&["train", "--resume", early.to_str().unwrap(), "--device", "cpu", "--stop-after", "2", "--workers", "2"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("no checkpoint yet") && err.contains("iteration 0"), "{err}");
+    assert_eq!(checkpoint::load(&early.join("latest"), Device::Cpu, None).unwrap().meta.step, 2);
 }

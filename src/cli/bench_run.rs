@@ -17,12 +17,12 @@ use famix::data::{Dataset, DatasetKind};
 use famix::device::{cuda_memory_mb, cuda_reset_peak, device_name, synchronize, Autocast};
 use famix::imageops::Image8;
 use famix::model::{FreezePolicy, HeadConfig, Precision, PredictOptions, Segmenter, SegmenterConfig};
+use famix::optim::Sgd;
 use famix::rng::Rng;
 use famix::style::bank::StyleBank;
 use famix::style::mining::mine_batches;
 use famix::style::prompts::{PromptEmbedder, PromptSet};
 use famix::style::PinConfig;
-use famix::train::sgd::Sgd;
 use famix::train::trainer::Stepper;
 use famix::train::TrainConfig;
 

@@ -7,10 +7,11 @@ use clap::Args;
 
 use famix::clip::OutputStride;
 use famix::data::DatasetKind;
+use famix::io::run_folder::RunFolder;
 use famix::io::sha256_file;
 use famix::model::{FreezePolicy, HeadConfig};
 use famix::style::mixing::StyleMode;
-use famix::train::trainer::{check_config, config_path, latest_path, train as run_training};
+use famix::train::trainer::{check_config, train as run_training};
 use famix::train::{RunOptions, TrainConfig, ValSpec};
 
 #[derive(Args)]
@@ -132,6 +133,9 @@ pub struct TrainArgs {
     /// Run the plain network instead of the training fast path (frozen layers with folded batch norms, channels-last)
     #[arg(long)]
     no_fuse: bool,
+    /// With --resume: continue even when the checkpoint's optimiser state (SGD momentum) is missing or does not fit, with fresh momentum; the run then differs from an uninterrupted one
+    #[arg(long, requires = "resume")]
+    reset_optimizer: bool,
     #[command(flatten)]
     job: super::DataJobArgs,
 }
@@ -185,12 +189,10 @@ fn resumed_config(a: &TrainArgs, run: &Path) -> Result<TrainConfig> {
         bail!(
             "{} cannot change with --resume: a run keeps the settings in {} (only --iters may extend it; start a new run with --out to change them)",
             fixed.join(", "),
-            config_path(run).display()
+            RunFolder::new(run).config().display()
         );
     }
-    let p = config_path(run);
-    let text = std::fs::read_to_string(&p).with_context(|| format!("{} is not a famix run folder (no config.json)", run.display()))?;
-    let mut cfg: TrainConfig = serde_json::from_str(&text).with_context(|| format!("{}: unreadable", p.display()))?;
+    let mut cfg: TrainConfig = famix::io::run_folder::read_config(&RunFolder::new(run))?;
     if let Some(i) = a.iters {
         cfg.iters = i;
     }
@@ -268,7 +270,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         Some(run) => (resumed_config(&a, run)?, run.clone(), true),
         None => {
             let out = a.out.clone().context("--out RUN_DIR is needed for a new run")?;
-            if latest_path(&out).exists() && !a.force {
+            if RunFolder::new(&out).latest().exists() && !a.force {
                 bail!("{} already holds a run: continue it with --resume {}, or pass --force to start over", out.display(), out.display());
             }
             (new_config(&a)?, out, false)
@@ -283,6 +285,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         skip_bad: a.job.skip_bad,
         tensorboard,
         no_fuse: a.no_fuse,
+        reset_optimizer: a.reset_optimizer,
     };
     eprintln!(
         "training {} → {} ({} iterations, batch {}, crop {}, {:?}, freeze {})",

@@ -2,9 +2,11 @@
 pub mod archive;
 mod hash;
 pub mod pickle;
+pub mod run_folder;
+pub mod tensorboard;
 pub mod weights;
 
-pub use hash::sha256_file;
+pub use hash::{sha256_file, sha256_hex};
 pub use weights::{load_vars, StateDict};
 
 use std::io::Write;

@@ -95,3 +95,15 @@ pub fn load_vars(
         Ok(())
     })
 }
+
+/// Checks that every floating tensor holds only finite values; the error names the
+/// first (by the given order) that does not.
+pub fn check_finite(tensors: &[(String, Tensor)]) -> Result<()> {
+    for (name, t) in tensors {
+        if t.is_floating_point() && t.isfinite().logical_not().any().int64_value(&[]) != 0 {
+            let bad = t.isfinite().logical_not().sum(tch::Kind::Int64).int64_value(&[]);
+            return Err(Error::NonFinite { what: name.clone(), count: bad as u64 });
+        }
+    }
+    Ok(())
+}

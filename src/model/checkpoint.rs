@@ -88,9 +88,7 @@ pub fn save(seg: &Segmenter, meta: &CheckpointMeta, path: &Path) -> Result<PathB
     save_with(seg, meta, Vec::new(), HashMap::new(), path)
 }
 
-/// The prefix of extra tensors a training checkpoint carries (the optimiser's
-/// momentum buffers); loading a model ignores them.
-pub const EXTRA_PREFIX: &str = "optim.";
+pub use crate::io::run_folder::EXTRA_PREFIX;
 
 /// [`save`] with extra tensors (named under [`EXTRA_PREFIX`]) and metadata entries
 /// in the same file, so everything becomes visible in one rename: a training
@@ -114,6 +112,7 @@ pub fn save_with(
         tensors.push((k, t));
     }
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    crate::io::weights::check_finite(&tensors).map_err(|e| e.context(format!("{}: refusing to write a checkpoint", path.display())))?;
     metadata.insert(META_KEY.to_string(), serde_json::to_string(meta)?);
     save_safetensors(&path, &tensors, Some(metadata))?;
     crate::io::atomic_write_json(&sidecar_path(&path), meta)?;
@@ -179,6 +178,7 @@ pub fn load(path: &Path, device: Device, output_stride: Option<OutputStride>) ->
         let model = Segmenter::new(cfg, Device::Cpu).with_context(|| format!("{}", src.display()))?;
         let extra_key = |k: &str| k.starts_with(EXTRA_PREFIX);
         load_vars(&model.vs, "", &sd.tensors, "", &extra_key, &src, "segmenter described by its header")?;
+        check_model_finite(&model, &src)?;
         let model = to_device(model, device);
         let extra = sd.tensors.iter().filter(|(k, _)| extra_key(k)).map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
         let mut metadata = sd.metadata.clone();
@@ -186,6 +186,7 @@ pub fn load(path: &Path, device: Device, output_stride: Option<OutputStride>) ->
         return Ok(Loaded { model, meta, path: src, imported: false, extra, metadata });
     }
     let (model, meta) = import_state(&sd, device, output_stride.unwrap_or(OutputStride::Os16))?;
+    check_model_finite(&model, &src)?;
     Ok(Loaded { model, meta, path: src, imported: true, extra: HashMap::new(), metadata: HashMap::new() })
 }
 
@@ -240,6 +241,14 @@ fn check_header(cfg: &SegmenterConfig, sd: &StateDict) -> Result<()> {
         bail!("head dropout {} is not in [0, 1)", h.dropout);
     }
     cfg.validate()
+}
+
+/// Refuses weights or batch-norm statistics that are NaN or infinite, naming the
+/// tensor: such a model predicts garbage, and a resume from it diverges at once.
+fn check_model_finite(model: &Segmenter, path: &Path) -> Result<()> {
+    let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    crate::io::weights::check_finite(&vars).map_err(|e| e.context(format!("{}: unusable checkpoint", path.display())))
 }
 
 fn to_device(mut model: Segmenter, device: Device) -> Segmenter {

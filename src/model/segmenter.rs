@@ -86,8 +86,7 @@ impl SegmenterConfig {
     }
 }
 
-/// Tensors with their variable names.
-pub type NamedTensors = Vec<(String, Tensor)>;
+pub use crate::nn::NamedTensors;
 
 /// The FAMix segmenter.
 pub struct Segmenter {

@@ -9,11 +9,11 @@
 //! whose inputs are missing (no validation set configured, data moved) are left out
 //! with a note on the page, never silently.
 //!
-//! [`tensorboard`] writes the same scalars as TensorBoard event files during training.
+//! `crate::io::tensorboard` writes the same scalars as TensorBoard event files during
+//! training.
 
 pub mod browse;
 pub mod plots;
-pub mod tensorboard;
 
 use std::path::{Path, PathBuf};
 
@@ -63,7 +63,7 @@ pub struct History {
 /// Reads `RUN/train_log.jsonl`. A last line cut short by a crash is ignored; any other
 /// unreadable line is an error naming its number.
 pub fn read_history(run: &Path) -> Result<History> {
-    let p = run.join("train_log.jsonl");
+    let p = crate::io::run_folder::RunFolder::new(run).log();
     let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
     let lines: Vec<&str> = text.lines().collect();
     let mut h = History::default();
@@ -192,8 +192,8 @@ fn run_val_set(cfg: &crate::train::TrainConfig) -> Result<Option<Dataset>> {
 /// predicted by the best (else latest) checkpoint.
 fn sample_grid(run: &Path, cfg: &crate::train::TrainConfig, opts: &ReportOptions) -> Result<Option<Image8>> {
     let Some(ds) = run_val_set(cfg)? else { return Ok(None) };
-    let best = crate::train::trainer::best_path(run);
-    let ckpt = if best.exists() { best } else { crate::train::trainer::latest_path(run) };
+    let folder = crate::io::run_folder::RunFolder::new(run);
+    let ckpt = if folder.best().exists() { folder.best() } else { folder.latest() };
     let model = Segmenter::load(&ckpt, opts.device)?;
     let mut rows = Vec::new();
     for i in 0..ds.len().min(opts.samples) {
@@ -254,7 +254,7 @@ impl Builder<'_> {
 
     /// Per-class IoU and the confusion matrix of the best validation.
     fn best_validation(&mut self, run: &Path) -> Result<()> {
-        let path = crate::train::trainer::best_confusion_path(run);
+        let path = crate::io::run_folder::RunFolder::new(run).best_confusion();
         if !path.exists() {
             self.files.notes.push(format!("{} not found: no per-class IoU or confusion matrix", path.display()));
             return Ok(());
@@ -278,7 +278,7 @@ impl Builder<'_> {
 
 /// Writes `out/index.html` and its figures for the run folder `run`.
 pub fn write_report(run: &Path, out: &Path, opts: &ReportOptions) -> Result<ReportFiles> {
-    let cfg: crate::train::TrainConfig = crate::io::read_json(&crate::train::trainer::config_path(run))
+    let cfg: crate::train::TrainConfig = crate::io::read_json(&crate::io::run_folder::RunFolder::new(run).config())
         .with_context(|| format!("{} is not a famix run folder", run.display()))?;
     let history = read_history(run)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;

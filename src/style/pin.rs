@@ -19,7 +19,7 @@ use crate::error::{bail, Result};
 use tch::{Kind, Tensor};
 
 use crate::clip::ModifiedResNet;
-use crate::train::sgd::Sgd;
+use crate::optim::Sgd;
 
 #[derive(Debug, Clone)]
 /// PIN's optimisation settings (the reference's by default).

@@ -1,5 +1,4 @@
 //! Training: optimiser, schedule and the FAMix training loop.
-pub mod sgd;
 pub mod trainer;
 
 pub use trainer::{train, RunOptions, TrainConfig, TrainSummary, ValSpec};

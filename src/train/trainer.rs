@@ -7,7 +7,6 @@
 //! picks, Beta weights, dropout) is derived from (seed, t), so a run resumed from its
 //! latest checkpoint (weights, BN statistics, momentum, step) continues bit-exactly.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +15,7 @@ use crate::error::{bail, Context, Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::report::tensorboard::EventWriter;
+use crate::io::tensorboard::EventWriter;
 use tch::{Device, Kind, Tensor};
 
 use crate::clip::{OutputStride, ResNetConfig};
@@ -24,15 +23,16 @@ use crate::data::augment::TrainAugment;
 use crate::data::loader::{Batch, BatchLoader, LoaderConfig};
 use crate::data::{Dataset, DatasetKind};
 use crate::eval::{evaluate, EvalOptions};
-use crate::io::weights::{load_vars, StateDict};
+use crate::io::run_folder::{new_run_id, RunFolder, RunLog, RunState, STATE_KEY};
+use crate::io::weights::{check_finite, load_vars, StateDict};
 use crate::model::checkpoint::{self, CheckpointMeta};
 use crate::model::inference::normalize_u8;
 use crate::model::{FreezePolicy, HeadConfig, Precision, Segmenter, SegmenterConfig};
+use crate::optim::{poly_lr, Sgd};
 use crate::progress::{Progress, Silent, Unit};
 use crate::rng::{stream, Rng};
 use crate::style::bank::{BankTables, StyleBank};
 use crate::style::mixing::{self, StyleMode};
-use crate::train::sgd::{poly_lr, Sgd};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 /// The validation set of a run.
@@ -173,24 +173,6 @@ impl TrainConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-/// A run's progress, saved with its latest checkpoint.
-pub struct TrainState {
-    /// Iterations done.
-    pub step: u64,
-    /// Best validation mIoU.
-    pub best_miou: Option<f64>,
-    /// Iteration of the best validation.
-    pub best_step: Option<u64>,
-    /// The run this state belongs to ([`TrainConfig::run_id`]).
-    #[serde(default)]
-    pub run_id: String,
-    /// Length of `train_log.jsonl` when the checkpoint was made: a resume truncates the
-    /// log there, so lines of iterations that are redone appear once.
-    #[serde(default)]
-    pub log_bytes: Option<u64>,
-}
-
 /// How to run (not what to train): these may differ between a run and its resume.
 pub struct RunOptions {
     /// Where to compute.
@@ -205,6 +187,25 @@ pub struct RunOptions {
     pub tensorboard: Option<PathBuf>,
     /// Run the plain path instead of the training fast path ([`Segmenter::fuse_frozen`]).
     pub no_fuse: bool,
+    /// Resume even when the checkpoint's optimiser state is missing or does not fit
+    /// (continuing with fresh momentum; the run then differs from an uninterrupted one).
+    pub reset_optimizer: bool,
+}
+
+impl RunOptions {
+    /// Defaults on `device`: default loader threads, no stop, strict samples, no
+    /// TensorBoard, the fast path, strict optimiser state.
+    pub fn new(device: Device) -> Self {
+        RunOptions {
+            device,
+            workers: crate::data::prefetch::default_workers(),
+            stop_after: None,
+            skip_bad: false,
+            tensorboard: None,
+            no_fuse: false,
+            reset_optimizer: false,
+        }
+    }
 }
 
 /// What a `train` call did.
@@ -225,31 +226,6 @@ pub struct TrainSummary {
     pub skipped: Vec<crate::data::Skipped>,
 }
 
-/// RUN/config.json.
-pub fn config_path(run: &Path) -> PathBuf {
-    run.join("config.json")
-}
-/// RUN/latest.safetensors.
-pub fn latest_path(run: &Path) -> PathBuf {
-    run.join("latest.safetensors")
-}
-/// RUN/best_confusion.json: the confusion matrix (rows = ground truth) of the best
-/// validation, with its class names and per-class IoU.
-pub fn best_confusion_path(run: &Path) -> PathBuf {
-    run.join("best_confusion.json")
-}
-
-/// RUN/best.safetensors.
-pub fn best_path(run: &Path) -> PathBuf {
-    run.join("best.safetensors")
-}
-/// Where famix before the single-file checkpoints kept the optimiser state.
-fn legacy_optim_path(run: &Path) -> PathBuf {
-    run.join("latest.optim.safetensors")
-}
-
-const STATE_KEY: &str = "famix-train-state";
-
 /// A fresh segmenter: CLIP image-tower weights for the backbone, Kaiming head.
 pub fn initial_model(cfg: &TrainConfig, device: Device) -> Result<Segmenter> {
     let sd = StateDict::load(&cfg.clip)?;
@@ -265,15 +241,15 @@ pub fn initial_model(cfg: &TrainConfig, device: Device) -> Result<Segmenter> {
 
 /// Commits a training checkpoint: weights, optimiser momentum and training state
 /// in one file, made visible by one rename (see `checkpoint::save_with`).
-fn save_state(run: &Path, model: &Segmenter, meta: &CheckpointMeta, sgd: &Sgd, state: &TrainState) -> Result<()> {
+fn save_state(run: &RunFolder, model: &Segmenter, meta: &CheckpointMeta, sgd: &Sgd, state: &RunState) -> Result<()> {
     if !state.best_miou.is_none_or(f64::is_finite) {
         bail!("refusing to checkpoint a non-finite best mIoU");
     }
     let extra = sgd.state().into_iter().map(|(k, t)| (format!("{}{k}", checkpoint::EXTRA_PREFIX), t)).collect();
     let md = [(STATE_KEY.to_string(), serde_json::to_string(state)?)].into_iter().collect();
-    checkpoint::save_with(model, meta, extra, md, &latest_path(run))?;
+    checkpoint::save_with(model, meta, extra, md, &run.latest())?;
     // The optimiser state of older famix versions is now inside latest.safetensors.
-    let legacy = legacy_optim_path(run);
+    let legacy = run.legacy_optim();
     if legacy.exists() {
         std::fs::remove_file(&legacy).with_context(|| format!("cannot remove {}", legacy.display()))?;
     }
@@ -282,8 +258,16 @@ fn save_state(run: &Path, model: &Segmenter, meta: &CheckpointMeta, sgd: &Sgd, s
 
 /// The training state and momentum of a loaded `latest` checkpoint (or, for run
 /// folders of older famix versions, of `latest.optim.safetensors`, which must be at
-/// the same step).
-fn load_state(run: &Path, loaded: &checkpoint::Loaded, params: &[(String, Tensor)], device: Device, sgd: &mut Sgd) -> Result<TrainState> {
+/// the same step). The momentum must be complete and fit the parameters unless
+/// `reset_optimizer` (then it is dropped and SGD starts afresh).
+fn load_state(
+    run: &RunFolder,
+    loaded: &checkpoint::Loaded,
+    params: &[(String, Tensor)],
+    sgd: &mut Sgd,
+    reset_optimizer: bool,
+    progress: &dyn Progress,
+) -> Result<RunState> {
     let (state_json, tensors, origin) = match loaded.metadata.get(STATE_KEY) {
         Some(j) => {
             let t: std::collections::HashMap<String, Tensor> = loaded
@@ -294,15 +278,14 @@ fn load_state(run: &Path, loaded: &checkpoint::Loaded, params: &[(String, Tensor
             (j.clone(), t, loaded.path.clone())
         }
         None => {
-            let p = legacy_optim_path(run);
+            let p = run.legacy_optim();
             let f = crate::io::archive::load_file(&p)
                 .with_context(|| format!("{}: no training state in the checkpoint and none beside it", loaded.path.display()))?;
             let j = f.metadata.get(STATE_KEY).cloned().with_context(|| format!("{}: no training state", p.display()))?;
             (j, f.into_map(), p)
         }
     };
-    let state: TrainState =
-        serde_json::from_str(&state_json).with_context(|| format!("{}: unreadable training state", origin.display()))?;
+    let state: RunState = serde_json::from_str(&state_json).with_context(|| format!("{}: unreadable training state", origin.display()))?;
     if state.step != loaded.meta.step {
         bail!(
             "{}: optimiser state of step {} but weights of step {}; the run folder is inconsistent",
@@ -311,37 +294,27 @@ fn load_state(run: &Path, loaded: &checkpoint::Loaded, params: &[(String, Tensor
             loaded.meta.step
         );
     }
-    sgd.load_state(&tensors, params, device).with_context(|| format!("{}: cannot restore the optimiser", origin.display()))?;
-    Ok(state)
-}
-
-struct Log {
-    file: std::fs::File,
-}
-
-impl Log {
-    /// Opens the run's log for appending, first cutting it to `keep` bytes (the length
-    /// recorded with the checkpoint a resume starts from).
-    fn open(run: &Path, keep: Option<u64>) -> Result<Self> {
-        let p = run.join("train_log.jsonl");
-        let file =
-            std::fs::OpenOptions::new().create(true).append(true).open(&p).with_context(|| format!("cannot open {}", p.display()))?;
-        let len = file.metadata()?.len();
-        if let Some(k) = keep.filter(|&k| k < len) {
-            file.set_len(k).with_context(|| format!("cannot truncate {}", p.display()))?;
+    if reset_optimizer {
+        progress.notice(&format!("--reset-optimizer: resuming {} with fresh SGD momentum", origin.display()));
+        return Ok(state);
+    }
+    let hint = "pass --reset-optimizer to resume with fresh momentum anyway (the run will then differ from an uninterrupted one)";
+    let device = params.first().map(|(_, t)| t.device()).unwrap_or(Device::Cpu);
+    sgd.load_state(&tensors, params, device)
+        .map_err(|e| e.context(format!("{}: cannot restore the optimiser; {hint}", origin.display())))?;
+    if state.step > 0 && sgd.momentum != 0.0 {
+        let missing: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).filter(|n| !sgd.buffers.contains_key(*n)).collect();
+        if !missing.is_empty() {
+            return Err(Error::Msg(format!(
+                "{}: the checkpoint has no optimiser momentum for {} of {} trainable parameters (e.g. {}); {hint}",
+                origin.display(),
+                missing.len(),
+                params.len(),
+                missing[0]
+            )));
         }
-        Ok(Log { file })
     }
-    /// Makes the lines so far durable; returns the log's length.
-    fn sync(&mut self) -> Result<u64> {
-        self.file.sync_data()?;
-        Ok(self.file.metadata()?.len())
-    }
-    fn write(&mut self, v: serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{v}")?;
-        self.file.flush()?;
-        Ok(())
-    }
+    Ok(state)
 }
 
 /// One training iteration's computation (shared by `train` and `famix bench`):
@@ -450,32 +423,38 @@ pub fn check_config(cfg: &TrainConfig) -> Result<()> {
 
 /// The model and training state a run starts from: the latest checkpoint of `run`
 /// (resume: weights, momentum and step from one file, checked against the run's
-/// configuration) or CLIP's image tower with a fresh head.
-fn restore_or_init(cfg: &TrainConfig, run: &Path, resume: bool, device: Device, sgd: &mut Sgd) -> Result<(Segmenter, TrainState)> {
-    if !resume {
+/// configuration) or CLIP's image tower with a fresh head (a new run, or a resumed
+/// one that had not written its first checkpoint yet).
+fn restore_or_init(
+    cfg: &TrainConfig,
+    run: &RunFolder,
+    resume: bool,
+    opts: &RunOptions,
+    sgd: &mut Sgd,
+    progress: &dyn Progress,
+) -> Result<(Segmenter, RunState)> {
+    let device = opts.device;
+    if !resume || !run.latest().exists() {
+        if resume {
+            progress
+                .notice(&format!("{} has its configuration but no checkpoint yet: starting the run from iteration 0", run.dir().display()));
+        }
         // A new run (also one started over with --force) starts an empty log.
-        let state = TrainState { run_id: cfg.run_id.clone(), log_bytes: Some(0), ..Default::default() };
+        let state = RunState { run_id: cfg.run_id.clone(), log_bytes: Some(0), ..Default::default() };
         return Ok((initial_model(cfg, device)?, state));
     }
-    let mut l = checkpoint::load(&latest_path(run), device, Some(cfg.output_stride))?;
+    let mut l = checkpoint::load(&run.latest(), device, Some(cfg.output_stride))?;
     if l.model.config.head != cfg.head {
         bail!("{}: the checkpoint's head {:?} contradicts the run's config.json {:?}", l.path.display(), l.model.config.head, cfg.head);
     }
     l.model.set_freeze(cfg.freeze);
     let (bb, head) = l.model.param_groups();
     let params: Vec<(String, Tensor)> = bb.into_iter().chain(head).collect();
-    let st = load_state(run, &l, &params, device, sgd)?;
+    let st = load_state(run, &l, &params, sgd, opts.reset_optimizer, progress)?;
     if !st.run_id.is_empty() && !cfg.run_id.is_empty() && st.run_id != cfg.run_id {
         bail!("{}: the checkpoint belongs to run {} but config.json to run {}", l.path.display(), st.run_id, cfg.run_id);
     }
     Ok((l.model, st))
-}
-
-/// A fresh id for a new run (time and process, hashed).
-fn new_run_id() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let mut r = Rng::derive(nanos as u64, &[std::process::id() as u64, (nanos >> 64) as u64]);
-    format!("{:016x}", r.next_u64())
 }
 
 /// The source and (optional) validation datasets, both non-empty.
@@ -516,11 +495,11 @@ fn make_loader(cfg: &TrainConfig, ds: Arc<Dataset>, opts: &RunOptions, start: u6
 /// The state of one `train` call between iterations.
 struct Session<'a> {
     cfg: &'a TrainConfig,
-    run: &'a Path,
+    run: &'a RunFolder,
     progress: &'a dyn Progress,
-    log: Log,
+    log: RunLog,
     meta: CheckpointMeta,
-    state: TrainState,
+    state: RunState,
     loss_acc: Tensor,
     loss_n: u64,
     t_log: Instant,
@@ -560,18 +539,15 @@ impl Session<'_> {
 
     /// Where a diverged run can be continued from, in words.
     fn last_good(&self) -> String {
-        if self.state.step > 0 {
-            format!("The last good checkpoint is {} (iteration {}).", latest_path(self.run).display(), self.state.step)
-        } else {
-            "No checkpoint was written yet.".into()
-        }
+        crate::io::run_folder::last_finite_checkpoint(self.run)
     }
 
     /// Validates (when a validation set is configured), keeps `best`, writes `latest`.
-    /// Weights that are no longer finite are never checkpointed.
+    /// A checkpoint is written only when every tensor it would hold — parameters,
+    /// batch-norm statistics, momentum — is finite.
     fn checkpoint(&mut self, done: u64, model: &Segmenter, sgd: &Sgd, val: Option<&Dataset>) -> Result<()> {
-        if let Some(name) = first_non_finite(model) {
-            bail!("the weights became non-finite ({name}) by iteration {done}; training stopped. {} Try a lower --lr.", self.last_good());
+        if let Err(e) = check_finite(&checkpoint_tensors(model, sgd)) {
+            bail!("{e} by iteration {done}; training stopped before writing a checkpoint. {} Try a lower --lr.", self.last_good());
         }
         self.state.step = done;
         if let Some(vd) = val {
@@ -606,8 +582,8 @@ impl Session<'_> {
                     "iter": done, "miou": miou, "dataset": vd.describe(), "class_names": model.config.class_names,
                     "per_class_iou": rep.metrics.per_class_iou, "confusion_matrix": rep.confusion.chunks(k.max(1)).collect::<Vec<_>>(),
                 });
-                crate::io::atomic_write_json(&best_confusion_path(self.run), &confusion)?;
-                checkpoint::save(model, &m, &best_path(self.run))?;
+                crate::io::atomic_write_json(&self.run.best_confusion(), &confusion)?;
+                checkpoint::save(model, &m, &self.run.best())?;
             }
         }
         self.meta.step = done;
@@ -631,28 +607,34 @@ impl Session<'_> {
 pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, opts: &RunOptions, progress: &dyn Progress) -> Result<TrainSummary> {
     check_config(cfg)?;
     let device = opts.device;
-    std::fs::create_dir_all(run).with_context(|| format!("cannot create run folder {}", run.display()))?;
-    let _lock = crate::io::FolderLock::acquire(run, "a training run")?;
-    crate::io::clean_temp_files(run)?;
+    let folder = RunFolder::new(run);
+    let _lock = folder.open_writer("a training run")?;
+    let run = &folder;
     let mut cfg = cfg.clone();
     if !resume {
         cfg.run_id = new_run_id();
     }
     let cfg = &cfg;
-    crate::io::atomic_write_json(&config_path(run), cfg)?;
+    crate::io::atomic_write_json(&run.config(), cfg)?;
     if let Device::Cuda(_) = device {
         tch::Cuda::cudnn_set_benchmark(true);
     }
     let mut sgd = Sgd::new(cfg.momentum, cfg.weight_decay);
-    let (mut model, state) = restore_or_init(cfg, run, resume, device, &mut sgd)?;
+    let (mut model, state) = restore_or_init(cfg, run, resume, opts, &mut sgd, progress)?;
     if !opts.no_fuse {
         model.fuse_frozen();
     }
     let start = state.step;
-    let summary =
-        TrainSummary { steps: start, last_loss: None, best_miou: state.best_miou, last_miou: None, run_dir: run.into(), skipped: vec![] };
+    let summary = TrainSummary {
+        steps: start,
+        last_loss: None,
+        best_miou: state.best_miou,
+        last_miou: None,
+        run_dir: run.dir().into(),
+        skipped: vec![],
+    };
     if start >= cfg.iters {
-        progress.notice(&format!("{} is already at iteration {start} of {}", run.display(), cfg.iters));
+        progress.notice(&format!("{} is already at iteration {start} of {}", run.dir().display(), cfg.iters));
         return Ok(summary);
     }
     let end = opts.stop_after.map(|n| (start + n).min(cfg.iters)).unwrap_or(cfg.iters);
@@ -675,7 +657,7 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, opts: &RunOptions, pro
         cfg,
         run,
         progress,
-        log: Log::open(run, state.log_bytes)?,
+        log: RunLog::open(run, state.log_bytes)?,
         meta,
         state,
         loss_acc: Tensor::zeros([], (Kind::Float, device)),
@@ -707,10 +689,13 @@ fn check_labels(batch: &Batch, num_classes: i64, iteration: u64) -> Result<()> {
     Ok(())
 }
 
-/// The first trainable parameter with a NaN or infinite value, if any.
-fn first_non_finite(model: &Segmenter) -> Option<String> {
-    let (bb, head) = model.param_groups();
-    bb.into_iter().chain(head).find(|(_, t)| t.isfinite().logical_not().any().int64_value(&[]) != 0).map(|(n, _)| n)
+/// Every tensor a training checkpoint holds: all variables (parameters and batch-norm
+/// statistics) and the optimiser's momentum, sorted by name.
+fn checkpoint_tensors(model: &Segmenter, sgd: &Sgd) -> Vec<(String, Tensor)> {
+    let mut all: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+    all.extend(sgd.state().into_iter().map(|(k, t)| (format!("{}{k}", checkpoint::EXTRA_PREFIX), t)));
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
 }
 
 fn run_loop(s: &mut Session, stepper: &mut Stepper, loader: &mut BatchLoader, val: Option<&Dataset>, start: u64, end: u64) -> Result<()> {

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::error::{bail, Result};
+use crate::error::Result;
 use tch::Tensor;
 
 /// PyTorch's SGD with momentum and weight decay (dampening 0, no Nesterov).
@@ -76,29 +76,18 @@ impl Sgd {
     /// Restores momentum buffers saved by `state`, checking that each belongs to one
     /// of `params` (by name) and has its shape.
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, params: &[(String, Tensor)], device: tch::Device) -> Result<()> {
-        let shapes: HashMap<&str, Vec<i64>> = params.iter().map(|(n, t)| (n.as_str(), t.size())).collect();
+        let shapes = super::shapes(params);
         let mut buffers = HashMap::new();
         for (k, t) in tensors {
-            let Some(name) = k.strip_prefix("momentum.") else { continue };
-            match shapes.get(name) {
-                None => bail!("momentum buffer {name} matches no trainable parameter"),
-                Some(s) if *s != t.size() => bail!("momentum buffer {name} has shape {:?}, the parameter {:?}", t.size(), s),
-                _ => {}
+            if !k.starts_with("momentum.") {
+                continue;
             }
-            if t.isfinite().logical_not().any().int64_value(&[]) != 0 {
-                bail!("momentum buffer {name} holds non-finite values");
-            }
+            let name = super::check_state_tensor(k, "momentum", t, &shapes)?;
             buffers.insert(name.to_string(), t.to_device(device));
         }
         self.buffers = buffers;
         Ok(())
     }
-}
-
-/// Poly learning rate: lr·(1 − it/max_it)^power, never below `min_lr` (the reference's PolyLR).
-pub fn poly_lr(base: f64, it: u64, max_it: u64, power: f64, min_lr: f64) -> f64 {
-    let frac = 1.0 - it as f64 / max_it.max(1) as f64;
-    (base * frac.max(0.0).powf(power)).max(min_lr)
 }
 
 #[cfg(test)]
