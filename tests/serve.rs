@@ -16,27 +16,41 @@ use common::*;
 struct Server {
     child: Child,
     url: String,
+    /// Everything the server wrote to stderr so far.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
     fn start(checkpoint: &str, extra: &[&str]) -> Server {
+        Self::start_env(checkpoint, extra, &[])
+    }
+
+    fn start_env(checkpoint: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(famix_bin())
             .args(["serve", "--checkpoint", checkpoint, "--port", "0", "--device", "cpu"])
             .args(extra)
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let url = loop {
             let line = lines.next().expect("server exited before listening").unwrap();
+            log.lock().unwrap().push_str(&format!("{line}\n"));
             if let Some(u) = line.split("listening on ").nth(1) {
-                break u.trim().to_string();
+                break u.split_whitespace().next().unwrap().to_string();
             }
         };
         // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, url }
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&format!("{l}\n"));
+            }
+        });
+        Server { child, url, log }
     }
 }
 
@@ -298,4 +312,120 @@ fn shutdown_finishes_requests_in_flight() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "exit status {status}");
+}
+
+/// A raw socket to the server that sends `sent` and then nothing.
+fn stalled_client(url: &str, sent: &[u8]) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(url.trim_start_matches("http://")).unwrap();
+    s.write_all(sent).unwrap();
+    s
+}
+
+/// Seconds until the server closes `s` (reads return 0 or fail), at most `limit`.
+fn seconds_until_closed(s: &mut std::net::TcpStream, limit: f64) -> Option<f64> {
+    use std::io::Read;
+    let t = Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut buf = [0u8; 4096];
+    while t.elapsed().as_secs_f64() < limit {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(t.elapsed().as_secs_f64()),
+            Ok(_) => {} // a response (e.g. 408) before the close is fine
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return Some(t.elapsed().as_secs_f64()),
+        }
+    }
+    None
+}
+
+/// Slow clients cannot hold the service: a connection that never finishes its
+/// headers is closed after --header-timeout, an idle kept-alive one after
+/// --idle-timeout, connections beyond --max-connections get 503 at once — and a
+/// well-behaved client is served meanwhile.
+#[test]
+fn slow_and_idle_connections_are_closed_and_capped() {
+    let d = tmpdir();
+    let ckpt = tiny_checkpoint(d.path());
+    let server = Server::start(&ckpt, &["--header-timeout", "2", "--idle-timeout", "3", "--max-connections", "6"]);
+    let host = server.url.trim_start_matches("http://").to_string();
+    let mut partial = stalled_client(&server.url, b"GET /v1/health HTTP/1.1\r\nHost: x");
+    let mut idle = stalled_client(&server.url, format!("GET /v1/health HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+    let (code, _, _) = post(&server.url, "?output=json", &famix::Image8::new(64, 48, 3, 90).to_png().unwrap());
+    assert_eq!(code, 200, "a normal client is served while slow ones wait");
+    let t_partial = seconds_until_closed(&mut partial, 10.0).expect("the half-sent request was never closed");
+    assert!(t_partial < 4.0, "closed after {t_partial:.1} s with --header-timeout 2");
+    let t_idle = seconds_until_closed(&mut idle, 10.0).expect("the idle keep-alive connection was never closed");
+    assert!(t_idle < 6.0, "idle connection closed after {t_idle:.1} s with --idle-timeout 3");
+    // Another server with long timeouts: three connections held open (raw sockets, no
+    // client pool), the fourth is answered 503 and closed.
+    let capped = Server::start(&ckpt, &["--max-connections", "3"]);
+    let _held: Vec<_> = (0..3).map(|_| stalled_client(&capped.url, b"GET /v1/health HTTP/1.1\r\n")).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = stalled_client(&capped.url, b"");
+    let mut answer = String::new();
+    extra.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = std::io::Read::read_to_string(&mut extra, &mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503") && answer.contains("Retry-After"), "{answer:?}");
+}
+
+/// With an API key every route but health and the page needs `Authorization: Bearer`
+/// (401 without, 200 with); the key never shows in the log or the metrics; binding
+/// beyond loopback without a key (or --no-auth) is refused before anything starts.
+#[test]
+fn api_key_is_required_where_configured() {
+    let d = tmpdir();
+    let ckpt = tiny_checkpoint(d.path());
+    let key = "famix-test-key-0123456789abcdef";
+    let key_file = d.path().join("key.txt");
+    std::fs::write(&key_file, format!("{key}\n")).unwrap();
+    let (code, _, err) = run_famix(&["serve", "--checkpoint", &ckpt, "--host", "0.0.0.0", "--port", "0", "--device", "cpu"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--api-key-file") && err.contains("--no-auth") && err.contains("FAMIX_API_KEY"), "{err}");
+    std::fs::write(d.path().join("short.txt"), "abc").unwrap();
+    let (code, _, err) =
+        run_famix(&["serve", "--checkpoint", &ckpt, "--port", "0", "--api-key-file", d.path().join("short.txt").to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("at least 16 characters"), "{err}");
+    for server in
+        [Server::start(&ckpt, &["--api-key-file", key_file.to_str().unwrap()]), Server::start_env(&ckpt, &[], &[("FAMIX_API_KEY", key)])]
+    {
+        let get = |path: &str, token: Option<&str>| -> u16 {
+            let mut r = ureq::get(&format!("{}{path}", server.url)).timeout(Duration::from_secs(30));
+            if let Some(t) = token {
+                r = r.set("Authorization", &format!("Bearer {t}"));
+            }
+            match r.call() {
+                Ok(r) => r.status(),
+                Err(ureq::Error::Status(c, _)) => c,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(get("/v1/health", None), 200);
+        assert_eq!(get("/", None), 200, "the page itself is open (it asks for the key)");
+        for path in ["/v1/classes", "/metrics", "/v1/sample.png"] {
+            assert_eq!(get(path, None), 401, "{path} without a key");
+            assert_eq!(get(path, Some("famix-test-key-0123456789abcdeX")), 401, "{path} with a wrong key");
+            assert_eq!(get(path, Some(key)), 200, "{path} with the key");
+        }
+        let img = famix::Image8::new(64, 48, 3, 90).to_png().unwrap();
+        let unauth = ureq::post(&format!("{}/v1/segment", server.url)).send_bytes(&img);
+        assert!(matches!(unauth, Err(ureq::Error::Status(401, _))), "segment without a key");
+        let ok = ureq::post(&format!("{}/v1/segment", server.url)).set("Authorization", &format!("Bearer {key}")).send_bytes(&img).unwrap();
+        assert_eq!(ok.status(), 200);
+        let health: serde_json::Value =
+            serde_json::from_str(&ureq::get(&format!("{}/v1/health", server.url)).call().unwrap().into_string().unwrap()).unwrap();
+        assert_eq!(health["auth"], true);
+        let metrics = ureq::get(&format!("{}/metrics", server.url))
+            .set("Authorization", &format!("Bearer {key}"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        assert!(!metrics.contains(key) && !server.log.lock().unwrap().contains(key), "the key leaked");
+    }
+    // The page, opened in a real browser, asks for the key instead of failing.
+    let server = Server::start(&ckpt, &["--api-key-file", key_file.to_str().unwrap()]);
+    let dom = chromium_dump_dom(&format!("{}/?sample=1", server.url), &d.path().join("chromium-profile"));
+    assert!(dom.contains("<div class=\"row\" id=\"auth\">"), "the key prompt is not shown: {}", &dom[..dom.len().min(3000)]);
 }

@@ -7,7 +7,8 @@
 //! company. A full queue answers 503 with `Retry-After`; a failing request never
 //! affects the others in its batch (sizes are checked per image, and a panic in a
 //! forward pass is caught and answered as an error). SIGTERM/Ctrl-C stop accepting
-//! connections and finish the requests in flight.
+//! connections and finish the requests in flight. Connection limits (header and idle
+//! timeouts, a connection cap) live in `serve_net`, the API key in `serve_auth`.
 
 use std::io::Cursor;
 use std::net::SocketAddr;
@@ -65,6 +66,21 @@ pub struct ServeArgs {
     /// How long a forward pass waits for more same-size requests (ms)
     #[arg(long, default_value_t = 5)]
     batch_wait_ms: u64,
+    /// Seconds a connection has to send complete request headers (after connecting or after its previous response); slower ones are closed
+    #[arg(long, default_value_t = 30)]
+    header_timeout: u64,
+    /// Seconds a kept-alive connection may sit idle (no request in flight, no bytes) before it is closed
+    #[arg(long, default_value_t = 60)]
+    idle_timeout: u64,
+    /// Most open connections; more are answered 503 and closed
+    #[arg(long, default_value_t = 256)]
+    max_connections: usize,
+    /// File holding the API key clients must send as `Authorization: Bearer <key>` (or set FAMIX_API_KEY); required when --host is not a loopback address
+    #[arg(long, value_name = "FILE")]
+    api_key_file: Option<PathBuf>,
+    /// Serve beyond loopback without authentication (anyone who reaches the port can use the model)
+    #[arg(long)]
+    no_auth: bool,
 }
 
 /// One image waiting for the model.
@@ -373,7 +389,35 @@ async fn shutdown_signal() {
     eprintln!("famix serve: shutting down (finishing requests in flight)");
 }
 
+/// The routes: the page and health open, everything that uses the model behind the
+/// API key when there is one.
+fn router(app: Arc<App>, key: Option<super::serve_auth::ApiKey>, max_body: usize) -> Router {
+    let protected = Router::new()
+        .route("/v1/segment", post(segment))
+        .route("/v1/classes", get(classes))
+        .route("/v1/sample.png", get(sample))
+        .route("/metrics", get(metrics));
+    let protected = match key {
+        Some(k) => protected.route_layer(axum::middleware::from_fn_with_state(Arc::new(k), super::serve_auth::require_key)),
+        None => protected,
+    };
+    Router::new()
+        .route("/", get(page))
+        .route("/v1/health", get(health))
+        .merge(protected)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(app)
+}
+
 pub fn serve(a: ServeArgs) -> Result<i32> {
+    let key = super::serve_auth::resolve(&a.host, a.api_key_file.as_ref(), a.no_auth)?;
+    for (name, v) in
+        [("--header-timeout", a.header_timeout), ("--idle-timeout", a.idle_timeout), ("--max-connections", a.max_connections as u64)]
+    {
+        if v == 0 {
+            anyhow::bail!("{name} must be at least 1");
+        }
+    }
     let loaded = famix::model::checkpoint::load(&a.checkpoint, a.device.device, None)?;
     let mut model = loaded.model;
     if !a.no_fuse {
@@ -389,7 +433,7 @@ pub fn serve(a: ServeArgs) -> Result<i32> {
         health: json!({
             "ready": true, "device": famix::device::device_name(a.device.device), "precision": a.amp.name(),
             "checkpoint": loaded.path.display().to_string(), "checkpoint_sha256": famix::io::sha256_file(&loaded.path)?,
-            "classes": model.config.class_names.len(), "max_batch": a.max_batch,
+            "classes": model.config.class_names.len(), "max_batch": a.max_batch, "auth": key.is_some(),
         }),
         sample_png: sample_png()?,
     });
@@ -398,22 +442,24 @@ pub fn serve(a: ServeArgs) -> Result<i32> {
     let worker = std::thread::Builder::new()
         .name("famix-model".into())
         .spawn(move || model_loop(model, rx, precision, max_batch, wait, worker_metrics))?;
-    let router = Router::new()
-        .route("/", get(page))
-        .route("/v1/segment", post(segment))
-        .route("/v1/health", get(health))
-        .route("/v1/classes", get(classes))
-        .route("/v1/sample.png", get(sample))
-        .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(a.max_body_mb.saturating_mul(1 << 20)))
-        .with_state(app.clone());
+    let auth = key.is_some();
+    let router = router(app.clone(), key, a.max_body_mb.saturating_mul(1 << 20));
+    let limits = super::serve_net::NetLimits {
+        header_timeout: Duration::from_secs(a.header_timeout),
+        idle_timeout: Duration::from_secs(a.idle_timeout),
+        max_connections: a.max_connections,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
-        let addr: SocketAddr =
-            format!("{}:{}", a.host, a.port).parse().with_context(|| format!("--host {} --port {}: not an address", a.host, a.port))?;
+        let host = if a.host.eq_ignore_ascii_case("localhost") { "127.0.0.1" } else { a.host.as_str() };
+        let addr: SocketAddr = format!("{host}:{}", a.port)
+            .parse()
+            .or_else(|_| format!("[{host}]:{}", a.port).parse())
+            .with_context(|| format!("--host {} --port {}: not an address", a.host, a.port))?;
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        eprintln!("famix serve: listening on http://{}", listener.local_addr()?);
-        axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await.context("the server stopped")
+        eprintln!("famix serve: listening on http://{}{}", listener.local_addr()?, if auth { " (API key required)" } else { "" });
+        super::serve_net::serve(listener, router, limits, shutdown_signal()).await;
+        anyhow::Ok(())
     })?;
     drop(app);
     let _ = worker.join();
