@@ -26,8 +26,25 @@ pub mod stream {
     pub const MIX_BETA: u64 = 5;
     /// libtorch's generator (dropout, head initialisation).
     pub const TORCH_SEED: u64 = 6;
-    /// The demo's synthetic data.
+    /// The demo's synthetic data (famix before the procedural world).
     pub const DEMO: u64 = 7;
+    /// Synthetic world: layouts of segmentation sets.
+    pub const SYNTH_LAYOUT: u64 = 8;
+    /// Synthetic world: renderings (noise, weather) of a layout under a condition.
+    pub const SYNTH_RENDER: u64 = 9;
+    /// Synthetic world: layouts of the captioned set.
+    pub const SYNTH_CAPTIONED: u64 = 10;
+    /// Synthetic world: caption wording.
+    pub const SYNTH_CAPTION: u64 = 11;
+    /// CLIP pretraining: random crops.
+    pub const PRETRAIN_CROP: u64 = 12;
+}
+
+/// A stateless hash of three numbers, uniform in [0, 1): for values that must be a
+/// function of position (textures), without a generator per call.
+pub fn hash_unit(seed: u64, a: u64, b: u64) -> f64 {
+    let h = mix(mix(seed.wrapping_add(GOLDEN) ^ a.wrapping_mul(0xD1B5_4A32_D192_ED03)) ^ b.wrapping_mul(0xABC9_8388_FB8E_AC03));
+    (h >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
 #[derive(Debug, Clone)]

@@ -4,7 +4,8 @@
 #     in headless Chromium;
 #   ffmpeg (Debian package) — tests/video.rs makes and reads videos;
 #   tools/requirements-test.txt (PyPI, exact versions, into the project venv) — the real
-#     clients famix is checked against: TensorBoard's event reader, ONNX Runtime.
+#     clients famix is checked against: TensorBoard's event reader, ONNX Runtime,
+#     safetensors (tensors to and from PyTorch).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 sudo=""
@@ -19,7 +20,7 @@ if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; 
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null
 fi
-if ! "$here/.venv/bin/python" -c "import tensorboard, onnxruntime" >/dev/null 2>&1; then
+if ! "$here/.venv/bin/python" -c "import tensorboard, onnxruntime, safetensors" >/dev/null 2>&1; then
     echo "famix: installing the test clients (tools/requirements-test.txt) into .venv" >&2
     "$here/.venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$here/tools/requirements-test.txt"
 fi

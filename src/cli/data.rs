@@ -23,6 +23,10 @@ pub enum DataCommand {
     /// Draw a few samples with their labels (after conversion to train ids) and a class
     /// legend into DIR/index.html, to check a dataset layout by eye.
     Browse(BrowseArgs),
+    /// Generate the procedural driving world: the same street scenes under several
+    /// conditions (day, dusk, night, fog, rain, snow), one `folder` dataset per condition
+    /// with Cityscapes train-id labels, and optionally a captioned set for clip-pretrain.
+    Synth(super::synth::SynthArgs),
 }
 
 #[derive(Args)]
@@ -88,6 +92,7 @@ pub fn data(cmd: DataCommand) -> Result<i32> {
     let a = match cmd {
         DataCommand::Check(a) => a,
         DataCommand::Browse(a) => return browse(a),
+        DataCommand::Synth(a) => return super::synth::synth(a),
     };
     let splits: Vec<String> =
         if a.split.is_empty() { a.dataset.default_splits().into_iter().map(str::to_string).collect() } else { a.split.clone() };

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_run;
 mod clip_cmds;
+mod clip_pretrain;
 mod data;
 mod demo;
 mod eval;
@@ -11,7 +12,10 @@ mod predict;
 mod progress;
 mod report;
 mod serve;
+mod serve_auth;
+mod serve_net;
 mod styles;
+mod synth;
 mod train;
 mod video;
 mod writers;
@@ -46,6 +50,8 @@ enum Command {
     Tokenize(clip_cmds::TokenizeArgs),
     /// Zero-shot classification of images against text labels (CLIP sanity check).
     ZeroShot(clip_cmds::ZeroShotArgs),
+    /// Pretrain (or fine-tune) a CLIP ResNet on image–caption pairs (contrastive loss, learnt temperature, AdamW; resumable).
+    ClipPretrain(clip_pretrain::PretrainArgs),
     /// Download an OpenAI CLIP ResNet checkpoint (SHA-256 verified, resumable).
     DownloadClip(clip_cmds::DownloadArgs),
     /// Segment images: train-id PNGs, colour maps and overlays.
@@ -117,6 +123,7 @@ fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Tokenize(a) => clip_cmds::tokenize(a),
         Command::ZeroShot(a) => clip_cmds::zero_shot(a),
         Command::DownloadClip(a) => clip_cmds::download(a),
+        Command::ClipPretrain(a) => clip_pretrain::clip_pretrain(a),
         Command::Predict(a) => predict::predict(a),
         Command::ImportCheckpoint(a) => predict::import(a),
         Command::Eval(a) => eval::eval(a),

@@ -3,6 +3,7 @@
 
 pub mod download;
 pub mod preprocess;
+pub mod pretrain;
 pub mod resnet;
 pub mod text;
 pub mod tokenizer;
@@ -71,7 +72,9 @@ impl Clip {
         let tcfg = TextConfig::infer(&sd.tensors).with_context(|| format!("{}", path.display()))?;
         let mut clip = Self::random(&vcfg, tcfg.as_ref(), Device::Cpu, os);
         let has_text = tcfg.is_some();
-        crate::io::load_vars(&clip.vs, "", &sd.tensors, "", &|k| !has_text && k == "text_projection", path, "CLIP model")?;
+        // A pretraining checkpoint's optimiser state (optim.*) is not part of the model.
+        let ignore = |k: &str| (!has_text && k == "text_projection") || k.starts_with(crate::io::run_folder::EXTRA_PREFIX);
+        crate::io::load_vars(&clip.vs, "", &sd.tensors, "", &ignore, path, "CLIP model")?;
         clip.logit_scale = sd.tensors.get("logit_scale").map(|t| t.double_value(&[]));
         clip.vs.set_device(device);
         Ok(clip)

@@ -510,8 +510,14 @@ impl ModifiedResNet {
 
     /// layer4 features of an image batch, all BN in eval mode.
     pub fn forward_features(&self, x: &Tensor) -> Tensor {
-        let low = self.forward_low(x, false);
-        self.forward_high(&low, &|_, _| false)
+        self.forward_all(x, false)
+    }
+
+    /// layer4 features with every batch norm in train mode (`train`: batch
+    /// statistics, running-statistics updates) or eval mode.
+    pub fn forward_all(&self, x: &Tensor, train: bool) -> Tensor {
+        let low = self.forward_low(x, train);
+        self.forward_high(&low, &|_, _| train)
     }
 
     /// The attention-pooled CLIP image embedding.

@@ -1,9 +1,11 @@
 //! Datasets, label conversion, augmentation and the threaded loader.
 pub mod augment;
+pub mod captions;
 pub mod datasets;
 pub mod labels;
 pub mod loader;
 pub mod prefetch;
+pub mod synth;
 pub mod synthetic;
 
 pub use datasets::{Dataset, DatasetKind};

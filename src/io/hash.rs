@@ -21,3 +21,8 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     }
     Ok(h.finalize().iter().map(|x| format!("{x:02x}")).collect())
 }
+
+/// Lower-case hex SHA-256 of bytes (cache keys).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|x| format!("{x:02x}")).collect()
+}

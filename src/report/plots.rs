@@ -221,6 +221,106 @@ pub fn confusion_heatmap(path: &Path, title: &str, names: &[String], matrix: &[u
     })
 }
 
+/// One series of a grouped bar chart: a name, a colour and a (mean, spread) per group.
+pub struct BarSeries {
+    /// Legend entry.
+    pub name: String,
+    /// Bar colour (RGB).
+    pub color: [u8; 3],
+    /// (mean, ± spread) per group; a NaN mean draws no bar, a zero spread no whisker.
+    pub values: Vec<(f64, f64)>,
+}
+
+/// Vertical bars grouped by `groups` (one bar per series in each group), with
+/// ± spread whiskers and a legend.
+pub fn grouped_bar_chart(path: &Path, title: &str, y_label: &str, groups: &[String], series: &[BarSeries]) -> Result<()> {
+    if groups.is_empty() || series.is_empty() || series.iter().any(|s| s.values.len() != groups.len()) {
+        return Err(format_err!("{title}: every series needs one value per group"));
+    }
+    let top = series.iter().flat_map(|s| s.values.iter().map(|(m, e)| m + e)).filter(|v| v.is_finite()).fold(1.0f64, f64::max) * 1.12;
+    let (g, n) = (groups.len() as f64, series.len() as f64);
+    let width = (180.0 + g * (n * 22.0 + 30.0)).max(700.0) as u32;
+    render(path, width, 520, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 22))
+            .margin(14)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..g, 0f64..top)
+            .map_err(draw_err(title))?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(groups.len() * 2 + 1)
+            .x_label_formatter(&|v| {
+                let i = (v - 0.5).round();
+                if (v - 0.5 - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < groups.len() {
+                    groups[i as usize].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc(y_label)
+            .label_style((FONT, 14))
+            .draw()
+            .map_err(draw_err(title))?;
+        let slot = 0.8 / n;
+        for (k, s) in series.iter().enumerate() {
+            let c = RGBColor(s.color[0], s.color[1], s.color[2]);
+            let x0 = |gi: usize| gi as f64 + 0.1 + k as f64 * slot;
+            let bars = s
+                .values
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v.0.is_finite())
+                .map(|(gi, v)| Rectangle::new([(x0(gi), 0.0), (x0(gi) + slot * 0.9, v.0)], c.filled()));
+            chart
+                .draw_series(bars)
+                .map_err(draw_err(title))?
+                .label(s.name.clone())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], c.filled()));
+            let whiskers = s.values.iter().enumerate().filter(|(_, v)| v.0.is_finite() && v.1 > 0.0).map(|(gi, v)| {
+                let xm = x0(gi) + slot * 0.45;
+                PathElement::new(vec![(xm, v.0 - v.1), (xm, v.0 + v.1)], BLACK.stroke_width(1))
+            });
+            chart.draw_series(whiskers).map_err(draw_err(title))?;
+        }
+        chart
+            .configure_series_labels()
+            .label_font((FONT, 13))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(draw_err(title))
+    })
+}
+
+/// `body` under a white header band of `height` pixels with one centred title per
+/// column (columns `column_width` wide, `gap` apart, as `hstack` lays them out).
+pub fn with_column_titles(body: &Image8, titles: &[String], column_width: usize, gap: usize, height: usize) -> Result<Image8> {
+    register_font();
+    let (w, h) = (body.width, body.height + height);
+    let mut buf = vec![255u8; w * h * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w as u32, h as u32)).into_drawing_area();
+        let style = TextStyle::from((FONT, 15).into_font()).pos(plotters::style::text_anchor::Pos::new(
+            plotters::style::text_anchor::HPos::Center,
+            plotters::style::text_anchor::VPos::Center,
+        ));
+        for (i, t) in titles.iter().enumerate() {
+            let x = i * (column_width + gap) + column_width / 2;
+            root.draw_text(t, &style, (x as i32, (height / 2) as i32)).map_err(draw_err("a column title"))?;
+        }
+        root.present().map_err(draw_err("the titles"))?;
+    }
+    for y in 0..body.height {
+        let src = &body.data[y * w * 3..(y + 1) * w * 3];
+        buf[(y + height) * w * 3..(y + height + 1) * w * 3].copy_from_slice(src);
+    }
+    Ok(Image8 { width: w, height: h, channels: 3, data: buf })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,9 +344,26 @@ mod tests {
         line_chart(&dir.path().join("l.png"), "loss", "iteration", "loss", &[s], Some((20.0, 1.5))).unwrap();
         bar_chart(&dir.path().join("b.png"), "IoU", &names, &[0.5, f64::NAN, 0.9]).unwrap();
         confusion_heatmap(&dir.path().join("c.png"), "confusion", &names, &[5, 1, 0, 0, 0, 0, 2, 2, 9]).unwrap();
-        for f in ["l.png", "b.png", "c.png"] {
+        let series = [
+            BarSeries { name: "a".into(), color: [200, 0, 0], values: vec![(50.0, 2.0), (30.0, 0.0), (f64::NAN, 0.0)] },
+            BarSeries { name: "b".into(), color: [0, 0, 200], values: vec![(40.0, 1.0), (35.0, 3.0), (10.0, 1.0)] },
+        ];
+        grouped_bar_chart(&dir.path().join("g.png"), "mIoU", "%", &names, &series).unwrap();
+        for f in ["l.png", "b.png", "c.png", "g.png"] {
             assert!(distinct_colors(&dir.path().join(f)) > 20, "{f} looks blank");
         }
         assert!(confusion_heatmap(&dir.path().join("x.png"), "bad", &names, &[1, 2]).is_err());
+        assert!(grouped_bar_chart(&dir.path().join("y.png"), "bad", "%", &names[..1], &series).is_err());
+    }
+
+    /// Titles are drawn into the header band (dark pixels there), and the body is
+    /// copied below it unchanged.
+    #[test]
+    fn column_titles_sit_above_the_body() {
+        let body = Image8::new(210, 40, 3, 90);
+        let out = with_column_titles(&body, &["target".into(), "FAMix".into()], 100, 10, 24).unwrap();
+        assert_eq!((out.width, out.height), (210, 64));
+        assert!(out.data[..210 * 24 * 3].iter().any(|&v| v < 128), "no title drawn");
+        assert_eq!(&out.data[210 * 24 * 3..], &body.data[..]);
     }
 }

@@ -1,0 +1,192 @@
+//! The demo's outputs: `results.json` (every row × seed × condition, for other tools),
+//! `results.md` (mean ± sample std over seeds per cell, and the paper's claims
+//! checked), `results.png` (grouped bars with ± std whiskers) and `comparison.png`
+//! (per test condition: image | ground truth | each row's prediction, titled).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde_json::json;
+
+use famix::data::synth::Condition;
+use famix::data::{Dataset, DatasetKind};
+use famix::imageops::Filter;
+use famix::render::colorize;
+use famix::report::plots::{grouped_bar_chart, with_column_titles, BarSeries};
+use famix::report::{panel_row, vstack};
+use famix::{PredictOptions, Segmenter};
+
+use super::ablation::{Row, RunResult, Settings};
+use super::world::World;
+
+/// The table's columns: source, the validation condition, each test condition, and
+/// the mean over the test conditions.
+pub fn columns(s: &Settings) -> Vec<String> {
+    let mut c = vec!["source".to_string(), s.validation.name().to_string()];
+    c.extend(s.tests.iter().map(|t| t.name().to_string()));
+    c.push("test mean".into());
+    c
+}
+
+/// A run's value in a column (the test mean computed from its conditions).
+fn cell(r: &RunResult, column: &str, s: &Settings) -> f64 {
+    if column == "test mean" {
+        s.tests.iter().map(|t| r.miou[t.name()]).sum::<f64>() / s.tests.len() as f64
+    } else {
+        r.miou[column]
+    }
+}
+
+/// Mean and sample standard deviation (n − 1; 0 for one value).
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 { v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (m, var.sqrt())
+}
+
+/// Per row and column: (mean, std) over seeds.
+pub fn summary(results: &[RunResult], s: &Settings) -> BTreeMap<(usize, String), (f64, f64)> {
+    let mut out = BTreeMap::new();
+    for (ri, row) in s.rows.iter().enumerate() {
+        for c in columns(s) {
+            let v: Vec<f64> = results.iter().filter(|r| r.row == *row).map(|r| cell(r, &c, s)).collect();
+            out.insert((ri, c), mean_std(&v));
+        }
+    }
+    out
+}
+
+fn relative(path: &Path, base: &Path) -> String {
+    path.strip_prefix(base).unwrap_or(path).display().to_string()
+}
+
+/// results.json.
+pub fn write_json(out: &Path, world: &World, s: &Settings, results: &[RunResult]) -> Result<PathBuf> {
+    let conditions: serde_json::Map<String, serde_json::Value> =
+        std::iter::once(s.validation).chain(s.tests.iter().copied()).map(|c| (c.name().to_string(), json!(world.root(c)))).collect();
+    let runs: Vec<serde_json::Value> = results
+        .iter()
+        .map(|r| json!({"row": r.row.id(), "seed": r.seed, "checkpoint": relative(&r.checkpoint, out), "miou": r.miou}))
+        .collect();
+    let doc = json!({
+        "source_root": world.root(Condition::Day), "conditions": conditions, "runs": runs,
+        "validation_condition": s.validation.name(), "test_conditions": s.tests.iter().map(|t| t.name()).collect::<Vec<_>>(),
+        "settings": s, "clip": world.clip,
+    });
+    let path = out.join("results.json");
+    famix::io::atomic_write_json(&path, &doc)?;
+    Ok(path)
+}
+
+/// The paper's claims, checked on the means: (iv) − (ii) on the test mean, (ii) − (i)
+/// on the test mean, and FAMix's source mIoU against (ii)'s.
+pub fn claims(sum: &BTreeMap<(usize, String), (f64, f64)>, s: &Settings) -> Vec<String> {
+    let idx = |r: Row| s.rows.iter().position(|x| *x == r);
+    let get = |r: Row, c: &str| idx(r).and_then(|i| sum.get(&(i, c.to_string()))).map(|v| v.0);
+    let mut out = Vec::new();
+    if let (Some(f), Some(m)) = (get(Row::Famix, "test mean"), get(Row::Minimal, "test mean")) {
+        out.push(format!("(iv) FAMix − (ii) minimal on the test mean: {:+.2} points (the paper's claim: ≥ +3)", f - m));
+    }
+    if let (Some(m), Some(full)) = (get(Row::Minimal, "test mean"), get(Row::FullFt, "test mean")) {
+        out.push(format!("(ii) minimal − (i) full fine-tuning on the test mean: {:+.2} points (claim: > 0)", m - full));
+    }
+    if let (Some(f), Some(m)) = (get(Row::Famix, "source"), get(Row::Minimal, "source")) {
+        out.push(format!("(iv) FAMix − (ii) minimal on the source: {:+.2} points (claim: within ±2)", f - m));
+    }
+    out
+}
+
+/// results.md: the mean ± std table, the per-seed values and the claims.
+pub fn write_markdown(out: &Path, s: &Settings, results: &[RunResult], seeds: &[u64]) -> Result<PathBuf> {
+    let cols = columns(s);
+    let sum = summary(results, s);
+    let mut md = format!(
+        "# famix demo: the FAMix ablation in miniature\n\nmIoU % (mean ± sample std over seeds {seeds:?}); trained on `day` only; `{}` is the validation condition (settings may be chosen on it), {} are the unseen test conditions.\n\n| row | {} |\n|---|{}\n",
+        s.validation.name(),
+        s.tests.iter().map(|t| format!("`{}`", t.name())).collect::<Vec<_>>().join(", "),
+        cols.join(" | "),
+        "---:|".repeat(cols.len())
+    );
+    for (ri, row) in s.rows.iter().enumerate() {
+        let cells: Vec<String> = cols.iter().map(|c| sum[&(ri, c.clone())]).map(|(m, sd)| format!("{m:.2} ± {sd:.2}")).collect();
+        md.push_str(&format!("| {} | {} |\n", row.title(), cells.join(" | ")));
+    }
+    md.push_str("\n## Per seed\n\n| row | seed | ");
+    md.push_str(&format!("{} |\n|---|---:|{}\n", cols.join(" | "), "---:|".repeat(cols.len())));
+    for r in results {
+        let cells: Vec<String> = cols.iter().map(|c| format!("{:.2}", cell(r, c, s))).collect();
+        md.push_str(&format!("| {} | {} | {} |\n", r.row.id(), r.seed, cells.join(" | ")));
+    }
+    md.push_str("\n## The paper's claims, on the means\n\n");
+    for c in claims(&sum, s) {
+        md.push_str(&format!("- {c}\n"));
+    }
+    let path = out.join("results.md");
+    famix::io::atomic_write(&path, md.as_bytes())?;
+    Ok(path)
+}
+
+const ROW_COLORS: [[u8; 3]; 5] = [[150, 150, 150], [80, 120, 200], [240, 160, 60], [200, 50, 50], [90, 170, 90]];
+
+/// results.png: grouped bars per column, one bar per row, ± std whiskers.
+pub fn write_chart(out: &Path, s: &Settings, results: &[RunResult]) -> Result<PathBuf> {
+    let cols = columns(s);
+    let sum = summary(results, s);
+    let series: Vec<BarSeries> = s
+        .rows
+        .iter()
+        .enumerate()
+        .map(|(ri, row)| BarSeries {
+            name: row.title().to_string(),
+            color: ROW_COLORS[Row::ALL.iter().position(|r| r == row).unwrap_or(0)],
+            values: cols.iter().map(|c| sum[&(ri, c.clone())]).collect(),
+        })
+        .collect();
+    let path = out.join("results.png");
+    grouped_bar_chart(&path, "famix demo: mIoU per condition (trained on day only)", "mIoU %", &cols, &series)?;
+    Ok(path)
+}
+
+/// comparison.png: for the first validation image of each test condition, the image,
+/// its ground truth and each row's prediction (the first seed's models), with titles.
+pub fn write_comparison(out: &Path, world: &World, s: &Settings, results: &[RunResult], device: tch::Device) -> Result<PathBuf> {
+    const PANEL: usize = 192;
+    let seed = results.first().map(|r| r.seed).unwrap_or(1);
+    let models: Vec<Segmenter> = s
+        .rows
+        .iter()
+        .filter_map(|row| results.iter().find(|r| r.row == *row && r.seed == seed))
+        .map(|r| Segmenter::load(&r.checkpoint, device))
+        .collect::<famix::Result<_>>()?;
+    let mut rows = Vec::new();
+    for t in &s.tests {
+        let ds = Dataset::open(DatasetKind::Folder, world.root(*t), "val", None)?;
+        let (img, lbl) = ds.load(0)?;
+        let palette = &models[0].config.palette;
+        let mut panels = vec![(img.clone(), Filter::Bilinear), (colorize(&lbl, palette), Filter::Nearest)];
+        for m in &models {
+            panels.push((colorize(&m.predict(&img, &PredictOptions::default())?.train_ids, palette), Filter::Nearest));
+        }
+        let refs: Vec<_> = panels.iter().map(|(i, f)| (i, *f)).collect();
+        rows.push(panel_row(&refs, PANEL));
+    }
+    let grid = vstack(&rows, 4);
+    let mut titles = vec![format!("image ({})", s.tests.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")), "ground truth".into()];
+    titles.extend(s.rows.iter().map(|r| short_title(*r).to_string()));
+    let titled = with_column_titles(&grid, &titles, PANEL, 4, 28)?;
+    let path = out.join("comparison.png");
+    titled.save_png(&path)?;
+    Ok(path)
+}
+
+fn short_title(r: Row) -> &'static str {
+    match r {
+        Row::FullFt => "(i) full FT",
+        Row::Minimal => "(ii) minimal FT",
+        Row::StylesNoMix => "(iii) styles, no mix",
+        Row::Famix => "(iv) FAMix",
+        Row::Poda => "(v) PØDA prompts",
+    }
+}
