@@ -26,7 +26,8 @@ pub mod stream {
     pub const MIX_BETA: u64 = 5;
     /// libtorch's generator (dropout, head initialisation).
     pub const TORCH_SEED: u64 = 6;
-    /// The demo's synthetic data (famix before the procedural world).
+    /// Reserved: the synthetic data of famix before the procedural world (numbers
+    /// are never reused, so old results stay reproducible with old versions).
     pub const DEMO: u64 = 7;
     /// Synthetic world: layouts of segmentation sets.
     pub const SYNTH_LAYOUT: u64 = 8;

@@ -364,12 +364,13 @@ async fn sample(State(app): State<Arc<App>>) -> Response {
     ([(header::CONTENT_TYPE, "image/png")], app.sample_png.clone()).into_response()
 }
 
-/// A built-in street scene (the demo's synthetic day style), so the page works with
+/// A built-in street scene (the procedural world's day look), so the page works with
 /// no file at hand.
 fn sample_png() -> Result<Vec<u8>> {
-    let mut rng = famix::rng::Rng::derive(1, &[famix::rng::stream::DEMO, 999]);
-    let layout = famix::data::synthetic::layout(512, 256, &mut rng);
-    let img = famix::data::synthetic::render(&layout, &famix::data::synthetic::DomainStyle::day(), &mut rng);
+    use famix::data::synth::{scene_image, Condition, SynthSize};
+    let mut layout = famix::rng::Rng::derive(1, &[famix::rng::stream::SYNTH_LAYOUT, 999]);
+    let mut render = famix::rng::Rng::derive(1, &[famix::rng::stream::SYNTH_RENDER, 999]);
+    let (img, _) = scene_image(&mut layout, &mut render, SynthSize { width: 512, height: 256 }, Condition::Day);
     Ok(img.to_png()?)
 }
 

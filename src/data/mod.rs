@@ -6,7 +6,6 @@ pub mod labels;
 pub mod loader;
 pub mod prefetch;
 pub mod synth;
-pub mod synthetic;
 
 pub use datasets::{Dataset, DatasetKind};
 
