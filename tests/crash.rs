@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 use famix::style::bank::StyleBank;
@@ -16,16 +15,6 @@ fn train_args(run: &Path, bank: &Path) -> Vec<String> {
     let extra =
         ["--iters", "6", "--val-dataset", "cityscapes", "--val-root", &val, "--val-interval", "3", "--log-interval", "1", "--workers", "2"];
     common::train_args(run, bank, &extra)
-}
-
-/// Runs famix with `FAMIX_CRASH_AT=at` (None: no crash); returns whether it exited 0.
-fn famix_crashing(args: &[String], at: Option<u32>) -> bool {
-    let mut c = Command::new(famix_bin());
-    c.args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-    if let Some(n) = at {
-        c.env("FAMIX_CRASH_AT", n.to_string());
-    }
-    c.status().unwrap().success()
 }
 
 fn tensors(p: &Path) -> std::collections::HashMap<String, tch::Tensor> {

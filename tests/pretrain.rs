@@ -105,16 +105,6 @@ fn pretraining_learns_the_words_of_its_world() {
     assert_eq!(code, 0, "{err}");
 }
 
-/// Runs famix with `FAMIX_CRASH_AT=at` (None: no crash); whether it exited 0.
-fn famix_crashing(args: &[String], at: Option<u32>) -> bool {
-    let mut c = Command::new(famix_bin());
-    c.args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-    if let Some(n) = at {
-        c.env("FAMIX_CRASH_AT", n.to_string());
-    }
-    c.status().unwrap().success()
-}
-
 fn same_tensors(a: &Path, b: &Path) -> Result<(), String> {
     let (ta, tb) = (famix::io::archive::load_file(a).unwrap().into_map(), famix::io::archive::load_file(b).unwrap().into_map());
     if ta.len() != tb.len() {

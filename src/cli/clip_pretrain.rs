@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 
 use famix::clip::pretrain::{pretrain, PretrainConfig, PretrainOptions};
 use famix::clip::{ResNetConfig, TextConfig};
-use famix::io::run_folder::{read_config, RunFolder};
+use famix::io::run_folder::RunFolder;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Arch {
@@ -178,28 +178,9 @@ fn new_config(a: &PretrainArgs) -> Result<PretrainConfig> {
 }
 
 pub fn clip_pretrain(a: PretrainArgs) -> Result<i32> {
-    let (cfg, run, resume) = match &a.resume {
-        Some(run) => {
-            let fixed = fixed_on_resume(&a);
-            if !fixed.is_empty() {
-                bail!(
-                    "{} cannot change with --resume: the run keeps its settings in {} (only --iters may extend it)",
-                    fixed.join(", "),
-                    RunFolder::new(run).config().display()
-                );
-            }
-            let mut cfg: PretrainConfig = read_config(&RunFolder::new(run))?;
-            cfg.iters = a.iters.unwrap_or(cfg.iters);
-            (cfg, run.clone(), true)
-        }
-        None => {
-            let out = a.out.clone().context("--out RUN is needed for a new run")?;
-            if RunFolder::new(&out).latest().exists() && !a.force {
-                bail!("{} already holds a run: continue it with --resume {}, or pass --force to start over", out.display(), out.display());
-            }
-            (new_config(&a)?, out, false)
-        }
-    };
+    let extend = |c: &mut PretrainConfig| c.iters = a.iters.unwrap_or(c.iters);
+    let (cfg, run, resume) =
+        super::run_target(a.resume.as_ref(), a.out.as_ref(), a.force, &fixed_on_resume(&a), extend, || new_config(&a))?;
     cfg.check()?;
     let opts = PretrainOptions {
         device: a.device.device,

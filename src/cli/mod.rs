@@ -227,3 +227,36 @@ impl ShardArgs {
         Ok(famix::shard::Shard::from_flags(self.shard.as_deref(), self.shards)?)
     }
 }
+
+/// Where a resumable job writes and with which settings: with `--resume RUN`, the
+/// run's saved configuration (`fixed`: the flags given that define a run, refused by
+/// name; `extend` may change what `--iters` extends); else a new run into `out` with
+/// `new()`'s configuration, refused if `out` already holds a checkpoint unless
+/// `--force`. Returns (configuration, run folder, resume).
+pub fn run_target<C: serde::de::DeserializeOwned>(
+    resume: Option<&std::path::PathBuf>,
+    out: Option<&std::path::PathBuf>,
+    force: bool,
+    fixed: &[&str],
+    extend: impl FnOnce(&mut C),
+    new: impl FnOnce() -> anyhow::Result<C>,
+) -> anyhow::Result<(C, std::path::PathBuf, bool)> {
+    use famix::io::run_folder::{read_config, RunFolder};
+    if let Some(run) = resume {
+        if !fixed.is_empty() {
+            anyhow::bail!(
+                "{} cannot change with --resume: a run keeps its settings in {} (only --iters may extend it; start a new run with --out to change them)",
+                fixed.join(", "),
+                RunFolder::new(run).config().display()
+            );
+        }
+        let mut cfg: C = read_config(&RunFolder::new(run))?;
+        extend(&mut cfg);
+        return Ok((cfg, run.clone(), true));
+    }
+    let out = out.ok_or_else(|| anyhow::anyhow!("--out is needed for a new run"))?;
+    if RunFolder::new(out).latest().exists() && !force {
+        anyhow::bail!("{} already holds a run: continue it with --resume {}, or pass --force to start over", out.display(), out.display());
+    }
+    Ok((new()?, out.clone(), false))
+}

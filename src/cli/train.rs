@@ -1,13 +1,12 @@
 //! `famix train`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 
 use famix::clip::OutputStride;
 use famix::data::DatasetKind;
-use famix::io::run_folder::RunFolder;
 use famix::io::sha256_file;
 use famix::model::{FreezePolicy, HeadConfig};
 use famix::style::mixing::StyleMode;
@@ -182,23 +181,6 @@ fn fixed_on_resume(a: &TrainArgs) -> Vec<&'static str> {
     given.iter().filter(|(_, g)| *g).map(|(n, _)| *n).collect()
 }
 
-/// The saved configuration of the run in `run`, with `--iters` applied.
-fn resumed_config(a: &TrainArgs, run: &Path) -> Result<TrainConfig> {
-    let fixed = fixed_on_resume(a);
-    if !fixed.is_empty() {
-        bail!(
-            "{} cannot change with --resume: a run keeps the settings in {} (only --iters may extend it; start a new run with --out to change them)",
-            fixed.join(", "),
-            RunFolder::new(run).config().display()
-        );
-    }
-    let mut cfg: TrainConfig = famix::io::run_folder::read_config(&RunFolder::new(run))?;
-    if let Some(i) = a.iters {
-        cfg.iters = i;
-    }
-    Ok(cfg)
-}
-
 /// A new run's configuration: the reference's (`TrainConfig::reference`) with the
 /// flags given on top.
 fn new_config(a: &TrainArgs) -> Result<TrainConfig> {
@@ -266,16 +248,9 @@ fn override_values(a: &TrainArgs, c: &mut TrainConfig) {
 }
 
 pub fn train(a: TrainArgs) -> Result<i32> {
-    let (cfg, run, resume) = match &a.resume {
-        Some(run) => (resumed_config(&a, run)?, run.clone(), true),
-        None => {
-            let out = a.out.clone().context("--out RUN_DIR is needed for a new run")?;
-            if RunFolder::new(&out).latest().exists() && !a.force {
-                bail!("{} already holds a run: continue it with --resume {}, or pass --force to start over", out.display(), out.display());
-            }
-            (new_config(&a)?, out, false)
-        }
-    };
+    let extend = |c: &mut TrainConfig| c.iters = a.iters.unwrap_or(c.iters);
+    let (cfg, run, resume) =
+        super::run_target(a.resume.as_ref(), a.out.as_ref(), a.force, &fixed_on_resume(&a), extend, || new_config(&a))?;
     check_config(&cfg)?;
     let tensorboard = a.tensorboard.clone().map(|d| d.unwrap_or_else(|| run.join("tensorboard")));
     let opts = RunOptions {

@@ -156,3 +156,30 @@ pub fn cyclic_persistent_id_zip() -> Vec<u8> {
     }
     buf.into_inner()
 }
+
+/// Runs famix with `FAMIX_CRASH_AT=at` (None: no crash), output discarded; whether it
+/// exited 0. The hook aborts the process at the N-th durable step, as `kill -9` would.
+pub fn famix_crashing(args: &[String], at: Option<u32>) -> bool {
+    let mut c = std::process::Command::new(famix_bin());
+    c.args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    if let Some(n) = at {
+        c.env("FAMIX_CRASH_AT", n.to_string());
+    }
+    c.status().unwrap().success()
+}
+
+/// `famix eval` of `checkpoint` on the mini Cityscapes fixture (CPU).
+pub fn eval_cityscapes_mini(checkpoint: &std::path::Path) -> (i32, String, String) {
+    let cs = fixture("cityscapes_mini");
+    run_famix(&[
+        "eval",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--dataset",
+        "cityscapes",
+        "--data-root",
+        cs.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ])
+}
