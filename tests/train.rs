@@ -190,7 +190,7 @@ fn resume_is_exact_and_runs_are_complete() {
     assert_eq!(max_abs_diff(&va["backbone.layer2.0.conv1.weight"], &clip["visual.layer2.0.conv1.weight"]), 0.0);
     assert_ne!(max_abs_diff(&va["backbone.layer4.2.conv2.weight"], &clip["visual.layer4.2.conv2.weight"]), 0.0);
     // Checkpoints from a run work with eval and predict as they are.
-    let (code, out, err) = eval_cityscapes_mini(&straight.join("best.safetensors"));
+    let (code, out, err) = eval_cityscapes_mini(&straight.join("best.safetensors"), &[]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("mIoU"));
     // Extending a finished run with --iters continues it.
@@ -319,7 +319,7 @@ fn incomplete_or_poisoned_checkpoints_and_early_resumes() {
     // inf in a batch-norm running variance: eval and resume refuse it by name.
     std::fs::write(&latest, &original).unwrap();
     rewrite(&|_: &str| true, Some("backbone.layer4.0.bn2.running_var"));
-    let (code, _, err) = eval_cityscapes_mini(&latest);
+    let (code, _, err) = eval_cityscapes_mini(&latest, &[]);
     assert_eq!(code, 1);
     assert!(err.contains("backbone.layer4.0.bn2.running_var") && err.contains("non-finite"), "{err}");
     let (code, _, err) = resume(&[]);

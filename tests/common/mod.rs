@@ -168,10 +168,10 @@ pub fn famix_crashing(args: &[String], at: Option<u32>) -> bool {
     c.status().unwrap().success()
 }
 
-/// `famix eval` of `checkpoint` on the mini Cityscapes fixture (CPU).
-pub fn eval_cityscapes_mini(checkpoint: &std::path::Path) -> (i32, String, String) {
+/// `famix eval` of `checkpoint` on the mini Cityscapes fixture (CPU), then `extra` flags.
+pub fn eval_cityscapes_mini(checkpoint: &std::path::Path, extra: &[&str]) -> (i32, String, String) {
     let cs = fixture("cityscapes_mini");
-    run_famix(&[
+    let base = [
         "eval",
         "--checkpoint",
         checkpoint.to_str().unwrap(),
@@ -181,5 +181,6 @@ pub fn eval_cityscapes_mini(checkpoint: &std::path::Path) -> (i32, String, Strin
         cs.to_str().unwrap(),
         "--device",
         "cpu",
-    ])
+    ];
+    run_famix(&base.iter().chain(extra).copied().collect::<Vec<_>>())
 }
