@@ -14,15 +14,17 @@ setup:
 build: setup
 	cargo build --release
 
-# Hygiene first (formatting, lints, docs, the library without the CLI features),
-# then every test: unit, integration (PyTorch-parity fixtures, CLI), doc tests.
+# Hygiene first (formatting, lints, docs, the library alone and free of CLI/server
+# crates), then every test: unit, integration (PyTorch-parity fixtures, CLI), doc tests.
 test: build
 	tools/setup-test-deps.sh
-	cargo fmt --check
-	cargo clippy --release --all-targets -- -D warnings
-	RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps
-	cargo build --release --lib --no-default-features
-	cargo test --release
+	cargo fmt --all --check
+	cargo clippy --release --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --release --workspace --no-deps
+	cargo build --release -p famix
+	@if cargo tree -p famix -e normal --prefix none | grep -E '^(clap|indicatif|anyhow|axum|tokio|prometheus) '; then \
+		echo "the famix library must not depend on the crates above" >&2; exit 1; fi
+	cargo test --release --workspace
 
 demo: build
 	$(FAMIX) demo --out demo-out

@@ -1,4 +1,4 @@
-"""Regenerates famix's committed PyTorch parity fixtures (tests/fixtures/).
+"""Regenerates famix's committed PyTorch parity fixtures (crates/famix-cli/tests/fixtures/).
 
 Run with `make fixtures` (torch 2.11 venv + numpy/ftfy/regex/pillow/open_clip's
 tokenizer). Everything is seeded, so reruns give identical files.
@@ -30,8 +30,8 @@ import famix_ref as R  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-OUT = os.path.join(ROOT, "tests", "fixtures")
-PROMPTS = json.load(open(os.path.join(ROOT, "assets", "prompts.json")))
+OUT = os.path.join(ROOT, "crates", "famix-cli", "tests", "fixtures")
+PROMPTS = json.load(open(os.path.join(ROOT, "crates", "famix", "assets", "prompts.json")))
 
 torch.set_num_threads(2)
 

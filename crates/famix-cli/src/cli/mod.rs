@@ -1,0 +1,270 @@
+//! The `famix` command line: one subcommand per job.
+
+mod bench;
+mod bench_run;
+mod clip_cmds;
+mod clip_pretrain;
+mod data;
+mod demo;
+mod eval;
+mod export;
+mod predict;
+mod progress;
+mod report;
+mod serve;
+mod serve_auth;
+mod serve_net;
+mod styles;
+mod synth;
+mod train;
+mod video;
+mod writers;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "famix",
+    version,
+    about = "FAMix: language-guided domain-generalised semantic segmentation (CLIP ResNet + DeepLabv3+, libtorch)",
+    long_about = None,
+    // A flag given twice takes its last value (scripts can append overrides).
+    args_override_self = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+// Parsed once per process; boxing the big argument structs would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum Command {
+    /// The paper's ablation in miniature: a procedural driving world, a CLIP pretrained on its captions, five recipes x three seeds (5-7 minutes on a CPU).
+    Demo(demo::DemoArgs),
+    /// Print CLIP image embeddings of images (one JSON line per image).
+    EncodeImage(clip_cmds::EncodeImageArgs),
+    /// Print CLIP text embeddings (one JSON line per text).
+    EncodeText(clip_cmds::EncodeTextArgs),
+    /// Print CLIP BPE token ids (one JSON line per text).
+    Tokenize(clip_cmds::TokenizeArgs),
+    /// Zero-shot classification of images against text labels (CLIP sanity check).
+    ZeroShot(clip_cmds::ZeroShotArgs),
+    /// Pretrain (or fine-tune) a CLIP ResNet on image–caption pairs (contrastive loss, learnt temperature, AdamW; resumable).
+    ClipPretrain(clip_pretrain::PretrainArgs),
+    /// Download an OpenAI CLIP ResNet checkpoint (SHA-256 verified, resumable).
+    DownloadClip(clip_cmds::DownloadArgs),
+    /// Segment images: train-id PNGs, colour maps and overlays.
+    Predict(predict::PredictArgs),
+    /// Convert a reference FAMix .pth checkpoint into a famix checkpoint.
+    ImportCheckpoint(predict::ImportArgs),
+    /// Export a segmenter as an ONNX graph (BatchNorm folded; dynamic batch/height/width) for ONNX Runtime, TensorRT, ...
+    Export(export::ExportArgs),
+    /// Evaluate a checkpoint on a dataset split (mIoU, per-class IoU, accuracy).
+    Eval(eval::EvalArgs),
+    /// Dataset utilities.
+    #[command(subcommand)]
+    Data(data::DataCommand),
+    /// Mine per-class styles from text prompts with CLIP (patch-wise PIN) into a style bank.
+    MineStyles(styles::MineArgs),
+    /// Inspect or import style banks.
+    #[command(subcommand)]
+    Styles(styles::StylesCommand),
+    /// Train a segmenter with local style mixing (resumable).
+    Train(train::TrainArgs),
+    /// Write an HTML report of a training run: loss, learning rates, validation mIoU, per-class IoU, confusion matrix, sample predictions.
+    Report(report::ReportArgs),
+    /// Time training, inference, style mining and data loading (JSON with --json).
+    Bench(bench::BenchArgs),
+    /// Serve segmentation over HTTP (JSON/PNG API, a web page, Prometheus metrics).
+    Serve(serve::ServeArgs),
+}
+
+/// Runs the CLI; returns the process exit code. Errors print their whole cause chain.
+/// A panic (a famix bug: every user value should be refused with an error first) is
+/// caught at the command boundary and reported in one line, never as an abort with a
+/// C++ backtrace.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    static PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        let line = msg.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        *PANIC.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{line}{at}"));
+    }));
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(cli.command))) {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            1
+        }
+        Err(_) => {
+            let msg = PANIC.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
+            eprintln!("error: internal error: {msg}\n  this is a famix bug; please report it with the command that caused it");
+            101
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<i32> {
+    match command {
+        Command::Demo(a) => demo::demo(a),
+        Command::EncodeImage(a) => clip_cmds::encode_image(a),
+        Command::EncodeText(a) => clip_cmds::encode_text(a),
+        Command::Tokenize(a) => clip_cmds::tokenize(a),
+        Command::ZeroShot(a) => clip_cmds::zero_shot(a),
+        Command::DownloadClip(a) => clip_cmds::download(a),
+        Command::ClipPretrain(a) => clip_pretrain::clip_pretrain(a),
+        Command::Predict(a) => predict::predict(a),
+        Command::ImportCheckpoint(a) => predict::import(a),
+        Command::Eval(a) => eval::eval(a),
+        Command::Export(a) => export::export(a),
+        Command::Data(c) => data::data(c),
+        Command::MineStyles(a) => styles::mine_styles(a),
+        Command::Styles(c) => styles::styles(c),
+        Command::Train(a) => train::train(a),
+        Command::Report(a) => report::report(a),
+        Command::Bench(a) => bench::bench(a),
+        Command::Serve(a) => serve::serve(a),
+    }
+}
+
+/// `--device` help shared by the subcommands that compute.
+pub const DEVICE_HELP: &str = "Device: auto (first CUDA GPU if any, else CPU), cpu, cuda or cuda:N";
+
+/// `--device`, parsed once into a device (the one definition every subcommand flattens).
+#[derive(clap::Args, Clone, Copy)]
+pub struct DeviceArgs {
+    #[arg(long = "device", default_value = "auto", value_parser = parse_device_flag, help = DEVICE_HELP)]
+    pub device: tch::Device,
+}
+
+fn parse_device_flag(s: &str) -> Result<tch::Device, String> {
+    famix::device::parse_device(s).map_err(|e| e.to_string())
+}
+
+/// Test-time options shared by `predict` and `eval`.
+#[derive(clap::Args)]
+pub struct TestTimeArgs {
+    /// Test scale (e.g. 0.5): resize the input, predict, resize the logits back (align_corners=true, as the reference's evaluation)
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Average the logits of scale 1 and --scale
+    #[arg(long)]
+    pub ensemble: bool,
+    /// Output stride 8, 16 or 32 (default: the checkpoint's; 16 for reference .pth files)
+    #[arg(long)]
+    pub output_stride: Option<i64>,
+    /// bf16 autocast: faster on GPUs and on CPUs with AVX512-BF16/AMX; fp32 is the reference's precision
+    #[arg(long, value_parser = choice::<famix::Precision>(), default_value = "fp32")]
+    pub amp: famix::Precision,
+    /// Run the plain network (conv then batch norm, as the reference) instead of the fast path (batch norms folded into the convolutions, channels-last)
+    #[arg(long, alias = "no-fuse")]
+    pub no_fold: bool,
+}
+
+impl TestTimeArgs {
+    /// Switches `model` to the fast path unless `--no-fold`.
+    pub fn prepare(&self, model: &mut famix::Segmenter) {
+        if !self.no_fold {
+            model.fold();
+        }
+    }
+    /// The output stride asked for, if any.
+    pub fn output_stride(&self) -> anyhow::Result<Option<famix::clip::OutputStride>> {
+        Ok(self.output_stride.map(famix::clip::OutputStride::from_int).transpose()?)
+    }
+    /// The library's test-time options (validated).
+    pub fn predict_options(&self) -> anyhow::Result<famix::PredictOptions> {
+        let o = famix::PredictOptions { scale: self.scale, ensemble: self.ensemble, precision: self.amp, keep_logits: false };
+        o.validate()?;
+        Ok(o)
+    }
+}
+
+/// Options of the jobs that stream a dataset through a model (`mine-styles`, `train`).
+#[derive(clap::Args)]
+pub struct DataJobArgs {
+    /// Replace unreadable samples by the next readable one (each reported once) instead of stopping
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Data-loading threads (default: cores - 1)
+    #[arg(long)]
+    pub workers: Option<usize>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl DataJobArgs {
+    pub fn workers(&self) -> usize {
+        self.workers.unwrap_or_else(famix::data::prefetch::default_workers)
+    }
+}
+
+/// `--shard I/N | auto` and `--shards N`, shared by predict, eval and mine-styles.
+#[derive(clap::Args, Clone)]
+pub struct ShardArgs {
+    /// Do part I of an N-way split (items with index ≡ I mod N, 0-based), or `auto`: from Slurm (SLURM_ARRAY_TASK_ID/_MIN/_COUNT) or a Kubernetes Indexed Job (JOB_COMPLETION_INDEX with --shards)
+    #[arg(long, value_name = "I/N|auto")]
+    pub shard: Option<String>,
+    /// The shard count for `--shard auto` (required on Kubernetes; overrides SLURM_ARRAY_TASK_COUNT)
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+}
+
+impl ShardArgs {
+    /// The shard of this task, if the job is split.
+    pub fn shard(&self) -> anyhow::Result<Option<famix::shard::Shard>> {
+        Ok(famix::shard::Shard::from_flags(self.shard.as_deref(), self.shards)?)
+    }
+}
+
+/// Where a resumable job writes and with which settings: with `--resume RUN`, the
+/// run's saved configuration (`fixed`: the flags given that define a run, refused by
+/// name; `extend` may change what `--iters` extends); else a new run into `out` with
+/// `new()`'s configuration, refused if `out` already holds a checkpoint unless
+/// `--force`. Returns (configuration, run folder, resume).
+pub fn run_target<C: serde::de::DeserializeOwned>(
+    resume: Option<&std::path::PathBuf>,
+    out: Option<&std::path::PathBuf>,
+    force: bool,
+    fixed: &[&str],
+    extend: impl FnOnce(&mut C),
+    new: impl FnOnce() -> anyhow::Result<C>,
+) -> anyhow::Result<(C, std::path::PathBuf, bool)> {
+    use famix::io::run_folder::{read_config, RunFolder};
+    if let Some(run) = resume {
+        if !fixed.is_empty() {
+            anyhow::bail!(
+                "{} cannot change with --resume: a run keeps its settings in {} (only --iters may extend it; start a new run with --out to change them)",
+                fixed.join(", "),
+                RunFolder::new(run).config().display()
+            );
+        }
+        let mut cfg: C = read_config(&RunFolder::new(run))?;
+        extend(&mut cfg);
+        return Ok((cfg, run.clone(), true));
+    }
+    let out = out.ok_or_else(|| anyhow::anyhow!("--out is needed for a new run"))?;
+    if RunFolder::new(out).latest().exists() && !force {
+        anyhow::bail!("{} already holds a run: continue it with --resume {}, or pass --force to start over", out.display(), out.display());
+    }
+    Ok((new()?, out.clone(), false))
+}
+
+/// A clap parser for a library setting with named variants ([`famix::Named`]): the
+/// same words as configuration files, listed in `--help`.
+pub fn choice<T: famix::Named + Send + Sync>() -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(T::ALL.iter().map(|v| v.name()))
+        .map(|s: String| T::parse(&s).expect("clap only passes the listed names"))
+}

@@ -1,0 +1,204 @@
+//! `famix predict` and `famix import-checkpoint`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use tch::{Device, Kind, Tensor};
+
+use famix::clip::OutputStride;
+use famix::data::collect_inputs;
+use famix::data::prefetch::{default_workers, ordered_map};
+use famix::imageops::Image8;
+use famix::model::checkpoint;
+use famix::progress::{Progress, Unit};
+use famix::render::write_outputs_as;
+use famix::{PredictOptions, Segmenter};
+
+use super::video::{is_video, predict_video, VideoJob};
+use super::writers::Writers;
+
+#[derive(Args)]
+pub struct PredictArgs {
+    /// famix checkpoint (.safetensors, or its stem) or a reference FAMix .pth
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Images, folders (searched recursively for .png/.jpg/.jpeg) or video files (.mp4/.mkv/.avi/.mov/.webm; needs ffmpeg)
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Output folder: <stem>_trainid.png, <stem>_color.png (and <stem>_overlay.png); for videos <stem>_overlay.mp4
+    #[arg(long)]
+    out: PathBuf,
+    /// Videos: also write the colour map as <stem>_color.mp4
+    #[arg(long)]
+    color_video: bool,
+    /// Videos: also write every frame's PNGs as <stem>/<frame>_trainid.png, _color.png, _overlay.png
+    #[arg(long)]
+    frames: bool,
+    /// Threads encoding and writing PNGs beside the model [default: cores / 2, at least 1]
+    #[arg(long)]
+    writers: Option<usize>,
+    /// Also write the colour map blended over the photo
+    #[arg(long)]
+    overlay: bool,
+    #[command(flatten)]
+    test: super::TestTimeArgs,
+    /// Id format of the label PNGs: trainid (<stem>_trainid.png) or labelid (<stem>_labelIds.png, Cityscapes label ids as the Cityscapes/ACDC benchmark servers expect)
+    #[arg(long, value_parser = super::choice::<famix::render::IdFormat>(), default_value = "trainid")]
+    label_format: famix::render::IdFormat,
+    /// Images per forward pass (same-size images are batched)
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    #[command(flatten)]
+    shard: super::ShardArgs,
+    #[command(flatten)]
+    device: super::DeviceArgs,
+}
+
+/// Same-size decoded images waiting for one forward pass.
+struct Pending<'a> {
+    model: &'a Segmenter,
+    opts: PredictOptions,
+    out: &'a Path,
+    stems: &'a [PathBuf],
+    overlay: bool,
+    format: famix::render::IdFormat,
+    batch: Vec<(usize, Image8)>,
+    writers: &'a Writers,
+}
+
+impl Pending<'_> {
+    /// Segments the pending images (one forward pass) and writes their outputs.
+    fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let x = Tensor::stack(&self.batch.iter().map(|(_, im)| im.to_tensor_u8()).collect::<Vec<_>>(), 0);
+        let (ids, _) = self.model.predict_ids(&x, &self.opts)?;
+        let ids = ids.to_kind(Kind::Uint8).to_device(Device::Cpu);
+        for (k, (i, img)) in self.batch.drain(..).enumerate() {
+            let labels = Image8::from_tensor_u8(&ids.get(k as i64))?;
+            let (stem, palette, overlay, format) =
+                (self.out.join(&self.stems[i]), self.model.config.palette.clone(), self.overlay, self.format);
+            self.writers.submit(Box::new(move || write_outputs_as(&stem, &img, &labels, &palette, overlay, format)))?;
+        }
+        Ok(())
+    }
+}
+
+pub fn predict(a: PredictArgs) -> Result<i32> {
+    let opts = a.test.predict_options()?;
+    // Videos go through the same listing, so their output names are deduplicated with
+    // the images' (two `clip.mp4` from different folders do not overwrite each other).
+    let (mut items, notes) = collect_inputs(&a.inputs)?;
+    if items.is_empty() {
+        bail!("no .png/.jpg images or videos found in the inputs");
+    }
+    if let Some(sh) = a.shard.shard()? {
+        let all = items.len();
+        items = sh.select(all).into_iter().map(|i| items[i].clone()).collect();
+        eprintln!("shard {sh}: {} of {all} inputs", items.len());
+    }
+    let (videos, items): (Vec<_>, Vec<_>) = items.into_iter().partition(|(p, _)| p.is_file() && is_video(p));
+    for n in &notes {
+        eprintln!("note: {n}");
+    }
+    let mut model = checkpoint::load(&a.checkpoint, a.device.device, a.test.output_stride()?)?.model;
+    a.test.prepare(&mut model);
+    std::fs::create_dir_all(&a.out)?;
+    let mut failed = if items.is_empty() { 0 } else { predict_images(&a, &model, opts.clone(), items)? };
+    let job = VideoJob { model: &model, opts, batch: a.batch, color_video: a.color_video, frames: a.frames, format: a.label_format };
+    for (v, stem) in &videos {
+        match predict_video(&job, v, &a.out, stem) {
+            Ok(n) => eprintln!("{}: {n} frames → {}", v.display(), a.out.join(stem).display()),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                failed += 1;
+            }
+        }
+    }
+    Ok(if failed > 0 { 2 } else { 0 })
+}
+
+/// Images through the overlapped pipeline: decoding on loader threads, the model here,
+/// PNG encoding on writer threads. Returns the number of images that failed.
+fn predict_images(a: &PredictArgs, model: &Segmenter, opts: PredictOptions, items: Vec<(PathBuf, PathBuf)>) -> Result<usize> {
+    let (paths, stems): (Vec<PathBuf>, Vec<PathBuf>) = items.into_iter().unzip();
+    let shared = Arc::new(paths);
+    let p2 = shared.clone();
+    let decoded = ordered_map(shared.len(), default_workers(), 8, move |i| Image8::open_rgb(&p2[i]));
+    let bars = super::progress::Bars::default();
+    bars.start("predict", shared.len() as u64, 0, Unit::Items);
+    let opts_scale = opts.scale;
+    let writers =
+        Writers::new(a.writers.unwrap_or_else(|| (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) / 2).max(1)));
+    let mut pending = Pending {
+        model,
+        opts,
+        out: &a.out,
+        stems: &stems,
+        overlay: a.overlay,
+        format: a.label_format,
+        batch: Vec::new(),
+        writers: &writers,
+    };
+    let mut failed = 0usize;
+    for (i, res) in decoded.enumerate() {
+        let res = res.map_err(anyhow::Error::from).and_then(|img| {
+            model.check_size(img.width as i64, img.height as i64, opts_scale)?;
+            Ok(img)
+        });
+        match res {
+            Ok(img) => {
+                let other_size = pending.batch.first().is_some_and(|(_, b)| (b.width, b.height) != (img.width, img.height));
+                if other_size || pending.batch.len() >= a.batch.max(1) {
+                    pending.flush()?;
+                }
+                pending.batch.push((i, img));
+            }
+            Err(e) => {
+                bars.notice(&format!("skipping {}: {e:#}", shared[i].display()));
+                failed += 1;
+            }
+        }
+        bars.advance(1);
+    }
+    pending.flush()?;
+    writers.finish()?;
+    bars.finish();
+    eprintln!("{} predictions written to {} ({} failed)", shared.len() - failed, a.out.display(), failed);
+    Ok(failed)
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// Reference FAMix checkpoint (*.pth: a dict with model_state) or a bare segmenter state dict
+    reference: PathBuf,
+    /// Output famix checkpoint (.safetensors; a .json header is written beside it)
+    #[arg(long)]
+    out: PathBuf,
+    /// Output stride the model was trained with (reference checkpoints do not record it)
+    #[arg(long, default_value_t = 16)]
+    output_stride: i64,
+}
+
+pub fn import(a: ImportArgs) -> Result<i32> {
+    let os = OutputStride::from_int(a.output_stride)?;
+    let sd = famix::clip::StateDict::load(&a.reference)?;
+    let (model, meta) = checkpoint::import_state(&sd, Device::Cpu, os)?;
+    let path = checkpoint::save(&model, &meta, &a.out)?;
+    let c = &model.config;
+    eprintln!(
+        "imported {}: CLIP ResNet layers {:?} width {}, {} classes, OS{}, step {}, best mIoU {}",
+        a.reference.display(),
+        c.backbone.layers,
+        c.backbone.width,
+        c.head.num_classes,
+        c.output_stride.value(),
+        meta.step,
+        meta.best_miou.map(|v| format!("{v:.4}")).unwrap_or_else(|| "n/a".into())
+    );
+    println!("{}", path.display());
+    Ok(0)
+}

@@ -1,0 +1,205 @@
+//! `famix mine-styles` and `famix styles show|import`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+
+use famix::clip::{Clip, OutputStride};
+use famix::data::{Dataset, DatasetKind};
+use famix::io::sha256_file;
+use famix::style::bank::StyleBank;
+use famix::style::mining::{check_settings, mine, run_identity, MineSettings};
+use famix::style::prompts::PromptSet;
+use famix::style::PinConfig;
+
+#[derive(Args)]
+pub struct MineArgs {
+    /// CLIP checkpoint with both towers (e.g. RN50.pt)
+    #[arg(long)]
+    clip: PathBuf,
+    /// Source dataset
+    #[arg(long, value_parser = super::choice::<DatasetKind>())]
+    dataset: DatasetKind,
+    /// Source dataset root folder
+    #[arg(long)]
+    data_root: PathBuf,
+    /// Split to mine from
+    #[arg(long, default_value = "train")]
+    split: String,
+    /// ACDC condition (night, snow, rain, fog)
+    #[arg(long)]
+    condition: Option<String>,
+    /// Output style bank (.safetensors; a .json summary is written beside it)
+    #[arg(long)]
+    out: PathBuf,
+    /// Crops per batch [default: 16]
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Random crop size, divisible by 4 × grid [default: 768]
+    #[arg(long)]
+    crop: Option<usize>,
+    /// PIN iterations per batch [default: 100]
+    #[arg(long)]
+    iters: Option<usize>,
+    /// PIN learning rate (SGD, momentum 0.9, weight decay 1e-4) [default: 1]
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Patches per side [default: 3]
+    #[arg(long)]
+    grid: Option<usize>,
+    /// Seed for data order, crops and style choice [default: 1]
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Mine only the first N batches
+    #[arg(long)]
+    limit: Option<u64>,
+    /// Style vocabulary: a JSON list of styles, or a prompts JSON (class_names, templates, random_styles, ignore_class_prompt)
+    #[arg(long)]
+    styles: Option<PathBuf>,
+    /// Target-aware mining (PØDA-style): this description instead of random styles, e.g. "driving at night"
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Batches optimised together in one launch (same result as one by one; faster on GPUs) [default: 1]
+    #[arg(long)]
+    group: Option<usize>,
+    /// Write the bank every N batches (it is always written at the end) [default: 10]
+    #[arg(long)]
+    save_every: Option<u64>,
+    /// Continue an interrupted run from the bank at --out
+    #[arg(long)]
+    resume: bool,
+    /// Overwrite an existing bank at --out
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    shard: super::ShardArgs,
+    #[command(flatten)]
+    job: super::DataJobArgs,
+}
+
+pub fn mine_styles(a: MineArgs) -> Result<i32> {
+    if a.out.exists() && !a.resume && !a.force {
+        bail!("{} exists: pass --resume to continue mining into it, or --force to start over", a.out.display());
+    }
+    let device = a.job.device.device;
+    let reference = PinConfig::default();
+    let pin = PinConfig {
+        iters: a.iters.unwrap_or(reference.iters),
+        lr: a.lr.unwrap_or(reference.lr),
+        grid: a.grid.unwrap_or(reference.grid),
+        ..reference
+    };
+    let mut settings = MineSettings::reference(a.job.workers());
+    settings.batch = a.batch.unwrap_or(settings.batch);
+    settings.crop = a.crop.unwrap_or(settings.crop);
+    settings.seed = a.seed.unwrap_or(settings.seed);
+    settings.group = a.group.unwrap_or(settings.group);
+    settings.save_every = a.save_every.unwrap_or(settings.save_every);
+    settings.limit = a.limit;
+    settings.description = a.prompt.clone();
+    settings.skip_bad = a.job.skip_bad;
+    settings.shard = a.shard.shard()?;
+    check_settings(&settings, &pin)?;
+    let prompts = match &a.styles {
+        Some(p) => PromptSet::from_file(p)?,
+        None => PromptSet::default(),
+    };
+    let clip = Clip::load(&a.clip, device, OutputStride::Os32)?;
+    clip.text()?;
+    if clip.visual.attnpool.is_none() {
+        bail!("{}: the CLIP image tower has no attention pool", a.clip.display());
+    }
+    let ds = Arc::new(Dataset::open(a.dataset, &a.data_root, &a.split, a.condition.as_deref())?);
+    if ds.is_empty() {
+        bail!("no image/label pairs found for {} (run `famix data check`)", ds.describe());
+    }
+    let identity = run_identity(&sha256_file(&a.clip)?, &ds, &settings, &pin, &prompts);
+    eprintln!("mining styles from {} with {}", ds.describe(), a.clip.display());
+    let t0 = std::time::Instant::now();
+    let bank = mine(&clip, ds, &prompts, &pin, &settings, &a.out, identity, a.resume, &super::progress::Bars::default())?;
+    eprintln!(
+        "{} styles from {} batches in {:.1} s → {}",
+        bank.total(),
+        bank.summary.batches_done,
+        t0.elapsed().as_secs_f64(),
+        a.out.display()
+    );
+    print!("{}", describe(&bank));
+    Ok(0)
+}
+
+#[derive(Subcommand)]
+pub enum StylesCommand {
+    /// Per-class counts and statistics of a style bank.
+    Show {
+        bank: PathBuf,
+        /// Print the summary as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Combine the banks of all shards of a `mine-styles --shard I/N` run into the bank the unsharded run writes.
+    Merge {
+        /// The shards' banks (all N, any order)
+        #[arg(required = true)]
+        banks: Vec<PathBuf>,
+        /// The merged bank
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Convert the reference's saved_params.pkl into a famix style bank.
+    Import {
+        /// The reference's saved_params.pkl
+        pkl: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub fn describe(bank: &StyleBank) -> String {
+    let mut s = format!("{:<14} {:>6} {:>10} {:>10} {:>10} {:>10}\n", "class", "styles", "mean(μ)", "std(μ)", "mean(σ)", "std(σ)");
+    let stats = |rows: &Vec<Vec<f32>>| {
+        let v: Vec<f64> = rows.iter().flatten().map(|&x| x as f64).collect();
+        let m = v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt();
+        (m, sd)
+    };
+    for (c, (mu, sigma)) in &bank.entries {
+        let (mm, ms) = stats(mu);
+        let (sm, ss) = stats(sigma);
+        s.push_str(&format!("{:<14} {:>6} {:>10.4} {:>10.4} {:>10.4} {:>10.4}\n", bank.key(*c), mu.len(), mm, ms, sm, ss));
+    }
+    s.push_str(&format!("total {} styles, {} channels", bank.total(), bank.channels));
+    if bank.summary.batches_total > 0 {
+        s.push_str(&format!(", {}/{} batches mined", bank.summary.batches_done, bank.summary.batches_total));
+    }
+    s.push('\n');
+    s
+}
+
+pub fn styles(cmd: StylesCommand) -> Result<i32> {
+    match cmd {
+        StylesCommand::Show { bank, json } => {
+            let b = StyleBank::load(&bank)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&b.summary)?);
+            } else {
+                print!("{}", describe(&b));
+            }
+        }
+        StylesCommand::Merge { banks, out } => {
+            let parts: Vec<(PathBuf, StyleBank)> = banks.iter().map(|p| Ok((p.clone(), StyleBank::load(p)?))).collect::<Result<_>>()?;
+            let mut b = famix::style::mining::merge_shards(&parts)?;
+            b.save(&out)?;
+            eprintln!("merged {} shards → {}", parts.len(), out.display());
+            print!("{}", describe(&b));
+        }
+        StylesCommand::Import { pkl, out } => {
+            let mut b = StyleBank::import_reference(&pkl)?;
+            b.save(&out)?;
+            print!("{}", describe(&b));
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,187 @@
+//! ONNX export of a segmenter (`famix export`): the whole network — CLIP ResNet at the
+//! checkpoint's output stride (with its dilation rule), DeepLabv3+ head, and the final
+//! bilinear resize to the input size — as one ONNX graph with every BatchNorm folded
+//! into its convolution, so ONNX Runtime, TensorRT and friends can run famix models.
+//!
+//! Input `image`: float32 (N, 3, H, W), RGB scaled to [0, 1] and normalised with
+//! CLIP's mean and std (written into the model's metadata), or with
+//! `include_preprocessing` uint8 RGB (N, H, W, 3) normalised inside the graph. Batch,
+//! height and width are dynamic unless fixed. Output `logits` (N, K, H, W) float32, or
+//! `train_ids` (N, H, W) int64 (the argmax over classes).
+//!
+//! The graph is built by the network blocks themselves, through the same code that runs
+//! them eagerly ([`crate::nn::ops`]), and encoded with prost from ONNX's schema
+//! ([`crate::nn::onnx::proto`]).
+
+use std::path::Path;
+
+use prost::Message;
+use tch::Tensor;
+
+use crate::error::{Error, Result};
+use crate::model::inference::{INPUT_MEAN, INPUT_STD};
+use crate::model::Segmenter;
+use crate::nn::onnx::proto::{
+    self, data_type, DimValue, Dimension, ModelProto, OperatorSetIdProto, StringStringEntryProto, TensorShapeProto, TypeProto,
+    TypeProtoTensor, ValueInfoProto,
+};
+use crate::nn::onnx::{Attr, Graph};
+
+/// What the exported graph returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExportOutput {
+    /// `logits` (N, K, H, W) float32.
+    #[default]
+    Logits,
+    /// `train_ids` (N, H, W) int64.
+    Trainid,
+}
+
+impl ExportOutput {
+    /// "logits" or "trainid".
+    pub fn name(self) -> &'static str {
+        match self {
+            ExportOutput::Logits => "logits",
+            ExportOutput::Trainid => "trainid",
+        }
+    }
+}
+crate::names::named!(ExportOutput, [ExportOutput::Logits, ExportOutput::Trainid]);
+
+/// How to export.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// ONNX operator set (13–21).
+    pub opset: i64,
+    /// Fixed input height (dynamic when None).
+    pub height: Option<i64>,
+    /// Fixed input width (dynamic when None).
+    pub width: Option<i64>,
+    /// What the graph returns.
+    pub output: ExportOutput,
+    /// Take uint8 RGB (N, H, W, 3) and normalise inside the graph.
+    pub include_preprocessing: bool,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions { opset: 17, height: None, width: None, output: ExportOutput::Logits, include_preprocessing: false }
+    }
+}
+
+/// The ONNX IR version that goes with an opset (ONNX's versioning table).
+fn ir_version(opset: i64) -> i64 {
+    match opset {
+        ..=14 => 7,
+        15..=18 => 8,
+        19..=20 => 9,
+        _ => 10,
+    }
+}
+
+fn check(model: &Segmenter, o: &ExportOptions) -> Result<()> {
+    let bad = |name: &str, problem: String| Err(Error::InvalidSetting { name: name.into(), problem });
+    if !(13..=21).contains(&o.opset) {
+        return bad("--opset", format!("{} is not supported; famix writes opsets 13 to 21", o.opset));
+    }
+    for (name, v) in [("--height", o.height), ("--width", o.width)] {
+        if let Some(v) = v {
+            model.check_size(v.max(1), v.max(1), 1.0).or_else(|e| bad(name, format!("{v}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+fn dim(fixed: Option<i64>, name: &str) -> Dimension {
+    Dimension { value: Some(fixed.map(DimValue::DimValue).unwrap_or_else(|| DimValue::DimParam(name.into()))) }
+}
+
+fn value_info(name: &str, elem: i32, dims: Vec<Dimension>) -> ValueInfoProto {
+    let shape = TensorShapeProto { dim: dims };
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto { tensor_type: Some(TypeProtoTensor { elem_type: elem, shape: Some(shape) }) }),
+    }
+}
+
+/// uint8 (N, H, W, 3) → normalised float (N, 3, H, W): the same steps as
+/// [`crate::model::inference::normalize_u8`] (÷255, −mean, ÷std).
+fn preprocessing(g: &mut Graph, x: &str) -> Result<String> {
+    let f = g.node("Cast", &[x], vec![("to", Attr::Int(data_type::FLOAT as i64))]);
+    let nchw = g.node("Transpose", &[&f], vec![("perm", Attr::Ints(vec![0, 3, 1, 2]))]);
+    let c255 = g.constant("c255", &Tensor::from_slice(&[255f32]))?;
+    let mean = g.constant("mean", &Tensor::from_slice(&INPUT_MEAN.map(|v| v as f32)).view([1, 3, 1, 1]))?;
+    let std = g.constant("std", &Tensor::from_slice(&INPUT_STD.map(|v| v as f32)).view([1, 3, 1, 1]))?;
+    let x = g.node("Div", &[&nchw, &c255], vec![]);
+    let x = g.node("Sub", &[&x, &mean], vec![]);
+    Ok(g.node("Div", &[&x, &std], vec![]))
+}
+
+/// The segmenter as an ONNX model (serialised protobuf).
+pub fn to_onnx(model: &Segmenter, o: &ExportOptions) -> Result<Vec<u8>> {
+    check(model, o)?;
+    let mut g = Graph::default();
+    let x = if o.include_preprocessing { preprocessing(&mut g, "image")? } else { "image".to_string() };
+    let (low, high) = model.backbone.export(&mut g, &x);
+    let small = model.head.export(&mut g, &low, &high);
+    let logits = g.resize_like(&small, &x);
+    g.check()?;
+    let (n, h, w) = (dim(None, "batch"), dim(o.height, "height"), dim(o.width, "width"));
+    let input = if o.include_preprocessing {
+        value_info("image", data_type::UINT8, vec![n.clone(), h.clone(), w.clone(), dim(Some(3), "")])
+    } else {
+        value_info("image", data_type::FLOAT, vec![n.clone(), dim(Some(3), ""), h.clone(), w.clone()])
+    };
+    let k = model.config.head.num_classes;
+    let output = match o.output {
+        ExportOutput::Logits => {
+            g.node_named("Identity", &[&logits], vec![], "logits");
+            value_info("logits", data_type::FLOAT, vec![n, dim(Some(k), ""), h, w])
+        }
+        ExportOutput::Trainid => {
+            g.node_named("ArgMax", &[&logits], vec![("axis", Attr::Int(1)), ("keepdims", Attr::Int(0))], "train_ids");
+            value_info("train_ids", data_type::INT64, vec![n, h, w])
+        }
+    };
+    let graph = proto::GraphProto {
+        node: g.nodes,
+        name: "famix_segmenter".into(),
+        initializer: g.initializers,
+        input: vec![input],
+        output: vec![output],
+    };
+    let m = ModelProto {
+        ir_version: ir_version(o.opset),
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: o.opset }],
+        producer_name: "famix".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        doc_string: "FAMix segmenter (CLIP ResNet + DeepLabv3+), exported by famix".into(),
+        graph: Some(graph),
+        metadata_props: metadata(model, o)?,
+    };
+    Ok(m.encode_to_vec())
+}
+
+fn metadata(model: &Segmenter, o: &ExportOptions) -> Result<Vec<StringStringEntryProto>> {
+    let input = if o.include_preprocessing {
+        "uint8 RGB (N, H, W, 3); normalised inside the graph".to_string()
+    } else {
+        format!("float32 RGB (N, 3, H, W): x / 255, then (x - mean) / std per channel, mean {INPUT_MEAN:?}, std {INPUT_STD:?} (CLIP's)")
+    };
+    let kv = [
+        ("famix.input", input),
+        ("famix.mean", serde_json::to_string(&INPUT_MEAN)?),
+        ("famix.std", serde_json::to_string(&INPUT_STD)?),
+        ("famix.class_names", serde_json::to_string(&model.config.class_names)?),
+        ("famix.palette", serde_json::to_string(&model.config.palette)?),
+        ("famix.output_stride", model.config.output_stride.value().to_string()),
+        ("famix.output", format!("{:?}", o.output).to_lowercase()),
+    ];
+    Ok(kv.into_iter().map(|(k, v)| StringStringEntryProto { key: k.into(), value: v }).collect())
+}
+
+/// Writes the model to `path` atomically.
+pub fn write_onnx(model: &Segmenter, o: &ExportOptions, path: &Path) -> Result<()> {
+    let bytes = to_onnx(model, o)?;
+    crate::io::atomic_write(path, &bytes)
+}

@@ -1,0 +1,261 @@
+//! The FAMix segmenter: CLIP ResNet backbone (no attention pool) + DeepLabv3+ head.
+//! The forward exposes the layer1 features (`restyle`) so local style mixing can
+//! replace them before layer2 and the head's low-level branch.
+
+use crate::error::{bail, Result};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Tensor};
+
+use crate::clip::{ModifiedResNet, OutputStride, ResNetConfig};
+use crate::data::labels::{default_class_names, default_palette};
+use crate::model::deeplab::{DeepLabHead, HeadConfig};
+
+/// Which parts train (docs/design.md §4). Frozen parts have no gradient and keep BN in eval mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FreezePolicy {
+    /// Synthetic sources (GTA5, Synthia): only layer4's last block and the head train.
+    Synthetic,
+    /// Cityscapes (real-to-real): the whole layer4 and the head train.
+    Layer4,
+    /// Everything trains.
+    None,
+}
+
+impl FreezePolicy {
+    /// Does block `b` of stage `stage` (0-based) train?
+    pub fn block_trains(self, stage: usize, block: usize, blocks_in_stage: usize) -> bool {
+        match self {
+            FreezePolicy::None => true,
+            FreezePolicy::Layer4 => stage == 3,
+            FreezePolicy::Synthetic => stage == 3 && block + 1 == blocks_in_stage,
+        }
+    }
+    /// Does the stem train?
+    pub fn stem_trains(self) -> bool {
+        self == FreezePolicy::None
+    }
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FreezePolicy::Synthetic => "synthetic",
+            FreezePolicy::Layer4 => "layer4",
+            FreezePolicy::None => "none",
+        }
+    }
+}
+crate::names::named!(FreezePolicy, [FreezePolicy::Synthetic, FreezePolicy::Layer4, FreezePolicy::None]);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Everything that defines a segmenter besides its weights.
+pub struct SegmenterConfig {
+    /// The CLIP image tower's architecture (without the attention pool).
+    pub backbone: ResNetConfig,
+    /// The DeepLabv3+ head's.
+    pub head: HeadConfig,
+    /// The backbone's output stride.
+    pub output_stride: OutputStride,
+    /// One name per class.
+    pub class_names: Vec<String>,
+    /// One colour per class.
+    pub palette: Vec<[u8; 3]>,
+    /// What trains.
+    pub freeze: FreezePolicy,
+}
+
+impl SegmenterConfig {
+    /// A configuration with the reference head and Cityscapes names/colours.
+    pub fn new(backbone: ResNetConfig, num_classes: i64, output_stride: OutputStride, freeze: FreezePolicy) -> Self {
+        SegmenterConfig {
+            backbone: ResNetConfig { output_dim: None, ..backbone },
+            head: HeadConfig::reference(num_classes),
+            output_stride,
+            class_names: default_class_names(num_classes as usize),
+            palette: default_palette(num_classes as usize),
+            freeze,
+        }
+    }
+
+    /// Checks that names and colours match the class count.
+    pub fn validate(&self) -> Result<()> {
+        let n = self.head.num_classes as usize;
+        if self.class_names.len() != n || self.palette.len() != n {
+            bail!("{} classes but {} names and {} colours", n, self.class_names.len(), self.palette.len());
+        }
+        Ok(())
+    }
+}
+
+pub use crate::nn::NamedTensors;
+
+/// The FAMix segmenter.
+pub struct Segmenter {
+    /// All parameters and batch-norm buffers.
+    pub vs: nn::VarStore,
+    /// CLIP's image tower.
+    pub backbone: ModifiedResNet,
+    /// The DeepLabv3+ head.
+    pub head: DeepLabHead,
+    /// Its configuration.
+    pub config: SegmenterConfig,
+    /// Whether the inference fast path is on ([`Segmenter::fold`]).
+    folded: bool,
+    /// Whether inputs go channels-last (both fast paths).
+    channels_last: bool,
+}
+
+impl std::fmt::Debug for Segmenter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segmenter").field("config", &self.config).field("device", &self.device()).finish_non_exhaustive()
+    }
+}
+
+impl Segmenter {
+    /// A new segmenter: random backbone (to be loaded from CLIP) and Kaiming-initialised head.
+    pub fn new(config: SegmenterConfig, device: Device) -> Result<Self> {
+        config.validate()?;
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let backbone = ModifiedResNet::new(&(&root / "backbone"), &config.backbone, false, config.output_stride);
+        let head = DeepLabHead::new(
+            &(&root / "classifier"),
+            config.backbone.low_level_channels(),
+            config.backbone.high_level_channels(),
+            &config.head,
+            config.output_stride,
+        );
+        let mut s = Segmenter { vs, backbone, head, config, folded: false, channels_last: false };
+        s.apply_freeze();
+        Ok(s)
+    }
+
+    /// The inference fast path (docs/design.md §8): every batch norm folded into its
+    /// convolution once (inference uses running statistics, so conv + BN is one affine
+    /// map), channels-last weights and inputs, no autograd. Forwards with `train =
+    /// false` use it; training forwards are unchanged. Logits agree with the plain
+    /// path to ~1e-5 (tests allow 1e-4). Call again after changing the weights.
+    pub fn fold(&mut self) {
+        self.backbone.fold();
+        self.head.fold();
+        self.folded = true;
+        self.channels_last = true;
+    }
+
+    /// The training fast path: the parts the freeze policy keeps frozen (the stem and
+    /// the blocks before the first trainable one — their weights and batch-norm
+    /// statistics never change, and they run without autograd) are folded once, and
+    /// inputs go channels-last. Trainable parts are unchanged, so gradients are those
+    /// of the plain path up to rounding (tested).
+    pub fn fold_frozen(&mut self) {
+        let policy = self.config.freeze;
+        let blocks = self.config.backbone.layers;
+        self.backbone.fold_where(!policy.stem_trains(), &|s, b| !policy.block_trains(s, b, blocks[s] as usize));
+        self.channels_last = true;
+    }
+
+    /// Drops the folded weights: inference runs the plain path (conv, then batch norm)
+    /// again, as the reference does.
+    pub fn unfold(&mut self) {
+        self.backbone.unfold();
+        self.head.unfold();
+        self.folded = false;
+        self.channels_last = false;
+    }
+
+    /// Whether [`Segmenter::fold`] is in effect.
+    pub fn is_folded(&self) -> bool {
+        self.folded
+    }
+
+    /// Where the weights live.
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// Changes the output stride (dilations and ASPP rates; weights unchanged).
+    pub fn set_output_stride(&mut self, os: OutputStride) {
+        self.config.output_stride = os;
+        self.backbone.set_output_stride(os);
+        self.head.set_output_stride(os);
+    }
+
+    /// Changes what trains.
+    pub fn set_freeze(&mut self, policy: FreezePolicy) {
+        self.config.freeze = policy;
+        self.apply_freeze();
+    }
+
+    fn apply_freeze(&mut self) {
+        let policy = self.config.freeze;
+        let blocks = self.config.backbone.layers;
+        for (name, t) in self.vs.variables() {
+            let trainable = if let Some(rest) = name.strip_prefix("backbone.") {
+                if is_bn_buffer(rest) {
+                    false
+                } else if let Some(l) = rest.strip_prefix("layer") {
+                    let mut it = l.split('.');
+                    let stage: usize = it.next().and_then(|s| s.parse().ok()).unwrap_or(1) - 1;
+                    let block: usize = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+                    policy.block_trains(stage, block, blocks[stage] as usize)
+                } else {
+                    policy.stem_trains()
+                }
+            } else {
+                !is_bn_buffer(&name)
+            };
+            let _ = t.set_requires_grad(trainable);
+        }
+    }
+
+    /// Trainable parameters, split into (backbone, head) groups for their learning rates.
+    pub fn param_groups(&self) -> (NamedTensors, NamedTensors) {
+        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars.into_iter().partition(|(n, _)| n.starts_with("backbone."))
+    }
+
+    /// Logits (N, classes, H, W) at the input size. `train` uses batch statistics and
+    /// dropout in the parts the freeze policy trains; `restyle` replaces the layer1
+    /// features (local style mixing) before everything that consumes them.
+    pub fn forward(&self, x: &Tensor, train: bool, restyle: Option<&dyn Fn(&Tensor) -> Tensor>) -> Tensor {
+        let x = &if self.channels_last { crate::nn::channels_last(x) } else { x.shallow_clone() };
+        let policy = self.config.freeze;
+        let (h, w) = (x.size()[2], x.size()[3]);
+        let low_trains = train && policy.stem_trains();
+        let low = if low_trains { self.backbone.forward_low(x, true) } else { tch::no_grad(|| self.backbone.forward_low(x, false)) };
+        let low = match restyle {
+            Some(f) => f(&low),
+            None => low,
+        };
+        let blocks = self.config.backbone.layers;
+        let train_fn = |stage: usize, block: usize| train && policy.block_trains(stage, block, blocks[stage] as usize);
+        let high = self.backbone.forward_high(&low, &train_fn);
+        let logits = self.head.forward(&low, &high, train, self.config.head.dropout);
+        logits.upsample_bilinear2d([h, w], false, None, None)
+    }
+
+    /// Inference logits at `scale` (and optionally averaged with scale 1), resized to
+    /// the input size with align_corners=true as the reference's evaluation does.
+    pub fn predict_logits(&self, x: &Tensor, scale: f64, ensemble: bool) -> Tensor {
+        tch::no_grad(|| {
+            let (h, w) = (x.size()[2], x.size()[3]);
+            let base = (scale == 1.0 || ensemble).then(|| self.forward(x, false, None));
+            if scale == 1.0 {
+                return base.unwrap();
+            }
+            let sh = ((h as f64) * scale).floor() as i64;
+            let sw = ((w as f64) * scale).floor() as i64;
+            let xs = x.upsample_bilinear2d([sh, sw], true, None, None);
+            let out = self.forward(&xs, false, None).upsample_bilinear2d([h, w], true, None, None);
+            match base {
+                Some(b) if ensemble => (out + b) / 2.0,
+                _ => out,
+            }
+        })
+    }
+}
+
+/// A batch-norm running statistic (never trained by gradient)?
+pub fn is_bn_buffer(name: &str) -> bool {
+    name.ends_with("running_mean") || name.ends_with("running_var")
+}
