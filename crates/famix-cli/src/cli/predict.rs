@@ -44,7 +44,7 @@ pub struct PredictArgs {
     overlay: bool,
     #[command(flatten)]
     test: super::TestTimeArgs,
-    /// Id format of the label PNGs: trainid (<stem>_trainid.png) or labelid (<stem>_labelIds.png, Cityscapes label ids as the Cityscapes/ACDC benchmark servers expect)
+    /// Id format of the label PNGs: trainid (STEM_trainid.png) or labelid (STEM_labelIds.png, Cityscapes label ids as the Cityscapes/ACDC benchmark servers expect)
     #[arg(long, value_parser = super::choice::<famix::render::IdFormat>(), default_value = "trainid")]
     label_format: famix::render::IdFormat,
     /// Images per forward pass (same-size images are batched)

@@ -11,7 +11,7 @@ use famix::data::synth::{write_captioned, write_segmentation, Condition, SynthSi
 
 #[derive(Args)]
 pub struct SynthArgs {
-    /// Output folder: OUT/<condition>/{images,labels}/<split>/NNNN.png per condition, OUT/captioned/ for --captioned
+    /// Output folder: OUT/CONDITION/{images,labels}/SPLIT/NNNN.png per condition, OUT/captioned/ for --captioned
     #[arg(long)]
     out: PathBuf,
     /// Conditions of the segmentation sets (comma-separated): day, dusk, night, fog, rain, snow (and the styles sepia, overexposed, painterly, monochrome, vintage, noir, misty, neon, pastel, pop-art)
