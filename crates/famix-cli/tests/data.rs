@@ -339,6 +339,26 @@ fn confusion_counts_only_valid_labels() {
     assert_eq!(c.matrix(), vec![1, 0, 0, 1, 1, 0, 0, 1, 0]);
 }
 
+/// The device-side accumulation (u8 labels, one index_add per batch) counts exactly
+/// what a per-pixel loop counts (tolerance: none, integer counts).
+#[test]
+fn confusion_equals_a_pixel_loop() {
+    let k = 19usize;
+    let gt: Vec<u8> = (0..40_000u32).map(|i| if i % 13 == 0 { 255 } else { ((i * 7919) % 23) as u8 }).collect();
+    let pred: Vec<i64> = (0..40_000u32).map(|i| ((i * 104_729) % k as u32) as i64).collect();
+    let mut want = vec![0u64; k * k];
+    for (&g, &p) in gt.iter().zip(&pred) {
+        if (g as usize) < k {
+            want[g as usize * k + p as usize] += 1;
+        }
+    }
+    let mut c = famix::eval::metrics::Confusion::new(k, tch::Device::Cpu);
+    let (g, p) = (tch::Tensor::from_slice(&gt).view([2, 100, 200]), tch::Tensor::from_slice(&pred).view([2, 100, 200]));
+    c.add(&g.narrow(0, 0, 1), &p.narrow(0, 0, 1));
+    c.add(&g.narrow(0, 1, 1), &p.narrow(0, 1, 1));
+    assert_eq!(c.matrix(), want);
+}
+
 #[test]
 fn jitter_and_resizes_are_bit_exact_with_pillow() {
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("transforms.json")).unwrap()).unwrap();

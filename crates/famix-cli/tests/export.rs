@@ -47,7 +47,7 @@ fn check_logits(dir: &Path, ckpt: &Path, os: Option<i64>) {
         assert!(d <= 1e-4, "{} at {h}x{w}: max abs diff {d:e} > 1e-4", ckpt.display());
         let same = got.argmax(1, false).eq_tensor(&want.argmax(1, false)).all().int64_value(&[]);
         assert_eq!(same, 1, "{} at {h}x{w}: argmax differs", ckpt.display());
-        assert_eq!(meta["famix.output_stride"], model.config.output_stride.value().to_string());
+        assert_eq!(meta["famix.output_stride"], model.config().output_stride.value().to_string());
         assert!(meta["famix.input"].as_str().unwrap().contains("0.48145466"));
     }
 }

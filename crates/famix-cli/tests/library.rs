@@ -140,13 +140,13 @@ fn settings_have_one_source() {
     let r = TrainConfig::reference("c.pt".into(), String::new(), famix::data::DatasetKind::Gta5, "d".into(), Some("b".into()));
     assert_eq!((r.iters, r.batch, r.crop, r.lr, r.backbone_lr_mult, r.momentum), (40_000, 8, 768, 0.1, 0.1, 0.9));
     assert_eq!(r.freeze, famix::model::FreezePolicy::Synthetic);
-    famix::train::trainer::check_config(&r).unwrap();
+    famix::train::check_config(&r).unwrap();
     for (field, bad) in [
         ("--lr", TrainConfig { lr: f64::NAN, ..r.clone() }),
         ("--label-smoothing", TrainConfig { label_smoothing: 2.0, ..r.clone() }),
         ("--grid", TrainConfig { grid: 0, ..r.clone() }),
     ] {
-        match famix::train::trainer::check_config(&bad) {
+        match famix::train::check_config(&bad) {
             Err(Error::InvalidSetting { name, .. }) => assert_eq!(name, field),
             other => panic!("{field}: {other:?}"),
         }
@@ -154,6 +154,27 @@ fn settings_have_one_source() {
     // The demo's and bench's tiny model is the one the checkpoint helper writes.
     let d = tmpdir();
     let m = Segmenter::load(tiny_checkpoint(d.path()), Device::Cpu).unwrap();
-    assert_eq!(m.config.backbone.layers, famix::clip::ResNetConfig::tiny().layers);
-    assert_eq!(m.config.head, famix::model::HeadConfig::tiny(19));
+    assert_eq!(m.config().backbone.layers, famix::clip::ResNetConfig::tiny().layers);
+    assert_eq!(m.config().head, famix::model::HeadConfig::tiny(19));
+}
+
+/// Every error kind a caller can act on is reachable from a real bad input, and
+/// `Error::kind` sorts it the same through context layers.
+#[test]
+fn error_kinds_sort_real_failures() {
+    use famix::ErrorKind;
+    let d = tmpdir();
+    let missing = d.path().join("nothing.safetensors");
+    let e = famix::style::bank::StyleBank::load(&missing).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    let e = famix::device::parse_device("tpu").err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::InvalidSetting, "{e}");
+    let _held = famix::io::FolderLock::acquire(&d.path().join("run"), "a test").unwrap();
+    let e = famix::io::FolderLock::acquire(&d.path().join("run"), "a second writer").err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    assert!(e.to_string().contains("in use by another famix process"), "{e}");
+    let junk = d.path().join("junk.pth");
+    std::fs::write(&junk, b"not a checkpoint").unwrap();
+    let e = Segmenter::load(&junk, Device::Cpu).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
 }

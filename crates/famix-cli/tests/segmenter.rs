@@ -22,7 +22,7 @@ fn reference_model() -> checkpoint::Loaded {
 fn reference_pth_imports_with_inferred_architecture() {
     let l = reference_model();
     assert!(l.imported);
-    let c = &l.model.config;
+    let c = &l.model.config();
     assert_eq!(c.backbone.layers, [1, 1, 3, 3]);
     assert_eq!(c.backbone.width, 4);
     assert_eq!((c.head.num_classes, c.head.aspp_channels, c.head.low_proj_channels), (5, 16, 8));
@@ -60,7 +60,7 @@ fn test_scale_and_ensemble_match_pytorch_and_labels_match() {
 fn synthetic_training_step_matches_pytorch() {
     let exp = load("expected_seg.safetensors");
     let mut m = reference_model().model;
-    m.config.head.dropout = 0.0;
+    m.set_dropout(0.0).unwrap();
     m.set_freeze(FreezePolicy::Synthetic);
     let frozen_before: Vec<(String, Tensor)> =
         m.vs.variables()
@@ -139,7 +139,7 @@ fn famix_checkpoint_round_trips_atomically() {
         let back = checkpoint::load(&dir.path().join(spec), Device::Cpu, None).unwrap();
         assert!(!back.imported);
         assert_eq!(back.meta.step, 1234);
-        assert_eq!(back.model.config, l.model.config);
+        assert_eq!(back.model.config(), l.model.config());
         let a = l.model.vs.variables();
         for (n, t) in back.model.vs.variables() {
             assert_eq!(max_abs_diff(&t, &a[&n]), 0.0, "{n}");

@@ -75,18 +75,18 @@ fn loss_trajectories_match_pytorch_iteration_by_iteration() {
     use famix::data::augment::TrainAugment;
     use famix::data::loader::{BatchLoader, LoaderConfig};
     use famix::data::{Dataset, DatasetKind};
-    use famix::style::prompts::{PromptEmbedder, PromptSet};
-    use famix::style::{mining::mine_batches, PinConfig};
+    use famix::style::prompts::PromptSet;
+    use famix::style::{mining::Miner, PinConfig};
     let (meta, t) = expected();
     let clip = famix::clip::Clip::load(&fixture("clip_a.safetensors.gz"), tch::Device::Cpu, famix::clip::OutputStride::Os32).unwrap();
     let ds = std::sync::Arc::new(Dataset::open(DatasetKind::Gta5, &fixture("gta5_mini"), "all", None).unwrap());
     let cfg = LoaderConfig { batch: 4, augment: TrainAugment::crop_only(72), grid: 3, seed: 1, workers: 2, prefetch: 8, skip_bad: false };
     let batches: Vec<_> = BatchLoader::new(ds, cfg, 0, 2).unwrap().map(|b| b.unwrap()).collect();
     let prompts = PromptSet::default();
-    let mut embedder = PromptEmbedder::new(&clip, prompts.templates.clone()).unwrap();
     let pin = PinConfig { iters: 5, ..Default::default() };
+    let mut miner = Miner::new(&clip, &prompts, &pin).unwrap();
     // Both batches in one launch: each keeps its own trajectory.
-    let mined = mine_batches(&clip, &mut embedder, &prompts, &pin, 1, None, 0, &batches).unwrap();
+    let mined = miner.mine_batches(1, None, 0, &batches).unwrap();
     for (bi, m) in mined.iter().enumerate() {
         let b = &meta["batches"][bi];
         let want: Vec<f64> = b["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();

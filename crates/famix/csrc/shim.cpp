@@ -74,3 +74,66 @@ void famix_cuda_reset_peak(int device) {
 }
 
 }
+
+#include <ATen/Context.h>
+
+extern "C" {
+
+// PyTorch's deterministic-algorithms mode (errors, not warnings, for ops without a
+// deterministic kernel), cuDNN's deterministic flag, and cuDNN benchmark off when
+// `on`; both flags off (benchmark untouched) otherwise. Returns false if libtorch throws.
+bool famix_set_deterministic(bool on) {
+    try {
+        auto& ctx = at::globalContext();
+        ctx.setDeterministicAlgorithms(on, false);
+        ctx.setDeterministicCuDNN(on);
+        if (on) {
+            ctx.setBenchmarkCuDNN(false);
+        }
+        return true;
+    } catch (...) {
+        return false;
+    }
+}
+
+bool famix_deterministic() {
+    try {
+        return at::globalContext().deterministicAlgorithms();
+    } catch (...) {
+        return false;
+    }
+}
+
+// fp32 convolutions and matmuls on CUDA in IEEE fp32 instead of TF32 (PyTorch's
+// fp32_precision switches; libtorch 2.11 runs CUDA convolutions in TF32 by default).
+bool famix_disable_tf32() {
+    try {
+        auto& ctx = at::globalContext();
+        for (auto op : {at::Float32Op::CONV, at::Float32Op::MATMUL, at::Float32Op::RNN}) {
+            ctx.setFloat32Precision(at::Float32Backend::CUDA, op, at::Float32Precision::IEEE);
+        }
+        return true;
+    } catch (...) {
+        return false;
+    }
+}
+
+// Whether fp32 convolutions on CUDA may use TF32.
+bool famix_tf32_conv() {
+    try {
+        return at::globalContext().float32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV) == at::Float32Precision::TF32;
+    } catch (...) {
+        return false;
+    }
+}
+
+// Whether cuDNN benchmark mode is on.
+bool famix_cudnn_benchmark() {
+    try {
+        return at::globalContext().benchmarkCuDNN();
+    } catch (...) {
+        return false;
+    }
+}
+
+}

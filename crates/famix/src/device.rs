@@ -1,6 +1,10 @@
-//! `--device auto|cpu|cuda|cuda:N` parsing.
+//! Where tensors live and how famix talks to the accelerator: `--device
+//! auto|cpu|cuda|cuda:N` parsing and naming, synchronisation for timing, a bf16
+//! autocast guard (libtorch's thread-local autocast state, which tch does not expose),
+//! CUDA allocator statistics, and host → device uploads through pinned memory so the
+//! host does not stall on the copy.
 
-use crate::error::{bail, Result};
+use crate::error::{bail, fail, Result};
 use tch::Device;
 
 /// Parses a device spec; `auto` picks the first CUDA device when one is usable.
@@ -19,18 +23,18 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         _ => match s.strip_prefix("cuda:") {
             Some(n) => match n.parse::<usize>() {
                 Ok(i) => Device::Cuda(i),
-                Err(_) => bail!("bad device {spec:?}: expected auto, cpu, cuda or cuda:N"),
+                Err(_) => fail!(InvalidSetting, "--device", "bad device {spec:?}: expected auto, cpu, cuda or cuda:N"),
             },
-            None => bail!("bad device {spec:?}: expected auto, cpu, cuda or cuda:N"),
+            None => fail!(InvalidSetting, "--device", "bad device {spec:?}: expected auto, cpu, cuda or cuda:N"),
         },
     };
     if let Device::Cuda(i) = dev {
         let n = tch::Cuda::device_count() as usize;
         if n == 0 {
-            bail!("device {spec:?} requested but CUDA is not available (no GPU, or libtorch without CUDA)");
+            fail!(InvalidSetting, "--device", "device {spec:?} requested but CUDA is not available (no GPU, or libtorch without CUDA)");
         }
         if i >= n {
-            bail!("device {spec:?} requested but only {n} CUDA device(s) exist");
+            fail!(InvalidSetting, "--device", "device {spec:?} requested but only {n} CUDA device(s) exist");
         }
     }
     Ok(dev)
@@ -148,13 +152,84 @@ pub fn cuda_reset_peak(d: Device) {
     }
 }
 
+extern "C" {
+    fn famix_set_deterministic(on: bool) -> bool;
+    fn famix_deterministic() -> bool;
+    fn famix_disable_tf32() -> bool;
+    fn famix_tf32_conv() -> bool;
+    fn famix_cudnn_benchmark() -> bool;
+}
+
+/// How exactly CUDA computes, process-wide (libtorch's global context). On the CPU
+/// famix's kernels are deterministic and fp32 is IEEE fp32 whatever these say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Numerics {
+    /// PyTorch's deterministic-algorithms mode with cuDNN deterministic and cuDNN
+    /// benchmark off: a CUDA run repeats bit for bit (an op without a deterministic
+    /// kernel is an error instead of a silent difference).
+    pub deterministic: bool,
+    /// Whether fp32 CUDA convolutions (and matmuls) may run in TF32 (≈1e-3 relative);
+    /// libtorch's default for convolutions.
+    pub tf32: bool,
+}
+
+impl Default for Numerics {
+    fn default() -> Self {
+        Numerics { deterministic: false, tf32: true }
+    }
+}
+
+impl Numerics {
+    /// Applies the settings to this process. cuBLAS needs `CUBLAS_WORKSPACE_CONFIG`
+    /// (`:4096:8`) in the environment before CUDA starts for deterministic matmuls;
+    /// the `famix` binary sets it, a library caller must (std::env::set_var is unsafe
+    /// once threads run).
+    pub fn apply(self) -> Result<()> {
+        // SAFETY: the shim calls setters of libtorch's global context and catches exceptions.
+        if !unsafe { famix_set_deterministic(self.deterministic) } {
+            bail!("libtorch refused to change its deterministic-algorithms mode");
+        }
+        // SAFETY: as above.
+        if !self.tf32 && !unsafe { famix_disable_tf32() } {
+            bail!("libtorch refused to turn TF32 off");
+        }
+        Ok(())
+    }
+
+    /// The settings in effect.
+    pub fn current() -> Numerics {
+        // SAFETY: reads of libtorch's global context; the shim catches exceptions.
+        unsafe { Numerics { deterministic: famix_deterministic(), tf32: famix_tf32_conv() } }
+    }
+}
+
+/// Turns cuDNN's benchmark mode on for work whose input sizes repeat (training
+/// crops, evaluation and prediction at fixed sizes): cuDNN times its algorithms on
+/// the first call of each shape and keeps the fastest. Not on the CPU, and not in
+/// deterministic mode (benchmarking may pick different algorithms from run to run).
+pub fn tune_for_repeated_sizes(d: Device) {
+    if matches!(d, Device::Cuda(_)) && !Numerics::current().deterministic {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+}
+
+/// Whether cuDNN's benchmark mode is on.
+pub fn cudnn_benchmark() -> bool {
+    // SAFETY: a read of libtorch's global context; the shim catches exceptions.
+    unsafe { famix_cudnn_benchmark() }
+}
+
 /// Host → device copy that does not stall the host on CUDA: the data is staged in
 /// pinned memory and copied asynchronously on the current stream (PyTorch's pinned
 /// allocator keeps the staging buffer alive until the copy is done). A plain copy
 /// elsewhere.
+///
+/// Pinning goes through `at::_pin_memory` (tch's `internal_pin_memory`): the public
+/// `Tensor.pin_memory(device)` is deprecated in PyTorch 2.11 and prints a warning
+/// (and another from `is_pinned`) on every call.
 pub fn upload(t: &tch::Tensor, device: Device) -> tch::Tensor {
     match device {
-        Device::Cuda(_) if t.device() == Device::Cpu => t.pin_memory(device).to_device_(device, t.kind(), true, false),
+        Device::Cuda(_) if t.device() == Device::Cpu => t.internal_pin_memory(device).to_device_(device, t.kind(), true, false),
         _ => t.to_device(device),
     }
 }

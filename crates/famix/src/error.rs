@@ -4,11 +4,18 @@
 //! The variants a caller can act on are typed — a checkpoint from a newer famix
 //! ([`Error::CheckpointTooNew`]), weights whose names or shapes do not match a model
 //! ([`Error::KeyMismatch`]), a file that cannot be read or parsed
-//! ([`Error::Unreadable`]), a dataset folder that is not in the expected layout
-//! ([`Error::DatasetLayout`]), a setting out of range ([`Error::InvalidSetting`]).
-//! Everything else is a message ([`Error::Msg`]) or a wrapped foreign error
-//! (I/O, JSON, libtorch, image decoding), and [`Context`] adds "while doing what"
-//! layers exactly like `anyhow`'s, which the binary uses on top.
+//! ([`Error::Unreadable`]), an input file or folder that is missing or unusable
+//! ([`Error::InvalidInput`]), a dataset folder that is not in the expected layout
+//! ([`Error::DatasetLayout`]), a setting out of range ([`Error::InvalidSetting`]), a
+//! checkpoint, bank or run folder that does not fit what it is used with
+//! ([`Error::Incompatible`]), non-finite values in a file ([`Error::NonFinite`]), a
+//! run that diverged ([`Error::Diverged`]), work the caller cancelled
+//! ([`Error::Cancelled`]), a folder another process is writing ([`Error::Busy`]).
+//! [`Error::kind`] sorts any error, context layers included, into an [`ErrorKind`]
+//! to branch on. What is left is a message ([`Error::Msg`]: nothing to do but read
+//! it) or a wrapped foreign error (I/O, JSON, libtorch, image decoding), and
+//! [`Context`] adds "while doing what" layers exactly like `anyhow`'s, which the
+//! binary uses on top.
 //!
 //! `{}` prints the outermost message; `{:#}` prints the whole chain joined by `": "`
 //! (the convention of `anyhow`, so messages read the same in logs and reports).
@@ -61,6 +68,41 @@ pub enum Error {
         /// The dataset root (or the sub-folder that is wrong).
         path: PathBuf,
         /// What is missing or wrong, naming the path (this is the message).
+        problem: String,
+    },
+    /// An input file or folder that does not exist, or whose content famix cannot
+    /// use (an empty dataset, a bank with the wrong width, a malformed list).
+    InvalidInput {
+        /// The file or folder.
+        path: PathBuf,
+        /// What is wrong, naming the path (this is the message).
+        problem: String,
+    },
+    /// A checkpoint, style bank or run folder that does not fit what it is used with:
+    /// another model, another run, other settings.
+    Incompatible {
+        /// The file or folder.
+        path: PathBuf,
+        /// The disagreement, naming the path (this is the message).
+        problem: String,
+    },
+    /// Training, pretraining or mining diverged (a loss or a weight became NaN or
+    /// infinite); the message names the last checkpoint to continue from.
+    Diverged {
+        /// What happened and what to do (this is the message).
+        problem: String,
+    },
+    /// Long work stopped because the caller asked it to ([`crate::progress::Progress::cancelled`]);
+    /// whatever it writes was left in a consistent, resumable state.
+    Cancelled {
+        /// What was stopped, and where it can be resumed from.
+        what: String,
+    },
+    /// A folder that another process is writing (its writer lock is taken).
+    Busy {
+        /// The folder (or file).
+        path: PathBuf,
+        /// Who holds it and what to do (this is the message).
         problem: String,
     },
     /// A setting (flag, configuration field) out of its valid range.
@@ -131,7 +173,12 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
-            Error::DatasetLayout { problem, .. } => f.write_str(problem),
+            Error::DatasetLayout { problem, .. }
+            | Error::InvalidInput { problem, .. }
+            | Error::Incompatible { problem, .. }
+            | Error::Busy { problem, .. }
+            | Error::Diverged { problem } => f.write_str(problem),
+            Error::Cancelled { what } => write!(f, "cancelled: {what}"),
             Error::InvalidSetting { name, problem } => write!(f, "{name}: {problem}"),
             Error::NonFinite { what, count } => write!(f, "{what} holds {count} non-finite (NaN or infinite) values"),
             Error::Io(e) => write!(f, "{e}"),
@@ -150,6 +197,30 @@ impl fmt::Display for Error {
     }
 }
 
+/// The kind of an [`Error`], to branch on ([`Error::kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A missing, unreadable or unusable input file or folder ([`Error::InvalidInput`],
+    /// [`Error::Unreadable`], [`Error::DatasetLayout`]).
+    InvalidInput,
+    /// A setting out of range ([`Error::InvalidSetting`]).
+    InvalidSetting,
+    /// A checkpoint, bank or run that does not fit ([`Error::Incompatible`],
+    /// [`Error::KeyMismatch`], [`Error::CheckpointTooNew`]).
+    Incompatible,
+    /// Non-finite values in a file, or a run that diverged ([`Error::NonFinite`], [`Error::Diverged`]).
+    NonFinite,
+    /// Stopped by the caller ([`Error::Cancelled`]).
+    Cancelled,
+    /// Another process is writing the folder ([`Error::Busy`]).
+    Busy,
+    /// The operating system refused (disk full, permissions, ...): [`Error::Io`].
+    Io,
+    /// Anything else (libtorch, encoders, messages).
+    Other,
+}
+
 /// libtorch messages carry a C++ backtrace after the first line; users need the line.
 fn first_line(s: &str) -> &str {
     s.lines().find(|l| !l.trim().is_empty()).unwrap_or(s).trim_end()
@@ -164,6 +235,32 @@ impl Error {
     /// Wraps `self` with what was being done.
     pub fn context(self, c: impl fmt::Display) -> Self {
         Error::Context { context: c.to_string(), source: Box::new(self) }
+    }
+
+    /// The kind of this error: that of the outermost typed error under any context
+    /// layers (a file that is [`Error::Unreadable`] stays unreadable whatever its cause).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Context { source, .. } => source.kind(),
+            Error::InvalidInput { .. } | Error::Unreadable { .. } | Error::DatasetLayout { .. } => ErrorKind::InvalidInput,
+            Error::InvalidSetting { .. } => ErrorKind::InvalidSetting,
+            Error::Incompatible { .. } | Error::KeyMismatch { .. } | Error::CheckpointTooNew { .. } => ErrorKind::Incompatible,
+            Error::NonFinite { .. } | Error::Diverged { .. } => ErrorKind::NonFinite,
+            Error::Cancelled { .. } => ErrorKind::Cancelled,
+            Error::Busy { .. } => ErrorKind::Busy,
+            Error::Io(_) => ErrorKind::Io,
+            Error::Json(_) | Error::Torch(_) | Error::Image(_) | Error::Msg(_) => ErrorKind::Other,
+        }
+    }
+
+    /// An [`Error::InvalidInput`] for `path`; `problem` is the whole message.
+    pub fn invalid_input(path: impl Into<PathBuf>, problem: impl fmt::Display) -> Self {
+        Error::InvalidInput { path: path.into(), problem: problem.to_string() }
+    }
+
+    /// An [`Error::Incompatible`] for `path`; `problem` is the whole message.
+    pub fn incompatible(path: impl Into<PathBuf>, problem: impl fmt::Display) -> Self {
+        Error::Incompatible { path: path.into(), problem: problem.to_string() }
     }
 
     /// The innermost error (the root cause).
@@ -254,6 +351,19 @@ macro_rules! bail {
     ($($arg:tt)*) => { return Err($crate::error::format_err!($($arg)*)) };
 }
 pub(crate) use bail;
+
+/// Returns early with a typed error whose message is the format arguments:
+/// `fail!(InvalidInput, path, "...")`, `fail!(Incompatible, path, "...")`,
+/// `fail!(InvalidSetting, "--flag", "...")`, `fail!(Diverged, "...")`.
+macro_rules! fail {
+    (InvalidInput, $path:expr, $($arg:tt)*) => { return Err($crate::error::Error::invalid_input($path, format!($($arg)*))) };
+    (Incompatible, $path:expr, $($arg:tt)*) => { return Err($crate::error::Error::incompatible($path, format!($($arg)*))) };
+    (InvalidSetting, $name:expr, $($arg:tt)*) => {
+        return Err($crate::error::Error::InvalidSetting { name: ($name).into(), problem: format!($($arg)*) })
+    };
+    (Diverged, $($arg:tt)*) => { return Err($crate::error::Error::Diverged { problem: format!($($arg)*) }) };
+}
+pub(crate) use fail;
 
 #[cfg(test)]
 mod tests {

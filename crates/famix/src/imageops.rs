@@ -308,7 +308,7 @@ fn coeffs(in_size: usize, out_size: usize, filter: Filter) -> (Vec<i32>, Vec<(us
 }
 
 /// Python's `round()` (half to even), as torchvision's centre crop uses it.
-pub fn py_round(x: f64) -> i64 {
+pub(crate) fn py_round(x: f64) -> i64 {
     let r = x.round();
     if (x - x.trunc()).abs() == 0.5 {
         let f = x.floor();

@@ -49,7 +49,7 @@ pub mod shard;
 pub mod style;
 pub mod train;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use imageops::Image8;
 pub use model::{Precision, PredictOptions, Prediction, Segmenter};
 pub use names::Named;

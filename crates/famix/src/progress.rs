@@ -29,6 +29,12 @@ pub trait Progress: Sync {
     fn notice(&self, _line: &str) {}
     /// The current task ended (successfully or not).
     fn finish(&self) {}
+    /// Asked between steps of long work (training and pretraining iterations, mining
+    /// batches): `true` stops it at the next step, after writing what a resume needs
+    /// (a checkpoint, the bank), with [`crate::Error::Cancelled`].
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// Reports nothing.

@@ -43,7 +43,7 @@ impl Shard {
 
     /// The shard of this task from the scheduler's environment (`env` looks a
     /// variable up); `shards` is `--shards N` (needed for Kubernetes).
-    pub fn from_env(env: &dyn Fn(&str) -> Option<String>, shards: Option<usize>) -> Result<Shard> {
+    pub(crate) fn from_env(env: &dyn Fn(&str) -> Option<String>, shards: Option<usize>) -> Result<Shard> {
         let num = |k: &str| -> Result<Option<usize>> {
             env(k).map(|v| v.trim().parse::<usize>().map_err(|_| bad(format!("{k}={v:?} is not a number")))).transpose()
         };
@@ -80,7 +80,7 @@ impl Shard {
     }
 
     /// Whether item `i` of the list belongs to this shard.
-    pub fn owns(&self, i: usize) -> bool {
+    pub(crate) fn owns(&self, i: usize) -> bool {
         i % self.count == self.index
     }
 

@@ -86,9 +86,7 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
     if !a.crop.is_multiple_of(4) || !a.mine_crop.is_multiple_of(12) {
         bail!("--crop must be divisible by 4 and --mine-crop by 12 (4 × the 3x3 style grid)");
     }
-    if let tch::Device::Cuda(_) = device {
-        tch::Cuda::cudnn_set_benchmark(true);
-    }
+    famix::device::tune_for_repeated_sizes(device);
     let tmp = tempdir()?;
     for what in a.what.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         super::bench_run::reset_peak_rss();

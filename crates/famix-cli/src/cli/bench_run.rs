@@ -20,10 +20,10 @@ use famix::model::{FreezePolicy, HeadConfig, Precision, PredictOptions, Segmente
 use famix::optim::Sgd;
 use famix::rng::Rng;
 use famix::style::bank::StyleBank;
-use famix::style::mining::mine_batches;
-use famix::style::prompts::{PromptEmbedder, PromptSet};
+use famix::style::mining::Miner;
+use famix::style::prompts::PromptSet;
 use famix::style::PinConfig;
-use famix::train::trainer::Stepper;
+use famix::train::Stepper;
 use famix::train::TrainConfig;
 
 /// Model sizes `bench` can time (random weights).
@@ -248,7 +248,7 @@ pub fn bench_train(cfg: &BenchConfig, tmp: &Path) -> Result<BenchResult> {
     if !cfg.no_fold {
         model.fold_frozen();
     }
-    let bank = random_bank(model.config.backbone.low_level_channels() as usize, tmp)?;
+    let bank = random_bank(model.config().backbone.low_level_channels() as usize, tmp)?;
     let tc = TrainConfig {
         batch: cfg.batch,
         crop: cfg.crop,
@@ -256,7 +256,7 @@ pub fn bench_train(cfg: &BenchConfig, tmp: &Path) -> Result<BenchResult> {
         amp_bf16: cfg.precision == Precision::Bf16,
         ..TrainConfig::reference("random".into(), String::new(), DatasetKind::Gta5, "synthetic".into(), Some(bank))
     };
-    let tables = famix::train::trainer::bank_tables(&tc, &model)?;
+    let tables = famix::train::bank_tables(&tc, &model)?;
     let mut stepper = Stepper::new(&model, &tc, tables, Sgd::new(0.9, 1e-4));
     let batches: Vec<Batch> = (0..2).map(|i| synthetic_batch(cfg.batch, cfg.crop, 3, i)).collect();
     let mut step = 0u64;
@@ -274,12 +274,12 @@ pub fn bench_mine(cfg: &BenchConfig) -> Result<BenchResult> {
     tch::manual_seed(0);
     let clip = Clip::random(&cfg.arch.visual(), Some(&cfg.arch.text()), cfg.device, OutputStride::Os32);
     let prompts = PromptSet::default();
-    let mut embedder = PromptEmbedder::new(&clip, prompts.templates.clone())?;
     let pin = PinConfig { iters: cfg.mine_iters, ..Default::default() };
+    let mut miner = Miner::new(&clip, &prompts, &pin)?;
     let batch = synthetic_batch(cfg.mine_batch, cfg.mine_crop, pin.grid, 7);
     let _amp = Autocast::new(cfg.device, cfg.precision == Precision::Bf16);
     let (ms, peak) = timed(cfg, || {
-        mine_batches(&clip, &mut embedder, &prompts, &pin, 1, None, 0, std::slice::from_ref(&batch))?;
+        miner.mine_batches(1, None, 0, std::slice::from_ref(&batch))?;
         Ok(())
     })?;
     Ok(result(cfg, "mine", cfg.mine_batch, cfg.mine_crop, cfg.mine_crop, ms, peak))

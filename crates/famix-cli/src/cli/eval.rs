@@ -9,6 +9,7 @@ use serde_json::json;
 use famix::data::datasets::ACDC_CONDITIONS;
 use famix::data::{Dataset, DatasetKind};
 use famix::eval::metrics::Metrics;
+use famix::eval::protocol::ClassProtocol;
 use famix::eval::table::ResultsTable;
 use famix::eval::{evaluate, EvalOptions};
 use famix::model::checkpoint;
@@ -125,22 +126,9 @@ fn targets(a: &EvalArgs) -> Result<Vec<Target>> {
     Ok(out)
 }
 
-/// The key and classes of the --classes protocol (None for all 19).
-fn protocol(classes: usize) -> Option<(&'static str, &'static [usize])> {
-    match classes {
-        16 => Some(("miou16", &famix::eval::metrics::SYNTHIA_16[..])),
-        13 => Some(("miou13", &famix::eval::metrics::SYNTHIA_13[..])),
-        _ => None,
-    }
-}
-
-/// Synthia's subsets are defined on the 19 Cityscapes classes: refuses a model (or
-/// merged parts) with `k` classes before any work.
-fn check_protocol(subset: Option<(&str, &[usize])>, k: usize, whose: &str) -> Result<()> {
-    if let Some((_, classes)) = subset.filter(|_| k != 19) {
-        bail!("--classes {} is a protocol on the 19 Cityscapes classes; {whose} has {k}", classes.len());
-    }
-    Ok(())
+/// The --classes protocol.
+fn protocol(a: &EvalArgs) -> ClassProtocol {
+    ClassProtocol::from_count(a.classes).unwrap_or(ClassProtocol::All)
 }
 
 pub fn eval(a: EvalArgs) -> Result<i32> {
@@ -160,18 +148,18 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
 /// The mIoU of one checkpoint on every target, in the --classes protocol.
 fn table_row(a: &EvalArgs, ckpt: &Path, targets: &[Target], cells: &mut Vec<serde_json::Value>) -> Result<Vec<f64>> {
     let mut loaded = checkpoint::load(ckpt, a.device.device, a.test.output_stride()?)?;
-    a.test.prepare(&mut loaded.model);
-    let k = loaded.model.config.class_names.len();
-    check_protocol(protocol(a.classes), k, &ckpt.display().to_string())?;
+    a.test.prepare(&mut loaded.model)?;
+    let k = loaded.model.config().class_names.len();
+    protocol(a).check(k, &ckpt.display().to_string())?;
     let opts = EvalOptions { predict: a.test.predict_options()?, skip_bad: a.skip_bad, limit: a.limit };
     let mut row = Vec::new();
     for t in targets {
         let ds = Dataset::open(t.kind, &t.root, &a.split, t.condition.as_deref())?;
         eprintln!("evaluating {} on {}", loaded.path.display(), ds.describe());
         let rep = evaluate(&loaded.model, &ds, &opts, &super::progress::Bars::default())?;
-        let v = match protocol(a.classes) {
-            Some((_, cls)) => famix::eval::metrics::subset_miou(&rep.confusion, k, cls).unwrap_or(f64::NAN),
-            None => rep.metrics.miou,
+        let v = match protocol(a) {
+            ClassProtocol::All => rep.metrics.miou,
+            p => p.miou(&rep.confusion, k).unwrap_or(f64::NAN),
         };
         cells.push(json!({"checkpoint": ckpt, "column": t.column, "dataset": t.kind.name(), "condition": t.condition, "split": a.split, "miou": v, "images": rep.images, "skipped": rep.skipped.len()}));
         row.push(v);
@@ -187,7 +175,7 @@ fn eval_table(a: &EvalArgs, targets: &[Target]) -> Result<i32> {
         let row = table_row(a, ckpt, targets, &mut cells)?;
         table.rows.push((ckpt.display().to_string(), row));
     }
-    let what = protocol(a.classes).map(|(k, _)| k).unwrap_or("miou");
+    let what = protocol(a).key();
     match &a.markdown {
         Some(None) => print!("{}", table.to_markdown()),
         Some(Some(p)) => {
@@ -217,11 +205,11 @@ struct Single<'a> {
 }
 
 /// Prints the per-class table (and the --classes subset) and writes the JSON.
-fn finish_single(a: &EvalArgs, r: &Single, subset: Option<(&'static str, &'static [usize])>) -> Result<()> {
+fn finish_single(a: &EvalArgs, r: &Single, protocol: ClassProtocol) -> Result<()> {
     let k = r.names.len();
     let metrics = Metrics::from_matrix(r.confusion, k);
     print!("{}", metrics.table(r.names));
-    let sub = subset.map(|(key, cls)| (key, famix::eval::metrics::subset_miou(r.confusion, k, cls)));
+    let sub = protocol.classes().map(|_| (protocol.key(), protocol.miou(r.confusion, k)));
     if let Some((key, v)) = &sub {
         println!("{key}: {}", v.map(|v| format!("{:.2} %", v * 100.0)).unwrap_or_else(|| "- (no pixel of those classes)".into()));
     }
@@ -251,8 +239,8 @@ fn eval_one(a: &EvalArgs, ckpt: &Path, t: &Target) -> Result<i32> {
     let predict = a.test.predict_options()?;
     let shard = a.shard.shard()?;
     let mut loaded = checkpoint::load(ckpt, a.device.device, a.test.output_stride()?)?;
-    a.test.prepare(&mut loaded.model);
-    check_protocol(protocol(a.classes), loaded.model.config.class_names.len(), &loaded.path.display().to_string())?;
+    a.test.prepare(&mut loaded.model)?;
+    protocol(a).check(loaded.model.config().class_names.len(), &loaded.path.display().to_string())?;
     let mut ds = Dataset::open(t.kind, &t.root, &a.split, t.condition.as_deref())?;
     if let Some(sh) = shard {
         ds.samples = sh.select(ds.samples.len()).into_iter().map(|i| ds.samples[i].clone()).collect();
@@ -264,12 +252,12 @@ fn eval_one(a: &EvalArgs, ckpt: &Path, t: &Target) -> Result<i32> {
     let about = json!({
         "dataset": t.kind.name(), "split": a.split, "condition": t.condition,
         "scale": a.test.scale, "ensemble": a.test.ensemble, "checkpoint": loaded.path.display().to_string(),
-        "output_stride": loaded.model.config.output_stride.value(), "shard": shard.map(|s| s.to_string()),
+        "output_stride": loaded.model.config().output_stride.value(), "shard": shard.map(|s| s.to_string()),
         "limit": a.limit,
     });
-    let names = &loaded.model.config.class_names;
+    let names = &loaded.model.config().class_names;
     let r = Single { names, confusion: &rep.confusion, images: rep.images as u64, skipped: json!(rep.skipped), about };
-    finish_single(a, &r, protocol(a.classes))?;
+    finish_single(a, &r, protocol(a))?;
     Ok(0)
 }
 
@@ -315,10 +303,10 @@ fn merge(a: &EvalArgs) -> Result<i32> {
     for key in SAME_IN_PARTS.iter().filter(|k| **k != "class_names") {
         about[*key] = parts[0][*key].clone();
     }
-    let subset =
-        ["miou16", "miou13"].into_iter().find(|k| parts[0].get(*k).is_some()).and_then(|k| protocol(if k == "miou16" { 16 } else { 13 }));
-    let subset = subset.or(protocol(a.classes));
-    check_protocol(subset, k, "the merged evaluation")?;
-    finish_single(a, &Single { names: &names, confusion: &sum, images, skipped: json!(skipped), about }, subset)?;
+    // Parts evaluated with a subset protocol carry its key; otherwise --classes decides.
+    let subset = ["miou16", "miou13"].into_iter().find(|k| parts[0].get(*k).is_some()).and_then(ClassProtocol::from_key);
+    let protocol = subset.unwrap_or(protocol(a));
+    protocol.check(k, "the merged evaluation")?;
+    finish_single(a, &Single { names: &names, confusion: &sum, images, skipped: json!(skipped), about }, protocol)?;
     Ok(0)
 }

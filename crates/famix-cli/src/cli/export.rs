@@ -51,8 +51,8 @@ pub fn export(a: ExportArgs) -> Result<i32> {
     eprintln!(
         "exported {} (OS{}, {} classes) → {} ({:.1} MB, opset {})",
         loaded.path.display(),
-        loaded.model.config.output_stride.value(),
-        loaded.model.config.head.num_classes,
+        loaded.model.config().output_stride.value(),
+        loaded.model.config().head.num_classes,
         a.out.display(),
         size as f64 / 1e6,
         a.opset

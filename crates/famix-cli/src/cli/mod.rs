@@ -170,14 +170,20 @@ pub struct TestTimeArgs {
     /// Run the plain network (conv then batch norm, as the reference) instead of the fast path (batch norms folded into the convolutions, channels-last)
     #[arg(long, alias = "no-fuse")]
     pub no_fold: bool,
+    #[command(flatten)]
+    pub numerics: NumericsArgs,
 }
 
 impl TestTimeArgs {
-    /// Switches `model` to the fast path unless `--no-fold`.
-    pub fn prepare(&self, model: &mut famix::Segmenter) {
+    /// Applies --deterministic / --no-tf32, switches `model` to the fast path unless
+    /// `--no-fold`, and lets cuDNN pick its fastest kernels for the sizes that repeat.
+    pub fn prepare(&self, model: &mut famix::Segmenter) -> anyhow::Result<()> {
+        self.numerics.apply()?;
         if !self.no_fold {
             model.fold();
         }
+        famix::device::tune_for_repeated_sizes(model.device());
+        Ok(())
     }
     /// The output stride asked for, if any.
     pub fn output_stride(&self) -> anyhow::Result<Option<famix::clip::OutputStride>> {
@@ -208,6 +214,41 @@ impl DataJobArgs {
     pub fn workers(&self) -> usize {
         self.workers.unwrap_or_else(famix::data::prefetch::default_workers)
     }
+}
+
+/// `--deterministic` and `--no-tf32`: how exactly CUDA computes (shared by train,
+/// mine-styles, eval and predict; the CPU is deterministic and IEEE fp32 always).
+#[derive(clap::Args, Clone, Copy)]
+pub struct NumericsArgs {
+    /// CUDA: deterministic kernels (PyTorch's deterministic-algorithms mode, cuDNN deterministic, cuDNN benchmark off), so a run repeats bit for bit; slower. The CPU is deterministic without it
+    #[arg(long)]
+    pub deterministic: bool,
+    /// CUDA: fp32 convolutions and matmuls in IEEE fp32 instead of TF32 (libtorch's default for convolutions, about 1e-3 relative)
+    #[arg(long)]
+    pub no_tf32: bool,
+}
+
+impl NumericsArgs {
+    pub fn numerics(&self) -> famix::device::Numerics {
+        famix::device::Numerics { deterministic: self.deterministic, tf32: !self.no_tf32 }
+    }
+
+    /// Applies the flags to this process.
+    pub fn apply(&self) -> anyhow::Result<famix::device::Numerics> {
+        let n = self.numerics();
+        apply_numerics(n)?;
+        Ok(n)
+    }
+}
+
+/// Applies `n` to this process, with the cuBLAS workspace setting deterministic CUDA
+/// matmuls need (read by PyTorch when a matmul runs; set here, before any worker
+/// thread exists, unless the user set it).
+pub fn apply_numerics(n: famix::device::Numerics) -> anyhow::Result<()> {
+    if n.deterministic && std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
+        std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
+    }
+    Ok(n.apply()?)
 }
 
 /// `--shard I/N | auto` and `--shards N`, shared by predict, eval and mine-styles.

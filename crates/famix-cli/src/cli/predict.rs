@@ -10,6 +10,7 @@ use tch::{Device, Kind, Tensor};
 use famix::clip::OutputStride;
 use famix::data::collect_inputs;
 use famix::data::prefetch::{default_workers, ordered_map};
+use famix::data::staging::{same_size_batches, staged};
 use famix::imageops::Image8;
 use famix::model::checkpoint;
 use famix::progress::{Progress, Unit};
@@ -56,32 +57,30 @@ pub struct PredictArgs {
     device: super::DeviceArgs,
 }
 
-/// Same-size decoded images waiting for one forward pass.
-struct Pending<'a> {
+/// Where a batch's predictions go.
+struct Sink<'a> {
     model: &'a Segmenter,
     opts: PredictOptions,
     out: &'a Path,
     stems: &'a [PathBuf],
     overlay: bool,
     format: famix::render::IdFormat,
-    batch: Vec<(usize, Image8)>,
     writers: &'a Writers,
 }
 
-impl Pending<'_> {
-    /// Segments the pending images (one forward pass) and writes their outputs.
-    fn flush(&mut self) -> Result<()> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let x = Tensor::stack(&self.batch.iter().map(|(_, im)| im.to_tensor_u8()).collect::<Vec<_>>(), 0);
+impl Sink<'_> {
+    /// Segments one staged batch (`x`: its u8 tensor on the device) and hands each
+    /// image's outputs to the writer threads.
+    fn segment(&self, indices: Vec<usize>, images: Vec<Image8>, x: Tensor) -> famix::Result<()> {
         let (ids, _) = self.model.predict_ids(&x, &self.opts)?;
         let ids = ids.to_kind(Kind::Uint8).to_device(Device::Cpu);
-        for (k, (i, img)) in self.batch.drain(..).enumerate() {
+        for (k, (i, img)) in indices.into_iter().zip(images).enumerate() {
             let labels = Image8::from_tensor_u8(&ids.get(k as i64))?;
             let (stem, palette, overlay, format) =
-                (self.out.join(&self.stems[i]), self.model.config.palette.clone(), self.overlay, self.format);
-            self.writers.submit(Box::new(move || write_outputs_as(&stem, &img, &labels, &palette, overlay, format)))?;
+                (self.out.join(&self.stems[i]), self.model.config().palette.clone(), self.overlay, self.format);
+            self.writers
+                .submit(Box::new(move || write_outputs_as(&stem, &img, &labels, &palette, overlay, format)))
+                .map_err(|e| famix::Error::msg(format!("{e:#}")))?;
         }
         Ok(())
     }
@@ -105,7 +104,7 @@ pub fn predict(a: PredictArgs) -> Result<i32> {
         eprintln!("note: {n}");
     }
     let mut model = checkpoint::load(&a.checkpoint, a.device.device, a.test.output_stride()?)?.model;
-    a.test.prepare(&mut model);
+    a.test.prepare(&mut model)?;
     std::fs::create_dir_all(&a.out)?;
     let mut failed = if items.is_empty() { 0 } else { predict_images(&a, &model, opts.clone(), items)? };
     let job = VideoJob { model: &model, opts, batch: a.batch, color_video: a.color_video, frames: a.frames, format: a.label_format };
@@ -133,38 +132,25 @@ fn predict_images(a: &PredictArgs, model: &Segmenter, opts: PredictOptions, item
     let opts_scale = opts.scale;
     let writers =
         Writers::new(a.writers.unwrap_or_else(|| (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) / 2).max(1)));
-    let mut pending = Pending {
-        model,
-        opts,
-        out: &a.out,
-        stems: &stems,
-        overlay: a.overlay,
-        format: a.label_format,
-        batch: Vec::new(),
-        writers: &writers,
-    };
-    let mut failed = 0usize;
-    for (i, res) in decoded.enumerate() {
-        let res = res.map_err(anyhow::Error::from).and_then(|img| {
-            model.check_size(img.width as i64, img.height as i64, opts_scale)?;
-            Ok(img)
-        });
+    let sink = Sink { model, opts, out: &a.out, stems: &stems, overlay: a.overlay, format: a.label_format, writers: &writers };
+    let failed = std::sync::atomic::AtomicUsize::new(0);
+    // Decoding (worker threads) → size check → same-size batches → staged on the device
+    // by a producer thread while the model runs the previous batch.
+    let config = model.config();
+    let readable = decoded.enumerate().filter_map(|(i, res)| {
+        bars.advance(1);
+        let res = res.and_then(|img| config.check_size(img.width as i64, img.height as i64, opts_scale).map(|_| img));
         match res {
-            Ok(img) => {
-                let other_size = pending.batch.first().is_some_and(|(_, b)| (b.width, b.height) != (img.width, img.height));
-                if other_size || pending.batch.len() >= a.batch.max(1) {
-                    pending.flush()?;
-                }
-                pending.batch.push((i, img));
-            }
+            Ok(img) => Some((i, img)),
             Err(e) => {
                 bars.notice(&format!("skipping {}: {e:#}", shared[i].display()));
-                failed += 1;
+                failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                None
             }
         }
-        bars.advance(1);
-    }
-    pending.flush()?;
+    });
+    staged(same_size_batches(readable, a.batch.max(1)), model.device(), 2, |idx, imgs, x| sink.segment(idx, imgs, x))?;
+    let failed = failed.into_inner();
     writers.finish()?;
     bars.finish();
     eprintln!("{} predictions written to {} ({} failed)", shared.len() - failed, a.out.display(), failed);
@@ -188,7 +174,7 @@ pub fn import(a: ImportArgs) -> Result<i32> {
     let sd = famix::clip::StateDict::load(&a.reference)?;
     let (model, meta) = checkpoint::import_state(&sd, Device::Cpu, os)?;
     let path = checkpoint::save(&model, &meta, &a.out)?;
-    let c = &model.config;
+    let c = &model.config();
     eprintln!(
         "imported {}: CLIP ResNet layers {:?} width {}, {} classes, OS{}, step {}, best mIoU {}",
         a.reference.display(),

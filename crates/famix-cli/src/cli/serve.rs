@@ -424,17 +424,18 @@ pub fn serve(a: ServeArgs) -> Result<i32> {
     if !a.no_fold {
         model.fold();
     }
+    famix::device::tune_for_repeated_sizes(model.device());
     let (tx, rx) = bounded::<Job>(a.max_queue.max(1));
     let app = Arc::new(App {
         jobs: tx,
         metrics: Arc::new(Metrics::new()?),
         max_pixels: a.max_pixels,
-        class_names: model.config.class_names.clone(),
-        palette: model.config.palette.clone(),
+        class_names: model.config().class_names.clone(),
+        palette: model.config().palette.clone(),
         health: json!({
             "ready": true, "device": famix::device::device_name(a.device.device), "precision": a.amp.name(),
             "checkpoint": loaded.path.display().to_string(), "checkpoint_sha256": famix::io::sha256_file(&loaded.path)?,
-            "classes": model.config.class_names.len(), "max_batch": a.max_batch, "auth": key.is_some(),
+            "classes": model.config().class_names.len(), "max_batch": a.max_batch, "auth": key.is_some(),
         }),
         sample_png: sample_png()?,
     });

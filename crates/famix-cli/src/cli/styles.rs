@@ -10,7 +10,7 @@ use famix::clip::{Clip, OutputStride};
 use famix::data::{Dataset, DatasetKind};
 use famix::io::sha256_file;
 use famix::style::bank::StyleBank;
-use famix::style::mining::{check_settings, mine, run_identity, MineSettings};
+use famix::style::mining::{check_settings, mine, run_identity, MineSettings, Miner};
 use famix::style::prompts::PromptSet;
 use famix::style::PinConfig;
 
@@ -76,6 +76,8 @@ pub struct MineArgs {
     #[command(flatten)]
     shard: super::ShardArgs,
     #[command(flatten)]
+    numerics: super::NumericsArgs,
+    #[command(flatten)]
     job: super::DataJobArgs,
 }
 
@@ -101,6 +103,7 @@ pub fn mine_styles(a: MineArgs) -> Result<i32> {
     settings.description = a.prompt.clone();
     settings.skip_bad = a.job.skip_bad;
     settings.shard = a.shard.shard()?;
+    settings.numerics = a.numerics.apply()?;
     check_settings(&settings, &pin)?;
     let prompts = match &a.styles {
         Some(p) => PromptSet::from_file(p)?,
@@ -118,7 +121,8 @@ pub fn mine_styles(a: MineArgs) -> Result<i32> {
     let identity = run_identity(&sha256_file(&a.clip)?, &ds, &settings, &pin, &prompts);
     eprintln!("mining styles from {} with {}", ds.describe(), a.clip.display());
     let t0 = std::time::Instant::now();
-    let bank = mine(&clip, ds, &prompts, &pin, &settings, &a.out, identity, a.resume, &super::progress::Bars::default())?;
+    let mut miner = Miner::new(&clip, &prompts, &pin)?;
+    let bank = mine(&mut miner, ds, &settings, &a.out, identity, a.resume, &super::progress::Bars::default())?;
     eprintln!(
         "{} styles from {} batches in {:.1} s → {}",
         bank.total(),

@@ -10,7 +10,7 @@ use famix::data::DatasetKind;
 use famix::io::sha256_file;
 use famix::model::{FreezePolicy, HeadConfig};
 use famix::style::mixing::StyleMode;
-use famix::train::trainer::{check_config, train as run_training};
+use famix::train::{check_config, train as run_training};
 use famix::train::{RunOptions, TrainConfig, ValSpec};
 
 #[derive(Args)]
@@ -136,6 +136,8 @@ pub struct TrainArgs {
     #[arg(long, requires = "resume")]
     reset_optimizer: bool,
     #[command(flatten)]
+    numerics: super::NumericsArgs,
+    #[command(flatten)]
     job: super::DataJobArgs,
 }
 
@@ -177,6 +179,8 @@ fn fixed_on_resume(a: &TrainArgs) -> Vec<&'static str> {
         ("--amp", a.amp.is_some()),
         ("--log-interval", a.log_interval.is_some()),
         ("--force", a.force),
+        ("--deterministic", a.numerics.deterministic),
+        ("--no-tf32", a.numerics.no_tf32),
     ];
     given.iter().filter(|(_, g)| *g).map(|(n, _)| *n).collect()
 }
@@ -216,6 +220,7 @@ fn new_config(a: &TrainArgs) -> Result<TrainConfig> {
     }
     c.augment = !a.no_augment;
     c.amp_bf16 = a.amp == Some(famix::Precision::Bf16);
+    c.numerics = a.numerics.numerics();
     override_values(a, &mut c);
     Ok(c)
 }
@@ -252,6 +257,8 @@ pub fn train(a: TrainArgs) -> Result<i32> {
     let (cfg, run, resume) =
         super::run_target(a.resume.as_ref(), a.out.as_ref(), a.force, &fixed_on_resume(&a), extend, || new_config(&a))?;
     check_config(&cfg)?;
+    // The library applies the run's numerics; the binary adds cuBLAS's environment setting.
+    super::apply_numerics(cfg.numerics)?;
     let tensorboard = a.tensorboard.clone().map(|d| d.unwrap_or_else(|| run.join("tensorboard")));
     let opts = RunOptions {
         device: a.job.device.device,

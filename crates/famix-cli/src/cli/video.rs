@@ -13,8 +13,9 @@ use std::thread::JoinHandle;
 
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::bounded;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
+use famix::data::staging::{same_size_batches, staged};
 use famix::imageops::Image8;
 use famix::render::{colorize, overlay, write_outputs_as, IdFormat};
 use famix::{PredictOptions, Segmenter};
@@ -189,7 +190,7 @@ pub fn predict_video(job: &VideoJob, path: &Path, out: &Path, stem: &Path) -> Re
     let (tx_out, rx_out) = bounded::<(u64, Image8, Image8)>(queue);
     let ov = Encoder::new(&named("_overlay.mp4"), &p)?;
     let co = job.color_video.then(|| Encoder::new(&named("_color.mp4"), &p)).transpose()?;
-    let (frame_dir, palette, format) = (job.frames.then(|| named("")), job.model.config.palette.clone(), job.format);
+    let (frame_dir, palette, format) = (job.frames.then(|| named("")), job.model.config().palette.clone(), job.format);
     let writer = std::thread::spawn(move || write_frames(rx_out, ov, co, frame_dir, palette, format));
     let result = segment_frames(job, rx, tx_out);
     let written = writer.join().map_err(|_| anyhow!("the video writer panicked"))?;
@@ -214,21 +215,17 @@ fn segment_frames(
     tx: crossbeam_channel::Sender<(u64, Image8, Image8)>,
 ) -> Result<u64> {
     let mut n = 0u64;
-    let mut pending: Vec<Image8> = Vec::new();
-    let mut frames = rx.into_iter().peekable();
-    while let Some(frame) = frames.next() {
-        pending.push(frame);
-        if pending.len() < job.batch.max(1) && frames.peek().is_some() {
-            continue;
-        }
-        let x = Tensor::stack(&pending.iter().map(|im| im.to_tensor_u8()).collect::<Vec<_>>(), 0);
+    // Frames are staged on the device by a producer thread while the model runs.
+    let batches = same_size_batches(rx.into_iter().map(|f| ((), f)), job.batch.max(1));
+    staged(batches, job.model.device(), 2, |_, frames, x| {
         let ids = job.model.predict_ids(&x, &job.opts)?.0.to_kind(Kind::Uint8).to_device(Device::Cpu);
-        for (k, img) in pending.drain(..).enumerate() {
+        for (k, img) in frames.into_iter().enumerate() {
             let labels = Image8::from_tensor_u8(&ids.get(k as i64))?;
-            tx.send((n, img, labels)).map_err(|_| anyhow!("the video writer stopped"))?;
+            tx.send((n, img, labels)).map_err(|_| famix::Error::msg("the video writer stopped"))?;
             n += 1;
         }
-    }
+        Ok(())
+    })?;
     Ok(n)
 }
 

@@ -30,7 +30,7 @@ pub fn default_cache_dir() -> PathBuf {
 }
 
 /// (name, SHA-256, file name) of a supported model, case-insensitively.
-pub fn lookup(name: &str) -> Result<(&'static str, &'static str, &'static str)> {
+pub(crate) fn lookup(name: &str) -> Result<(&'static str, &'static str, &'static str)> {
     MODELS
         .iter()
         .find(|(n, _, _)| n.eq_ignore_ascii_case(name))

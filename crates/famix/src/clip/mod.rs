@@ -10,7 +10,7 @@ pub mod tokenizer;
 
 use std::path::Path;
 
-use crate::error::{format_err, Context, Result};
+use crate::error::{format_err, Context, Error, Result};
 use tch::{nn, Device, Tensor};
 
 pub use crate::io::StateDict;
@@ -66,7 +66,10 @@ impl Clip {
             } else {
                 ""
             };
-            return Err(format_err!("{}: no CLIP image tower ('visual.*' keys) in this file{hint}", path.display()));
+            return Err(Error::invalid_input(
+                path,
+                format!("{}: no CLIP image tower ('visual.*' keys) in this file{hint}", path.display()),
+            ));
         }
         let vcfg = ResNetConfig::infer(&sd.tensors, "visual.").with_context(|| format!("{}", path.display()))?;
         let tcfg = TextConfig::infer(&sd.tensors).with_context(|| format!("{}", path.display()))?;

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::error::{bail, format_err, Result};
+use crate::error::{bail, fail, format_err, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
@@ -32,7 +32,7 @@ impl OutputStride {
             8 => Ok(OutputStride::Os8),
             16 => Ok(OutputStride::Os16),
             32 => Ok(OutputStride::Os32),
-            _ => bail!("output stride must be 8, 16 or 32 (got {v})"),
+            _ => fail!(InvalidSetting, "--output-stride", "output stride must be 8, 16 or 32 (got {v})"),
         }
     }
     /// 8, 16 or 32.
@@ -370,7 +370,7 @@ impl ModifiedResNet {
 
     /// Folds the stem (if `stem`) and the blocks for which `block(stage, index)` holds:
     /// for training, the frozen ones (their weights and statistics never change).
-    pub fn fold_where(&mut self, stem: bool, block: &dyn Fn(usize, usize) -> bool) {
+    pub(crate) fn fold_where(&mut self, stem: bool, block: &dyn Fn(usize, usize) -> bool) {
         if stem {
             self.stem.iter_mut().for_each(ConvBn::fold);
         }
@@ -405,7 +405,7 @@ impl ModifiedResNet {
 
     /// Runs stage `idx` (0-based: 0 = layer1); `train(block)` says which blocks use
     /// batch statistics.
-    pub fn stage(&self, idx: usize, x: &Tensor, train: &dyn Fn(usize, usize) -> bool) -> Tensor {
+    pub(crate) fn stage(&self, idx: usize, x: &Tensor, train: &dyn Fn(usize, usize) -> bool) -> Tensor {
         let mut x = x.shallow_clone();
         for (b, blk) in self.layers[idx].iter().enumerate() {
             x = blk.forward(&x, train(idx, b));

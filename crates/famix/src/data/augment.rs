@@ -50,7 +50,7 @@ fn crop_offset(rng: &mut Rng, size: usize, target: usize) -> i64 {
 }
 
 /// Augments an (image, label) pair with draws from `rng`.
-pub fn augment_train(img: &Image8, lbl: &Image8, a: &TrainAugment, rng: &mut Rng) -> (Image8, Image8) {
+pub(crate) fn augment_train(img: &Image8, lbl: &Image8, a: &TrainAugment, rng: &mut Rng) -> (Image8, Image8) {
     let (mut img, mut lbl) = if a.random_scale {
         let s = rng.uniform_range(0.5, 2.0);
         let (w, h) = ((img.width as f64 * s) as usize, (img.height as f64 * s) as usize);
@@ -114,7 +114,7 @@ fn blend_px(a: u8, b: u8, alpha: f32) -> u8 {
 }
 
 /// Pillow's RGB → L: (R·19595 + G·38470 + B·7471 + 0x8000) >> 16.
-pub fn luma(r: u8, g: u8, b: u8) -> u8 {
+pub(crate) fn luma(r: u8, g: u8, b: u8) -> u8 {
     ((r as u32 * 19595 + g as u32 * 38470 + b as u32 * 7471 + 0x8000) >> 16) as u8
 }
 
@@ -177,7 +177,7 @@ pub fn eval_transform(img: Image8, lbl: Image8, t: EvalTransform) -> (Image8, Im
 /// The grid cells along one axis of `size` pixels, as (start, length): cells follow the
 /// stride-4 feature map (`unit` = 4 for images/labels, 1 for features); all cells are
 /// equal when the feature size divides by the grid, else the last takes the remainder.
-pub fn cell_bounds(size: usize, grid: usize, unit: usize) -> Vec<(usize, usize)> {
+pub(crate) fn cell_bounds(size: usize, grid: usize, unit: usize) -> Vec<(usize, usize)> {
     let q = (size / unit) / grid * unit;
     (0..grid).map(|i| if i + 1 < grid { (i * q, q) } else { (i * q, size - i * q) }).collect()
 }

@@ -6,7 +6,7 @@
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use crate::error::{bail, format_err, Context, Error, Result};
+use crate::error::{fail, format_err, Context, Error, Result};
 use serde::Serialize;
 
 use super::labels::{cityscapes_map, identity_map, mapillary_map, synthia_map, LabelMap};
@@ -153,7 +153,7 @@ fn files_with_suffix(dir: &Path, suffixes: &[&str], recursive: bool) -> Result<V
 }
 
 /// PNG width/height from the header without decoding.
-pub fn png_size(path: &Path) -> Result<(u32, u32)> {
+pub(crate) fn png_size(path: &Path) -> Result<(u32, u32)> {
     let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let r = png::Decoder::new(BufReader::new(f)).read_info().with_context(|| format!("corrupt PNG {}", path.display()))?;
     let i = r.info();
@@ -205,7 +205,7 @@ fn list_gta5(root: &Path, split: &str, out: &mut Listing) -> Result<()> {
             .iter()
             .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .collect(),
-        other => bail!("GTA5 split must be train, val or all (got {other:?})"),
+        other => fail!(InvalidSetting, "--split", "GTA5 split must be train, val or all (got {other:?})"),
     };
     for n in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
         let img = img_dir.join(n);
@@ -221,9 +221,12 @@ fn list_gta5(root: &Path, split: &str, out: &mut Listing) -> Result<()> {
 /// Cityscapes (`leftImg8bit/`, `gtFine/`) and ACDC (`rgb_anon/`, `gt/` per condition).
 fn list_cityscapes_like(kind: DatasetKind, root: &Path, split: &str, condition: Option<&str>, out: &mut Listing) -> Result<()> {
     let (img_dir, lbl_dir, img_suffix, lbl_suffix) = if kind == DatasetKind::Acdc {
-        let cond = condition.ok_or_else(|| format_err!("ACDC needs --condition (night, snow, rain or fog)"))?;
+        let cond = condition.ok_or_else(|| Error::InvalidSetting {
+            name: "--condition".into(),
+            problem: "ACDC needs --condition (night, snow, rain or fog)".into(),
+        })?;
         if !ACDC_CONDITIONS.contains(&cond) {
-            bail!("ACDC condition must be one of night, snow, rain, fog (got {cond:?})");
+            fail!(InvalidSetting, "--condition", "ACDC condition must be one of night, snow, rain, fog (got {cond:?})");
         }
         (root.join("rgb_anon").join(cond).join(split), root.join("gt").join(cond).join(split), "_rgb_anon.png", "_gt_labelIds.png")
     } else {
@@ -273,7 +276,7 @@ fn list_mapillary(root: &Path, split: &str, out: &mut Listing) -> Result<()> {
     let sub = match split {
         "train" | "training" => "training",
         "val" | "validation" => "validation",
-        other => bail!("Mapillary split must be train or val (got {other:?})"),
+        other => fail!(InvalidSetting, "--split", "Mapillary split must be train or val (got {other:?})"),
     };
     let (img_dir, lbl_dir) = (root.join(sub).join("images"), root.join(sub).join("labels"));
     need_dir(&img_dir, "Mapillary images")?;
@@ -304,7 +307,7 @@ fn list_synthia(root: &Path, split: &str, out: &mut Listing) -> Result<()> {
     let want_val = match split {
         "val" => true,
         "train" => false,
-        other => bail!("Synthia split must be train or val (got {other:?})"),
+        other => fail!(InvalidSetting, "--split", "Synthia split must be train or val (got {other:?})"),
     };
     for img in files_with_suffix(&rgb, &[".png"], false)? {
         let n = img.file_name().unwrap_or_default().to_string_lossy().into_owned();
@@ -417,7 +420,9 @@ impl Dataset {
         let img = Image8::open_rgb(&s.image)?;
         let lbl = read_label_ids(&s.label, self.kind == DatasetKind::Synthia)?;
         if (img.width, img.height) != (lbl.width, lbl.height) {
-            bail!(
+            fail!(
+                InvalidInput,
+                &s.label,
                 "image {} is {}x{} but its label {} is {}x{}",
                 s.image.display(),
                 img.width,
@@ -467,7 +472,12 @@ pub fn read_label_ids(path: &Path, synthia: bool) -> Result<Image8> {
                 for x in 0..w {
                     let v = u16::from_be_bytes([buf[y * line + 2 * x], buf[y * line + 2 * x + 1]]);
                     if v > 255 {
-                        bail!("label {} is a 16-bit image with value {v} at ({x},{y}); label ids must be < 256", path.display());
+                        fail!(
+                            InvalidInput,
+                            path,
+                            "label {} is a 16-bit image with value {v} at ({x},{y}); label ids must be < 256",
+                            path.display()
+                        );
                     }
                     out.push(v as u8);
                 }
@@ -485,9 +495,11 @@ pub fn read_label_ids(path: &Path, synthia: bool) -> Result<Image8> {
             }
         }
         (ColorType::GrayscaleAlpha, _) => {
-            bail!("label {} is a grey+alpha image; expected a single-channel label-id PNG", path.display())
+            fail!(InvalidInput, path, "label {} is a grey+alpha image; expected a single-channel label-id PNG", path.display())
         }
-        (c, d) => bail!(
+        (c, d) => fail!(
+            InvalidInput,
+            path,
             "label {} is a {c:?} {d:?}-bit image; expected label ids (8-bit grey or palette PNG){}",
             path.display(),
             if matches!(c, ColorType::Rgb | ColorType::Rgba) { " — is this a colour visualisation?" } else { "" }

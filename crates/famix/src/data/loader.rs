@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::error::{bail, Result};
+use crate::error::{fail, Result};
 use tch::Tensor;
 
 use super::augment::{augment_train, dominant_classes, TrainAugment};
@@ -93,7 +93,7 @@ pub fn batches_per_epoch(n: usize, batch: usize) -> u64 {
 }
 
 /// (epoch, dataset index) of sample `k` of step `step`.
-pub fn locate(order: &EpochOrder, n: usize, batch: usize, step: u64, k: usize) -> (u64, usize) {
+pub(crate) fn locate(order: &EpochOrder, n: usize, batch: usize, step: u64, k: usize) -> (u64, usize) {
     let per = batches_per_epoch(n, batch);
     let epoch = step / per;
     let pos = (step % per) as usize * batch + k;
@@ -160,7 +160,7 @@ impl BatchLoader {
     pub fn for_steps(ds: Arc<Dataset>, cfg: LoaderConfig, step_list: Vec<u64>) -> Result<Self> {
         let n = ds.len();
         if n < cfg.batch || cfg.batch == 0 {
-            bail!("{} has {n} samples, fewer than one batch of {}", ds.describe(), cfg.batch);
+            fail!(InvalidInput, &ds.root, "{} has {n} samples, fewer than one batch of {}", ds.describe(), cfg.batch);
         }
         let order = Arc::new(EpochOrder::new(n, cfg.seed));
         let steps = step_list.len() as u64;

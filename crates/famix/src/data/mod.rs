@@ -5,6 +5,7 @@ pub mod datasets;
 pub mod labels;
 pub mod loader;
 pub mod prefetch;
+pub mod staging;
 pub mod synth;
 
 pub use datasets::{Dataset, DatasetKind};
@@ -19,7 +20,7 @@ pub struct Skipped {
 }
 use std::path::{Path, PathBuf};
 
-use crate::error::{bail, Context, Result};
+use crate::error::{fail, Context, Result};
 
 /// A .png/.jpg/.jpeg file name (case-insensitive)?
 pub fn is_image_file(p: &Path) -> bool {
@@ -30,7 +31,7 @@ pub fn is_image_file(p: &Path) -> bool {
 /// links are followed, but every folder and file is visited once (by canonical path),
 /// so link loops and doubly-linked files neither hang nor duplicate. Names that are
 /// not UTF-8 are matched on their lossy form and kept as they are.
-pub fn walk_files(dir: &Path, recursive: bool, keep: &dyn Fn(&str) -> bool) -> Result<Vec<PathBuf>> {
+pub(crate) fn walk_files(dir: &Path, recursive: bool, keep: &dyn Fn(&str) -> bool) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut seen_dirs = std::collections::HashSet::new();
     let mut seen_files = std::collections::HashSet::new();
@@ -84,7 +85,7 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<(Vec<InputItem>, Vec<String>
             let stem = PathBuf::from(input.file_stem().unwrap_or_default());
             out.push((input.clone(), stem));
         } else {
-            bail!("input {} does not exist", input.display());
+            fail!(InvalidInput, input, "input {} does not exist", input.display());
         }
     }
     let notes = dedupe_stems(&mut out);

@@ -6,33 +6,40 @@
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-/// A confusion matrix accumulated on the device.
+/// A confusion matrix accumulated on the device without host synchronisation: each
+/// pixel adds one to bin `gt · k + pred`, pixels with an ignored label to a spare bin
+/// `k²` (a fixed-size `index_add_`, where `masked_select` and CUDA's `bincount` would
+/// each read a size back to the host). The counts are read back once, by [`Confusion::matrix`].
 pub struct Confusion {
     /// Number of classes.
     pub classes: usize,
-    /// (classes·classes) int64 on the device; row = ground truth, column = prediction.
+    /// (classes·classes + 1) int64 on the device; row = ground truth, column =
+    /// prediction; the last bin collects ignored pixels.
     counts: Tensor,
 }
 
 impl Confusion {
     /// An empty matrix for `classes` classes on `device`.
     pub fn new(classes: usize, device: Device) -> Self {
-        Confusion { classes, counts: Tensor::zeros([(classes * classes) as i64], (Kind::Int64, device)) }
+        Confusion { classes, counts: Tensor::zeros([(classes * classes + 1) as i64], (Kind::Int64, device)) }
     }
 
-    /// Adds a batch: `gt` and `pred` are integer tensors of the same shape.
+    /// Adds a batch: `gt` and `pred` are integer tensors of the same shape (any
+    /// integer kind, on any device: they are moved to the matrix's device first).
     pub fn add(&mut self, gt: &Tensor, pred: &Tensor) {
         let k = self.classes as i64;
-        let gt = gt.to_device(self.counts.device()).to_kind(Kind::Int64).flatten(0, -1);
-        let pred = pred.to_device(self.counts.device()).to_kind(Kind::Int64).flatten(0, -1);
+        let device = self.counts.device();
+        let gt = gt.to_device(device).to_kind(Kind::Int64).flatten(0, -1);
+        let pred = pred.to_device(device).to_kind(Kind::Int64).flatten(0, -1);
         let valid = gt.lt(k).logical_and(&gt.ge(0));
-        let idx = (gt.masked_select(&valid) * k + pred.masked_select(&valid)).clamp(0, k * k - 1);
-        self.counts += idx.bincount::<Tensor>(None, k * k);
+        let idx = (&gt * k + pred).clamp(0, k * k - 1).where_scalarother(&valid, k * k);
+        let _ = self.counts.index_add_(0, &idx, &Tensor::ones_like(&idx));
     }
 
     /// Counts, row-major (row = ground truth).
     pub fn matrix(&self) -> Vec<u64> {
-        Vec::<i64>::try_from(self.counts.to_device(Device::Cpu)).unwrap().into_iter().map(|v| v as u64).collect()
+        let k2 = (self.classes * self.classes) as i64;
+        Vec::<i64>::try_from(self.counts.narrow(0, 0, k2).to_device(Device::Cpu)).unwrap().into_iter().map(|v| v as u64).collect()
     }
 
     /// The metrics of the counts so far.

@@ -2,14 +2,13 @@
 //! evaluation transform, the test-time options of [`PredictOptions`], and a streaming
 //! confusion matrix on the model's device.
 pub mod metrics;
+pub mod protocol;
 pub mod table;
-
-use tch::Kind;
 
 use crate::data::augment::eval_transform;
 use crate::data::prefetch::{default_workers, ordered_map};
 use crate::data::{Dataset, Skipped};
-use crate::error::{bail, Context, Result};
+use crate::error::{fail, Context, Result};
 use crate::imageops::Image8;
 use crate::model::{PredictOptions, Segmenter};
 use crate::progress::{Progress, Unit};
@@ -41,10 +40,10 @@ pub struct EvalReport {
 /// Evaluates `model` on `ds`, decoding ahead on loader threads.
 pub fn evaluate(model: &Segmenter, ds: &Dataset, opts: &EvalOptions, progress: &dyn Progress) -> Result<EvalReport> {
     if opts.limit == Some(0) {
-        bail!("--limit 0 evaluates nothing; give at least 1 (or leave it out)");
+        fail!(InvalidSetting, "--limit", "--limit 0 evaluates nothing; give at least 1 (or leave it out)");
     }
     if ds.is_empty() {
-        bail!("no image/label pairs found for {} (run `famix data check`)", ds.describe());
+        fail!(InvalidInput, &ds.root, "no image/label pairs found for {} (run `famix data check`)", ds.describe());
     }
     if let Some(note) = ds.issues_note() {
         progress.notice(&note);
@@ -57,7 +56,7 @@ pub fn evaluate(model: &Segmenter, ds: &Dataset, opts: &EvalOptions, progress: &
         let (img, lbl) = ds2.load(i)?;
         Ok(eval_transform(img, lbl, transform))
     });
-    let mut conf = Confusion::new(model.config.head.num_classes as usize, model.device());
+    let mut conf = Confusion::new(model.config().head.num_classes as usize, model.device());
     progress.start("eval", n as u64, 0, Unit::Items);
     let mut images = 0;
     let mut skipped = Vec::new();
@@ -77,9 +76,11 @@ pub fn evaluate(model: &Segmenter, ds: &Dataset, opts: &EvalOptions, progress: &
             }
         };
         let (pred, _) = model.predict_ids(&img.to_tensor_u8().unsqueeze(0), &opts.predict)?;
-        conf.add(&lbl.to_tensor_u8().to_kind(Kind::Int64), &pred);
+        // u8 labels through the pinned path; widened on the device.
+        conf.add(&crate::device::upload(&lbl.to_tensor_u8(), model.device()), &pred);
         images += 1;
-        if images % 10 == 0 || images == n {
+        // A running mIoU reads the matrix back: only where that costs no device sync.
+        if model.device() == tch::Device::Cpu && (images % 10 == 0 || images == n) {
             progress.status(&format!("mIoU {:.2}", conf.metrics().miou * 100.0));
         }
     }
@@ -88,7 +89,13 @@ pub fn evaluate(model: &Segmenter, ds: &Dataset, opts: &EvalOptions, progress: &
     let metrics = Metrics::from_matrix(&confusion, conf.classes);
     if metrics.pixels == 0 {
         // mIoU would be NaN: say why instead of reporting it.
-        bail!("no labelled pixel was evaluated on {} ({images} images evaluated, {} skipped as unreadable)", ds.describe(), skipped.len());
+        fail!(
+            InvalidInput,
+            &ds.root,
+            "no labelled pixel was evaluated on {} ({images} images evaluated, {} skipped as unreadable)",
+            ds.describe(),
+            skipped.len()
+        );
     }
     Ok(EvalReport { metrics, images, skipped, confusion })
 }

@@ -132,7 +132,7 @@ pub fn to_onnx(model: &Segmenter, o: &ExportOptions) -> Result<Vec<u8>> {
     } else {
         value_info("image", data_type::FLOAT, vec![n.clone(), dim(Some(3), ""), h.clone(), w.clone()])
     };
-    let k = model.config.head.num_classes;
+    let k = model.config().head.num_classes;
     let output = match o.output {
         ExportOutput::Logits => {
             g.node_named("Identity", &[&logits], vec![], "logits");
@@ -172,9 +172,9 @@ fn metadata(model: &Segmenter, o: &ExportOptions) -> Result<Vec<StringStringEntr
         ("famix.input", input),
         ("famix.mean", serde_json::to_string(&INPUT_MEAN)?),
         ("famix.std", serde_json::to_string(&INPUT_STD)?),
-        ("famix.class_names", serde_json::to_string(&model.config.class_names)?),
-        ("famix.palette", serde_json::to_string(&model.config.palette)?),
-        ("famix.output_stride", model.config.output_stride.value().to_string()),
+        ("famix.class_names", serde_json::to_string(&model.config().class_names)?),
+        ("famix.palette", serde_json::to_string(&model.config().palette)?),
+        ("famix.output_stride", model.config().output_stride.value().to_string()),
         ("famix.output", format!("{:?}", o.output).to_lowercase()),
     ];
     Ok(kv.into_iter().map(|(k, v)| StringStringEntryProto { key: k.into(), value: v }).collect())

@@ -71,7 +71,7 @@ pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
 
 /// The most bytes famix inflates from `compressed` compressed bytes. Weights compress
 /// poorly (a few ×); a ratio in the thousands is a decompression bomb.
-pub fn inflate_limit(compressed: usize) -> u64 {
+pub(crate) fn inflate_limit(compressed: usize) -> u64 {
     (compressed as u64).saturating_mul(64).saturating_add(64 << 20)
 }
 
@@ -159,7 +159,7 @@ impl StorageCache {
 }
 
 /// One pickled tensor as an f32 (for floats) CPU tensor.
-pub fn tensor_from_ref(r: &TensorRef) -> Result<Tensor> {
+pub(crate) fn tensor_from_ref(r: &TensorRef) -> Result<Tensor> {
     StorageCache::default().tensor(r)
 }
 
@@ -330,7 +330,7 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: Opt
 }
 
 /// A safetensors file's bytes (tensors sorted by the caller).
-pub fn safetensors_bytes(tensors: &[(String, Tensor)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
+pub(crate) fn safetensors_bytes(tensors: &[(String, Tensor)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
     use safetensors::tensor::{Dtype, TensorView};
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {

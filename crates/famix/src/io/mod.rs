@@ -19,19 +19,19 @@ use crate::error::{Context, Result};
 const TEMP_MARK: &str = ".tmp-";
 
 /// The temporary sibling a file is written to before being renamed into place.
-pub fn temp_path(path: &Path) -> PathBuf {
+pub(crate) fn temp_path(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}{TEMP_MARK}{}", std::process::id()))
 }
 
 /// Removes temporary files that a killed writer left in `dir` (only ours: hidden
 /// names with the temp mark). Returns how many were removed.
-pub fn clean_temp_files(dir: &Path) -> Result<usize> {
+pub(crate) fn clean_temp_files(dir: &Path) -> Result<usize> {
     remove_matching(dir, &|name| name.starts_with('.') && name.contains(TEMP_MARK))
 }
 
 /// Removes the temporary files a killed writer of `path` left beside it.
-pub fn clean_temp_siblings(path: &Path) -> Result<usize> {
+pub(crate) fn clean_temp_siblings(path: &Path) -> Result<usize> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let prefix = format!(".{}{TEMP_MARK}", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
     remove_matching(dir, &|name| name.starts_with(&prefix))
@@ -61,7 +61,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 /// `kill -9` or a power cut would. Called around every durable step of
 /// [`atomic_write`]; tests use it to kill runs at each commit point and check that
 /// they resume exactly. Without the variable it does nothing.
-pub fn crash_point() {
+pub(crate) fn crash_point() {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
     static AT: OnceLock<Option<u64>> = OnceLock::new();
@@ -109,7 +109,7 @@ pub fn atomic_write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let len = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.len();
     if len > 256 << 20 {
-        crate::error::bail!("{}: {len} bytes is too large for a famix JSON file", path.display());
+        crate::error::fail!(InvalidInput, path, "{}: {len} bytes is too large for a famix JSON file", path.display());
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: unreadable", path.display()))
@@ -143,11 +143,14 @@ impl FolderLock {
             Err(std::fs::TryLockError::WouldBlock) => {
                 let mut holder = String::new();
                 let _ = std::io::Read::read_to_string(&mut f, &mut holder);
-                crate::error::bail!(
-                    "{} is in use by another famix process{} ({what}); wait for it to finish or stop it",
-                    path.display(),
-                    if holder.trim().is_empty() { String::new() } else { format!(" (pid {})", holder.trim()) }
-                );
+                let pid = if holder.trim().is_empty() { String::new() } else { format!(" (pid {})", holder.trim()) };
+                return Err(crate::Error::Busy {
+                    path: path.to_path_buf(),
+                    problem: format!(
+                        "{} is in use by another famix process{pid} ({what}); wait for it to finish or stop it",
+                        path.display()
+                    ),
+                });
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("cannot lock {}", lock.display())),
         }

@@ -218,7 +218,7 @@ impl Value {
         }
     }
     /// The int (or bool), if this is one.
-    pub fn as_int(&self) -> Option<i64> {
+    pub(crate) fn as_int(&self) -> Option<i64> {
         match self {
             Value::Int(i) => Some(*i),
             Value::Bool(b) => Some(*b as i64),
@@ -249,7 +249,7 @@ impl Value {
         }
     }
     /// Items of a dict (also of an OrderedDict), with string keys.
-    pub fn dict_items(&self) -> Option<Vec<(String, Value)>> {
+    pub(crate) fn dict_items(&self) -> Option<Vec<(String, Value)>> {
         match self {
             Value::Dict(d) => Some(d.borrow().iter().filter_map(|(k, v)| k.as_str().map(|k| (k.to_string(), v.clone()))).collect()),
             _ => None,
@@ -263,7 +263,7 @@ impl Value {
         }
     }
     /// A list's or tuple's items.
-    pub fn list_items(&self) -> Option<Vec<Value>> {
+    pub(crate) fn list_items(&self) -> Option<Vec<Value>> {
         match self {
             Value::List(l) => Some(l.borrow().clone()),
             Value::Tuple(t) => Some(t.as_ref().clone()),
@@ -271,7 +271,7 @@ impl Value {
         }
     }
     /// A short type name for messages.
-    pub fn type_name(&self) -> String {
+    pub(crate) fn type_name(&self) -> String {
         match self {
             Value::None => "None".into(),
             Value::Bool(_) => "bool".into(),
@@ -910,7 +910,7 @@ fn check_view(offset: i64, size: &[i64], stride: &[i64], numel_storage: i128) ->
 }
 
 /// Storage dtype from the storage-type global in a persistent id.
-pub fn storage_dtype(v: &Value) -> Result<StorageDtype> {
+pub(crate) fn storage_dtype(v: &Value) -> Result<StorageDtype> {
     match v {
         Value::Global(_, name) => StorageDtype::from_name(name).ok_or_else(|| format_err!("unsupported storage type {name}")),
         other => bail!("storage type is a {}", other.type_name()),

@@ -62,10 +62,6 @@ impl RunFolder {
     pub fn tensorboard(&self) -> PathBuf {
         self.dir.join("tensorboard")
     }
-    /// Where famix before single-file checkpoints kept the optimiser state.
-    pub fn legacy_optim(&self) -> PathBuf {
-        self.dir.join("latest.optim.safetensors")
-    }
 
     /// Creates the folder, takes its writer lock (a second writer fails at once) and
     /// removes temporary files a killed writer left. `what` names the job in the
@@ -147,7 +143,7 @@ pub fn new_run_id() -> String {
 pub fn read_config<T: serde::de::DeserializeOwned>(run: &RunFolder) -> Result<T> {
     let p = run.config();
     if !p.exists() {
-        crate::error::bail!("{} is not a famix run folder (no config.json)", run.dir().display());
+        crate::error::fail!(InvalidInput, run.dir(), "{} is not a famix run folder (no config.json)", run.dir().display());
     }
     crate::io::read_json(&p)
 }

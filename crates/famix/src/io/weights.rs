@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use crate::error::{bail, Error, Result};
+use crate::error::{fail, Error, Result};
 use tch::{nn, Tensor};
 
 use crate::io::archive::{self, Format};
@@ -32,19 +32,19 @@ impl StateDict {
         let tensors: HashMap<String, Tensor> =
             loaded.tensors.into_iter().map(|(k, v)| (k.strip_prefix("module.").map(str::to_string).unwrap_or(k), v)).collect();
         if tensors.is_empty() {
-            bail!("{}: the file holds no tensors", path.display());
+            fail!(InvalidInput, path, "{}: the file holds no tensors", path.display());
         }
         Ok(StateDict { path: path.to_path_buf(), format: loaded.format, tensors, top: loaded.top, metadata: loaded.metadata })
     }
 
     /// Does any key start with `prefix`?
-    pub fn has_prefix(&self, prefix: &str) -> bool {
+    pub(crate) fn has_prefix(&self, prefix: &str) -> bool {
         self.tensors.keys().any(|k| k.starts_with(prefix))
     }
 }
 
 /// Keys that checkpoints carry but no famix model has a variable for.
-pub fn is_bookkeeping_key(k: &str) -> bool {
+pub(crate) fn is_bookkeeping_key(k: &str) -> bool {
     k.ends_with("num_batches_tracked")
         || matches!(k, "input_resolution" | "context_length" | "vocab_size" | "logit_scale")
         || k.ends_with("attn_mask")

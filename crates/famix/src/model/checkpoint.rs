@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::error::{bail, format_err, Context, Error, Result};
+use crate::error::{bail, fail, format_err, Context, Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
@@ -43,8 +43,6 @@ pub struct CheckpointMeta {
     pub step: u64,
     /// Best validation mIoU of the run so far.
     pub best_miou: Option<f64>,
-    /// The optimiser/training-state file next to this checkpoint, if any.
-    pub optimizer_state: Option<String>,
     /// Free-form provenance (CLIP checkpoint, dataset, style bank, ...).
     #[serde(default)]
     pub source: serde_json::Value,
@@ -60,7 +58,6 @@ impl CheckpointMeta {
             model: model.clone(),
             step: 0,
             best_miou: None,
-            optimizer_state: None,
             source: serde_json::Value::Null,
         }
     }
@@ -77,7 +74,7 @@ pub fn weights_path(path: &Path) -> PathBuf {
 }
 
 /// The JSON header written beside a checkpoint.
-pub fn sidecar_path(weights: &Path) -> PathBuf {
+pub(crate) fn sidecar_path(weights: &Path) -> PathBuf {
     weights.with_extension("json")
 }
 
@@ -132,7 +129,7 @@ pub fn save_random(path: &Path, backbone: ResNetConfig, head: HeadConfig) -> Res
     let mut cfg = SegmenterConfig::new(backbone, head.num_classes, OutputStride::Os16, FreezePolicy::Synthetic);
     cfg.head = head;
     let model = Segmenter::new(cfg, Device::Cpu)?;
-    let meta = CheckpointMeta::new(&model.config);
+    let meta = CheckpointMeta::new(model.config());
     save(&model, &meta, path)
 }
 
@@ -158,14 +155,14 @@ pub fn load(path: &Path, device: Device, output_stride: Option<OutputStride>) ->
     let wpath = weights_path(path);
     let src = if wpath.exists() { wpath } else { path.to_path_buf() };
     if !src.exists() {
-        bail!("checkpoint {} not found", path.display());
+        fail!(InvalidInput, path, "checkpoint {} not found", path.display());
     }
     let sd = StateDict::load(&src)?;
     if sd.format == Format::Safetensors && sd.metadata.contains_key(META_KEY) {
         let meta: CheckpointMeta =
             serde_json::from_str(&sd.metadata[META_KEY]).with_context(|| format!("{}: unreadable famix header", src.display()))?;
         if meta.format != FORMAT {
-            bail!("{}: format {:?}, expected {FORMAT:?}", src.display(), meta.format);
+            fail!(InvalidInput, &src, "{}: format {:?}, expected {FORMAT:?}", src.display(), meta.format);
         }
         if meta.format_version > FORMAT_VERSION {
             return Err(Error::CheckpointTooNew { path: src.clone(), version: meta.format_version, supported: FORMAT_VERSION });
@@ -261,7 +258,7 @@ pub fn import_state(sd: &StateDict, device: Device, os: OutputStride) -> Result<
     let path = &sd.path;
     if !sd.has_prefix("backbone.") || !sd.has_prefix("classifier.") {
         let hint = if sd.has_prefix("visual.") { " (this is a CLIP checkpoint: use it with --clip)" } else { "" };
-        bail!("{}: not a segmenter checkpoint (no backbone.*/classifier.* weights){hint}", path.display());
+        fail!(InvalidInput, path, "{}: not a segmenter checkpoint (no backbone.*/classifier.* weights){hint}", path.display());
     }
     let backbone = ResNetConfig::infer(&sd.tensors, "backbone.").with_context(|| format!("{}", path.display()))?;
     let head = infer_head(sd)?;

@@ -21,7 +21,7 @@ use crate::clip::OutputStride;
 use crate::error::{bail, Error, Result};
 use crate::imageops::Image8;
 use crate::model::checkpoint;
-use crate::model::segmenter::Segmenter;
+use crate::model::segmenter::{Segmenter, SegmenterConfig};
 
 /// The segmenter's input mean (RGB): CLIP's, because the backbone is CLIP's image tower.
 pub const INPUT_MEAN: [f64; 3] = crate::clip::preprocess::CLIP_MEAN;
@@ -129,14 +129,7 @@ impl Segmenter {
     /// `scale`: every stride-2 average pool needs two cells, so each side must reach
     /// the output stride after scaling.
     pub fn check_size(&self, width: i64, height: i64, scale: f64) -> Result<()> {
-        let min_side = self.config.output_stride.value();
-        let side = (width.min(height) as f64 * scale.min(1.0)).floor() as i64;
-        if side < min_side {
-            bail!(
-                "image of {width}x{height} is too small for the network at scale {scale} (each side needs at least {min_side} pixels at output stride {min_side})"
-            );
-        }
-        Ok(())
+        self.config().check_size(width, height, scale)
     }
 
     /// Segments one RGB image.
@@ -164,5 +157,20 @@ impl Segmenter {
         let logits = self.predict_logits(&x, opts.scale, opts.ensemble);
         let ids = logits.argmax(1, false);
         Ok((ids, opts.keep_logits.then_some(logits)))
+    }
+}
+
+impl SegmenterConfig {
+    /// See [`Segmenter::check_size`] (the configuration alone decides it, so threads
+    /// that prepare inputs can check without the model).
+    pub fn check_size(&self, width: i64, height: i64, scale: f64) -> Result<()> {
+        let min_side = self.output_stride.value();
+        let side = (width.min(height) as f64 * scale.min(1.0)).floor() as i64;
+        if side < min_side {
+            bail!(
+                "image of {width}x{height} is too small for the network at scale {scale} (each side needs at least {min_side} pixels at output stride {min_side})"
+            );
+        }
+        Ok(())
     }
 }

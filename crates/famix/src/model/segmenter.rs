@@ -2,7 +2,7 @@
 //! The forward exposes the layer1 features (`restyle`) so local style mixing can
 //! replace them before layer2 and the head's low-level branch.
 
-use crate::error::{bail, Result};
+use crate::error::{bail, Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
@@ -96,8 +96,9 @@ pub struct Segmenter {
     pub backbone: ModifiedResNet,
     /// The DeepLabv3+ head.
     pub head: DeepLabHead,
-    /// Its configuration.
-    pub config: SegmenterConfig,
+    /// Its configuration (read through [`Segmenter::config`]; the output stride
+    /// changes only through [`Segmenter::set_output_stride`], which rebuilds the dilations).
+    config: SegmenterConfig,
     /// Whether the inference fast path is on ([`Segmenter::fold`]).
     folded: bool,
     /// Whether inputs go channels-last (both fast paths).
@@ -170,6 +171,20 @@ impl Segmenter {
     /// Where the weights live.
     pub fn device(&self) -> Device {
         self.vs.device()
+    }
+
+    /// Its configuration: backbone, head, classes, output stride, freeze policy.
+    pub fn config(&self) -> &SegmenterConfig {
+        &self.config
+    }
+
+    /// Sets the head's dropout probability (used by training forwards only).
+    pub fn set_dropout(&mut self, p: f64) -> Result<()> {
+        if !(p.is_finite() && (0.0..1.0).contains(&p)) {
+            return Err(Error::InvalidSetting { name: "dropout".into(), problem: format!("{p} is not in [0, 1)") });
+        }
+        self.config.head.dropout = p;
+        Ok(())
     }
 
     /// Changes the output stride (dilations and ASPP rates; weights unchanged).
@@ -256,6 +271,6 @@ impl Segmenter {
 }
 
 /// A batch-norm running statistic (never trained by gradient)?
-pub fn is_bn_buffer(name: &str) -> bool {
+pub(crate) fn is_bn_buffer(name: &str) -> bool {
     name.ends_with("running_mean") || name.ends_with("running_var")
 }

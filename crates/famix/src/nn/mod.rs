@@ -43,7 +43,7 @@ impl Conv2d {
 
     /// Kaiming-normal (fan_in, gain sqrt(2)) as `nn.init.kaiming_normal_` does; the
     /// DeepLab head's init.
-    pub fn new_kaiming_normal(p: &nn::Path, cin: i64, cout: i64, k: i64, bias: bool) -> Self {
+    pub(crate) fn new_kaiming_normal(p: &nn::Path, cin: i64, cout: i64, k: i64, bias: bool) -> Self {
         let fan_in = (cin * k * k) as f64;
         let std = (2.0 / fan_in).sqrt();
         let weight = p.var("weight", &[cout, cin, k, k], nn::Init::Randn { mean: 0.0, stdev: std });
@@ -55,11 +55,6 @@ impl Conv2d {
     /// The convolution with the given stride, padding and dilation.
     pub fn forward(&self, x: &Tensor, stride: i64, padding: i64, dilation: i64) -> Tensor {
         x.conv2d(&self.weight, self.bias.as_ref(), [stride, stride], [padding, padding], [dilation, dilation], 1)
-    }
-
-    /// Stride 1, no padding (1×1 convolutions).
-    pub fn forward1(&self, x: &Tensor) -> Tensor {
-        self.forward(x, 1, 0, 1)
     }
 }
 
@@ -131,30 +126,42 @@ pub fn channels_last(t: &Tensor) -> Tensor {
 /// A convolution with its eval-mode batch norm folded in ([`fold_bn`]), for
 /// inference: one convolution with a bias instead of a convolution and a batch norm.
 /// Weights are channels-last (see [`channels_last`]).
+///
+/// Folded weights do not require grad, so bf16 autocast's cast cache does not keep
+/// their bf16 copies and would cast them again on every forward; the copy is made once,
+/// on the first forward under autocast, and reused (the same rounding autocast applies).
 pub struct FoldedConv {
     /// (out, in, k, k), channels-last.
     pub weight: Tensor,
     /// (out).
     pub bias: Tensor,
+    /// (weight, bias) in bf16, made on first use under autocast.
+    bf16: std::sync::OnceLock<(Tensor, Tensor)>,
 }
 
 impl FoldedConv {
     /// Folds `bn` into `conv`.
     pub fn new(conv: &Conv2d, bn: &BatchNorm2d) -> Self {
         let (w, b) = fold_bn(conv, bn);
-        FoldedConv { weight: channels_last(&w), bias: b }
+        FoldedConv { weight: channels_last(&w), bias: b, bf16: Default::default() }
     }
 
     /// A convolution without batch norm, in the same form (its bias or zeros).
     pub fn plain(conv: &Conv2d) -> Self {
         let w = conv.weight.detach();
         let bias = conv.bias.as_ref().map(|b| b.detach().copy()).unwrap_or_else(|| Tensor::zeros([w.size()[0]], (w.kind(), w.device())));
-        FoldedConv { weight: channels_last(&w), bias }
+        FoldedConv { weight: channels_last(&w), bias, bf16: Default::default() }
     }
 
     /// The folded convolution with the given stride, padding and dilation.
     pub fn forward(&self, x: &Tensor, stride: i64, padding: i64, dilation: i64) -> Tensor {
-        x.conv2d(&self.weight, Some(&self.bias), [stride, stride], [padding, padding], [dilation, dilation], 1)
+        let (w, b) = if crate::device::Autocast::is_enabled(x.device()) {
+            let (w, b) = self.bf16.get_or_init(|| (self.weight.to_kind(tch::Kind::BFloat16), self.bias.to_kind(tch::Kind::BFloat16)));
+            (w, b)
+        } else {
+            (&self.weight, &self.bias)
+        };
+        x.conv2d(w, Some(b), [stride, stride], [padding, padding], [dilation, dilation], 1)
     }
 }
 
@@ -177,7 +184,7 @@ pub struct ConvCall {
 
 impl ConvCall {
     /// Stride 1, `padding`, `dilation`, then ReLU.
-    pub fn relu(padding: i64, dilation: i64) -> Self {
+    pub(crate) fn relu(padding: i64, dilation: i64) -> Self {
         ConvCall { stride: 1, padding, dilation, relu: true, fp32: false }
     }
     /// A 1×1 convolution (stride 1, no padding) without ReLU.
@@ -263,7 +270,7 @@ impl ConvBn {
 
     /// The layer as one convolution's (weight, bias) with the batch norm folded in
     /// (f32, NCHW), for export.
-    pub fn folded_weights(&self) -> (Tensor, Option<Tensor>) {
+    pub(crate) fn folded_weights(&self) -> (Tensor, Option<Tensor>) {
         match &self.bn {
             Some(bn) => {
                 let (w, b) = fold_bn(&self.conv, bn);

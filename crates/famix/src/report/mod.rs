@@ -113,9 +113,9 @@ impl BestValidation {
 
 /// One row of the sample grid: image | ground truth | prediction | overlay, each
 /// scaled to `panel_width`.
-pub fn sample_row(model: &Segmenter, image: &Image8, label: &Image8, panel_width: usize) -> Result<Image8> {
+pub(crate) fn sample_row(model: &Segmenter, image: &Image8, label: &Image8, panel_width: usize) -> Result<Image8> {
     let pred = model.predict(image, &PredictOptions::default())?;
-    let palette = &model.config.palette;
+    let palette = &model.config().palette;
     let (gt, pr) = (colorize(label, palette), colorize(&pred.train_ids, palette));
     let ov = overlay(image, &pr);
     Ok(panel_row(&[(image, Filter::Bilinear), (&gt, Filter::Nearest), (&pr, Filter::Nearest), (&ov, Filter::Bilinear)], panel_width))
@@ -132,7 +132,7 @@ pub fn panel_row(panels: &[(&Image8, Filter)], panel_width: usize) -> Image8 {
 }
 
 /// Panels side by side with `gap` white pixels between them (same height, RGB).
-pub fn hstack(panels: &[Image8], gap: usize) -> Image8 {
+pub(crate) fn hstack(panels: &[Image8], gap: usize) -> Image8 {
     let h = panels.iter().map(|p| p.height).max().unwrap_or(0);
     let w = panels.iter().map(|p| p.width).sum::<usize>() + gap * panels.len().saturating_sub(1);
     let mut out = Image8::new(w, h, 3, 255);

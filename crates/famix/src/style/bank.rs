@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::error::{bail, format_err, Context, Result};
+use crate::error::{bail, fail, Context, Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -173,7 +173,7 @@ impl StyleBank {
     /// Reads a bank written by `save`.
     pub fn load(path: &Path) -> Result<Self> {
         if !path.exists() {
-            bail!("style bank {} not found", path.display());
+            fail!(InvalidInput, path, "style bank {} not found", path.display());
         }
         let f = load_file(path)?;
         let summary: BankSummary = match f.metadata.get(SUMMARY_KEY) {
@@ -188,26 +188,35 @@ impl StyleBank {
         bank.summary = summary;
         for (name, t) in &f.tensors {
             let Some((key, which)) = name.rsplit_once('/') else {
-                bail!("{}: unexpected tensor {name:?} (expected <class>/mu and <class>/sigma)", path.display());
+                fail!(InvalidInput, path, "{}: unexpected tensor {name:?} (expected <class>/mu and <class>/sigma)", path.display());
             };
-            let class = bank.class_of(key).ok_or_else(|| format_err!("{}: unknown class {key:?}", path.display()))?;
+            let class =
+                bank.class_of(key).ok_or_else(|| Error::invalid_input(path, format!("{}: unknown class {key:?}", path.display())))?;
             let (n, c) = t.size2().with_context(|| format!("{}: {name} is not [n, C]", path.display()))?;
             if bank.channels == 0 {
                 bank.channels = c as usize;
             } else if bank.channels != c as usize {
-                bail!("{}: {name} has {c} channels, others {}", path.display(), bank.channels);
+                fail!(InvalidInput, path, "{}: {name} has {c} channels, others {}", path.display(), bank.channels);
             }
             let rows: Vec<Vec<f32>> = (0..n).map(|i| Vec::<f32>::try_from(t.get(i).to_kind(Kind::Float)).unwrap()).collect();
             let e = bank.entries.entry(class).or_default();
             match which {
                 "mu" => e.0 = rows,
                 "sigma" => e.1 = rows,
-                _ => bail!("{}: unexpected tensor {name:?}", path.display()),
+                _ => fail!(InvalidInput, path, "{}: unexpected tensor {name:?}", path.display()),
             }
         }
         for (c, e) in &bank.entries {
             if e.0.len() != e.1.len() {
-                bail!("{}: class {} has {} means but {} deviations", path.display(), bank.key(*c), e.0.len(), e.1.len());
+                fail!(
+                    InvalidInput,
+                    path,
+                    "{}: class {} has {} means but {} deviations",
+                    path.display(),
+                    bank.key(*c),
+                    e.0.len(),
+                    e.1.len()
+                );
             }
             bank.check_values(*c).with_context(|| format!("{}", path.display()))?;
         }
@@ -220,7 +229,8 @@ impl StyleBank {
     pub fn import_reference(path: &Path) -> Result<Self> {
         let bytes = crate::io::archive::read_bytes(path)?;
         let top = crate::io::pickle::load_plain(&bytes).with_context(|| format!("{}: not a readable pickle", path.display()))?;
-        let items = top.dict_items().ok_or_else(|| format_err!("{}: expected a dict of style lists", path.display()))?;
+        let items =
+            top.dict_items().ok_or_else(|| Error::invalid_input(path, format!("{}: expected a dict of style lists", path.display())))?;
         let mut bank = StyleBank::new(0, default_class_names(19));
         for (k, v) in &items {
             let (key, which) = if let Some(c) = k.strip_suffix("_mu") {
@@ -228,21 +238,22 @@ impl StyleBank {
             } else if let Some(c) = k.strip_suffix("_std") {
                 (c, 1)
             } else {
-                bail!("{}: unexpected key {k:?}", path.display());
+                fail!(InvalidInput, path, "{}: unexpected key {k:?}", path.display());
             };
-            let class = bank.class_of(key).ok_or_else(|| format_err!("{}: unknown class {key:?}", path.display()))?;
-            let list = v.list_items().ok_or_else(|| format_err!("{}: {k} is not a list", path.display()))?;
+            let class =
+                bank.class_of(key).ok_or_else(|| Error::invalid_input(path, format!("{}: unknown class {key:?}", path.display())))?;
+            let list = v.list_items().ok_or_else(|| Error::invalid_input(path, format!("{}: {k} is not a list", path.display())))?;
             let mut rows = Vec::new();
             for t in list {
                 let crate::io::pickle::Value::Tensor(r) = &t else {
-                    bail!("{}: {k} holds a {}", path.display(), t.type_name());
+                    fail!(InvalidInput, path, "{}: {k} holds a {}", path.display(), t.type_name());
                 };
                 let lf = crate::io::archive::tensor_from_ref(r)?;
                 let row = Vec::<f32>::try_from(lf.to_kind(Kind::Float).flatten(0, -1))?;
                 if bank.channels == 0 {
                     bank.channels = row.len();
                 } else if bank.channels != row.len() {
-                    bail!("{}: {k} has a {}-channel style, others {}", path.display(), row.len(), bank.channels);
+                    fail!(InvalidInput, path, "{}: {k} has a {}-channel style, others {}", path.display(), row.len(), bank.channels);
                 }
                 rows.push(row);
             }
@@ -256,7 +267,15 @@ impl StyleBank {
         bank.entries.retain(|_, e| !e.0.is_empty() || !e.1.is_empty());
         for (c, e) in &bank.entries {
             if e.0.len() != e.1.len() {
-                bail!("{}: class {} has {} means but {} deviations", path.display(), bank.key(*c), e.0.len(), e.1.len());
+                fail!(
+                    InvalidInput,
+                    path,
+                    "{}: class {} has {} means but {} deviations",
+                    path.display(),
+                    bank.key(*c),
+                    e.0.len(),
+                    e.1.len()
+                );
             }
             bank.check_values(*c).with_context(|| format!("{}", path.display()))?;
         }

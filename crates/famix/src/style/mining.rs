@@ -9,13 +9,13 @@ use std::sync::Arc;
 
 use tch::Tensor;
 
-use crate::error::{bail, format_err, Context, Error, Result};
+use crate::error::{bail, fail, Context, Error, Result};
 use crate::progress::{Progress, Unit};
 use crate::style::pin::{gather_patches, optimise, select_patches, PinConfig, PinProblem, PinResult, Selection};
 
 use crate::clip::Clip;
 use crate::data::augment::TrainAugment;
-use crate::data::loader::{batches_per_epoch, BatchLoader, LoaderConfig};
+use crate::data::loader::{batches_per_epoch, Batch, BatchLoader, LoaderConfig};
 use crate::data::Dataset;
 use crate::model::inference::normalize_u8;
 use crate::rng::{stream, Rng};
@@ -46,6 +46,9 @@ pub struct MineSettings {
     pub skip_bad: bool,
     /// Mine only this shard's batches (whole launch groups, see [`shard_batches`]).
     pub shard: Option<Shard>,
+    /// CUDA numerics (applied by [`mine`]; recorded in the bank's settings when not
+    /// libtorch's defaults).
+    pub numerics: crate::device::Numerics,
 }
 
 impl MineSettings {
@@ -63,6 +66,7 @@ impl MineSettings {
             workers,
             skip_bad: false,
             shard: None,
+            numerics: crate::device::Numerics::default(),
         }
     }
 }
@@ -81,6 +85,9 @@ pub fn run_identity(clip_sha: &str, ds: &Dataset, s: &MineSettings, pin: &PinCon
     let mut v = identity_fields(clip_sha, ds, s, pin, prompts);
     if let Some(sh) = s.shard {
         v["shard"] = serde_json::json!({"index": sh.index, "count": sh.count, "group": s.group.max(1)});
+    }
+    if s.numerics != crate::device::Numerics::default() {
+        v["numerics"] = serde_json::json!(s.numerics);
     }
     v
 }
@@ -106,7 +113,14 @@ fn open_bank(out: &Path, resume: bool, identity: serde_json::Value, channels: us
     let b = StyleBank::load(out)?;
     let (saved, now) = (settings_without(&b.summary.config, &[]), settings_without(&identity, &[]));
     if saved != now {
-        bail!("{}: the bank was mined with other settings; resume needs the same ones\n  bank: {}\n  now:  {}", out.display(), saved, now);
+        fail!(
+            Incompatible,
+            out,
+            "{}: the bank was mined with other settings; resume needs the same ones\n  bank: {}\n  now:  {}",
+            out.display(),
+            saved,
+            now
+        );
     }
     Ok(b)
 }
@@ -136,10 +150,10 @@ fn add_to_bank(bank: &mut StyleBank, m: MinedBatch) -> Result<f64> {
     }
     let diverged = |what: String| format!("PIN diverged in mining batch {} ({what}); lower --lr", m.index);
     if !last.is_finite() {
-        bail!("{}", diverged(format!("loss {last}")));
+        fail!(Diverged, "{}", diverged(format!("loss {last}")));
     }
     for c in m.selections.iter().map(|p| p.class) {
-        bank.check_values(c).map_err(|e| format_err!("{}", diverged(e.to_string())))?;
+        bank.check_values(c).map_err(|e| Error::Diverged { problem: diverged(e.to_string()) })?;
     }
     bank.summary.batch_losses.push(last);
     // Batches of this run's list done (the global index + 1 for an unsharded run).
@@ -149,25 +163,24 @@ fn add_to_bank(bank: &mut StyleBank, m: MinedBatch) -> Result<f64> {
 
 /// Mines a whole dataset pass into the bank at `out`, resuming from its saved
 /// progress when `resume` is set. Returns the finished bank.
-#[allow(clippy::too_many_arguments)]
 pub fn mine(
-    clip: &Clip,
+    miner: &mut Miner,
     ds: Arc<Dataset>,
-    prompts: &PromptSet,
-    pin: &PinConfig,
     s: &MineSettings,
     out: &Path,
     identity: serde_json::Value,
     resume: bool,
     progress: &dyn Progress,
 ) -> Result<StyleBank> {
+    let (clip, prompts, pin) = (miner.clip, miner.prompts, miner.pin);
     check_settings(s, pin)?;
+    s.numerics.apply()?;
     let _lock = crate::io::FolderLock::acquire(out, "a mining run")?;
     crate::io::clean_temp_siblings(out)?;
     crate::io::clean_temp_siblings(&crate::style::bank::sidecar(out))?;
     let per_epoch = batches_per_epoch(ds.len(), s.batch);
     if per_epoch == 0 {
-        bail!("{} has fewer samples than one batch of {}", ds.describe(), s.batch);
+        fail!(InvalidInput, &ds.root, "{} has fewer samples than one batch of {}", ds.describe(), s.batch);
     }
     let total = s.limit.map(|l| l.min(per_epoch)).unwrap_or(per_epoch);
     let channels = clip.visual.config.low_level_channels() as usize;
@@ -185,7 +198,6 @@ pub fn mine(
     if let Some(note) = ds.issues_note() {
         progress.notice(&note);
     }
-    let mut embedder = PromptEmbedder::new(clip, prompts.templates.clone())?;
     let lc = LoaderConfig {
         batch: s.batch,
         augment: TrainAugment::crop_only(s.crop),
@@ -197,7 +209,7 @@ pub fn mine(
     };
     let mut loader = BatchLoader::for_steps(ds, lc, list[start..].to_vec())?;
     progress.start("mine", list.len() as u64, start as u64, Unit::Items);
-    let res = mine_loop(clip, &mut embedder, prompts, pin, s, out, &mut bank, &mut loader, &list, progress);
+    let res = mine_loop(miner, s, out, &mut bank, &mut loader, &list, progress);
     progress.finish();
     res?;
     bank.save(out)?;
@@ -205,12 +217,8 @@ pub fn mine(
 }
 
 /// The batches of a run, `s.group` per launch, saving the bank every `s.save_every`.
-#[allow(clippy::too_many_arguments)]
 fn mine_loop(
-    clip: &Clip,
-    embedder: &mut PromptEmbedder,
-    prompts: &PromptSet,
-    pin: &PinConfig,
+    miner: &mut Miner,
     s: &MineSettings,
     out: &Path,
     bank: &mut StyleBank,
@@ -235,7 +243,7 @@ fn mine_loop(
             return Ok(());
         }
         // A group's batches are consecutive in the run (shards take whole groups).
-        for m in mine_batches(clip, embedder, prompts, pin, s.seed, s.description.as_deref(), list[done], &group)? {
+        for m in miner.mine_batches(s.seed, s.description.as_deref(), list[done], &group)? {
             let last = add_to_bank(bank, m)?;
             progress.status(&format!("{} styles, loss {last:.4}", bank.total()));
             progress.advance(1);
@@ -245,6 +253,10 @@ fn mine_loop(
         if since_save >= s.save_every.max(1) {
             bank.save(out)?;
             since_save = 0;
+        }
+        if progress.cancelled() && done < list.len() {
+            bank.save(out)?;
+            return Err(Error::Cancelled { what: format!("mining after {done} batches; continue with --resume into {}", out.display()) });
         }
     }
 }
@@ -282,40 +294,49 @@ pub struct MinedBatch {
     pub result: PinResult,
 }
 
-/// Mines a group of loaded batches (indices `first`, `first + 1`, ...) in one launch:
-/// layer1 features, patch selection, prompts (seeded per batch index), text targets,
-/// PIN. Shared by `mine` and `famix bench`.
-#[allow(clippy::too_many_arguments)]
-pub fn mine_batches(
-    clip: &Clip,
-    embedder: &mut PromptEmbedder,
-    prompts: &PromptSet,
-    pin: &PinConfig,
-    seed: u64,
-    description: Option<&str>,
-    first: u64,
-    batches: &[crate::data::loader::Batch],
-) -> Result<Vec<MinedBatch>> {
-    let device = clip.device();
-    let mut problems = Vec::with_capacity(batches.len());
-    let mut meta = Vec::with_capacity(batches.len());
-    for (k, b) in batches.iter().enumerate() {
-        let bi = first + k as u64;
-        let x = normalize_u8(&b.images, device);
-        let f1 = tch::no_grad(|| clip.visual.forward_low(&x, false));
-        let sel = select_patches(&b.dominant, pin.grid);
-        let mut rng = Rng::derive(seed, &[stream::STYLE_PROMPT, bi]);
-        let texts: Vec<String> = sel.iter().map(|p| prompts.class_prompt(p.class, &mut rng, description)).collect::<Result<_>>()?;
-        let targets = Tensor::stack(&texts.iter().map(|t| embedder.embed(t)).collect::<Result<Vec<_>>>()?, 0);
-        problems.push(PinProblem { patches: gather_patches(&f1, &sel, pin.grid), targets });
-        meta.push((bi, sel, texts));
+/// What mining a batch needs besides the batch: CLIP (its image tower gives the
+/// layer1 features and runs PIN, its text tower the targets, through a cache of
+/// prompt embeddings), the prompt vocabulary and PIN's settings.
+pub struct Miner<'a> {
+    clip: &'a Clip,
+    embedder: PromptEmbedder<'a>,
+    prompts: &'a PromptSet,
+    pin: &'a PinConfig,
+}
+
+impl<'a> Miner<'a> {
+    /// A miner with `clip` (which needs its text tower), `prompts` and `pin`.
+    pub fn new(clip: &'a Clip, prompts: &'a PromptSet, pin: &'a PinConfig) -> Result<Self> {
+        Ok(Miner { clip, embedder: PromptEmbedder::new(clip, prompts.templates.clone())?, prompts, pin })
     }
-    let results = optimise(&clip.visual, &problems, pin)?;
-    Ok(meta
-        .into_iter()
-        .zip(results)
-        .map(|((index, selections, prompts), result)| MinedBatch { index, selections, prompts, result })
-        .collect())
+
+    /// Mines a group of loaded batches (indices `first`, `first + 1`, ...) in one
+    /// launch: layer1 features, patch selection, prompts (seeded per batch index),
+    /// text targets, PIN. Shared by [`mine`] and `famix bench`.
+    pub fn mine_batches(&mut self, seed: u64, description: Option<&str>, first: u64, batches: &[Batch]) -> Result<Vec<MinedBatch>> {
+        let (clip, pin) = (self.clip, self.pin);
+        let device = clip.device();
+        let mut problems = Vec::with_capacity(batches.len());
+        let mut meta = Vec::with_capacity(batches.len());
+        for (k, b) in batches.iter().enumerate() {
+            let bi = first + k as u64;
+            let x = normalize_u8(&b.images, device);
+            let f1 = tch::no_grad(|| clip.visual.forward_low(&x, false));
+            let sel = select_patches(&b.dominant, pin.grid);
+            let mut rng = Rng::derive(seed, &[stream::STYLE_PROMPT, bi]);
+            let texts: Vec<String> =
+                sel.iter().map(|p| self.prompts.class_prompt(p.class, &mut rng, description)).collect::<Result<_>>()?;
+            let targets = Tensor::stack(&texts.iter().map(|t| self.embedder.embed(t)).collect::<Result<Vec<_>>>()?, 0);
+            problems.push(PinProblem { patches: gather_patches(&f1, &sel, pin.grid), targets });
+            meta.push((bi, sel, texts));
+        }
+        let results = optimise(&clip.visual, &problems, pin)?;
+        Ok(meta
+            .into_iter()
+            .zip(results)
+            .map(|((index, selections, prompts), result)| MinedBatch { index, selections, prompts, result })
+            .collect())
+    }
 }
 
 /// Combines the banks of all shards of one sharded mining run into the bank the
@@ -330,16 +351,24 @@ pub fn merge_shards(parts: &[(std::path::PathBuf, StyleBank)]) -> Result<StyleBa
     for (path, b) in parts {
         let sh = &b.summary.config["shard"];
         let (Some(index), Some(count), Some(group)) = (sh["index"].as_u64(), sh["count"].as_u64(), sh["group"].as_u64()) else {
-            bail!("{}: not a shard of a mining run (mined without --shard)", path.display());
+            fail!(Incompatible, path, "{}: not a shard of a mining run (mined without --shard)", path.display());
         };
         if common(b) != common(first)
             || sh["count"] != first.summary.config["shard"]["count"]
             || sh["group"] != first.summary.config["shard"]["group"]
         {
-            bail!("{} and {} were mined with different settings: not parts of one run", first_path.display(), path.display());
+            fail!(
+                Incompatible,
+                path,
+                "{} and {} were mined with different settings: not parts of one run",
+                first_path.display(),
+                path.display()
+            );
         }
         if b.summary.batches_done != b.summary.batches_total {
-            bail!(
+            fail!(
+                Incompatible,
+                path,
                 "{}: shard {index}/{count} is incomplete ({} of {} batches); finish it with --resume",
                 path.display(),
                 b.summary.batches_done,
@@ -386,7 +415,7 @@ fn merge_class(out: &mut StyleBank, parts: &[(std::path::PathBuf, StyleBank)], c
         let Some((mu, sigma)) = b.entries.get(&class) else { continue };
         let origins = b.summary.origins.get(&b.key(class)).cloned().unwrap_or_default();
         if origins.len() != mu.len() {
-            bail!("{}: class {} has {} styles but {} origins", path.display(), b.key(class), mu.len(), origins.len());
+            fail!(InvalidInput, path, "{}: class {} has {} styles but {} origins", path.display(), b.key(class), mu.len(), origins.len());
         }
         rows.extend(mu.iter().zip(sigma).zip(origins).map(|((m, s), o)| (m.clone(), s.clone(), o)));
     }

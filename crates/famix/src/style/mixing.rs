@@ -10,7 +10,7 @@
 
 use crate::error::{bail, Result};
 use rand_distr::{Beta, Distribution};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::rng::{stream, Rng};
 use crate::style::bank::BankTables;
@@ -47,18 +47,10 @@ pub struct StyleDraw {
     pub s: Option<Tensor>,
 }
 
-/// Draws bank rows for each (image, cell) and the Beta weights for iteration `step`.
-#[allow(clippy::too_many_arguments)]
-pub fn draw(
-    tables: &BankTables,
-    dominant: &[Vec<u8>],
-    channels: usize,
-    mode: StyleMode,
-    alpha: f64,
-    seed: u64,
-    step: u64,
-    device: Device,
-) -> Result<StyleDraw> {
+/// Draws bank rows for each (image, cell) and the Beta weights for iteration `step`,
+/// on the tables' device (one weight per image and layer1 channel, the tables' width).
+pub fn draw(tables: &BankTables, dominant: &[Vec<u8>], mode: StyleMode, alpha: f64, seed: u64, step: u64) -> Result<StyleDraw> {
+    let (channels, device) = (tables.mu.size()[1] as usize, tables.mu.device());
     let mut pick = Rng::derive(seed, &[stream::STYLE_PICK, step]);
     let mut rows = Vec::with_capacity(dominant.len() * dominant.first().map_or(0, |d| d.len()));
     for d in dominant {

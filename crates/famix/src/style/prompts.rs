@@ -100,7 +100,7 @@ impl PromptSet {
 }
 
 /// A template with `text` in its slot.
-pub fn fill_template(template: &str, text: &str) -> String {
+pub(crate) fn fill_template(template: &str, text: &str) -> String {
     template.replacen("{}", text, 1)
 }
 

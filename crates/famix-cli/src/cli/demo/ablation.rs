@@ -33,7 +33,7 @@ use famix::io::run_folder::RunFolder;
 use famix::io::sha256_file;
 use famix::model::{FreezePolicy, HeadConfig};
 use famix::report::{write_report, ReportOptions};
-use famix::style::mining::{mine, run_identity, MineSettings};
+use famix::style::mining::{mine, run_identity, MineSettings, Miner};
 use famix::style::mixing::StyleMode;
 use famix::style::prompts::PromptSet;
 use famix::style::PinConfig;
@@ -202,7 +202,7 @@ fn mine_bank(world: &World, s: &Settings, v: Vocabulary, seed: u64, out: &Path, 
     let bank = out.join(format!("styles-{}.safetensors", v.id()));
     let _ = std::fs::remove_file(&bank);
     let identity = run_identity(&sha256_file(&world.clip)?, &src, &settings, &pin, &prompts);
-    mine(&clip, src, &prompts, &pin, &settings, &bank, identity, false, &Silent)?;
+    mine(&mut Miner::new(&clip, &prompts, &pin)?, src, &settings, &bank, identity, false, &Silent)?;
     Ok(bank)
 }
 

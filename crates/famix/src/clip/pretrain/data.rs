@@ -16,7 +16,7 @@ use crate::clip::tokenizer::Tokenizer;
 use crate::data::captions::CaptionSet;
 use crate::data::loader::{locate, EpochOrder};
 use crate::data::prefetch::{ordered_map, OrderedMap};
-use crate::error::{bail, Context, Result};
+use crate::error::{fail, Context, Result};
 use crate::imageops::{Filter, Image8};
 use crate::rng::{stream, Rng};
 
@@ -77,7 +77,13 @@ impl PairLoader {
     pub fn new(set: &CaptionSet, tokens: Tensor, cfg: PairLoaderConfig, start: u64, end: u64) -> Result<Self> {
         let n = set.len();
         if n < cfg.batch || cfg.batch < 2 {
-            bail!("{} has {n} captions, fewer than one batch of {} (and a batch needs at least 2)", set.file.display(), cfg.batch);
+            fail!(
+                InvalidInput,
+                &set.file,
+                "{} has {n} captions, fewer than one batch of {} (and a batch needs at least 2)",
+                set.file.display(),
+                cfg.batch
+            );
         }
         let order = EpochOrder::new(n, cfg.seed);
         let steps: Vec<u64> = (start..end).collect();

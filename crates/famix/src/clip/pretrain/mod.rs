@@ -25,7 +25,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::clip::{ResNetConfig, TextConfig};
 use crate::data::captions::CaptionSet;
-use crate::error::{bail, Context, Error, Result};
+use crate::error::{fail, Context, Error, Result};
 use crate::io::run_folder::{new_run_id, RunFolder, RunLog, RunState, EXTRA_PREFIX, STATE_KEY};
 use crate::io::tensorboard::EventWriter;
 use crate::optim::{cosine_lr, AdamW};
@@ -226,7 +226,14 @@ fn restore_or_init(
         .transpose()?
         .with_context(|| format!("{}: no training state (not a clip-pretrain checkpoint)", latest.display()))?;
     if state.run_id != cfg.run_id {
-        bail!("{}: the checkpoint belongs to run {} but config.json to run {}", latest.display(), state.run_id, cfg.run_id);
+        fail!(
+            Incompatible,
+            &latest,
+            "{}: the checkpoint belongs to run {} but config.json to run {}",
+            latest.display(),
+            state.run_id,
+            cfg.run_id
+        );
     }
     let mut opt = optimiser(cfg);
     if opts.reset_optimizer {
@@ -241,7 +248,14 @@ fn restore_or_init(
     opt.load_state(&optim, &params, device)
         .map_err(|e| e.context(format!("{}: cannot restore the optimiser; {hint}", latest.display())))?;
     if opt.len() != params.len() {
-        bail!("{}: the checkpoint has AdamW state for {} of {} parameters; {hint}", latest.display(), opt.len(), params.len());
+        fail!(
+            Incompatible,
+            &latest,
+            "{}: the checkpoint has AdamW state for {} of {} parameters; {hint}",
+            latest.display(),
+            opt.len(),
+            params.len()
+        );
     }
     Ok((m, opt, state))
 }
@@ -265,7 +279,7 @@ impl Session<'_> {
         let mean = self.loss_acc.double_value(&[]) / self.loss_n as f64;
         if !mean.is_finite() {
             let last = crate::io::run_folder::last_finite_checkpoint(&self.run);
-            bail!("the loss became {mean} by step {done}; pretraining stopped. {last} Try a lower --lr.");
+            fail!(Diverged, "the loss became {mean} by step {done}; pretraining stopped. {last} Try a lower --lr.");
         }
         let secs = self.t_log.elapsed().as_secs_f64();
         let per_s = (self.loss_n as f64 * self.cfg.batch as f64) / secs;
@@ -287,7 +301,7 @@ impl Session<'_> {
         let optim: Vec<(String, Tensor)> = opt.state();
         if let Err(e) = crate::io::weights::check_finite(&m.state_dict()).and_then(|_| crate::io::weights::check_finite(&optim)) {
             let last = crate::io::run_folder::last_finite_checkpoint(&self.run);
-            bail!("{e} by step {done}; pretraining stopped before writing a checkpoint. {last} Try a lower --lr.");
+            fail!(Diverged, "{e} by step {done}; pretraining stopped before writing a checkpoint. {last} Try a lower --lr.");
         }
         self.state.step = done;
         self.state.log_bytes = Some(self.log.sync()?);
@@ -394,6 +408,12 @@ fn run_loop(s: &mut Session, m: &TrainableClip, opt: &mut AdamW, loader: PairLoa
             s.checkpoint(done, m, opt)?;
         }
         step = done;
+        if s.progress.cancelled() && done < end {
+            if !save_now {
+                s.checkpoint(done, m, opt)?;
+            }
+            return Err(Error::Cancelled { what: format!("pretraining at step {done}; continue with --resume {}", s.run.dir().display()) });
+        }
     }
     Ok(())
 }

@@ -91,7 +91,7 @@ impl Camera {
         (self.vx + self.f * x / z, self.horizon + self.f * (self.height - y) / z)
     }
     /// Depth of the ground seen at image row `row` (below the horizon).
-    pub fn ground_depth(&self, row: f64) -> f64 {
+    pub(crate) fn ground_depth(&self, row: f64) -> f64 {
         self.f * self.height / (row - self.horizon).max(1e-3)
     }
 }
@@ -198,7 +198,7 @@ impl Scene {
 
     /// Draws an upright rectangle; `shade(u, v)` with u ∈ [0, 1] left to right and
     /// v ∈ [0, 1] bottom to top gives each point's look (None: see-through).
-    pub fn board(&mut self, b: Board, class: u8, instance: u16, shade: &dyn Fn(f64, f64) -> Option<Shade>) {
+    pub(crate) fn board(&mut self, b: Board, class: u8, instance: u16, shade: &dyn Fn(f64, f64) -> Option<Shade>) {
         let cam = self.camera;
         let (x0, y_top) = cam.project(b.x - b.w / 2.0, b.y0 + b.h, b.z);
         let (x1, y_bot) = cam.project(b.x + b.w / 2.0, b.y0, b.z);
@@ -216,14 +216,21 @@ impl Scene {
     }
 
     /// Draws the ellipse inscribed in a board (tree crowns, round signs).
-    pub fn ellipse(&mut self, b: Board, class: u8, instance: u16, shade: &dyn Fn(f64, f64) -> Shade) {
+    pub(crate) fn ellipse(&mut self, b: Board, class: u8, instance: u16, shade: &dyn Fn(f64, f64) -> Shade) {
         self.board(b, class, instance, &|u, v| ((u - 0.5).powi(2) + (v - 0.5).powi(2) <= 0.25).then(|| shade(u, v)));
     }
 
     /// Draws a vertical plane parallel to the street at lateral position `x_plane`,
     /// between depths `z0` and `z1` and heights `y0` and `y1` (metres); `shade(z, y)`
     /// gives each point's look.
-    pub fn facade(&mut self, x_plane: f64, (z0, z1): (f64, f64), (y0, y1): (f64, f64), class: u8, shade: &dyn Fn(f64, f64) -> Shade) {
+    pub(crate) fn facade(
+        &mut self,
+        x_plane: f64,
+        (z0, z1): (f64, f64),
+        (y0, y1): (f64, f64),
+        class: u8,
+        shade: &dyn Fn(f64, f64) -> Shade,
+    ) {
         let cam = self.camera;
         let (xa, _) = cam.project(x_plane, 0.0, z0);
         let (xb, _) = cam.project(x_plane, 0.0, z1);
@@ -253,7 +260,7 @@ impl Scene {
     }
 
     /// Visible pixels per instance.
-    pub fn visible_pixels(&self) -> Vec<usize> {
+    pub(crate) fn visible_pixels(&self) -> Vec<usize> {
         let mut n = vec![0usize; self.instances.len()];
         for p in &self.pixels {
             if p.instance > 0 {
@@ -278,6 +285,6 @@ pub fn jitter(c: [f32; 3], amount: f64, tint: bool, rng: &mut Rng) -> [f32; 3] {
 
 /// Deterministic value noise in [0, 1) at integer lattice point (i, j) for a texture
 /// `seed` (textures must not consume the layout's random stream per pixel).
-pub fn hash01(seed: u64, i: i64, j: i64) -> f32 {
+pub(crate) fn hash01(seed: u64, i: i64, j: i64) -> f32 {
     crate::rng::hash_unit(seed, i as u64, j as u64) as f32
 }

@@ -68,7 +68,7 @@ impl Graph {
     }
 
     /// A 1-D int64 initialiser (shared by every use of the same values).
-    pub fn ints(&mut self, hint: &str, v: &[i64]) -> String {
+    pub(crate) fn ints(&mut self, hint: &str, v: &[i64]) -> String {
         if let Some(name) = self.int_constants.get(v) {
             return name.clone();
         }
@@ -80,14 +80,14 @@ impl Graph {
     }
 
     /// A node `op(inputs)` with attributes; returns its (single) output's name.
-    pub fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
+    pub(crate) fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
         let out = self.fresh(&op.to_lowercase());
         self.node_named(op, inputs, attrs, &out);
         out
     }
 
     /// A node whose output gets the name `out` (graph outputs).
-    pub fn node_named(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>, out: &str) {
+    pub(crate) fn node_named(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>, out: &str) {
         let name = format!("{op}_{}", self.nodes.len());
         self.nodes.push(NodeProto {
             input: inputs.iter().map(|s| s.to_string()).collect(),
@@ -112,7 +112,7 @@ impl Graph {
     }
 
     /// Average pooling with kernel = stride = `k` (no padding, floor), as CLIP's.
-    pub fn avg_pool(&mut self, x: &str, k: i64) -> String {
+    pub(crate) fn avg_pool(&mut self, x: &str, k: i64) -> String {
         self.node("AveragePool", &[x], vec![("kernel_shape", Attr::Ints(vec![k, k])), ("strides", Attr::Ints(vec![k, k]))])
     }
 

@@ -1,0 +1,161 @@
+//! Where a run starts from and what a checkpoint holds: CLIP's image tower with a
+//! fresh head for a new run, or the latest checkpoint (weights, batch-norm statistics,
+//! SGD momentum and the training state, one file committed by one rename) for a resume.
+//! Resuming restores every one of these, so a resumed run continues bit-exactly.
+
+use crate::error::{bail, fail, Context, Error, Result};
+
+use tch::{Device, Tensor};
+
+use crate::clip::ResNetConfig;
+use crate::io::run_folder::{RunFolder, RunState, STATE_KEY};
+use crate::io::weights::{load_vars, StateDict};
+use crate::model::checkpoint::{self, CheckpointMeta};
+use crate::model::{Segmenter, SegmenterConfig};
+use crate::optim::Sgd;
+use crate::progress::Progress;
+use crate::rng::{stream, Rng};
+
+use super::config::{RunOptions, TrainConfig};
+
+/// A fresh segmenter: CLIP image-tower weights for the backbone, Kaiming head.
+pub fn initial_model(cfg: &TrainConfig, device: Device) -> Result<Segmenter> {
+    let sd = StateDict::load(&cfg.clip)?;
+    let backbone = ResNetConfig::infer(&sd.tensors, "visual.").with_context(|| format!("{}", cfg.clip.display()))?;
+    let mut scfg = SegmenterConfig::new(backbone, cfg.head.num_classes, cfg.output_stride, cfg.freeze);
+    scfg.head = cfg.head.clone();
+    tch::manual_seed((Rng::derive(cfg.seed, &[stream::TORCH_SEED, u64::MAX]).next_u64() >> 1) as i64);
+    let mut model = Segmenter::new(scfg, Device::Cpu)?;
+    load_vars(&model.vs, "backbone.", &sd.tensors, "visual.", &|k| k.starts_with("visual.attnpool."), &cfg.clip, "CLIP image tower")?;
+    model.vs.set_device(device);
+    Ok(model)
+}
+
+/// Commits a training checkpoint: weights, optimiser momentum and training state
+/// in one file, made visible by one rename (see `checkpoint::save_with`).
+pub(super) fn save_state(run: &RunFolder, model: &Segmenter, meta: &CheckpointMeta, sgd: &Sgd, state: &RunState) -> Result<()> {
+    if !state.best_miou.is_none_or(f64::is_finite) {
+        bail!("refusing to checkpoint a non-finite best mIoU");
+    }
+    let extra = sgd.state().into_iter().map(|(k, t)| (format!("{}{k}", checkpoint::EXTRA_PREFIX), t)).collect();
+    let md = [(STATE_KEY.to_string(), serde_json::to_string(state)?)].into_iter().collect();
+    checkpoint::save_with(model, meta, extra, md, &run.latest())?;
+    Ok(())
+}
+
+/// The training state and momentum of a loaded `latest` checkpoint. The momentum
+/// must be complete and fit the parameters unless `reset_optimizer` (then it is
+/// dropped and SGD starts afresh).
+pub(super) fn load_state(
+    loaded: &checkpoint::Loaded,
+    params: &[(String, Tensor)],
+    sgd: &mut Sgd,
+    reset_optimizer: bool,
+    progress: &dyn Progress,
+) -> Result<RunState> {
+    let origin = &loaded.path;
+    let state_json = loaded.metadata.get(STATE_KEY).ok_or_else(|| {
+        Error::incompatible(
+            origin,
+            format!("{}: no training state (not written by `famix train`); start the run over with --force", origin.display()),
+        )
+    })?;
+    let tensors: std::collections::HashMap<String, Tensor> = loaded
+        .extra
+        .iter()
+        .filter_map(|(k, t)| k.strip_prefix(checkpoint::EXTRA_PREFIX).map(|n| (n.to_string(), t.shallow_clone())))
+        .collect();
+    let state: RunState = serde_json::from_str(state_json).with_context(|| format!("{}: unreadable training state", origin.display()))?;
+    if state.step != loaded.meta.step {
+        fail!(
+            Incompatible,
+            origin,
+            "{}: optimiser state of step {} but weights of step {}; the run folder is inconsistent",
+            origin.display(),
+            state.step,
+            loaded.meta.step
+        );
+    }
+    if reset_optimizer {
+        progress.notice(&format!("--reset-optimizer: resuming {} with fresh SGD momentum", origin.display()));
+        return Ok(state);
+    }
+    let hint = "pass --reset-optimizer to resume with fresh momentum anyway (the run will then differ from an uninterrupted one)";
+    let device = params.first().map(|(_, t)| t.device()).unwrap_or(Device::Cpu);
+    sgd.load_state(&tensors, params, device)
+        .map_err(|e| Error::incompatible(origin, format!("{}: cannot restore the optimiser ({e}); {hint}", origin.display())))?;
+    if state.step > 0 && sgd.momentum != 0.0 {
+        let missing: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).filter(|n| !sgd.buffers.contains_key(*n)).collect();
+        if !missing.is_empty() {
+            fail!(
+                Incompatible,
+                origin,
+                "{}: the checkpoint has no optimiser momentum for {} of {} trainable parameters (e.g. {}); {hint}",
+                origin.display(),
+                missing.len(),
+                params.len(),
+                missing[0]
+            );
+        }
+    }
+    Ok(state)
+}
+
+/// The model and training state a run starts from: the latest checkpoint of `run`
+/// (resume: weights, momentum and step from one file, checked against the run's
+/// configuration) or CLIP's image tower with a fresh head (a new run, or a resumed
+/// one that had not written its first checkpoint yet).
+pub(super) fn restore_or_init(
+    cfg: &TrainConfig,
+    run: &RunFolder,
+    resume: bool,
+    opts: &RunOptions,
+    sgd: &mut Sgd,
+    progress: &dyn Progress,
+) -> Result<(Segmenter, RunState)> {
+    let device = opts.device;
+    if !resume || !run.latest().exists() {
+        if resume {
+            progress
+                .notice(&format!("{} has its configuration but no checkpoint yet: starting the run from iteration 0", run.dir().display()));
+        }
+        // A new run (also one started over with --force) starts an empty log.
+        let state = RunState { run_id: cfg.run_id.clone(), log_bytes: Some(0), ..Default::default() };
+        return Ok((initial_model(cfg, device)?, state));
+    }
+    let mut l = checkpoint::load(&run.latest(), device, Some(cfg.output_stride))?;
+    if l.model.config().head != cfg.head {
+        fail!(
+            Incompatible,
+            &l.path,
+            "{}: the checkpoint's head {:?} contradicts the run's config.json {:?}",
+            l.path.display(),
+            l.model.config().head,
+            cfg.head
+        );
+    }
+    l.model.set_freeze(cfg.freeze);
+    let (bb, head) = l.model.param_groups();
+    let params: Vec<(String, Tensor)> = bb.into_iter().chain(head).collect();
+    let st = load_state(&l, &params, sgd, opts.reset_optimizer, progress)?;
+    if !st.run_id.is_empty() && !cfg.run_id.is_empty() && st.run_id != cfg.run_id {
+        fail!(
+            Incompatible,
+            &l.path,
+            "{}: the checkpoint belongs to run {} but config.json to run {}",
+            l.path.display(),
+            st.run_id,
+            cfg.run_id
+        );
+    }
+    Ok((l.model, st))
+}
+
+/// Every tensor a training checkpoint holds: all variables (parameters and batch-norm
+/// statistics) and the optimiser's momentum, sorted by name.
+pub(super) fn checkpoint_tensors(model: &Segmenter, sgd: &Sgd) -> Vec<(String, Tensor)> {
+    let mut all: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+    all.extend(sgd.state().into_iter().map(|(k, t)| (format!("{}{k}", checkpoint::EXTRA_PREFIX), t)));
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
