@@ -137,3 +137,40 @@ bool famix_cudnn_benchmark() {
 }
 
 }
+
+#include <ATen/Functions.h>
+#include <ATen/core/grad_mode.h>
+#include <vector>
+
+extern "C" {
+
+// One SGD update of n parameters with PyTorch's multi-tensor (foreach) kernels: the
+// operations of famix's per-tensor loop, in its order — d = g + p·wd; buf = buf·m + d
+// (when bufs is not null), d = buf; p = p − d·lr — as a few launches for all
+// parameters instead of ~5 per parameter. The pointers are tch tensors (at::Tensor*).
+// Returns false (the caller then uses its loop) if libtorch throws.
+bool famix_sgd_foreach(void** params, void** grads, void** bufs, int n, double lr, double wd, double momentum) {
+    try {
+        at::AutoGradMode no_grad(false);
+        std::vector<at::Tensor> p, g, b;
+        for (int i = 0; i < n; ++i) {
+            p.push_back(*static_cast<at::Tensor*>(params[i]));
+            g.push_back(*static_cast<at::Tensor*>(grads[i]));
+            if (bufs != nullptr) {
+                b.push_back(*static_cast<at::Tensor*>(bufs[i]));
+            }
+        }
+        std::vector<at::Tensor> d = wd != 0.0 ? at::_foreach_add(g, at::_foreach_mul(p, wd)) : g;
+        if (bufs != nullptr) {
+            at::_foreach_mul_(b, momentum);
+            at::_foreach_add_(b, d);
+            d = b;
+        }
+        at::_foreach_sub_(p, at::_foreach_mul(d, lr));
+        return true;
+    } catch (...) {
+        return false;
+    }
+}
+
+}

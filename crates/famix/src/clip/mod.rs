@@ -101,7 +101,7 @@ impl Clip {
     /// Text embeddings (N, embed) of token rows (N, context).
     pub fn encode_text(&self, tokens: &Tensor) -> Result<Tensor> {
         let t = self.text()?;
-        tch::no_grad(|| t.encode(&tokens.to_device(self.device())))
+        tch::no_grad(|| t.encode(&crate::device::upload(tokens, self.device())))
     }
 }
 
