@@ -5,6 +5,13 @@ with "impl": "official".
   git clone https://github.com/astra-vision/FAMix /tmp/FAMix
   python tools/bench_official.py --famix-repo /tmp/FAMix --what infer,train --infer-size 512x512 --batch 2 --crop 768
 
+Inference runs on each of `--infer-engines` (one JSON line each, key "engine"):
+`eager` (the model as the reference runs it), `best` (PyTorch's best CPU path:
+torch.jit.trace + freeze + optimize_for_inference, channels-last input) and
+`onnxruntime` (the model exported by torch.onnx.export, TorchScript exporter, opset 17,
+run by ONNX Runtime's CPU provider with all graph optimisations and --threads threads).
+Each times normalisation, network and argmax, as `famix bench --what infer` does.
+
 The model is built as the reference's `deeplabv3plus_resnet_clip` does (CLIP RN50 image
 tower via `resnet_clip.build_model`, `DeepLabHeadV3Plus`, `DeepLabV3`), from a
 random-weight CLIP state dict instead of the downloaded RN50.pt (same shapes). The
@@ -39,11 +46,69 @@ def timed(args, fn):
     return ms
 
 
-def report(args, what, batch, h, w, ms):
+def report(args, what, batch, h, w, ms, engine=None):
     med = statistics.median(ms)
-    print(json.dumps({"what": what, "impl": "official", "device": "cpu", "arch": "rn50", "amp": args.amp, "batch": batch,
-                      "height": h, "width": w, "iters": len(ms), "median_ms": med, "min_ms": min(ms), "max_ms": max(ms),
-                      "images_per_s": batch * 1e3 / med}), flush=True)
+    r = {"what": what, "impl": "official", "device": "cpu", "arch": "rn50", "amp": args.amp, "batch": batch,
+         "height": h, "width": w, "iters": len(ms), "median_ms": med, "min_ms": min(ms), "max_ms": max(ms),
+         "images_per_s": batch * 1e3 / med}
+    if engine:
+        r["engine"] = engine
+    print(json.dumps(r), flush=True)
+
+
+class Logits(torch.nn.Module):
+    """The segmentation logits of the reference's DeepLabV3 (its forward returns a tuple)."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        return self.m(x)[0]
+
+
+def infer_engines(args, model, amp, mean, std):
+    model.eval()
+    h, w = map(int, args.infer_size.split("x"))
+    x = torch.randint(0, 256, (1, 3, h, w), dtype=torch.uint8)
+    norm = lambda: ((x.float() / 255) - mean) / std  # noqa: E731
+    net = Logits(model).eval()
+    for engine in args.infer_engines.split(","):
+        if engine == "eager":
+            def run():
+                with torch.no_grad(), amp:
+                    net(norm()).argmax(1)
+        elif engine == "best":
+            with torch.no_grad(), amp:
+                traced = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(net, norm().contiguous(memory_format=torch.channels_last))))
+
+            def run(traced=traced):
+                with torch.no_grad(), amp:
+                    traced(norm().contiguous(memory_format=torch.channels_last)).argmax(1)
+        elif engine == "onnxruntime":
+            run = onnxruntime_runner(args, net, norm)
+        else:
+            sys.exit(f"unknown engine {engine!r} (eager, best, onnxruntime)")
+        report(args, "infer", 1, h, w, timed(args, run), engine)
+
+
+def onnxruntime_runner(args, net, norm):
+    import tempfile
+    import numpy as np
+    import onnxruntime as ort
+    path = os.path.join(tempfile.mkdtemp(), "official.onnx")
+    with torch.no_grad():
+        torch.onnx.export(net, (norm(),), path, opset_version=17, input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}}, dynamo=False)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = args.threads
+    session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+    def run():
+        logits = session.run(None, {"image": norm().numpy()})[0]
+        np.argmax(logits, axis=1)
+    return run
 
 
 def official_model(repo):
@@ -79,7 +144,10 @@ def main():
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--amp", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--infer-engines", default="eager")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     cpu_only_cuda_moves()
     model = official_model(args.famix_repo)
     amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp == "bf16")
@@ -87,14 +155,7 @@ def main():
     std = torch.tensor(R.CLIP_STD).view(1, 3, 1, 1)
     for what in args.what.split(","):
         if what == "infer":
-            model.eval()
-            h, w = map(int, args.infer_size.split("x"))
-            x = torch.randint(0, 256, (1, 3, h, w), dtype=torch.uint8)
-
-            def run():
-                with torch.no_grad(), amp:
-                    model(((x.float() / 255) - mean) / std)[0].argmax(1)
-            report(args, "infer", 1, h, w, timed(args, run))
+            infer_engines(args, model, amp, mean, std)
         elif what == "train":
             train_step(args, model, amp, mean, std)
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs libtorch 2.11.0 (from the PyPI torch wheel, the only offline-reachable route)
-# into a per-user cache that every clone reuses, then links it as ./.venv.
+# and ONNX Runtime 1.32.0 (from its PyPI wheel) into a per-user cache that every clone
+# reuses, then links it as ./.venv.
 # Idempotent: does nothing when the venv already imports torch 2.11.0.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,6 +33,14 @@ else
     python3 -m venv --upgrade "$venv" >/dev/null
     sed -i "s#$tmp#$venv#g" "$venv"/bin/* 2>/dev/null || true
     "$venv/bin/python" -c "import torch; print('famix: torch', torch.__version__, 'ready', file=__import__('sys').stderr)"
+fi
+
+# ONNX Runtime's shared library for famix's onnxruntime engine (loaded at run time from
+# this wheel's onnxruntime/capi/; the Python package around it is not needed by famix).
+ort=1.32.0
+if ! ls "$venv"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$ort >/dev/null 2>&1; then
+    echo "famix: installing onnxruntime==$ort (its libonnxruntime.so) into $venv" >&2
+    "$venv/bin/pip" install --quiet --no-deps --disable-pip-version-check "onnxruntime==$ort"
 fi
 
 # Tools that regenerate fixtures also need numpy/ftfy/regex/...: exact versions from

@@ -20,6 +20,11 @@ fn main() {
     println!("cargo:rustc-link-arg=-Wl,--enable-new-dtags,-rpath,{}", lib.display());
     println!("cargo:rustc-link-search=native={}", lib.display());
     println!("cargo:libtorch_lib={}", lib.display());
+    // ONNX Runtime's wheel sits beside torch's in the same site-packages (`make setup`);
+    // the engine loads it from there at run time unless told otherwise.
+    if let Some(site) = lib.parent().and_then(|torch| torch.parent()) {
+        println!("cargo:rustc-env=FAMIX_ORT_DIR={}", site.join("onnxruntime/capi").display());
+    }
     let has_cuda = lib.join("libtorch_cuda.so").exists();
     if has_cuda {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch,-ltorch_cuda,--as-needed");

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 const ROWS: [&str; 5] = ["full-ft", "minimal", "styles-no-mix", "famix", "poda"];
 const COLUMNS: [&str; 6] = ["source", "dusk", "night", "fog", "rain", "snow"];
@@ -71,6 +71,7 @@ fn quick_demo_writes_results_that_famix_eval_reproduces() {
     let cmp = famix::Image8::open_rgb(&out.join("comparison.png")).unwrap();
     assert_eq!(cmp.width, 7 * 192 + 6 * 4, "image | ground truth | five rows");
     bf16_agrees_with_fp32(&out, &roots[2]);
+    onnxruntime_equals_libtorch(&out, &roots[2]);
     // A second demo finds the CLIP in the cache.
     let (code, _, err) = run_famix(&[
         "demo",
@@ -106,4 +107,24 @@ fn bf16_agrees_with_fp32(out: &Path, night: &str) {
     }
     let agreement = same as f64 / total as f64;
     assert!(agreement >= 0.995, "bf16 agrees with fp32 on {:.3} % of the pixels", agreement * 100.0);
+}
+
+/// On the demo's FAMix model and the night images, the ONNX Runtime engine's logits are
+/// within 1e-4 (max abs) of libtorch's fp32 logits and its classes differ on at most
+/// 0.01 % of the pixels (only where two classes' logits tie within that rounding).
+fn onnxruntime_equals_libtorch(out: &Path, night: &str) {
+    let mut model = famix::Segmenter::load(out.join("seed-1/famix/latest.safetensors"), Device::Cpu).unwrap();
+    let ds = famix::data::Dataset::open(famix::data::DatasetKind::Folder, Path::new(night), "val", None).unwrap();
+    let opts = famix::PredictOptions { keep_logits: true, ..Default::default() };
+    let xs: Vec<Tensor> = (0..ds.len()).map(|i| ds.load(i).unwrap().0.to_tensor_u8().unsqueeze(0)).collect();
+    let torch: Vec<_> = xs.iter().map(|x| model.predict_ids(x, &opts).unwrap()).collect();
+    famix::engine::attach(&mut model, famix::engine::Engine::OnnxRuntime, famix::Precision::Fp32).unwrap();
+    let (mut differ, mut total) = (0i64, 0i64);
+    for (x, (ids, logits)) in xs.iter().zip(&torch) {
+        let (o_ids, o_logits) = model.predict_ids(x, &opts).unwrap();
+        assert_close("demo model logits", &o_logits.unwrap(), logits.as_ref().unwrap(), 1e-4);
+        differ += o_ids.ne_tensor(ids).sum(Kind::Int64).int64_value(&[]);
+        total += ids.numel() as i64;
+    }
+    assert!(differ as f64 <= 1e-4 * total as f64, "{differ} of {total} pixels differ between engines");
 }

@@ -64,7 +64,7 @@ fn eval_reports_the_confusion_matrix_and_synthia_class_subsets() {
         "16",
     ]);
     assert_ne!(code, 0);
-    assert!(err.contains("--classes 16"), "{err}");
+    assert!(err.contains("--classes: 16"), "{err}");
     let (code, _, err) = run_famix(&["eval", "--checkpoint", "x", "--dataset", "cityscapes", "--data-root", "y", "--classes", "17"]);
     assert_ne!(code, 0);
     assert!(err.contains("19, 16 or 13"), "{err}");
@@ -76,18 +76,7 @@ fn predict_writes_cityscapes_label_ids_for_benchmark_servers() {
     let ckpt = fixture("seg_a_ref.pth");
     let img = fixture("img_a.png");
     let run = |fmt: &str, out: &std::path::Path| {
-        let (code, _, err) = run_famix(&[
-            "predict",
-            "--checkpoint",
-            ckpt.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--device",
-            "cpu",
-            "--label-format",
-            fmt,
-            img.to_str().unwrap(),
-        ]);
+        let (code, _, err) = predict_cpu(&ckpt, out, &img, &["--label-format", fmt]);
         assert_eq!(code, 0, "{err}");
     };
     let (a, b) = (d.path().join("train"), d.path().join("label"));

@@ -30,16 +30,7 @@ fn train_eval_and_predict_print_no_pytorch_warnings() {
     let out = d.path().join("pred");
     let img = fixture("img_a.png");
     let ckpt = run.join("latest.safetensors");
-    let (code, _, err) = run_famix(&[
-        "predict",
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-        img.to_str().unwrap(),
-    ]);
+    let (code, _, err) = predict_cpu(&ckpt, &out, &img, &[]);
     assert_eq!(code, 0, "{err}");
     assert!(torch_warnings(&err).is_empty(), "predict printed PyTorch warnings:\n{err}");
 }

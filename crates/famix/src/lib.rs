@@ -32,6 +32,7 @@
 pub mod clip;
 pub mod data;
 pub mod device;
+pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod export;

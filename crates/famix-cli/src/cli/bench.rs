@@ -56,6 +56,9 @@ pub struct BenchArgs {
     /// Inference input: an image (resized to --infer-size) instead of random pixels
     #[arg(long)]
     image: Option<std::path::PathBuf>,
+    /// Inference engines to time, comma-separated: torch, onnxruntime, auto; `all` (the default) is every engine that runs the device and --amp (onnxruntime: CPU, fp32, when installed), one result each
+    #[arg(long, default_value = "all")]
+    engine: String,
     #[command(flatten)]
     device: super::DeviceArgs,
 }
@@ -82,7 +85,9 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
         no_fold: a.no_fold,
         checkpoint: a.checkpoint.clone(),
         image: a.image.clone(),
+        engine: famix::engine::Engine::Torch,
     };
+    let engines = engines(&a.engine, device, a.amp)?;
     if !a.crop.is_multiple_of(4) || !a.mine_crop.is_multiple_of(12) {
         bail!("--crop must be divisible by 4 and --mine-crop by 12 (4 × the 3x3 style grid)");
     }
@@ -90,22 +95,50 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
     let tmp = tempdir()?;
     for what in a.what.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         super::bench_run::reset_peak_rss();
-        let mut r = match what {
-            "infer" => bench_infer(&cfg)?,
-            "train" => bench_train(&cfg, &tmp)?,
-            "mine" => bench_mine(&cfg)?,
-            "loader" => bench_loader(&cfg, &tmp)?,
+        let results = match what {
+            "infer" => engines.iter().map(|&engine| bench_infer(&BenchConfig { engine, ..cfg.clone() })).collect::<Result<Vec<_>>>()?,
+            "train" => vec![bench_train(&cfg, &tmp)?],
+            "mine" => vec![bench_mine(&cfg)?],
+            "loader" => vec![bench_loader(&cfg, &tmp)?],
             other => bail!("unknown workload {other:?} (train, infer, mine, loader)"),
         };
-        r.peak_rss_mb = super::bench_run::peak_rss_mb();
-        if a.json {
+        for mut r in results {
+            r.peak_rss_mb = super::bench_run::peak_rss_mb();
+            print_result(&r, a.json)?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(0)
+}
+
+/// The engines of `--engine` (`all`: those that run `device` at `precision`).
+fn engines(spec: &str, device: tch::Device, precision: famix::Precision) -> Result<Vec<famix::engine::Engine>> {
+    use famix::engine::Engine;
+    use famix::Named;
+    if spec.trim() == "all" {
+        let ort = device == tch::Device::Cpu && precision == famix::Precision::Fp32;
+        if ort && !famix::engine::onnxruntime::available() {
+            eprintln!("note: ONNX Runtime is not installed (`make setup`); timing libtorch only");
+            return Ok(vec![Engine::Torch]);
+        }
+        return Ok(if ort { vec![Engine::Torch, Engine::OnnxRuntime] } else { vec![Engine::Torch] });
+    }
+    spec.split(',')
+        .map(|s| Engine::parse(s.trim()).ok_or_else(|| anyhow::anyhow!("--engine: unknown engine {s:?} (torch, onnxruntime, auto, all)")))
+        .collect()
+}
+
+fn print_result(r: &super::bench_run::BenchResult, json: bool) -> Result<()> {
+    {
+        if json {
             println!("{}", serde_json::to_string(&r)?);
         } else {
             println!(
-                "{:<7} {:<10} {} {}x{} batch {}: median {:.1} ms (min {:.1}, max {:.1}), {:.1} images/s{}",
+                "{:<7} {:<10} {}{} {}x{} batch {}: median {:.1} ms (min {:.1}, max {:.1}), {:.1} images/s{}",
                 r.what,
                 r.device,
                 r.amp,
+                r.engine.as_ref().map(|e| format!(" {e}")).unwrap_or_default(),
                 r.height,
                 r.width,
                 r.batch,
@@ -117,8 +150,7 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
             );
         }
     }
-    let _ = std::fs::remove_dir_all(&tmp);
-    Ok(0)
+    Ok(())
 }
 
 fn tempdir() -> Result<std::path::PathBuf> {

@@ -78,6 +78,8 @@ pub struct BenchConfig {
     pub checkpoint: Option<std::path::PathBuf>,
     /// Inference on this image (resized to `infer_size`) instead of random pixels.
     pub image: Option<std::path::PathBuf>,
+    /// The inference engine.
+    pub engine: famix::engine::Engine,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -106,6 +108,9 @@ pub struct BenchResult {
     /// infer with --checkpoint: the checkpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<String>,
+    /// infer: the engine that ran it (torch, onnxruntime).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
 }
 
 /// Resets the kernel's peak-RSS counter of this process (Linux `clear_refs` 5); false
@@ -158,6 +163,7 @@ fn result(cfg: &BenchConfig, what: &str, batch: usize, h: usize, w: usize, mut m
         fp32_agreement: None,
         path: None,
         checkpoint: None,
+        engine: None,
     }
 }
 
@@ -221,7 +227,8 @@ fn random_bank(channels: usize, dir: &Path) -> Result<std::path::PathBuf> {
 /// `predict`'s forward ([`Segmenter::predict_ids`]: normalisation, network, argmax)
 /// on one random image; with bf16, the share of pixels whose class equals fp32's.
 pub fn bench_infer(cfg: &BenchConfig) -> Result<BenchResult> {
-    let model = inference_segmenter(cfg)?;
+    let mut model = inference_segmenter(cfg)?;
+    let (engine, _) = famix::engine::attach(&mut model, cfg.engine, cfg.precision)?;
     let (h, w) = cfg.infer_size;
     let x = match &cfg.image {
         Some(p) => famix::Image8::open_rgb(p)?.resize(w, h, famix::imageops::Filter::Bilinear).to_tensor_u8().unsqueeze(0),
@@ -235,6 +242,7 @@ pub fn bench_infer(cfg: &BenchConfig) -> Result<BenchResult> {
     let mut r = result(cfg, "infer", 1, h, w, ms, peak);
     r.path = Some(if model.is_folded() { "fused" } else { "plain" }.into());
     r.checkpoint = cfg.checkpoint.as_ref().map(|p| p.display().to_string());
+    r.engine = Some(engine.name().into());
     if cfg.precision == Precision::Bf16 {
         let (fp32, _) = model.predict_ids(&x, &PredictOptions::default())?;
         let (bf16, _) = model.predict_ids(&x, &opts)?;

@@ -148,7 +148,7 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
 /// The mIoU of one checkpoint on every target, in the --classes protocol.
 fn table_row(a: &EvalArgs, ckpt: &Path, targets: &[Target], cells: &mut Vec<serde_json::Value>) -> Result<Vec<f64>> {
     let mut loaded = checkpoint::load(ckpt, a.device.device, a.test.output_stride()?)?;
-    a.test.prepare(&mut loaded.model)?;
+    a.test.prepare(&mut loaded.model, famix::engine::Engine::Torch)?;
     let k = loaded.model.config().class_names.len();
     protocol(a).check(k, &ckpt.display().to_string())?;
     let opts = EvalOptions { predict: a.test.predict_options()?, skip_bad: a.skip_bad, limit: a.limit };
@@ -239,7 +239,7 @@ fn eval_one(a: &EvalArgs, ckpt: &Path, t: &Target) -> Result<i32> {
     let predict = a.test.predict_options()?;
     let shard = a.shard.shard()?;
     let mut loaded = checkpoint::load(ckpt, a.device.device, a.test.output_stride()?)?;
-    a.test.prepare(&mut loaded.model)?;
+    a.test.prepare(&mut loaded.model, famix::engine::Engine::Torch)?;
     protocol(a).check(loaded.model.config().class_names.len(), &loaded.path.display().to_string())?;
     let mut ds = Dataset::open(t.kind, &t.root, &a.split, t.condition.as_deref())?;
     if let Some(sh) = shard {

@@ -172,17 +172,46 @@ pub struct TestTimeArgs {
     pub no_fold: bool,
     #[command(flatten)]
     pub numerics: NumericsArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// `--engine`, shared by predict, eval, serve and bench.
+#[derive(clap::Args, Clone, Copy)]
+pub struct EngineArgs {
+    /// Inference engine: auto (ONNX Runtime for fp32 on the CPU when installed, else libtorch), torch, or onnxruntime (CPU, fp32; famix's own ONNX graph built in memory). Default: auto for predict and serve; torch for eval, so its metrics are libtorch's exactly
+    #[arg(long, value_parser = choice::<famix::engine::Engine>())]
+    pub engine: Option<famix::engine::Engine>,
+}
+
+impl EngineArgs {
+    /// Puts `model`'s inference on the chosen engine (`default` when none is given);
+    /// says on stderr when auto falls back to libtorch, and returns the engine's name.
+    pub fn attach(
+        &self,
+        model: &mut famix::Segmenter,
+        precision: famix::Precision,
+        default: famix::engine::Engine,
+    ) -> anyhow::Result<&'static str> {
+        let (engine, note) = famix::engine::attach(model, self.engine.unwrap_or(default), precision)?;
+        if let Some(n) = note {
+            eprintln!("note: --engine auto: {n}");
+        }
+        Ok(engine.name())
+    }
 }
 
 impl TestTimeArgs {
     /// Applies --deterministic / --no-tf32, switches `model` to the fast path unless
-    /// `--no-fold`, and lets cuDNN pick its fastest kernels for the sizes that repeat.
-    pub fn prepare(&self, model: &mut famix::Segmenter) -> anyhow::Result<()> {
+    /// `--no-fold`, lets cuDNN pick its fastest kernels for the sizes that repeat, and
+    /// attaches the --engine.
+    pub fn prepare(&self, model: &mut famix::Segmenter, engine: famix::engine::Engine) -> anyhow::Result<()> {
         self.numerics.apply()?;
         if !self.no_fold {
             model.fold();
         }
         famix::device::tune_for_repeated_sizes(model.device());
+        self.engine.attach(model, self.amp, engine)?;
         Ok(())
     }
     /// The output stride asked for, if any.

@@ -104,7 +104,7 @@ pub fn predict(a: PredictArgs) -> Result<i32> {
         eprintln!("note: {n}");
     }
     let mut model = checkpoint::load(&a.checkpoint, a.device.device, a.test.output_stride()?)?.model;
-    a.test.prepare(&mut model)?;
+    a.test.prepare(&mut model, famix::engine::Engine::Auto)?;
     std::fs::create_dir_all(&a.out)?;
     let mut failed = if items.is_empty() { 0 } else { predict_images(&a, &model, opts.clone(), items)? };
     let job = VideoJob { model: &model, opts, batch: a.batch, color_video: a.color_video, frames: a.frames, format: a.label_format };

@@ -51,6 +51,8 @@ pub struct ServeArgs {
     /// Serve the plain network (conv then batch norm) instead of the fast path (folded batch norms, channels-last)
     #[arg(long, alias = "no-fuse")]
     no_fold: bool,
+    #[command(flatten)]
+    engine: super::EngineArgs,
     /// Most images per forward pass (same size and options)
     #[arg(long, default_value_t = 8)]
     max_batch: usize,
@@ -425,6 +427,7 @@ pub fn serve(a: ServeArgs) -> Result<i32> {
         model.fold();
     }
     famix::device::tune_for_repeated_sizes(model.device());
+    let engine = a.engine.attach(&mut model, a.amp, famix::engine::Engine::Auto)?;
     let (tx, rx) = bounded::<Job>(a.max_queue.max(1));
     let app = Arc::new(App {
         jobs: tx,
@@ -433,7 +436,7 @@ pub fn serve(a: ServeArgs) -> Result<i32> {
         class_names: model.config().class_names.clone(),
         palette: model.config().palette.clone(),
         health: json!({
-            "ready": true, "device": famix::device::device_name(a.device.device), "precision": a.amp.name(),
+            "ready": true, "device": famix::device::device_name(a.device.device), "precision": a.amp.name(), "engine": engine,
             "checkpoint": loaded.path.display().to_string(), "checkpoint_sha256": famix::io::sha256_file(&loaded.path)?,
             "classes": model.config().class_names.len(), "max_batch": a.max_batch, "auth": key.is_some(),
         }),

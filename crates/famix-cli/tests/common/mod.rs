@@ -189,3 +189,9 @@ pub fn eval_cityscapes_mini(checkpoint: &std::path::Path, extra: &[&str]) -> (i3
     ];
     run_famix(&base.iter().chain(extra).copied().collect::<Vec<_>>())
 }
+
+/// `famix predict --checkpoint CKPT --out OUT --device cpu EXTRA... INPUT`.
+pub fn predict_cpu(checkpoint: &std::path::Path, out: &std::path::Path, input: &std::path::Path, extra: &[&str]) -> (i32, String, String) {
+    let base = ["predict", "--checkpoint", checkpoint.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"];
+    run_famix(&base.iter().chain(extra).chain([&input.to_str().unwrap()]).copied().collect::<Vec<_>>())
+}

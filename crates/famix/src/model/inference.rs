@@ -21,7 +21,7 @@ use crate::clip::OutputStride;
 use crate::error::{bail, Error, Result};
 use crate::imageops::Image8;
 use crate::model::checkpoint;
-use crate::model::segmenter::{Segmenter, SegmenterConfig};
+use crate::model::segmenter::{at_test_scale, Segmenter, SegmenterConfig};
 
 /// The segmenter's input mean (RGB): CLIP's, because the backbone is CLIP's image tower.
 pub const INPUT_MEAN: [f64; 3] = crate::clip::preprocess::CLIP_MEAN;
@@ -154,7 +154,10 @@ impl Segmenter {
         self.check_size(size[3], size[2], opts.scale)?;
         let x = normalize_u8(images_u8, self.device());
         let _amp = crate::device::Autocast::new(self.device(), opts.precision == Precision::Bf16);
-        let logits = self.predict_logits(&x, opts.scale, opts.ensemble);
+        let logits = match self.external() {
+            Some(net) => tch::no_grad(|| at_test_scale(&x, opts.scale, opts.ensemble, |x| net.logits(x)))?,
+            None => self.predict_logits(&x, opts.scale, opts.ensemble),
+        };
         let ids = logits.argmax(1, false);
         Ok((ids, opts.keep_logits.then_some(logits)))
     }

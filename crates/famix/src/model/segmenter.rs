@@ -88,6 +88,16 @@ impl SegmenterConfig {
 
 pub use crate::nn::NamedTensors;
 
+/// A network that computes a segmenter's eval-mode logits in place of libtorch: an
+/// inference engine ([`crate::engine`]) attached with [`Segmenter::set_engine`].
+pub trait ExternalNet: Send {
+    /// The engine's name (`onnxruntime`).
+    fn name(&self) -> &'static str;
+    /// Logits (N, K, H, W) float32 on the CPU of normalised images (N, 3, H, W)
+    /// float32 on the CPU, at the input's resolution.
+    fn logits(&self, x: &Tensor) -> Result<Tensor>;
+}
+
 /// The FAMix segmenter.
 pub struct Segmenter {
     /// All parameters and batch-norm buffers.
@@ -103,6 +113,8 @@ pub struct Segmenter {
     folded: bool,
     /// Whether inputs go channels-last (both fast paths).
     channels_last: bool,
+    /// The inference engine that replaces libtorch for eval-mode forwards, if any.
+    external: Option<Box<dyn ExternalNet>>,
 }
 
 impl std::fmt::Debug for Segmenter {
@@ -125,7 +137,7 @@ impl Segmenter {
             &config.head,
             config.output_stride,
         );
-        let mut s = Segmenter { vs, backbone, head, config, folded: false, channels_last: false };
+        let mut s = Segmenter { vs, backbone, head, config, folded: false, channels_last: false, external: None };
         s.apply_freeze();
         Ok(s)
     }
@@ -171,6 +183,24 @@ impl Segmenter {
     /// Where the weights live.
     pub fn device(&self) -> Device {
         self.vs.device()
+    }
+
+    /// Runs inference (`predict`, `predict_ids`, and so `eval` and `serve`) on `net`
+    /// instead of libtorch; `None` goes back to libtorch. Training forwards and
+    /// [`Segmenter::predict_logits`] always use libtorch. Attach again after changing
+    /// the weights or the output stride (the engine holds its own copy).
+    pub fn set_engine(&mut self, net: Option<Box<dyn ExternalNet>>) {
+        self.external = net;
+    }
+
+    /// The engine inference runs on: `torch`, or the attached engine's name.
+    pub fn engine_name(&self) -> &'static str {
+        self.external.as_ref().map_or("torch", |n| n.name())
+    }
+
+    /// The attached engine, if any.
+    pub(crate) fn external(&self) -> Option<&dyn ExternalNet> {
+        self.external.as_deref()
     }
 
     /// Its configuration: backbone, head, classes, output stride, freeze policy.
@@ -250,27 +280,39 @@ impl Segmenter {
     }
 
     /// Inference logits at `scale` (and optionally averaged with scale 1), resized to
-    /// the input size with align_corners=true as the reference's evaluation does.
+    /// the input size with align_corners=true as the reference's evaluation does;
+    /// always computed by libtorch, whatever engine is attached.
     pub fn predict_logits(&self, x: &Tensor, scale: f64, ensemble: bool) -> Tensor {
-        tch::no_grad(|| {
-            let (h, w) = (x.size()[2], x.size()[3]);
-            let base = (scale == 1.0 || ensemble).then(|| self.forward(x, false, None));
-            if scale == 1.0 {
-                return base.unwrap();
-            }
-            let sh = ((h as f64) * scale).floor() as i64;
-            let sw = ((w as f64) * scale).floor() as i64;
-            let xs = x.upsample_bilinear2d([sh, sw], true, None, None);
-            let out = self.forward(&xs, false, None).upsample_bilinear2d([h, w], true, None, None);
-            match base {
-                Some(b) if ensemble => (out + b) / 2.0,
-                _ => out,
-            }
-        })
+        let torch = |x: &Tensor| Ok::<_, std::convert::Infallible>(self.forward(x, false, None));
+        match tch::no_grad(|| at_test_scale(x, scale, ensemble, torch)) {
+            Ok(t) => t,
+            Err(never) => match never {},
+        }
     }
 }
 
 /// A batch-norm running statistic (never trained by gradient)?
 pub(crate) fn is_bn_buffer(name: &str) -> bool {
     name.ends_with("running_mean") || name.ends_with("running_var")
+}
+
+/// Logits at the input's resolution with a test `scale` (resize the input, run `net`,
+/// resize the logits back, bilinear with aligned corners as the reference's
+/// evaluation) and, with `ensemble`, the mean with the logits at scale 1.
+pub(crate) fn at_test_scale<E>(x: &Tensor, scale: f64, ensemble: bool, net: impl Fn(&Tensor) -> Result<Tensor, E>) -> Result<Tensor, E> {
+    let (h, w) = (x.size()[2], x.size()[3]);
+    let base = if scale == 1.0 || ensemble { Some(net(x)?) } else { None };
+    if scale == 1.0 {
+        if let Some(b) = base {
+            return Ok(b);
+        }
+    }
+    let sh = ((h as f64) * scale).floor() as i64;
+    let sw = ((w as f64) * scale).floor() as i64;
+    let xs = x.upsample_bilinear2d([sh, sw], true, None, None);
+    let out = net(&xs)?.upsample_bilinear2d([h, w], true, None, None);
+    Ok(match base {
+        Some(b) if ensemble => (out + b) / 2.0,
+        _ => out,
+    })
 }

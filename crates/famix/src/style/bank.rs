@@ -144,6 +144,25 @@ impl StyleBank {
         self.entries.values().map(|e| e.0.len()).sum()
     }
 
+    /// Every class of a bank read from `path` has as many means as deviations, all finite.
+    fn check_entries(&self, path: &std::path::Path) -> Result<()> {
+        for (c, e) in &self.entries {
+            if e.0.len() != e.1.len() {
+                fail!(
+                    InvalidInput,
+                    path,
+                    "{}: class {} has {} means but {} deviations",
+                    path.display(),
+                    self.key(*c),
+                    e.0.len(),
+                    e.1.len()
+                );
+            }
+            self.check_values(*c).with_context(|| format!("{}", path.display()))?;
+        }
+        Ok(())
+    }
+
     fn refresh_counts(&mut self) {
         self.summary.channels = self.channels;
         self.summary.counts = self.entries.iter().map(|(c, e)| (self.key(*c), e.0.len())).collect();
@@ -206,20 +225,7 @@ impl StyleBank {
                 _ => fail!(InvalidInput, path, "{}: unexpected tensor {name:?}", path.display()),
             }
         }
-        for (c, e) in &bank.entries {
-            if e.0.len() != e.1.len() {
-                fail!(
-                    InvalidInput,
-                    path,
-                    "{}: class {} has {} means but {} deviations",
-                    path.display(),
-                    bank.key(*c),
-                    e.0.len(),
-                    e.1.len()
-                );
-            }
-            bank.check_values(*c).with_context(|| format!("{}", path.display()))?;
-        }
+        bank.check_entries(path)?;
         bank.refresh_counts();
         Ok(bank)
     }
@@ -265,20 +271,7 @@ impl StyleBank {
             }
         }
         bank.entries.retain(|_, e| !e.0.is_empty() || !e.1.is_empty());
-        for (c, e) in &bank.entries {
-            if e.0.len() != e.1.len() {
-                fail!(
-                    InvalidInput,
-                    path,
-                    "{}: class {} has {} means but {} deviations",
-                    path.display(),
-                    bank.key(*c),
-                    e.0.len(),
-                    e.1.len()
-                );
-            }
-            bank.check_values(*c).with_context(|| format!("{}", path.display()))?;
-        }
+        bank.check_entries(path)?;
         bank.summary.config = serde_json::json!({"imported_from": path.display().to_string()});
         bank.refresh_counts();
         Ok(bank)

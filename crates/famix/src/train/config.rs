@@ -170,7 +170,7 @@ pub struct RunOptions {
     pub skip_bad: bool,
     /// Also write the log's scalars as TensorBoard event files in this folder.
     pub tensorboard: Option<PathBuf>,
-    /// Run the plain path instead of the training fast path ([`Segmenter::fold_frozen`]).
+    /// Run the plain path instead of the training fast path ([`crate::model::Segmenter::fold_frozen`]).
     pub no_fold: bool,
     /// Resume even when the checkpoint's optimiser state is missing or does not fit
     /// (continuing with fresh momentum; the run then differs from an uninterrupted one).

@@ -1,0 +1,113 @@
+//! The ONNX Runtime engine computes what libtorch computes: on the reference `.pth`
+//! fixture and on famix checkpoints at output strides 8 and 16 (batch-norm statistics
+//! randomised, so folding matters), its logits are within 1e-4 (max abs) of libtorch's
+//! plain path and its train ids identical, at test scale 1, 0.5 and with the ensemble;
+//! `famix predict` writes byte-identical PNGs with either engine; unusable settings and
+//! a missing library are reported, and `auto` falls back to libtorch. (The demo's
+//! trained model is checked in tests/demo.rs.)
+mod common;
+
+use common::*;
+use famix::engine::{attach, Engine};
+use famix::model::checkpoint;
+use famix::{Precision, PredictOptions, Segmenter};
+use tch::{Device, Kind, Tensor};
+
+const TOL: f64 = 1e-4;
+
+fn randomise_bn(m: &Segmenter) {
+    tch::no_grad(|| {
+        for (name, mut t) in m.vs.variables() {
+            if name.ends_with("running_var") {
+                t.copy_(&(Tensor::rand_like(&t) * 2.0 + 0.1));
+            } else if name.ends_with("running_mean") {
+                t.copy_(&(Tensor::randn_like(&t) * 0.2));
+            }
+        }
+    });
+}
+
+#[test]
+fn onnxruntime_matches_libtorch() {
+    let d = tmpdir();
+    tch::manual_seed(5);
+    let tiny = checkpoint::save_random_tiny(&d.path().join("tiny"), 19).unwrap();
+    let cases = [
+        (fixture("seg_a_ref.pth"), None),
+        (tiny.clone(), Some(famix::clip::OutputStride::Os16)),
+        (tiny, Some(famix::clip::OutputStride::Os8)),
+    ];
+    for (path, os) in cases {
+        let mut m = checkpoint::load(&path, Device::Cpu, os).unwrap().model;
+        randomise_bn(&m);
+        let x = Tensor::randint(256, [2, 3, 72, 104], (Kind::Uint8, Device::Cpu));
+        for (scale, ensemble) in [(1.0, false), (0.5, false), (0.5, true)] {
+            let opts = PredictOptions { scale, ensemble, keep_logits: true, ..Default::default() };
+            m.set_engine(None);
+            let (ids_t, logits_t) = m.predict_ids(&x, &opts).unwrap();
+            let (engine, note) = attach(&mut m, Engine::OnnxRuntime, Precision::Fp32).unwrap();
+            assert_eq!((engine, note), (Engine::OnnxRuntime, None));
+            assert_eq!(m.engine_name(), "onnxruntime");
+            let (ids_o, logits_o) = m.predict_ids(&x, &opts).unwrap();
+            let what = format!("{} os {:?} scale {scale} ensemble {ensemble}", path.display(), os);
+            assert_close(&what, &logits_o.unwrap(), &logits_t.unwrap(), TOL);
+            assert_eq!(ids_o.ne_tensor(&ids_t).sum(Kind::Int64).int64_value(&[]), 0, "{what}: train ids differ");
+        }
+    }
+}
+
+#[test]
+fn engine_settings_are_checked() {
+    let d = tmpdir();
+    let mut m = Segmenter::load(checkpoint::save_random_tiny(&d.path().join("tiny"), 19).unwrap(), Device::Cpu).unwrap();
+    // ONNX Runtime runs fp32: bf16 is refused when asked for, and auto stays on libtorch.
+    let e = attach(&mut m, Engine::OnnxRuntime, Precision::Bf16).unwrap_err();
+    assert!(matches!(e, famix::Error::InvalidSetting { ref name, .. } if name == "--engine"), "{e}");
+    assert_eq!(attach(&mut m, Engine::Auto, Precision::Bf16).unwrap().0, Engine::Torch);
+    assert_eq!(attach(&mut m, Engine::Auto, Precision::Fp32).unwrap().0, Engine::OnnxRuntime);
+    assert_eq!(attach(&mut m, Engine::Torch, Precision::Fp32).unwrap().0, Engine::Torch);
+    assert_eq!(m.engine_name(), "torch");
+}
+
+/// A library that cannot be found: `--engine onnxruntime` says where it looked and how
+/// to install it; `auto` notes it and runs on libtorch (a separate process, because
+/// the library is loaded once per process).
+#[test]
+fn a_missing_library_is_reported_and_auto_falls_back() {
+    let d = tmpdir();
+    tch::manual_seed(2);
+    let ckpt = checkpoint::save_random_tiny(&d.path().join("tiny"), 19).unwrap();
+    let img = fixture("img_a.png");
+    let run = |engine: &str, out: &str| {
+        let out = d.path().join(out);
+        let mut c = std::process::Command::new(famix_bin());
+        c.args(["predict", "--checkpoint", ckpt.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"])
+            .args(["--engine", engine, img.to_str().unwrap()])
+            .env("FAMIX_ONNXRUNTIME", "/nonexistent/libonnxruntime.so");
+        let o = c.output().unwrap();
+        (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    let (code, err) = run("onnxruntime", "a");
+    assert_ne!(code, 0);
+    assert!(err.contains("FAMIX_ONNXRUNTIME") && err.contains("no such file"), "{err}");
+    let (code, err) = run("auto", "b");
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("running on libtorch"), "{err}");
+}
+
+/// `famix predict` writes the same PNGs with either engine (byte for byte).
+#[test]
+fn predict_outputs_are_identical_across_engines() {
+    let d = tmpdir();
+    let img = fixture("img_a.png");
+    let ckpt = fixture("seg_a_ref.pth");
+    for engine in ["torch", "onnxruntime"] {
+        let out = d.path().join(engine);
+        let (code, _, err) = predict_cpu(&ckpt, &out, &img, &["--engine", engine]);
+        assert_eq!(code, 0, "{err}");
+    }
+    for f in ["img_a_trainid.png", "img_a_color.png"] {
+        let (a, b) = (std::fs::read(d.path().join("torch").join(f)).unwrap(), std::fs::read(d.path().join("onnxruntime").join(f)).unwrap());
+        assert!(a == b, "{f} differs between engines");
+    }
+}

@@ -1,0 +1,128 @@
+//! The ONNX Runtime engine: famix's eval-mode network as an ONNX graph built in memory
+//! from the loaded weights ([`crate::export::to_onnx`]: every batch norm folded, the
+//! dilation plan of the output stride, dynamic batch and size), run by ONNX Runtime's
+//! CPU execution provider with all graph optimisations (level 3: fusions and NCHWc
+//! layouts). Nothing is written to disk.
+//!
+//! The shared library is loaded at run time (the `ort` crate's `load-dynamic`), from
+//! the first of: `FAMIX_ONNXRUNTIME` (the file), `ORT_DYLIB_PATH` (the file), or the
+//! `onnxruntime` PyPI wheel that `make setup` installs beside libtorch in the per-user
+//! cache (its `capi/libonnxruntime.so.*`). famix never downloads it.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::TensorRef;
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::export::{to_onnx, ExportOptions};
+use crate::model::segmenter::ExternalNet;
+use crate::model::Segmenter;
+
+/// The ONNX Runtime version `make setup` installs (and the tests check against).
+pub const VERSION: &str = "1.32.0";
+
+/// How to install it, for error messages.
+const INSTALL: &str = "run `make setup` (installs onnxruntime==1.32.0 from PyPI into famix's per-user cache), \
+                       or set FAMIX_ONNXRUNTIME to a libonnxruntime.so";
+
+/// Where the per-user cache's wheel keeps the library (set by the build script from
+/// the libtorch it found; the folder may not exist).
+fn wheel_dir() -> Option<PathBuf> {
+    option_env!("FAMIX_ORT_DIR").map(PathBuf::from)
+}
+
+/// The library file to load, or why there is none.
+pub fn library_path() -> Result<PathBuf> {
+    for var in ["FAMIX_ONNXRUNTIME", "ORT_DYLIB_PATH"] {
+        if let Some(p) = std::env::var_os(var) {
+            let p = PathBuf::from(p);
+            if !p.is_file() {
+                return Err(Error::invalid_input(&p, format!("{var}={}: no such file", p.display())));
+            }
+            return Ok(p);
+        }
+    }
+    let dir = wheel_dir().ok_or_else(|| Error::msg(format!("ONNX Runtime's location is unknown; {INSTALL}")))?;
+    let found = std::fs::read_dir(&dir).ok().and_then(|entries| {
+        let mut libs: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
+            .collect();
+        libs.sort();
+        libs.pop()
+    });
+    found.ok_or_else(|| {
+        Error::invalid_input(&dir, format!("ONNX Runtime is not installed ({} has no libonnxruntime.so); {INSTALL}", dir.display()))
+    })
+}
+
+/// Loads the library and makes famix's ONNX Runtime environment, once per process;
+/// later calls return the first outcome.
+fn environment() -> Result<ort::environment::Environment> {
+    static ENV: OnceLock<std::result::Result<ort::environment::Environment, String>> = OnceLock::new();
+    let r = ENV.get_or_init(|| {
+        let path = library_path().map_err(|e| e.to_string())?;
+        let builder = ort::init_from(&path).map_err(|e| format!("{}: cannot load ONNX Runtime: {e}", path.display()))?;
+        builder.with_name("famix").build().map_err(|e| format!("{}: ONNX Runtime does not start: {e}", path.display()))
+    });
+    r.clone().map_err(Error::msg)
+}
+
+/// Whether ONNX Runtime can be loaded on this machine.
+pub fn available() -> bool {
+    environment().is_ok()
+}
+
+fn ort_err(what: &str) -> impl Fn(ort::Error) -> Error + '_ {
+    move |e| Error::msg(format!("ONNX Runtime: {what}: {e}"))
+}
+
+/// A segmenter's eval-mode network in an ONNX Runtime session.
+pub struct OrtNet {
+    /// Sessions run with `&mut self`; one call at a time (each uses every core).
+    session: Mutex<Session>,
+}
+
+impl OrtNet {
+    /// Builds the ONNX graph of `model` (its current weights and output stride) in
+    /// memory and an optimised session on the CPU with one thread per core.
+    pub fn new(model: &Segmenter) -> Result<Self> {
+        let env = environment()?;
+        let bytes = to_onnx(model, &ExportOptions::default())?;
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let session = Session::builder(&env)
+            .map_err(ort_err("session options"))?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(|e| ort_err("optimisation level")(e.into()))?
+            .with_intra_threads(threads)
+            .map_err(|e| ort_err("threads")(e.into()))?
+            .commit_from_memory(&bytes)
+            .map_err(ort_err("building the session"))?;
+        Ok(OrtNet { session: Mutex::new(session) })
+    }
+}
+
+impl ExternalNet for OrtNet {
+    fn name(&self) -> &'static str {
+        "onnxruntime"
+    }
+
+    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous();
+        let shape: Vec<i64> = x.size();
+        let numel = x.numel();
+        // SAFETY: `x` is a contiguous f32 CPU tensor of `numel` elements that outlives
+        // the borrow (it lives to the end of this function, after the run).
+        let data: &[f32] = unsafe { std::slice::from_raw_parts(x.data_ptr() as *const f32, numel) };
+        let input = TensorRef::from_array_view((shape.clone(), data)).map_err(ort_err("input"))?;
+        let mut session = self.session.lock()?;
+        let outputs = session.run(ort::inputs!["image" => input]).map_err(ort_err("run"))?;
+        let (out_shape, values) = outputs["logits"].try_extract_tensor::<f32>().map_err(ort_err("output"))?;
+        let dims: Vec<i64> = out_shape.iter().copied().collect();
+        Ok(Tensor::from_slice(values).view(dims.as_slice()))
+    }
+}
