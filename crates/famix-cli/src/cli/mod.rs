@@ -179,7 +179,7 @@ pub struct TestTimeArgs {
 /// `--engine`, shared by predict, eval, serve and bench.
 #[derive(clap::Args, Clone, Copy)]
 pub struct EngineArgs {
-    /// Inference engine: auto (ONNX Runtime for fp32 on the CPU when installed, else libtorch), torch, or onnxruntime (CPU, fp32; famix's own ONNX graph built in memory). Default: auto for predict and serve; torch for eval, so its metrics are libtorch's exactly
+    /// Inference engine: auto (ONNX Runtime for fp32 on the CPU when installed, else libtorch), torch, or onnxruntime (CPU, fp32; famix's own ONNX graph built in memory). Default: auto for serve and for predict jobs of 16 images or more (or videos; building the ONNX Runtime session takes seconds), torch otherwise and for eval, so its metrics are libtorch's exactly
     #[arg(long, value_parser = choice::<famix::engine::Engine>())]
     pub engine: Option<famix::engine::Engine>,
 }

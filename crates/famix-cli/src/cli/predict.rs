@@ -86,6 +86,10 @@ impl Sink<'_> {
     }
 }
 
+/// Without --engine, `predict` uses `auto` for this many images or more (or any
+/// video), libtorch below.
+const AUTO_ENGINE_MIN_IMAGES: usize = 16;
+
 pub fn predict(a: PredictArgs) -> Result<i32> {
     let opts = a.test.predict_options()?;
     // Videos go through the same listing, so their output names are deduplicated with
@@ -104,7 +108,11 @@ pub fn predict(a: PredictArgs) -> Result<i32> {
         eprintln!("note: {n}");
     }
     let mut model = checkpoint::load(&a.checkpoint, a.device.device, a.test.output_stride()?)?.model;
-    a.test.prepare(&mut model, famix::engine::Engine::Auto)?;
+    // Building an ONNX Runtime session costs about 2 s (RN50): by default it is used
+    // only for jobs long enough to win that back.
+    let long_job = !videos.is_empty() || items.len() >= AUTO_ENGINE_MIN_IMAGES;
+    let default_engine = if long_job { famix::engine::Engine::Auto } else { famix::engine::Engine::Torch };
+    a.test.prepare(&mut model, default_engine)?;
     std::fs::create_dir_all(&a.out)?;
     let mut failed = if items.is_empty() { 0 } else { predict_images(&a, &model, opts.clone(), items)? };
     let job = VideoJob { model: &model, opts, batch: a.batch, color_video: a.color_video, frames: a.frames, format: a.label_format };
