@@ -5,7 +5,7 @@ then times both commands over the folder (wall clock of the whole command, start
 model load included, outputs written). Prints one
 JSON line per side.
 
-  python tools/predict_bench.py [--famix target/release/famix] [--images 8] [--threads 2]
+  python tools/predict_bench.py [--famix target/release/famix] [--images 8] [--threads 2] [--engines torch,onnxruntime]
 """
 import argparse
 import json
@@ -38,6 +38,7 @@ def main():
     p.add_argument("--famix", default="target/release/famix")
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--engines", default="torch,onnxruntime", help="famix --engine values to time, one line each")
     a = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="famix-predict-bench-")
     folder = os.path.join(tmp, "images")
@@ -50,12 +51,13 @@ def main():
     ckpt = os.path.join(tmp, "rn50_random.pth")
     torch.save({"model_state": seg.state_dict()}, ckpt)
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
-    t0 = time.perf_counter()
-    subprocess.run([a.famix, "predict", "--checkpoint", ckpt, "--device", "cpu", "--out", os.path.join(tmp, "famix"), folder],
-                   check=True, env=env, stderr=subprocess.DEVNULL)
-    secs = time.perf_counter() - t0
-    print(json.dumps({"what": "predict", "impl": "famix", "images": a.images, "height": 1024, "width": 2048,
-                      "seconds": secs, "images_per_s": a.images / secs}), flush=True)
+    for engine in a.engines.split(","):
+        t0 = time.perf_counter()
+        subprocess.run([a.famix, "predict", "--checkpoint", ckpt, "--device", "cpu", "--engine", engine,
+                        "--out", os.path.join(tmp, "famix-" + engine), folder], check=True, env=env, stderr=subprocess.DEVNULL)
+        secs = time.perf_counter() - t0
+        print(json.dumps({"what": "predict", "impl": "famix", "engine": engine, "images": a.images, "height": 1024,
+                          "width": 2048, "seconds": secs, "images_per_s": a.images / secs}), flush=True)
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "predict_torch.py"), "--checkpoint", ckpt,
                           "--threads", str(a.threads), "--out", os.path.join(tmp, "torch"), folder],
