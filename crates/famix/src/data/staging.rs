@@ -59,3 +59,50 @@ where
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn img(w: usize, h: usize, v: u8) -> Image8 {
+        Image8::new(w, h, 3, v)
+    }
+
+    /// Batches keep the input order, never mix sizes and never exceed `max`.
+    #[test]
+    fn batches_group_consecutive_same_size_images() {
+        let sizes = [(4, 4), (4, 4), (4, 4), (8, 4), (4, 4), (4, 4)];
+        let items = sizes.iter().enumerate().map(|(i, &(w, h))| (i, img(w, h, i as u8)));
+        let batches: Vec<Vec<usize>> = same_size_batches(items, 2).map(|(tags, _)| tags).collect();
+        assert_eq!(batches, vec![vec![0, 1], vec![2], vec![3], vec![4, 5]]);
+    }
+
+    /// Every batch reaches the consumer in order as one (N, 3, H, W) u8 tensor holding
+    /// its images; an error of the consumer stops the pipeline and is returned.
+    #[test]
+    fn staged_batches_arrive_in_order_and_errors_stop_them() {
+        let items = (0..7u8).map(|i| (i, img(3, 2, i)));
+        let mut seen = Vec::new();
+        staged(same_size_batches(items, 3), Device::Cpu, 2, |tags, images, x| {
+            assert_eq!(x.size(), vec![tags.len() as i64, 3, 2, 3]);
+            for (k, (t, im)) in tags.iter().zip(&images).enumerate() {
+                assert_eq!(x.get(k as i64).max().int64_value(&[]), *t as i64);
+                assert_eq!(im.data[0], *t);
+            }
+            seen.extend(tags);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, (0..7).collect::<Vec<u8>>());
+        let mut calls = 0;
+        let r = staged(same_size_batches((0..9u8).map(|i| (i, img(3, 2, i))), 1), Device::Cpu, 1, |_, _, _| {
+            calls += 1;
+            if calls == 2 {
+                return Err(crate::Error::msg("stop"));
+            }
+            Ok(())
+        });
+        assert!(r.is_err());
+        assert_eq!(calls, 2, "no batch is consumed after an error");
+    }
+}
