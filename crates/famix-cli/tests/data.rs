@@ -276,31 +276,10 @@ fn bad_input_is_reported_clearly() {
     assert!(out.contains("5 pairs") && out.contains("2 missing partners"), "{out}");
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(v["splits"][0]["bad"].as_array().unwrap().len(), 5);
-    let (code, _, err) = run_famix(&[
-        "eval",
-        "--checkpoint",
-        fixture("seg_a_ref.pth").to_str().unwrap(),
-        "--dataset",
-        "cityscapes",
-        "--data-root",
-        cs.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
+    let (code, _, err) = eval_cpu(&fixture("seg_a_ref.pth"), "cityscapes", &cs, &[]);
     assert_ne!(code, 0);
     assert!(err.contains("--skip-bad"), "{err}");
-    let (code, out, err) = run_famix(&[
-        "eval",
-        "--checkpoint",
-        fixture("seg_a_ref.pth").to_str().unwrap(),
-        "--dataset",
-        "cityscapes",
-        "--data-root",
-        cs.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--skip-bad",
-    ]);
+    let (code, out, err) = eval_cpu(&fixture("seg_a_ref.pth"), "cityscapes", &cs, &["--skip-bad"]);
     // Every sample is skipped: nothing to measure, and the error says so instead of
     // printing a NaN mIoU.
     assert_ne!(code, 0, "{out}");

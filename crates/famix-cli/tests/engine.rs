@@ -1,6 +1,6 @@
 //! The ONNX Runtime engine computes what libtorch computes: on the reference `.pth`
 //! fixture and on famix checkpoints at output strides 8 and 16 (batch-norm statistics
-//! randomised, so folding matters), its logits are within 1e-4 (max abs) of libtorch's
+//! and affine parameters randomised, so folding matters), its logits are within 1e-4 (max abs) of libtorch's
 //! plain path and its train ids identical, at test scale 1, 0.5 and with the ensemble;
 //! `famix predict` writes byte-identical PNGs with either engine; unusable settings and
 //! a missing library are reported, and `auto` falls back to libtorch. (The demo's
@@ -14,18 +14,6 @@ use famix::{Precision, PredictOptions, Segmenter};
 use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-4;
-
-fn randomise_bn(m: &Segmenter) {
-    tch::no_grad(|| {
-        for (name, mut t) in m.vs.variables() {
-            if name.ends_with("running_var") {
-                t.copy_(&(Tensor::rand_like(&t) * 2.0 + 0.1));
-            } else if name.ends_with("running_mean") {
-                t.copy_(&(Tensor::randn_like(&t) * 0.2));
-            }
-        }
-    });
-}
 
 #[test]
 fn onnxruntime_matches_libtorch() {

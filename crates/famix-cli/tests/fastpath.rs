@@ -8,21 +8,6 @@ use famix::model::checkpoint;
 use famix::{PredictOptions, Segmenter};
 use tch::{Device, Kind, Tensor};
 
-/// Random batch-norm statistics and affine parameters, so folding has work to do.
-fn randomise_bn(m: &Segmenter) {
-    tch::no_grad(|| {
-        for (name, mut t) in m.vs.variables() {
-            if name.ends_with("running_var") {
-                t.copy_(&(Tensor::rand_like(&t) * 2.0 + 0.1));
-            } else if name.ends_with("running_mean") || (name.contains("bn") && name.ends_with("bias")) {
-                t.copy_(&(Tensor::randn_like(&t) * 0.2));
-            } else if name.contains("bn") && name.ends_with("weight") {
-                t.copy_(&(Tensor::rand_like(&t) + 0.5));
-            }
-        }
-    });
-}
-
 fn logits(m: &Segmenter, x: &Tensor) -> Tensor {
     m.predict_logits(x, 1.0, false)
 }

@@ -69,12 +69,7 @@ fn predict_keeps_every_output_and_reports_what_it_cannot_read() {
 fn user_values_out_of_range_are_refused_by_name() {
     let d = tmpdir();
     let ckpt = tiny_checkpoint(d.path());
-    let cs = fixture("cityscapes_mini");
-    let eval = |extra: &[&str]| {
-        let mut a = vec!["eval", "--checkpoint", &ckpt, "--dataset", "cityscapes", "--data-root", cs.to_str().unwrap(), "--device", "cpu"];
-        a.extend_from_slice(extra);
-        run_famix(&a)
-    };
+    let eval = |extra: &[&str]| eval_cityscapes_mini(Path::new(&ckpt), extra);
     for (extra, name) in [
         (&["--limit", "0"][..], "--limit"),
         (&["--scale", "nan"][..], "--scale"),
@@ -158,19 +153,7 @@ fn dataset_layout_problems_are_reported() {
     let root = d.path().join("ds");
     Image8::new(64, 64, 3, 1).save_png(&root.join("images/train/a.png")).unwrap();
     Image8::new(64, 64, 1, 1).save_png(&root.join("labels/train/a.png")).unwrap();
-    let (code, _, err) = run_famix(&[
-        "eval",
-        "--checkpoint",
-        &ckpt,
-        "--dataset",
-        "folder",
-        "--data-root",
-        root.to_str().unwrap(),
-        "--split",
-        "val",
-        "--device",
-        "cpu",
-    ]);
+    let (code, _, err) = eval_cpu(Path::new(&ckpt), "folder", &root, &["--split", "val"]);
     assert_ne!(code, 0);
     assert!(err.contains("split \"val\" not found") && err.contains("train"), "{err}");
     // An empty split makes `data check` fail.
@@ -181,19 +164,7 @@ fn dataset_layout_problems_are_reported() {
     assert!(out.contains("no image/label pairs"), "{out}");
     // Images without labels are named when evaluating.
     Image8::new(64, 64, 3, 1).save_png(&root.join("images/train/b.png")).unwrap();
-    let (code, _, err) = run_famix(&[
-        "eval",
-        "--checkpoint",
-        &ckpt,
-        "--dataset",
-        "folder",
-        "--data-root",
-        root.to_str().unwrap(),
-        "--split",
-        "train",
-        "--device",
-        "cpu",
-    ]);
+    let (code, _, err) = eval_cpu(Path::new(&ckpt), "folder", &root, &["--split", "train"]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("did not pair up") && err.contains("b.png"), "{err}");
 }

@@ -24,7 +24,6 @@ fn eval_reports_the_confusion_matrix_and_synthia_class_subsets() {
     let d = tmpdir();
     tch::manual_seed(11);
     let ckpt = famix::model::checkpoint::save_random_tiny(&d.path().join("tiny"), 19).unwrap();
-    let cs = fixture("cityscapes_mini");
     for (classes, key, subset) in [
         ("16", "miou16", vec![0usize, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18]),
         ("13", "miou13", vec![0usize, 1, 2, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18]),
@@ -50,19 +49,7 @@ fn eval_reports_the_confusion_matrix_and_synthia_class_subsets() {
         assert!((got - mean_present(&m, &subset)).abs() <= 1e-12, "{key} {got} != hand computation {}", mean_present(&m, &subset));
     }
     // Subsets are defined on the 19 Cityscapes classes: a 5-class model is refused.
-    let (code, _, err) = run_famix(&[
-        "eval",
-        "--checkpoint",
-        fixture("seg_a_ref.pth").to_str().unwrap(),
-        "--dataset",
-        "cityscapes",
-        "--data-root",
-        cs.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--classes",
-        "16",
-    ]);
+    let (code, _, err) = eval_cityscapes_mini(&fixture("seg_a_ref.pth"), &["--classes", "16"]);
     assert_ne!(code, 0);
     assert!(err.contains("--classes: 16"), "{err}");
     let (code, _, err) = run_famix(&["eval", "--checkpoint", "x", "--dataset", "cityscapes", "--data-root", "y", "--classes", "17"]);

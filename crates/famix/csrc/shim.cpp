@@ -127,15 +127,6 @@ bool famix_tf32_conv() {
     }
 }
 
-// Whether cuDNN benchmark mode is on.
-bool famix_cudnn_benchmark() {
-    try {
-        return at::globalContext().benchmarkCuDNN();
-    } catch (...) {
-        return false;
-    }
-}
-
 }
 
 #include <ATen/Functions.h>

@@ -157,7 +157,6 @@ extern "C" {
     fn famix_deterministic() -> bool;
     fn famix_disable_tf32() -> bool;
     fn famix_tf32_conv() -> bool;
-    fn famix_cudnn_benchmark() -> bool;
 }
 
 /// How exactly CUDA computes, process-wide (libtorch's global context). On the CPU
@@ -211,12 +210,6 @@ pub fn tune_for_repeated_sizes(d: Device) {
     if matches!(d, Device::Cuda(_)) && !Numerics::current().deterministic {
         tch::Cuda::cudnn_set_benchmark(true);
     }
-}
-
-/// Whether cuDNN's benchmark mode is on.
-pub fn cudnn_benchmark() -> bool {
-    // SAFETY: a read of libtorch's global context; the shim catches exceptions.
-    unsafe { famix_cudnn_benchmark() }
 }
 
 /// Host → device copy that does not stall the host on CUDA: the data is staged in

@@ -129,26 +129,24 @@ fn engines(spec: &str, device: tch::Device, precision: famix::Precision) -> Resu
 }
 
 fn print_result(r: &super::bench_run::BenchResult, json: bool) -> Result<()> {
-    {
-        if json {
-            println!("{}", serde_json::to_string(&r)?);
-        } else {
-            println!(
-                "{:<7} {:<10} {}{} {}x{} batch {}: median {:.1} ms (min {:.1}, max {:.1}), {:.1} images/s{}",
-                r.what,
-                r.device,
-                r.amp,
-                r.engine.as_ref().map(|e| format!(" {e}")).unwrap_or_default(),
-                r.height,
-                r.width,
-                r.batch,
-                r.median_ms,
-                r.min_ms,
-                r.max_ms,
-                r.images_per_s,
-                r.peak_mem_mb.map(|m| format!(", peak {m:.0} MiB")).unwrap_or_default()
-            );
-        }
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{:<7} {:<10} {}{} {}x{} batch {}: median {:.1} ms (min {:.1}, max {:.1}), {:.1} images/s{}",
+            r.what,
+            r.device,
+            r.amp,
+            r.engine.as_ref().map(|e| format!(" {e}")).unwrap_or_default(),
+            r.height,
+            r.width,
+            r.batch,
+            r.median_ms,
+            r.min_ms,
+            r.max_ms,
+            r.images_per_s,
+            r.peak_mem_mb.map(|m| format!(", peak {m:.0} MiB")).unwrap_or_default()
+        );
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! CLIP subcommands: encode-image, encode-text, tokenize, zero-shot, download-clip.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -32,22 +32,29 @@ pub fn encode_image(a: EncodeImageArgs) -> Result<i32> {
     let device = a.device.device;
     let clip = Clip::load(&a.clip, device, OutputStride::Os32)?;
     let res = clip.visual.config.input_resolution as usize;
-    let mut failed = 0;
-    for path in &a.images {
-        let img = match Image8::open_rgb(path) {
-            Ok(i) => i,
-            Err(e) => {
-                eprintln!("skipping {}: {e:#}", path.display());
-                failed += 1;
-                continue;
-            }
-        };
+    for_each_image(&a.images, |path, img| {
         let x = preprocess(&img, res, device);
         let mut e = clip.encode_image(&x)?;
         if a.normalize {
             e = l2_normalize(&e);
         }
         println!("{}", json!({"image": path.display().to_string(), "embedding": to_vec(&e.get(0))?}));
+        Ok(())
+    })
+}
+
+/// Runs `f` on every readable image of `paths`, skipping (and reporting) unreadable
+/// ones; the exit code is 2 when any was skipped.
+fn for_each_image(paths: &[PathBuf], mut f: impl FnMut(&Path, Image8) -> Result<()>) -> Result<i32> {
+    let mut failed = 0;
+    for path in paths {
+        match Image8::open_rgb(path) {
+            Ok(img) => f(path, img)?,
+            Err(e) => {
+                eprintln!("skipping {}: {e:#}", path.display());
+                failed += 1;
+            }
+        }
     }
     Ok(if failed > 0 { 2 } else { 0 })
 }
@@ -168,24 +175,15 @@ pub fn zero_shot(a: ZeroShotArgs) -> Result<i32> {
     let text = Tensor::stack(&labels.iter().map(|l| emb.embed(l)).collect::<famix::Result<Vec<_>>>()?, 0);
     let scale = clip.logit_scale.unwrap_or((1.0f64 / 0.07).ln()).exp();
     let res = clip.visual.config.input_resolution as usize;
-    let mut failed = 0;
-    for path in &a.images {
-        let img = match Image8::open_rgb(path) {
-            Ok(i) => i,
-            Err(e) => {
-                eprintln!("skipping {}: {e:#}", path.display());
-                failed += 1;
-                continue;
-            }
-        };
+    for_each_image(&a.images, |path, img| {
         let im = l2_normalize(&clip.encode_image(&preprocess(&img, res, device))?);
         let probs = (im.matmul(&text.tr()) * scale).softmax(-1, Kind::Float).get(0);
         let p = to_vec(&probs)?;
         let best = p.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).map(|(i, _)| i).unwrap_or(0);
         let map: serde_json::Map<String, serde_json::Value> = labels.iter().zip(&p).map(|(l, v)| (l.clone(), json!(v))).collect();
         println!("{}", json!({"image": path.display().to_string(), "label": labels[best], "probs": map}));
-    }
-    Ok(if failed > 0 { 2 } else { 0 })
+        Ok(())
+    })
 }
 
 #[derive(Args)]

@@ -262,22 +262,24 @@ impl NumericsArgs {
         famix::device::Numerics { deterministic: self.deterministic, tf32: !self.no_tf32 }
     }
 
-    /// Applies the flags to this process.
+    /// Applies the flags to this process (for commands whose library call takes no
+    /// numerics: eval, predict).
     pub fn apply(&self) -> anyhow::Result<famix::device::Numerics> {
         let n = self.numerics();
-        apply_numerics(n)?;
+        cublas_workspace_for(n);
+        n.apply()?;
         Ok(n)
     }
 }
 
-/// Applies `n` to this process, with the cuBLAS workspace setting deterministic CUDA
-/// matmuls need (read by PyTorch when a matmul runs; set here, before any worker
-/// thread exists, unless the user set it).
-pub fn apply_numerics(n: famix::device::Numerics) -> anyhow::Result<()> {
+/// Sets the cuBLAS workspace that deterministic CUDA matmuls need when `n` asks for
+/// determinism (read by PyTorch when a matmul runs; set here, before any worker thread
+/// exists, unless the user set it). The library applies the rest of `n` itself where
+/// its settings carry it (train, mine-styles).
+pub fn cublas_workspace_for(n: famix::device::Numerics) {
     if n.deterministic && std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
         std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
     }
-    Ok(n.apply()?)
 }
 
 /// `--shard I/N | auto` and `--shards N`, shared by predict, eval and mine-styles.

@@ -103,7 +103,8 @@ pub fn mine_styles(a: MineArgs) -> Result<i32> {
     settings.description = a.prompt.clone();
     settings.skip_bad = a.job.skip_bad;
     settings.shard = a.shard.shard()?;
-    settings.numerics = a.numerics.apply()?;
+    settings.numerics = a.numerics.numerics();
+    super::cublas_workspace_for(settings.numerics);
     check_settings(&settings, &pin)?;
     let prompts = match &a.styles {
         Some(p) => PromptSet::from_file(p)?,

@@ -258,7 +258,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         super::run_target(a.resume.as_ref(), a.out.as_ref(), a.force, &fixed_on_resume(&a), extend, || new_config(&a))?;
     check_config(&cfg)?;
     // The library applies the run's numerics; the binary adds cuBLAS's environment setting.
-    super::apply_numerics(cfg.numerics)?;
+    super::cublas_workspace_for(cfg.numerics);
     let tensorboard = a.tensorboard.clone().map(|d| d.unwrap_or_else(|| run.join("tensorboard")));
     let opts = RunOptions {
         device: a.job.device.device,

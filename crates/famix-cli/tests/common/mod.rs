@@ -173,25 +173,34 @@ pub fn famix_crashing(args: &[String], at: Option<u32>) -> bool {
     c.status().unwrap().success()
 }
 
+/// `famix eval` of `checkpoint` on `dataset` at `root` (CPU), then `extra` flags.
+pub fn eval_cpu(checkpoint: &std::path::Path, dataset: &str, root: &std::path::Path, extra: &[&str]) -> (i32, String, String) {
+    let base = ["eval", "--checkpoint", checkpoint.to_str().unwrap(), "--dataset", dataset, "--data-root", root.to_str().unwrap()];
+    run_famix(&base.iter().chain(&["--device", "cpu"]).chain(extra).copied().collect::<Vec<_>>())
+}
+
 /// `famix eval` of `checkpoint` on the mini Cityscapes fixture (CPU), then `extra` flags.
 pub fn eval_cityscapes_mini(checkpoint: &std::path::Path, extra: &[&str]) -> (i32, String, String) {
-    let cs = fixture("cityscapes_mini");
-    let base = [
-        "eval",
-        "--checkpoint",
-        checkpoint.to_str().unwrap(),
-        "--dataset",
-        "cityscapes",
-        "--data-root",
-        cs.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ];
-    run_famix(&base.iter().chain(extra).copied().collect::<Vec<_>>())
+    eval_cpu(checkpoint, "cityscapes", &fixture("cityscapes_mini"), extra)
 }
 
 /// `famix predict --checkpoint CKPT --out OUT --device cpu EXTRA... INPUT`.
 pub fn predict_cpu(checkpoint: &std::path::Path, out: &std::path::Path, input: &std::path::Path, extra: &[&str]) -> (i32, String, String) {
     let base = ["predict", "--checkpoint", checkpoint.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"];
     run_famix(&base.iter().chain(extra).chain([&input.to_str().unwrap()]).copied().collect::<Vec<_>>())
+}
+
+/// Random batch-norm statistics and affine parameters, so folding has work to do.
+pub fn randomise_bn(m: &famix::Segmenter) {
+    tch::no_grad(|| {
+        for (name, mut t) in m.vs.variables() {
+            if name.ends_with("running_var") {
+                t.copy_(&(Tensor::rand_like(&t) * 2.0 + 0.1));
+            } else if name.ends_with("running_mean") || (name.contains("bn") && name.ends_with("bias")) {
+                t.copy_(&(Tensor::randn_like(&t) * 0.2));
+            } else if name.contains("bn") && name.ends_with("weight") {
+                t.copy_(&(Tensor::rand_like(&t) + 0.5));
+            }
+        }
+    });
 }

@@ -22,9 +22,6 @@ use crate::export::{to_onnx, ExportOptions};
 use crate::model::segmenter::ExternalNet;
 use crate::model::Segmenter;
 
-/// The ONNX Runtime version `make setup` installs (and the tests check against).
-pub const VERSION: &str = "1.32.0";
-
 /// How to install it, for error messages.
 const INSTALL: &str = "run `make setup` (installs onnxruntime==1.32.0 from PyPI into famix's per-user cache), \
                        or set FAMIX_ONNXRUNTIME to a libonnxruntime.so";

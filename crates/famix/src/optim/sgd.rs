@@ -64,10 +64,10 @@ impl Sgd {
         let bufs: Option<Vec<&Tensor>> =
             if self.momentum != 0.0 { with_grad.iter().map(|(n, _, _)| self.buffers.get(*n)).collect() } else { Some(vec![]) };
         let Some(bufs) = bufs else { return false };
-        let ptrs = |ts: &mut dyn Iterator<Item = &Tensor>| ts.map(|t| t.as_ptr() as *mut std::ffi::c_void).collect::<Vec<_>>();
-        let mut p = ptrs(&mut with_grad.iter().map(|(_, p, _)| *p));
-        let mut g = ptrs(&mut with_grad.iter().map(|(_, _, g)| g));
-        let mut b = ptrs(&mut bufs.into_iter());
+        let ptr = |t: &Tensor| t.as_ptr() as *mut std::ffi::c_void;
+        let mut p: Vec<_> = with_grad.iter().map(|(_, p, _)| ptr(p)).collect();
+        let mut g: Vec<_> = with_grad.iter().map(|(_, _, g)| ptr(g)).collect();
+        let mut b: Vec<_> = bufs.into_iter().map(ptr).collect();
         let b_ptr = if self.momentum != 0.0 { b.as_mut_ptr() } else { std::ptr::null_mut() };
         // SAFETY: the pointers are live tch tensors (at::Tensor*) for the duration of
         // the call, n matches every array, and the shim catches C++ exceptions.
