@@ -1,7 +1,8 @@
 //! The ONNX Runtime engine computes what libtorch computes: on the reference `.pth`
 //! fixture and on famix checkpoints at output strides 8 and 16 (batch-norm statistics
 //! and affine parameters randomised, so folding matters), its logits are within 1e-4 (max abs) of libtorch's
-//! plain path and its train ids identical, at test scale 1, 0.5 and with the ensemble;
+//! plain path and its train ids identical, at test scale 1, 0.5 and with the ensemble,
+//! from both the session built for the first input size and the any-size one;
 //! `famix predict` writes byte-identical PNGs with either engine; unusable settings and
 //! a missing library are reported, and `auto` falls back to libtorch. (The demo's
 //! trained model is checked in tests/demo.rs.)
@@ -28,18 +29,27 @@ fn onnxruntime_matches_libtorch() {
     for (path, os) in cases {
         let mut m = checkpoint::load(&path, Device::Cpu, os).unwrap().model;
         randomise_bn(&m);
-        let x = Tensor::randint(256, [2, 3, 72, 104], (Kind::Uint8, Device::Cpu));
-        for (scale, ensemble) in [(1.0, false), (0.5, false), (0.5, true)] {
-            let opts = PredictOptions { scale, ensemble, keep_logits: true, ..Default::default() };
-            m.set_engine(None);
-            let (ids_t, logits_t) = m.predict_ids(&x, &opts).unwrap();
-            let (engine, note) = attach(&mut m, Engine::OnnxRuntime, Precision::Fp32).unwrap();
-            assert_eq!((engine, note), (Engine::OnnxRuntime, None));
-            assert_eq!(m.engine_name(), "onnxruntime");
-            let (ids_o, logits_o) = m.predict_ids(&x, &opts).unwrap();
-            let what = format!("{} os {:?} scale {scale} ensemble {ensemble}", path.display(), os);
-            assert_close(&what, &logits_o.unwrap(), &logits_t.unwrap(), TOL);
-            assert_eq!(ids_o.ne_tensor(&ids_t).sum(Kind::Int64).int64_value(&[]), 0, "{what}: train ids differ");
+        // The first size an engine sees gets a session of its own (64×96 divides by 32:
+        // its resizes take integer scales); every later size runs on the any-size one.
+        let inputs: Vec<_> = [(64, 96), (72, 104)]
+            .into_iter()
+            .flat_map(|hw| [(hw, 1.0, false), (hw, 0.5, false), (hw, 0.5, true)])
+            .map(|((h, w), scale, ensemble)| {
+                let x = Tensor::randint(256, [2, 3, h, w], (Kind::Uint8, Device::Cpu));
+                (x, PredictOptions { scale, ensemble, keep_logits: true, ..Default::default() })
+            })
+            .collect();
+        m.set_engine(None);
+        let expected: Vec<_> = inputs.iter().map(|(x, opts)| m.predict_ids(x, opts).unwrap()).collect();
+        let (engine, note) = attach(&mut m, Engine::OnnxRuntime, Precision::Fp32).unwrap();
+        assert_eq!((engine, note), (Engine::OnnxRuntime, None));
+        assert_eq!(m.engine_name(), "onnxruntime");
+        // Each case twice: the second call reuses the sessions the first one built.
+        for ((x, opts), (ids_t, logits_t)) in inputs.iter().chain(&inputs).zip(expected.iter().chain(&expected)) {
+            let (ids_o, logits_o) = m.predict_ids(x, opts).unwrap();
+            let what = format!("{} os {os:?} {:?} scale {} ensemble {}", path.display(), x.size(), opts.scale, opts.ensemble);
+            assert_close(&what, &logits_o.unwrap(), logits_t.as_ref().unwrap(), TOL);
+            assert_eq!(ids_o.ne_tensor(ids_t).sum(Kind::Int64).int64_value(&[]), 0, "{what}: train ids differ");
         }
     }
 }

@@ -56,14 +56,14 @@ pub fn attach(model: &mut Segmenter, engine: Engine, precision: Precision) -> Re
             problem: "onnxruntime runs fp32 on the CPU; use --engine torch (or auto) for CUDA or --amp bf16".into(),
         }),
         Engine::OnnxRuntime => {
-            model.set_engine(Some(Box::new(onnxruntime::OrtNet::new(model)?)));
+            model.set_engine(Some(Box::new(onnxruntime::OrtNet::new()?)));
             Ok((Engine::OnnxRuntime, None))
         }
         Engine::Auto if !fits => {
             model.set_engine(None);
             Ok((Engine::Torch, None))
         }
-        Engine::Auto => match onnxruntime::OrtNet::new(model) {
+        Engine::Auto => match onnxruntime::OrtNet::new() {
             Ok(net) => {
                 model.set_engine(Some(Box::new(net)));
                 Ok((Engine::OnnxRuntime, None))

@@ -6,7 +6,9 @@
 //! Input `image`: float32 (N, 3, H, W), RGB scaled to [0, 1] and normalised with
 //! CLIP's mean and std (written into the model's metadata), or with
 //! `include_preprocessing` uint8 RGB (N, H, W, 3) normalised inside the graph. Batch,
-//! height and width are dynamic unless fixed. Output `logits` (N, K, H, W) float32, or
+//! height and width are dynamic unless fixed; with both fixed, every resize and
+//! broadcast has a constant shape (integer scales where the sizes divide), which
+//! runtimes run faster. Output `logits` (N, K, H, W) float32, or
 //! `train_ids` (N, H, W) int64 (the argmax over classes).
 //!
 //! The graph is built by the network blocks themselves, through the same code that runs
@@ -122,6 +124,9 @@ pub fn to_onnx(model: &Segmenter, o: &ExportOptions) -> Result<Vec<u8>> {
     check(model, o)?;
     let mut g = Graph::default();
     let x = if o.include_preprocessing { preprocessing(&mut g, "image")? } else { "image".to_string() };
+    if let (Some(h), Some(w)) = (o.height, o.width) {
+        g.fix_size(&x, h, w);
+    }
     let (low, high) = model.backbone.export(&mut g, &x);
     let small = model.head.export(&mut g, &low, &high);
     let logits = g.resize_like(&small, &x);
@@ -184,4 +189,33 @@ fn metadata(model: &Segmenter, o: &ExportOptions) -> Result<Vec<StringStringEntr
 pub fn write_onnx(model: &Segmenter, o: &ExportOptions, path: &Path) -> Result<()> {
     let bytes = to_onnx(model, o)?;
     crate::io::atomic_write(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clip::{OutputStride, ResNetConfig};
+    use crate::model::{FreezePolicy, HeadConfig, SegmenterConfig};
+
+    /// Op types and Resize input counts of the tiny model's graph at a size.
+    fn ops(height: Option<i64>, width: Option<i64>) -> (usize, Vec<usize>) {
+        let mut cfg = SegmenterConfig::new(ResNetConfig::tiny(), 19, OutputStride::Os16, FreezePolicy::Synthetic);
+        cfg.head = HeadConfig::tiny(19);
+        let m = Segmenter::new(cfg, tch::Device::Cpu).unwrap();
+        let bytes = to_onnx(&m, &ExportOptions { height, width, ..Default::default() }).unwrap();
+        let g = ModelProto::decode(bytes.as_slice()).unwrap().graph.unwrap();
+        let shapes = g.node.iter().filter(|n| n.op_type == "Shape").count();
+        (shapes, g.node.iter().filter(|n| n.op_type == "Resize").map(|n| n.input.len()).collect())
+    }
+
+    /// A graph for a fixed size whose sizes divide resizes by constant integer scales
+    /// and broadcasts to constant shapes (it reads no shape at run time); a dynamic
+    /// graph resizes to sizes read at run time. (Both compute the same logits:
+    /// tests/engine.rs.)
+    #[test]
+    fn fixed_size_graphs_have_constant_resizes() {
+        assert_eq!(ops(Some(64), Some(96)), (0, vec![3, 3]));
+        let (shapes, resizes) = ops(None, None);
+        assert!(shapes > 0 && resizes == vec![4, 4], "{shapes} {resizes:?}");
+    }
 }

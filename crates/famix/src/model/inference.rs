@@ -155,7 +155,7 @@ impl Segmenter {
         let x = normalize_u8(images_u8, self.device());
         let _amp = crate::device::Autocast::new(self.device(), opts.precision == Precision::Bf16);
         let logits = match self.external() {
-            Some(net) => tch::no_grad(|| at_test_scale(&x, opts.scale, opts.ensemble, |x| net.logits(x)))?,
+            Some(net) => tch::no_grad(|| at_test_scale(&x, opts.scale, opts.ensemble, |x| net.logits(self, x)))?,
             None => self.predict_logits(&x, opts.scale, opts.ensemble),
         };
         let ids = logits.argmax(1, false);

@@ -94,8 +94,9 @@ pub trait ExternalNet: Send {
     /// The engine's name (`onnxruntime`).
     fn name(&self) -> &'static str;
     /// Logits (N, K, H, W) float32 on the CPU of normalised images (N, 3, H, W)
-    /// float32 on the CPU, at the input's resolution.
-    fn logits(&self, x: &Tensor) -> Result<Tensor>;
+    /// float32 on the CPU, at the input's resolution. `model` is the segmenter the
+    /// engine was attached to (for engines that build size-specific graphs lazily).
+    fn logits(&self, model: &Segmenter, x: &Tensor) -> Result<Tensor>;
 }
 
 /// The FAMix segmenter.
