@@ -30,8 +30,8 @@ pub trait Progress: Sync {
     /// The current task ended (successfully or not).
     fn finish(&self) {}
     /// Asked between steps of long work (training and pretraining iterations, mining
-    /// batches): `true` stops it at the next step, after writing what a resume needs
-    /// (a checkpoint, the bank), with [`crate::Error::Cancelled`].
+    /// batches, evaluated images): `true` stops it at the next step, after writing
+    /// what a resume needs (a checkpoint, the bank), with [`crate::Error::Cancelled`].
     fn cancelled(&self) -> bool {
         false
     }

@@ -1,17 +1,13 @@
 //! `famix mine-styles` and `famix styles show|import`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use famix::clip::{Clip, OutputStride};
-use famix::data::{Dataset, DatasetKind};
-use famix::io::sha256_file;
+use famix::data::DatasetKind;
 use famix::style::bank::StyleBank;
-use famix::style::mining::{check_settings, mine, run_identity, MineSettings, Miner};
-use famix::style::prompts::PromptSet;
+use famix::style::mining::{mine_job, MineJob, MineSettings};
 use famix::style::PinConfig;
 
 #[derive(Args)]
@@ -82,10 +78,6 @@ pub struct MineArgs {
 }
 
 pub fn mine_styles(a: MineArgs) -> Result<i32> {
-    if a.out.exists() && !a.resume && !a.force {
-        bail!("{} exists: pass --resume to continue mining into it, or --force to start over", a.out.display());
-    }
-    let device = a.job.device.device;
     let reference = PinConfig::default();
     let pin = PinConfig {
         iters: a.iters.unwrap_or(reference.iters),
@@ -105,25 +97,21 @@ pub fn mine_styles(a: MineArgs) -> Result<i32> {
     settings.shard = a.shard.shard()?;
     settings.numerics = a.numerics.numerics();
     super::cublas_workspace_for(settings.numerics);
-    check_settings(&settings, &pin)?;
-    let prompts = match &a.styles {
-        Some(p) => PromptSet::from_file(p)?,
-        None => PromptSet::default(),
+    let job = MineJob {
+        clip: a.clip.clone(),
+        device: a.job.device.device,
+        dataset: a.dataset,
+        data_root: a.data_root.clone(),
+        split: a.split.clone(),
+        condition: a.condition.clone(),
+        prompts: a.styles.clone(),
+        out: a.out.clone(),
+        resume: a.resume,
+        force: a.force,
     };
-    let clip = Clip::load(&a.clip, device, OutputStride::Os32)?;
-    clip.text()?;
-    if clip.visual.attnpool.is_none() {
-        bail!("{}: the CLIP image tower has no attention pool", a.clip.display());
-    }
-    let ds = Arc::new(Dataset::open(a.dataset, &a.data_root, &a.split, a.condition.as_deref())?);
-    if ds.is_empty() {
-        bail!("no image/label pairs found for {} (run `famix data check`)", ds.describe());
-    }
-    let identity = run_identity(&sha256_file(&a.clip)?, &ds, &settings, &pin, &prompts);
-    eprintln!("mining styles from {} with {}", ds.describe(), a.clip.display());
+    eprintln!("mining styles from {} ({}) with {}", a.data_root.display(), a.dataset.name(), a.clip.display());
     let t0 = std::time::Instant::now();
-    let mut miner = Miner::new(&clip, &prompts, &pin)?;
-    let bank = mine(&mut miner, ds, &settings, &a.out, identity, a.resume, &super::progress::Bars::default())?;
+    let bank = mine_job(&job, &settings, &pin, &super::progress::Bars::default())?;
     eprintln!(
         "{} styles from {} batches in {:.1} s → {}",
         bank.total(),

@@ -61,6 +61,10 @@ pub fn evaluate(model: &Segmenter, ds: &Dataset, opts: &EvalOptions, progress: &
     let mut images = 0;
     let mut skipped = Vec::new();
     for (i, item) in items.enumerate() {
+        if progress.cancelled() {
+            progress.finish();
+            return Err(crate::error::Error::Cancelled { what: format!("evaluation after {images} images") });
+        }
         progress.advance(1);
         let (img, lbl) = match item {
             Ok(v) => v,

@@ -425,3 +425,54 @@ fn merge_class(out: &mut StyleBank, parts: &[(std::path::PathBuf, StyleBank)], c
     }
     Ok(())
 }
+
+/// A whole `mine-styles` job from files: what the `famix` command and the Python
+/// package both run.
+#[derive(Debug, Clone)]
+pub struct MineJob {
+    /// CLIP checkpoint (image and text towers, attention pool).
+    pub clip: std::path::PathBuf,
+    /// Where CLIP runs.
+    pub device: tch::Device,
+    /// Source dataset layout, root, split and ACDC condition.
+    pub dataset: crate::data::DatasetKind,
+    /// Its root folder.
+    pub data_root: std::path::PathBuf,
+    /// Its split.
+    pub split: String,
+    /// Its ACDC condition, if any.
+    pub condition: Option<String>,
+    /// A prompt vocabulary file instead of the default one.
+    pub prompts: Option<std::path::PathBuf>,
+    /// The bank to write.
+    pub out: std::path::PathBuf,
+    /// Continue mining into an existing bank.
+    pub resume: bool,
+    /// Start over when the bank exists.
+    pub force: bool,
+}
+
+/// Runs `job` with `s` and `pin`: checks the settings and the files, loads CLIP and
+/// the dataset, and mines ([`mine`]) into `job.out`.
+pub fn mine_job(job: &MineJob, s: &MineSettings, pin: &PinConfig, progress: &dyn Progress) -> Result<StyleBank> {
+    if job.out.exists() && !job.resume && !job.force {
+        fail!(InvalidSetting, "--out", "{} exists: pass --resume to continue mining into it, or --force to start over", job.out.display());
+    }
+    check_settings(s, pin)?;
+    let prompts = match &job.prompts {
+        Some(p) => PromptSet::from_file(p)?,
+        None => PromptSet::default(),
+    };
+    let clip = Clip::load(&job.clip, job.device, crate::clip::OutputStride::Os32)?;
+    clip.text()?;
+    if clip.visual.attnpool.is_none() {
+        fail!(Incompatible, &job.clip, "{}: the CLIP image tower has no attention pool", job.clip.display());
+    }
+    let ds = Arc::new(Dataset::open(job.dataset, &job.data_root, &job.split, job.condition.as_deref())?);
+    if ds.is_empty() {
+        fail!(InvalidInput, &ds.root, "no image/label pairs found for {} (run `famix data check`)", ds.describe());
+    }
+    let identity = run_identity(&crate::io::sha256_file(&job.clip)?, &ds, s, pin, &prompts);
+    let mut miner = Miner::new(&clip, &prompts, pin)?;
+    mine(&mut miner, ds, s, &job.out, identity, job.resume, progress)
+}

@@ -1,0 +1,260 @@
+"""famix.train, famix.evaluate, famix.StyleBank: long work with progress and Ctrl-C."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import torch
+
+from . import _famix
+
+PathLike = Union[str, "os.PathLike[str]"]
+#: A progress callable receives one dict per event: ``{"event": "start", "task",
+#: "total", "position", "unit"}``, ``{"event": "advance", "n"}``, ``{"event":
+#: "status", "text"}``, ``{"event": "notice", "text"}``, ``{"event": "finish"}``.
+ProgressFn = Callable[[Dict[str, Any]], None]
+
+
+class _Tqdm:
+    """The default progress: a tqdm bar per task, notices written above it."""
+
+    def __init__(self) -> None:
+        from tqdm.auto import tqdm
+
+        self._tqdm, self._bar = tqdm, None
+
+    def __call__(self, e: Dict[str, Any]) -> None:
+        kind = e["event"]
+        if kind == "start":
+            self._close()
+            self._bar = self._tqdm(total=e["total"], initial=e["position"], desc=e["task"],
+                                   unit="B" if e["unit"] == "bytes" else "it", unit_scale=e["unit"] == "bytes")
+        elif kind == "advance" and self._bar is not None:
+            self._bar.update(e["n"])
+        elif kind == "status" and self._bar is not None:
+            self._bar.set_postfix_str(e["text"], refresh=False)
+        elif kind == "notice":
+            self._tqdm.write(e["text"])
+        elif kind == "finish":
+            self._close()
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _progress(progress: Union[None, bool, ProgressFn]) -> Optional[ProgressFn]:
+    """None: a tqdm bar when tqdm is installed; False: nothing; else the callable."""
+    if progress is False:
+        return None
+    if progress is None or progress is True:
+        try:
+            return _Tqdm()
+        except ImportError:
+            return None
+    return progress
+
+
+def _fspath(p: Optional[PathLike]) -> Optional[str]:
+    return None if p is None else os.fspath(p)
+
+
+def train(out: Optional[PathLike] = None, *, clip: Optional[PathLike] = None, dataset: Optional[str] = None,
+          data_root: Optional[PathLike] = None, styles: Optional[PathLike] = None,
+          resume: Optional[PathLike] = None, force: bool = False, device: str = "cpu",
+          workers: Optional[int] = None, stop_after: Optional[int] = None, skip_bad: bool = False,
+          tensorboard: Optional[PathLike] = None, no_fold: bool = False, reset_optimizer: bool = False,
+          progress: Union[None, bool, ProgressFn] = None, **settings: Any) -> Dict[str, Any]:
+    return json.loads(_famix.train(
+        json.dumps(settings), _progress(progress), _fspath(clip), dataset, _fspath(data_root), _fspath(styles),
+        _fspath(out), _fspath(resume), force, device, workers, stop_after, skip_bad, _fspath(tensorboard), no_fold,
+        reset_optimizer))
+
+
+def _train_doc() -> str:
+    d = _famix.train_defaults()
+    return f"""Trains a FAMix segmenter (as ``famix train``), or resumes a run.
+
+    A new run: ``train(out, clip=..., dataset=..., data_root=..., styles=...,
+    **settings)``; a run folder holds config.json, train_log.jsonl and latest/best
+    checkpoints. ``resume=RUN_DIR`` continues one from its latest checkpoint, bit-exact
+    (its settings come from its config.json; only ``iters`` may extend it).
+
+    Ctrl-C (``KeyboardInterrupt``) stops at the next iteration after writing a
+    checkpoint, then raises ``KeyboardInterrupt``: resume later. An exception raised by
+    the ``progress`` callable stops it the same way and is re-raised.
+
+    Args:
+        out: the new run's folder (refused when it holds a run, unless ``force``).
+        clip: CLIP checkpoint whose image tower initialises the backbone.
+        dataset: source dataset layout ({', '.join(_DATASETS)}).
+        data_root: its root folder.
+        styles: style bank from ``famix mine-styles`` (needed unless ``no_styles``).
+        resume: a run folder to continue.
+        device, workers, stop_after, skip_bad, tensorboard, no_fold, reset_optimizer:
+            as ``famix train``'s flags of the same names.
+        progress: None (a tqdm bar when tqdm is installed), False, or a callable
+            taking one dict per event (see ``famix._jobs.ProgressFn``).
+        **settings: ``famix train``'s flags, with underscores. Defaults:
+            iters={d['iters']}, batch={d['batch']}, crop={d['crop']}, lr={d['lr']},
+            backbone_lr_mult={d['backbone_lr_mult']}, momentum={d['momentum']},
+            weight_decay={d['weight_decay']}, poly_power={d['poly_power']},
+            min_lr={d['min_lr']}, label_smoothing={d['label_smoothing']},
+            output_stride={d['output_stride']}, freeze (synthetic; layer4 for
+            cityscapes), grid={d['grid']}, beta={d['beta']}, split={d['split']!r},
+            condition=None, val_interval={d['val_interval']},
+            log_interval={d['log_interval']}, seed={d['seed']}, amp='fp32',
+            num_classes={d['head']['num_classes']}, no_mix=False, no_styles=False, no_augment=False,
+            val_dataset/val_root/val_split='val'/val_condition/val_limit=None,
+            deterministic=False, no_tf32=False.
+
+    Returns:
+        The run's summary: steps, last_loss, best_miou, last_miou, run_dir.
+
+    Raises:
+        InvalidSettingError: an unknown or out-of-range setting.
+        InvalidInputError: missing CLIP file, dataset or bank.
+        IncompatibleError: a bank or checkpoint that does not fit the run.
+        BusyError: another process is writing the run folder.
+        NonFiniteError: the loss diverged.
+        KeyboardInterrupt: Ctrl-C (the run folder is resumable).
+    """
+
+
+_DATASETS = _famix.choices("dataset")
+train.__doc__ = _train_doc()
+
+
+def mine_styles(out: PathLike, *, clip: PathLike, dataset: str, data_root: PathLike, split: str = "train",
+                condition: Optional[str] = None, batch: Optional[int] = None, crop: Optional[int] = None,
+                iters: Optional[int] = None, lr: Optional[float] = None, grid: Optional[int] = None,
+                seed: Optional[int] = None, limit: Optional[int] = None, styles: Optional[PathLike] = None,
+                prompt: Optional[str] = None, group: Optional[int] = None, save_every: Optional[int] = None,
+                resume: bool = False, force: bool = False, shard: Optional[str] = None, deterministic: bool = False,
+                no_tf32: bool = False, device: str = "cpu", workers: Optional[int] = None, skip_bad: bool = False,
+                progress: Union[None, bool, ProgressFn] = None) -> "StyleBank":
+    return StyleBank(_famix.mine_styles(
+        os.fspath(out), os.fspath(clip), dataset, os.fspath(data_root), _progress(progress), split, condition, batch,
+        crop, iters, lr, grid, seed, limit, _fspath(styles), prompt, group, save_every, resume, force, shard,
+        deterministic, no_tf32, device, workers, skip_bad))
+
+
+def _mine_doc() -> str:
+    d = _famix.mine_defaults()
+    return f"""Mines a style bank with CLIP (as ``famix mine-styles``): per batch of source
+    crops, one patch per dominant class, a prompt per patch, patch-wise PIN; the learnt
+    (μ, σ) go into the bank at ``out``, saved every ``save_every`` batches.
+
+    Ctrl-C (``KeyboardInterrupt``) stops after the current batch with the bank saved:
+    continue with ``resume=True``.
+
+    Args:
+        out: the bank to write (refused when it exists, unless ``resume`` or ``force``).
+        clip: CLIP checkpoint with its text tower.
+        dataset: source layout ({', '.join(_DATASETS)}); data_root: its root; split,
+            condition: as ``famix mine-styles``.
+        batch={d['batch']}, crop={d['crop']}, seed={d['seed']}, group={d['group']},
+            save_every={d['save_every']}: crops per batch, their size, the seed,
+            batches per launch, save interval.
+        iters={d['iters']}, lr={d['lr']}, grid={d['grid']}: PIN's iterations,
+            learning rate, patches per side.
+        limit: mine at most this many batches (default: one pass).
+        styles: a prompt vocabulary file; prompt: one target description instead of
+            random styles.
+        shard: ``"I/N"``, part I of an N-way split (merge with :meth:`StyleBank.merge`).
+        deterministic, no_tf32, device, workers, skip_bad: as the flags.
+        progress: None (tqdm when installed), False, or a callable (see :func:`train`).
+
+    Returns:
+        The finished :class:`StyleBank`.
+    """
+
+
+mine_styles.__doc__ = _mine_doc()
+
+
+def evaluate(model: "Any", dataset: str, data_root: PathLike, *, split: str = "val",
+             condition: Optional[str] = None, scale: float = 1.0, ensemble: bool = False, amp: str = "fp32",
+             skip_bad: bool = False, limit: Optional[int] = None, device: str = "cpu",
+             progress: Union[None, bool, ProgressFn] = None) -> Dict[str, Any]:
+    """Evaluates a segmenter on a dataset split (as ``famix eval``): the dataset's
+    evaluation transform, a streaming confusion matrix.
+
+    Args:
+        model: a :class:`famix.Segmenter`, or a checkpoint path (loaded on ``device``).
+        dataset: layout (gta5, synthia, cityscapes, bdd100k, mapillary, acdc, folder).
+        data_root: its root folder.
+        split: the split; condition: ACDC's (night, snow, rain, fog).
+        scale, ensemble, amp: test-time options as ``famix eval``'s.
+        skip_bad: skip (and report) unreadable samples instead of failing.
+        limit: the first N images only.
+        progress: None (tqdm when installed), False, or a callable (see :func:`train`).
+
+    Returns:
+        The keys of ``famix eval --json``: ``miou``, ``overall_acc``, ``mean_acc``
+        (fractions in [0, 1]), ``per_class_iou`` and ``per_class_acc`` by class name
+        (None for a class absent from both ground truth and prediction), ``pixels``,
+        ``images``, ``skipped``, ``class_names``, ``confusion_matrix`` (K × K counts,
+        row = ground truth).
+
+    Ctrl-C stops it at the next image (``KeyboardInterrupt``).
+    """
+    from ._segmenter import Segmenter
+
+    if not isinstance(model, Segmenter):
+        model = Segmenter.load(model, device=device)
+    return json.loads(_famix.evaluate(model._m, dataset, os.fspath(data_root), _progress(progress), split, condition,
+                                      scale, ensemble, amp, skip_bad, limit))
+
+
+class StyleBank:
+    """A style bank: per class, the (μ, σ) layer1 statistics mined by ``famix
+    mine-styles``."""
+
+    def __init__(self, native: "_famix.StyleBank"):
+        self._b = native
+
+    @staticmethod
+    def load(path: PathLike) -> "StyleBank":
+        """Reads a bank (checked: format, shapes, finite values)."""
+        return StyleBank(_famix.StyleBank.load(os.fspath(path)))
+
+    @staticmethod
+    def merge(paths: List[PathLike]) -> "StyleBank":
+        """Combines the parts of one sharded mining run (``mine-styles --shard``) into
+        the bank the unsharded run writes; every part must be complete."""
+        return StyleBank(_famix.StyleBank.merge([os.fspath(p) for p in paths]))
+
+    def save(self, path: PathLike) -> None:
+        """Writes the bank and its JSON summary atomically."""
+        self._b.save(os.fspath(path))
+
+    @property
+    def classes(self) -> List[str]:
+        """Class names, by train id."""
+        return self._b.classes
+
+    @property
+    def channels(self) -> int:
+        """Channels of each μ and σ (layer1's width)."""
+        return self._b.channels
+
+    def counts(self) -> Dict[int, int]:
+        """Styles per class id."""
+        return self._b.counts()
+
+    def styles(self, class_id: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """A class's (μ, σ): two (count, channels) float32 tensors."""
+        return self._b.styles(class_id)
+
+    def summary(self) -> Dict[str, Any]:
+        """Counts, settings, losses (the bank's JSON sidecar)."""
+        return json.loads(self._b.summary())
+
+    def __len__(self) -> int:
+        return len(self._b)
+
+    def __repr__(self) -> str:
+        return f"famix.StyleBank({len(self)} styles, {len(self.classes)} classes, {self.channels} channels)"

@@ -1,0 +1,446 @@
+//! Long work from Python: `famix.train`, `famix.evaluate`, and style banks.
+//!
+//! Settings come as the keyword arguments the Python layer was given (JSON), with the
+//! `famix train` flag names; what is not given keeps the library's default
+//! ([`TrainConfig::reference`], the one source `famix train` uses too).
+use std::path::PathBuf;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use pyo3_tch::PyTensor;
+use serde_json::{Map, Value};
+
+use famix::data::{Dataset, DatasetKind};
+use famix::eval::EvalOptions;
+use famix::io::run_folder::{read_config, RunFolder};
+use famix::model::HeadConfig;
+use famix::style::mining::{mine_job, MineJob, MineSettings};
+use famix::style::mixing::StyleMode;
+use famix::style::PinConfig;
+use famix::train::{check_config, RunOptions, TrainConfig, ValSpec};
+use famix::{Precision, PredictOptions};
+
+use crate::errors::{setting, to_py};
+use crate::progress::PyProgress;
+use crate::segmenter::named;
+
+/// Settings that are not fields of [`TrainConfig`] under the same name, as `famix
+/// train` spells them.
+const FLAGS: &[&str] = &[
+    "no_mix",
+    "no_styles",
+    "no_augment",
+    "amp",
+    "num_classes",
+    "val_dataset",
+    "val_root",
+    "val_split",
+    "val_condition",
+    "val_limit",
+    "deterministic",
+    "no_tf32",
+];
+
+/// Fields that name the data and the run, given as arguments of their own.
+const NOT_SETTINGS: &[&str] =
+    &["clip", "clip_sha256", "dataset", "data_root", "styles", "style_mode", "head", "val", "run_id", "numerics", "amp_bf16"];
+
+fn take(s: &mut Map<String, Value>, k: &str) -> Option<Value> {
+    s.remove(k).filter(|v| !v.is_null())
+}
+
+fn flag(s: &mut Map<String, Value>, k: &str) -> bool {
+    take(s, k).and_then(|v| v.as_bool()).unwrap_or(false)
+}
+
+fn string(s: &mut Map<String, Value>, k: &str) -> PyResult<Option<String>> {
+    match take(s, k) {
+        None => Ok(None),
+        Some(Value::String(v)) => Ok(Some(v)),
+        Some(v) => Err(setting(k, format!("expected a string, got {v}"))),
+    }
+}
+
+/// The settings given under `famix train`'s flag names that are not config fields.
+fn apply_flags(c: &mut TrainConfig, s: &mut Map<String, Value>) -> PyResult<()> {
+    let (no_styles, no_mix) = (flag(s, "no_styles"), flag(s, "no_mix"));
+    c.style_mode = if no_styles {
+        StyleMode::NoStyles
+    } else if no_mix {
+        StyleMode::NoMix
+    } else {
+        c.style_mode
+    };
+    if c.style_mode != StyleMode::NoStyles && c.styles.is_none() {
+        return Err(setting("styles", "a style bank is required (mine one with `famix mine-styles`), or pass no_styles=True"));
+    }
+    c.augment = !flag(s, "no_augment");
+    if let Some(amp) = string(s, "amp")? {
+        c.amp_bf16 = named::<Precision>("amp", &amp)? == Precision::Bf16;
+    }
+    if let Some(n) = take(s, "num_classes") {
+        c.head = HeadConfig::reference(n.as_i64().ok_or_else(|| setting("num_classes", format!("expected an integer, got {n}")))?);
+    }
+    c.numerics = famix::device::Numerics { deterministic: flag(s, "deterministic"), tf32: !flag(s, "no_tf32") };
+    let (val_dataset, val_root) = (string(s, "val_dataset")?, string(s, "val_root")?);
+    let (split, condition) = (string(s, "val_split")?, string(s, "val_condition")?);
+    let limit =
+        take(s, "val_limit").map(|v| v.as_u64().ok_or_else(|| setting("val_limit", format!("expected a count, got {v}")))).transpose()?;
+    c.val = match (val_dataset, val_root) {
+        (Some(d), Some(r)) => Some(ValSpec {
+            dataset: named::<DatasetKind>("val_dataset", &d)?,
+            data_root: r.into(),
+            split: split.unwrap_or_else(|| "val".into()),
+            condition,
+            limit: limit.map(|l| l as usize),
+        }),
+        (None, None) => None,
+        _ => return Err(setting("val_dataset", "val_dataset and val_root go together")),
+    };
+    Ok(())
+}
+
+/// The remaining settings over the config's fields of the same name, type-checked by
+/// the config's own deserialisation.
+fn apply_fields(c: TrainConfig, s: Map<String, Value>) -> PyResult<TrainConfig> {
+    let mut v = serde_json::to_value(&c).map_err(|e| setting("settings", e))?;
+    let fields = v.as_object_mut().ok_or_else(|| setting("settings", "not an object"))?;
+    for (k, val) in s {
+        if NOT_SETTINGS.contains(&k.as_str()) || !fields.contains_key(&k) {
+            return Err(setting(&k, format!("unknown setting; famix.train takes {}", setting_names(&c).join(", "))));
+        }
+        if !val.is_null() {
+            fields.insert(k, val);
+        }
+    }
+    serde_json::from_value(v).map_err(|e| setting("settings", e))
+}
+
+/// Every training setting's name (config fields and `famix train` flags).
+fn setting_names(c: &TrainConfig) -> Vec<String> {
+    let v = serde_json::to_value(c).unwrap_or_default();
+    let mut names: Vec<String> =
+        v.as_object().map(|o| o.keys().filter(|k| !NOT_SETTINGS.contains(&k.as_str())).cloned().collect()).unwrap_or_default();
+    names.extend(FLAGS.iter().map(|s| s.to_string()));
+    names
+}
+
+fn new_config(
+    clip: PathBuf,
+    dataset: &str,
+    data_root: PathBuf,
+    styles: Option<PathBuf>,
+    mut s: Map<String, Value>,
+) -> PyResult<TrainConfig> {
+    let dataset: DatasetKind = named("dataset", dataset)?;
+    let sha = famix::io::sha256_file(&clip).map_err(to_py)?;
+    let mut c = TrainConfig::reference(clip, sha, dataset, data_root, styles);
+    apply_flags(&mut c, &mut s)?;
+    if let Some(os) = take(&mut s, "output_stride") {
+        let v = os.as_i64().ok_or_else(|| setting("output_stride", format!("expected 8, 16 or 32, got {os}")))?;
+        c.output_stride = famix::clip::OutputStride::from_int(v).map_err(to_py)?;
+    }
+    apply_fields(c, s)
+}
+
+/// The library's defaults of every training setting (for the Python layer's docs).
+#[pyfunction]
+pub fn train_defaults(py: Python<'_>) -> PyResult<PyObject> {
+    let c = TrainConfig::reference("clip".into(), String::new(), DatasetKind::Gta5, "data".into(), Some("styles".into()));
+    let v = serde_json::to_string(&c).map_err(|e| setting("settings", e))?;
+    Ok(py.import("json")?.call_method1("loads", (v,))?.unbind())
+}
+
+/// Runs or resumes a training run; returns its summary as JSON.
+#[pyfunction]
+#[pyo3(signature = (settings, progress, clip = None, dataset = None, data_root = None, styles = None, out = None, resume = None,
+    force = false, device = "cpu", workers = None, stop_after = None, skip_bad = false, tensorboard = None, no_fold = false,
+    reset_optimizer = false))]
+#[allow(clippy::too_many_arguments)] // one per keyword argument of famix.train
+pub fn train(
+    py: Python<'_>,
+    settings: &str,
+    progress: Option<PyObject>,
+    clip: Option<PathBuf>,
+    dataset: Option<String>,
+    data_root: Option<PathBuf>,
+    styles: Option<PathBuf>,
+    out: Option<PathBuf>,
+    resume: Option<PathBuf>,
+    force: bool,
+    device: &str,
+    workers: Option<usize>,
+    stop_after: Option<u64>,
+    skip_bad: bool,
+    tensorboard: Option<PathBuf>,
+    no_fold: bool,
+    reset_optimizer: bool,
+) -> PyResult<String> {
+    let mut s: Map<String, Value> = serde_json::from_str(settings).map_err(|e| setting("settings", e))?;
+    s.retain(|_, v| !v.is_null());
+    let (cfg, run, resuming) = match (resume, out) {
+        (Some(run), _) => {
+            let iters = take(&mut s, "iters");
+            if let Some(k) =
+                s.keys().next().cloned().or(clip.as_ref().map(|_| "clip".into())).or(dataset.as_ref().map(|_| "dataset".into()))
+            {
+                return Err(setting(
+                    &k,
+                    "cannot change when resuming: a run keeps its settings in its config.json (only iters may extend it)",
+                ));
+            }
+            let mut c: TrainConfig = read_config(&RunFolder::new(&run)).map_err(to_py)?;
+            if let Some(i) = iters {
+                c.iters = i.as_u64().ok_or_else(|| setting("iters", format!("expected a count, got {i}")))?;
+            }
+            (c, run, true)
+        }
+        (None, Some(out)) => {
+            let (Some(clip), Some(dataset), Some(root)) = (clip, dataset, data_root) else {
+                return Err(setting("clip", "clip, dataset and data_root are needed for a new run"));
+            };
+            if RunFolder::new(&out).latest().exists() && !force {
+                return Err(setting("out", format!("{} already holds a run: continue it with resume=, or pass force=True", out.display())));
+            }
+            (new_config(clip, &dataset, root, styles, s)?, out, false)
+        }
+        (None, None) => return Err(setting("out", "out= (a new run folder) or resume= (a run to continue) is needed")),
+    };
+    check_config(&cfg).map_err(to_py)?;
+    if cfg.numerics.deterministic && std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
+        // What cuBLAS needs for reproducible results (as `famix train --deterministic`).
+        std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
+    }
+    let mut opts = RunOptions::new(crate::device(device)?);
+    opts.workers = workers.unwrap_or(opts.workers);
+    (opts.stop_after, opts.skip_bad, opts.tensorboard, opts.no_fold, opts.reset_optimizer) =
+        (stop_after, skip_bad, tensorboard, no_fold, reset_optimizer);
+    let p = PyProgress::new(progress);
+    let r = py.allow_threads(|| famix::train::train(&cfg, &run, resuming, &opts, &p));
+    let summary = p.finish_job(r)?;
+    serde_json::to_string(&summary).map_err(|e| setting("summary", e))
+}
+
+/// Evaluates a segmenter on a dataset split; returns the report as JSON.
+#[pyfunction]
+#[pyo3(signature = (model, dataset, data_root, progress, split = "val", condition = None, scale = 1.0, ensemble = false,
+    amp = "fp32", skip_bad = false, limit = None))]
+#[allow(clippy::too_many_arguments)] // one per keyword argument of famix.evaluate
+pub fn evaluate(
+    py: Python<'_>,
+    model: &crate::segmenter::Segmenter,
+    dataset: &str,
+    data_root: PathBuf,
+    progress: Option<PyObject>,
+    split: &str,
+    condition: Option<String>,
+    scale: f64,
+    ensemble: bool,
+    amp: &str,
+    skip_bad: bool,
+    limit: Option<usize>,
+) -> PyResult<String> {
+    let kind: DatasetKind = named("dataset", dataset)?;
+    let precision: Precision = named("amp", amp)?;
+    let opts = EvalOptions { predict: PredictOptions { scale, ensemble, precision, keep_logits: false }, skip_bad, limit };
+    let p = PyProgress::new(progress);
+    let r = py.allow_threads(|| -> PyResult<famix::Result<String>> {
+        let m = model.lock()?;
+        Ok(evaluate_json(&m, kind, &data_root, split, condition.as_deref(), &opts, &p))
+    })?;
+    p.finish_job(r)
+}
+
+fn evaluate_json(
+    m: &famix::Segmenter,
+    kind: DatasetKind,
+    root: &std::path::Path,
+    split: &str,
+    condition: Option<&str>,
+    opts: &EvalOptions,
+    p: &PyProgress,
+) -> famix::Result<String> {
+    let ds = Dataset::open(kind, root, split, condition)?;
+    let rep = famix::eval::evaluate(m, &ds, opts, p)?;
+    // The keys of `famix eval --json`.
+    let names = &m.config().class_names;
+    let by_name =
+        |v: &[Option<f64>]| -> Map<String, Value> { names.iter().zip(v).map(|(n, v)| (n.clone(), serde_json::json!(v))).collect() };
+    let matrix: Vec<&[u64]> = rep.confusion.chunks(names.len().max(1)).collect();
+    let v = serde_json::json!({
+        "miou": rep.metrics.miou, "overall_acc": rep.metrics.overall_acc, "mean_acc": rep.metrics.mean_acc,
+        "per_class_iou": by_name(&rep.metrics.per_class_iou), "per_class_acc": by_name(&rep.metrics.per_class_acc),
+        "pixels": rep.metrics.pixels, "images": rep.images, "skipped": rep.skipped, "class_names": names,
+        "confusion_matrix": matrix,
+    });
+    Ok(v.to_string())
+}
+
+/// The library's defaults of the mining settings (for the Python layer's docs).
+#[pyfunction]
+pub fn mine_defaults(py: Python<'_>) -> PyResult<PyObject> {
+    let (s, pin) = (MineSettings::reference(0), PinConfig::default());
+    let d = PyDict::new(py);
+    d.set_item("batch", s.batch)?;
+    d.set_item("crop", s.crop)?;
+    d.set_item("seed", s.seed)?;
+    d.set_item("group", s.group)?;
+    d.set_item("save_every", s.save_every)?;
+    d.set_item("iters", pin.iters)?;
+    d.set_item("lr", pin.lr)?;
+    d.set_item("grid", pin.grid)?;
+    Ok(d.into_any().unbind())
+}
+
+/// The names a setting takes ("dataset", "engine", "amp", "freeze", "output").
+#[pyfunction]
+pub fn choices(name: &str) -> PyResult<Vec<&'static str>> {
+    fn all<T: famix::Named>() -> Vec<&'static str> {
+        T::ALL.iter().map(|v| v.name()).collect()
+    }
+    Ok(match name {
+        "dataset" => all::<DatasetKind>(),
+        "engine" => all::<famix::engine::Engine>(),
+        "amp" => all::<Precision>(),
+        "freeze" => all::<famix::model::FreezePolicy>(),
+        "output" => all::<famix::export::ExportOutput>(),
+        _ => return Err(setting("setting", format!("{name:?} has no named choices"))),
+    })
+}
+
+/// Mines a style bank (as `famix mine-styles`); returns it.
+#[pyfunction]
+#[pyo3(signature = (out, clip, dataset, data_root, progress, split = "train", condition = None, batch = None, crop = None,
+    iters = None, lr = None, grid = None, seed = None, limit = None, styles = None, prompt = None, group = None,
+    save_every = None, resume = false, force = false, shard = None, deterministic = false, no_tf32 = false, device = "cpu",
+    workers = None, skip_bad = false))]
+#[allow(clippy::too_many_arguments)] // one per keyword argument of famix.mine_styles
+pub fn mine_styles(
+    py: Python<'_>,
+    out: PathBuf,
+    clip: PathBuf,
+    dataset: &str,
+    data_root: PathBuf,
+    progress: Option<PyObject>,
+    split: &str,
+    condition: Option<String>,
+    batch: Option<usize>,
+    crop: Option<usize>,
+    iters: Option<usize>,
+    lr: Option<f64>,
+    grid: Option<usize>,
+    seed: Option<u64>,
+    limit: Option<u64>,
+    styles: Option<PathBuf>,
+    prompt: Option<String>,
+    group: Option<usize>,
+    save_every: Option<u64>,
+    resume: bool,
+    force: bool,
+    shard: Option<String>,
+    deterministic: bool,
+    no_tf32: bool,
+    device: &str,
+    workers: Option<usize>,
+    skip_bad: bool,
+) -> PyResult<StyleBank> {
+    let reference = PinConfig::default();
+    let pin = PinConfig {
+        iters: iters.unwrap_or(reference.iters),
+        lr: lr.unwrap_or(reference.lr),
+        grid: grid.unwrap_or(reference.grid),
+        ..reference
+    };
+    let mut s = MineSettings::reference(workers.unwrap_or_else(famix::data::prefetch::default_workers));
+    s.batch = batch.unwrap_or(s.batch);
+    s.crop = crop.unwrap_or(s.crop);
+    s.seed = seed.unwrap_or(s.seed);
+    s.group = group.unwrap_or(s.group);
+    s.save_every = save_every.unwrap_or(s.save_every);
+    (s.limit, s.description, s.skip_bad) = (limit, prompt, skip_bad);
+    s.shard = shard.map(|v| famix::shard::Shard::parse(&v)).transpose().map_err(to_py)?;
+    s.numerics = famix::device::Numerics { deterministic, tf32: !no_tf32 };
+    let job = MineJob {
+        clip,
+        device: crate::device(device)?,
+        dataset: named("dataset", dataset)?,
+        data_root,
+        split: split.into(),
+        condition,
+        prompts: styles,
+        out,
+        resume,
+        force,
+    };
+    let p = PyProgress::new(progress);
+    let r = py.allow_threads(|| mine_job(&job, &s, &pin, &p));
+    Ok(StyleBank { inner: p.finish_job(r)? })
+}
+
+/// A style bank (`famix mine-styles`' output).
+#[pyclass(module = "famix._famix")]
+pub struct StyleBank {
+    inner: famix::style::bank::StyleBank,
+}
+
+#[pymethods]
+impl StyleBank {
+    #[staticmethod]
+    fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        Ok(StyleBank { inner: py.allow_threads(|| famix::style::bank::StyleBank::load(&path)).map_err(to_py)? })
+    }
+
+    /// Combines the parts of one sharded mining run (every part complete).
+    #[staticmethod]
+    fn merge(py: Python<'_>, paths: Vec<PathBuf>) -> PyResult<Self> {
+        let inner = py
+            .allow_threads(|| -> famix::Result<_> {
+                let parts =
+                    paths.iter().map(|p| Ok((p.clone(), famix::style::bank::StyleBank::load(p)?))).collect::<famix::Result<Vec<_>>>()?;
+                famix::style::mining::merge_shards(&parts)
+            })
+            .map_err(to_py)?;
+        Ok(StyleBank { inner })
+    }
+
+    /// Writes the bank (and its JSON summary) atomically.
+    fn save(&mut self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        py.allow_threads(|| self.inner.save(&path)).map_err(to_py)
+    }
+
+    #[getter]
+    fn classes(&self) -> Vec<String> {
+        self.inner.class_names.clone()
+    }
+
+    #[getter]
+    fn channels(&self) -> usize {
+        self.inner.channels
+    }
+
+    /// Styles per class id.
+    fn counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (class, (mu, _)) in &self.inner.entries {
+            d.set_item(*class, mu.len())?;
+        }
+        Ok(d)
+    }
+
+    /// The (μ, σ) rows of a class: two (count, channels) float32 tensors.
+    fn styles(&self, class_id: u8) -> PyResult<(PyTensor, PyTensor)> {
+        let (mu, sigma) =
+            self.inner.entries.get(&class_id).ok_or_else(|| setting("class_id", format!("the bank has no styles for class {class_id}")))?;
+        let t = |rows: &Vec<Vec<f32>>| tch::Tensor::from_slice(&rows.concat()).view([rows.len() as i64, self.inner.channels as i64]);
+        Ok((PyTensor(t(mu)), PyTensor(t(sigma))))
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.total()
+    }
+
+    /// The JSON summary (counts, settings, losses).
+    fn summary(&self) -> PyResult<String> {
+        serde_json::to_string(&self.inner.summary).map_err(|e| setting("summary", e))
+    }
+}

@@ -1,0 +1,175 @@
+"""famix.train (progress, Ctrl-C, bit-exact resume), famix.evaluate against `famix eval`,
+style banks, and one real bad input for every exception class."""
+import fcntl
+import json
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+
+import famix
+from conftest import famix_cli, fixture
+
+# A few iterations on the mini GTA5 fixture (as the Rust tests' train_args).
+SMALL = dict(iters=5, batch=2, crop=48, split="all", log_interval=2, val_interval=4)
+
+
+def run(out, bank, **kw):
+    return famix.train(out, clip=fixture("clip_a_state.pt.gz"), dataset="gta5", data_root=fixture("gta5_mini"),
+                       styles=bank, workers=2, **{**SMALL, **kw})
+
+
+def weights(run_dir):
+    return famix.Segmenter.load(run_dir / "latest").state_dict()
+
+
+def test_ctrl_c_stops_training_resumably_and_resume_is_bit_exact(tmp_path, bank):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    events = []
+    summary = run(straight, bank, progress=events.append)
+    assert summary["steps"] == 5
+    assert [e["event"] for e in events][0] == "start" and sum(e.get("n", 0) for e in events) == 5
+
+    def interrupt_at_3(e):
+        # A real SIGINT, as Ctrl-C sends it, delivered in the middle of the run.
+        if e["event"] == "advance":
+            interrupt_at_3.done += e["n"]
+            if interrupt_at_3.done == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+    interrupt_at_3.done = 0
+    with pytest.raises(KeyboardInterrupt):
+        run(split, bank, progress=interrupt_at_3)
+    assert famix.Segmenter.load(split / "latest") is not None
+    cfg = json.loads((split / "config.json").read_text())
+    assert cfg["iters"] == 5
+    resumed = famix.train(resume=split, progress=False)
+    assert resumed["steps"] == 5
+    a, b = weights(straight), weights(split)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after an interrupted and resumed run"
+
+
+def test_a_failing_progress_callable_stops_the_run_and_is_reraised(tmp_path, bank):
+    def boom(e):
+        if e["event"] == "advance":
+            raise RuntimeError("callback failed")
+    with pytest.raises(RuntimeError, match="callback failed"):
+        run(tmp_path / "r", bank, progress=boom)
+    assert (tmp_path / "r" / "latest.safetensors").exists()
+
+
+def test_evaluate_equals_the_command(tmp_path, bank):
+    run(tmp_path / "r", bank, iters=2, progress=False)
+    ckpt = tmp_path / "r" / "latest.safetensors"
+    r = famix_cli("eval", "--checkpoint", ckpt, "--dataset", "cityscapes", "--data-root", fixture("cityscapes_mini"),
+                  "--device", "cpu", "--json", tmp_path / "eval.json")
+    assert r.returncode == 0, r.stderr
+    want = json.loads((tmp_path / "eval.json").read_text())
+    got = famix.evaluate(ckpt, "cityscapes", fixture("cityscapes_mini"), progress=False)
+    for key in ("miou", "overall_acc", "mean_acc", "per_class_iou", "images", "class_names", "confusion_matrix"):
+        assert got[key] == want[key], key  # exactly: the same library code on the same data
+    assert got["images"] > 0
+
+
+def test_mine_styles_equals_the_command(tmp_path):
+    args = dict(clip=fixture("clip_a.safetensors.gz"), dataset="gta5", data_root=fixture("gta5_mini"), split="all",
+                crop=72, batch=2, iters=3, limit=2, workers=2)
+    r = famix_cli("mine-styles", "--out", tmp_path / "cli.safetensors", "--device", "cpu",
+                  *[x for k, v in args.items() for x in (f"--{k.replace('_', '-')}", v)])
+    assert r.returncode == 0, r.stderr
+    events = []
+    got = famix.mine_styles(tmp_path / "py.safetensors", progress=events.append, **args)
+    want = famix.StyleBank.load(tmp_path / "cli.safetensors")
+    assert got.counts() == want.counts() and len(got) > 0
+    for c in want.counts():
+        for a, b in zip(got.styles(c), want.styles(c)):
+            assert torch.equal(a, b), f"class {c}"  # same library code, same seed: identical
+    assert sum(e.get("n", 0) for e in events) == 2
+    with pytest.raises(famix.InvalidSettingError, match="exists"):
+        famix.mine_styles(tmp_path / "py.safetensors", progress=False, **args)
+
+
+def test_style_bank(bank):
+    b = famix.StyleBank.load(bank)
+    counts = b.counts()
+    assert len(b) == sum(counts.values()) > 0
+    cls = next(iter(counts))
+    mu, sigma = b.styles(cls)
+    assert mu.shape == sigma.shape == (counts[cls], b.channels) and bool((sigma > 0).all())
+
+
+def test_invalid_input_error():
+    with pytest.raises(famix.InvalidInputError, match="nonexistent"):
+        famix.Segmenter.load("/nonexistent/model.safetensors")
+
+
+def test_invalid_setting_error(tmp_path, bank):
+    m = famix.Segmenter.load(fixture("seg_a_ref.pth"))
+    with pytest.raises(famix.InvalidSettingError, match="amp"):
+        m.predict(torch.zeros(8, 8, 3, dtype=torch.uint8), amp="fp16")
+    with pytest.raises(famix.InvalidSettingError, match="batch"):
+        run(tmp_path / "r", bank, batch=1, progress=False)
+    with pytest.raises(famix.InvalidSettingError, match="unknown setting"):
+        run(tmp_path / "r", bank, learning_rate=0.1, progress=False)
+
+
+def _edited_checkpoint(tmp_path, edit):
+    """A famix checkpoint written by a 1-iteration run, with `edit` applied to its tensors."""
+    with safe_open(str(_tiny_checkpoint(tmp_path / "tiny")), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    key = sorted(k for k in tensors if k.endswith("conv1.weight"))[0]
+    edit(tensors, key)
+    out = tmp_path / "edited.safetensors"
+    save_file(tensors, str(out), metadata=meta)
+    return out, key
+
+
+def test_incompatible_error(tmp_path):
+    """A checkpoint missing a weight is refused, naming the key."""
+    bad, key = _edited_checkpoint(tmp_path, lambda t, k: t.pop(k))
+    with pytest.raises(famix.IncompatibleError, match=key.replace(".", r"\.")):
+        famix.Segmenter.load(bad)
+
+
+def test_non_finite_error(tmp_path):
+    """A checkpoint with one NaN weight is refused."""
+    def nan(t, k):
+        t[k].view(-1)[0] = float("nan")
+    bad, _ = _edited_checkpoint(tmp_path, nan)
+    with pytest.raises(famix.NonFiniteError, match="edited.safetensors"):
+        famix.Segmenter.load(bad)
+
+
+def _tiny_checkpoint(path):
+    """A small famix checkpoint: a 1-iteration run's latest.safetensors."""
+    bank = path.parent / "tiny_bank.safetensors"
+    assert famix_cli("styles", "import", fixture("saved_params.pkl"), "--out", bank).returncode == 0
+    run(path, bank, iters=1, val_interval=1, progress=False)
+    return path / "latest.safetensors"
+
+
+def test_busy_error(tmp_path, bank):
+    out = tmp_path / "r"
+    out.mkdir()
+    with open(out / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another writer holds the run
+        with pytest.raises(famix.BusyError):
+            run(out, bank, progress=False)
+
+
+def test_io_error(tmp_path):
+    m = famix.Segmenter.load(fixture("seg_a_ref.pth"))
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(famix.IoError):
+        m.export_onnx(blocker / "m.onnx")
+
+
+def test_every_error_is_a_famix_error():
+    for cls in (famix.InvalidInputError, famix.InvalidSettingError, famix.IncompatibleError, famix.NonFiniteError,
+                famix.BusyError, famix.IoError):
+        assert issubclass(cls, famix.Error) and issubclass(famix.Error, Exception)

@@ -1,0 +1,101 @@
+"""famix.Segmenter against the `famix` command and against PyTorch's reference network."""
+import gc
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import famix
+from conftest import famix_cli, fixture
+
+# Same tolerance as the Rust parity tests of the segmenter (max abs, fp32).
+TOL = 1e-4
+
+
+def test_predict_equals_the_command_byte_for_byte(tmp_path):
+    ckpt, img = fixture("seg_a_ref.pth"), fixture("img_a.png")
+    r = famix_cli("predict", "--checkpoint", ckpt, "--out", tmp_path, "--device", "cpu", img)
+    assert r.returncode == 0, r.stderr
+    written = np.asarray(Image.open(tmp_path / "img_a_trainid.png"))
+    m = famix.Segmenter.load(ckpt)
+    ids = m.predict(np.asarray(Image.open(img).convert("RGB")))
+    assert isinstance(ids, torch.Tensor) and ids.dtype == torch.int64
+    assert np.array_equal(ids.numpy().astype(np.uint8), written)
+    # A batch of two gives each image's ids; a torch uint8 image the same as numpy.
+    rgb = torch.from_numpy(np.asarray(Image.open(img).convert("RGB")).copy())
+    batch = m.predict(torch.stack([rgb, rgb]))
+    assert batch.shape == (2, *ids.shape) and torch.equal(batch[0], ids) and torch.equal(batch[1], ids)
+    # The colour image is the palette of the ids.
+    colour = np.asarray(Image.open(tmp_path / "img_a_color.png").convert("RGB"))
+    assert np.array_equal(m.colorize(ids).numpy(), colour)
+
+
+def test_logits_match_the_reference_network():
+    """Logits of famix's reading of a reference .pth equal those of the reference
+    network (astra-vision/FAMix's model code) built in PyTorch from the same file, as
+    recorded by tools/make_fixtures.py, at output strides 8, 16 and 32."""
+    exp = load_file(str(fixture("expected_seg.safetensors")))
+    for os_ in (8, 16, 32):
+        m = famix.Segmenter.load(fixture("seg_a_ref.pth"), output_stride=os_)
+        y = m.logits(exp["x"])
+        assert (y - exp[f"logits_os{os_}"]).abs().max().item() <= TOL, f"OS{os_}"
+
+
+def test_predict_logits_and_prediction_fields():
+    m = famix.Segmenter.load(fixture("seg_a_ref.pth"))
+    img = np.asarray(Image.open(fixture("img_a.png")).convert("RGB"))
+    p = m.predict(img, logits=True, scale=0.5, ensemble=True)
+    assert isinstance(p, famix.Prediction)
+    assert p.logits.shape == (len(m.classes), *img.shape[:2])
+    assert torch.equal(p.logits.argmax(0), p.train_ids)
+    exp = load_file(str(fixture("expected_seg.safetensors")))
+    assert (p.logits - exp["img_a_logits_ens"][0]).abs().max().item() <= TOL
+
+
+def test_returned_tensors_share_storage_and_outlive_the_model():
+    m = famix.Segmenter.load(fixture("seg_a_ref.pth"))
+    a, b = m.state_dict(), m.state_dict()
+    key = "classifier.classifier.3.bias"
+    assert a[key].data_ptr() == b[key].data_ptr(), "state_dict copies instead of sharing"
+    exp = load_file(str(fixture("expected_seg.safetensors")))
+    before = m.logits(exp["x"])
+    with torch.no_grad():
+        a[key][0] += 1.0  # written through PyTorch into famix's own tensor
+    m.refresh()  # rebuild what famix derives from the weights (folded copies)
+    after = m.logits(exp["x"])
+    assert torch.allclose(after[:, 0], before[:, 0] + 1.0, atol=TOL)
+    assert torch.equal(after[:, 1:], before[:, 1:])
+    ids = m.predict(np.zeros((32, 48, 3), np.uint8))
+    del m, a, b
+    gc.collect()
+    assert ids.shape == (32, 48) and int(ids.max()) < 5  # still valid after the model is gone
+
+
+def test_export_onnx_writes_a_model(tmp_path):
+    m = famix.Segmenter.load(fixture("seg_a_ref.pth"))
+    m.export_onnx(tmp_path / "m.onnx", height=64, width=96)
+    data = (tmp_path / "m.onnx").read_bytes()
+    assert len(data) > 10_000 and b"famix" in data
+
+
+def test_onnxruntime_engine_gives_the_same_ids():
+    img = np.asarray(Image.open(fixture("img_a.png")).convert("RGB"))
+    a = famix.Segmenter.load(fixture("seg_a_ref.pth"))
+    b = famix.Segmenter.load(fixture("seg_a_ref.pth"), engine="onnxruntime")
+    assert b.engine == "onnxruntime"
+    pa, pb = a.predict(img, logits=True), b.predict(img, logits=True)
+    assert torch.equal(pa.train_ids, pb.train_ids)
+    assert (pa.logits - pb.logits).abs().max().item() <= TOL
+
+
+def test_clip_matches_pytorch():
+    exp = load_file(str(fixture("expected_clip.safetensors")))
+    texts = ["a photo of a cat", "Ethereal Mist style road", "photo", ""]
+    tokens = famix.clip.tokenize(texts)
+    assert torch.equal(tokens, exp["clip_a.text_tokens"])
+    c = famix.clip.load(fixture("clip_a.safetensors.gz"))
+    e = c.encode_text(texts)
+    assert (e - exp["clip_a.text_embedding"]).abs().max().item() <= 1e-5
+    assert c.encode_image(torch.zeros(2, 3, c.input_resolution, c.input_resolution)).shape == (2, e.shape[1])
