@@ -39,7 +39,7 @@ impl Clip {
     /// Image embeddings (N, D) of preprocessed images (N, 3, R, R).
     fn encode_image(&self, py: Python<'_>, images: PyTensor) -> PyResult<PyTensor> {
         let r = self.input_resolution()?;
-        if !images.is_floating_point() || images.size() != [images.size()[0], 3, r, r] {
+        if !images.is_floating_point() || images.dim() != 4 || images.size()[1..] != [3, r, r] {
             return Err(setting(
                 "images",
                 format!("expected float (N, 3, {r}, {r}) preprocessed images, got {:?} {:?}", images.kind(), images.size()),

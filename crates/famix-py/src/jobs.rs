@@ -11,6 +11,7 @@ use pyo3_tch::PyTensor;
 use serde_json::{Map, Value};
 
 use famix::data::{Dataset, DatasetKind};
+use famix::eval::metrics::by_class_name;
 use famix::eval::EvalOptions;
 use famix::io::run_folder::{read_config, RunFolder};
 use famix::model::HeadConfig;
@@ -101,7 +102,7 @@ fn apply_flags(c: &mut TrainConfig, s: &mut Map<String, Value>) -> PyResult<()> 
 }
 
 /// The remaining settings over the config's fields of the same name, type-checked by
-/// the config's own deserialisation.
+/// the config's own deserialisation (`train` dropped the null ones: not given).
 fn apply_fields(c: TrainConfig, s: Map<String, Value>) -> PyResult<TrainConfig> {
     let mut v = serde_json::to_value(&c).map_err(|e| setting("settings", e))?;
     let fields = v.as_object_mut().ok_or_else(|| setting("settings", "not an object"))?;
@@ -109,9 +110,7 @@ fn apply_fields(c: TrainConfig, s: Map<String, Value>) -> PyResult<TrainConfig> 
         if NOT_SETTINGS.contains(&k.as_str()) || !fields.contains_key(&k) {
             return Err(setting(&k, format!("unknown setting; famix.train takes {}", setting_names(&c).join(", "))));
         }
-        if !val.is_null() {
-            fields.insert(k, val);
-        }
+        fields.insert(k, val);
     }
     serde_json::from_value(v).map_err(|e| setting("settings", e))
 }
@@ -141,6 +140,39 @@ fn new_config(
         c.output_stride = famix::clip::OutputStride::from_int(v).map_err(to_py)?;
     }
     apply_fields(c, s)
+}
+
+/// A resumed run's saved settings, `iters` extending them; any other setting given
+/// (in `s`, or an argument in `given`) is refused, as `famix train --resume` does.
+fn resumed(run: &std::path::Path, mut s: Map<String, Value>, given: &[(&str, bool)]) -> PyResult<TrainConfig> {
+    let iters = take(&mut s, "iters");
+    if let Some(k) = s.keys().next().cloned().or_else(|| given.iter().find(|(_, g)| *g).map(|(n, _)| n.to_string())) {
+        return Err(setting(&k, "cannot change when resuming: a run keeps its settings in its config.json (only iters may extend it)"));
+    }
+    let mut c: TrainConfig = read_config(&RunFolder::new(run)).map_err(to_py)?;
+    if let Some(i) = iters {
+        c.iters = i.as_u64().ok_or_else(|| setting("iters", format!("expected a count, got {i}")))?;
+    }
+    Ok(c)
+}
+
+/// A new run's settings, refused when `out` already holds a run (unless `force`).
+fn new_run(
+    out: &std::path::Path,
+    clip: Option<PathBuf>,
+    dataset: Option<String>,
+    data_root: Option<PathBuf>,
+    styles: Option<PathBuf>,
+    force: bool,
+    s: Map<String, Value>,
+) -> PyResult<TrainConfig> {
+    let (Some(clip), Some(dataset), Some(root)) = (clip, dataset, data_root) else {
+        return Err(setting("clip", "clip, dataset and data_root are needed for a new run"));
+    };
+    if RunFolder::new(out).latest().exists() && !force {
+        return Err(setting("out", format!("{} already holds a run: continue it with resume=, or pass force=True", out.display())));
+    }
+    new_config(clip, &dataset, root, styles, s)
 }
 
 /// The library's defaults of every training setting (for the Python layer's docs).
@@ -178,33 +210,22 @@ pub fn train(
 ) -> PyResult<String> {
     let mut s: Map<String, Value> = serde_json::from_str(settings).map_err(|e| setting("settings", e))?;
     s.retain(|_, v| !v.is_null());
-    let (cfg, run, resuming) = match (resume, out) {
-        (Some(run), _) => {
-            let iters = take(&mut s, "iters");
-            if let Some(k) =
-                s.keys().next().cloned().or(clip.as_ref().map(|_| "clip".into())).or(dataset.as_ref().map(|_| "dataset".into()))
-            {
-                return Err(setting(
-                    &k,
-                    "cannot change when resuming: a run keeps its settings in its config.json (only iters may extend it)",
-                ));
-            }
-            let mut c: TrainConfig = read_config(&RunFolder::new(&run)).map_err(to_py)?;
-            if let Some(i) = iters {
-                c.iters = i.as_u64().ok_or_else(|| setting("iters", format!("expected a count, got {i}")))?;
-            }
-            (c, run, true)
+    let (cfg, run, resuming) = match resume {
+        Some(run) => {
+            let given = [
+                ("clip", clip.is_some()),
+                ("dataset", dataset.is_some()),
+                ("data_root", data_root.is_some()),
+                ("styles", styles.is_some()),
+                ("out", out.is_some()),
+                ("force", force),
+            ];
+            (resumed(&run, s, &given)?, run, true)
         }
-        (None, Some(out)) => {
-            let (Some(clip), Some(dataset), Some(root)) = (clip, dataset, data_root) else {
-                return Err(setting("clip", "clip, dataset and data_root are needed for a new run"));
-            };
-            if RunFolder::new(&out).latest().exists() && !force {
-                return Err(setting("out", format!("{} already holds a run: continue it with resume=, or pass force=True", out.display())));
-            }
-            (new_config(clip, &dataset, root, styles, s)?, out, false)
+        None => {
+            let out = out.ok_or_else(|| setting("out", "out= (a new run folder) or resume= (a run to continue) is needed"))?;
+            (new_run(&out, clip, dataset, data_root, styles, force, s)?, out, false)
         }
-        (None, None) => return Err(setting("out", "out= (a new run folder) or resume= (a run to continue) is needed")),
     };
     check_config(&cfg).map_err(to_py)?;
     if cfg.numerics.deterministic && std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
@@ -262,17 +283,11 @@ fn evaluate_json(
 ) -> famix::Result<String> {
     let ds = Dataset::open(kind, root, split, condition)?;
     let rep = famix::eval::evaluate(m, &ds, opts, p)?;
-    // The keys of `famix eval --json`.
+    // The keys of `famix eval --json`, and the per-class accuracy and pixel count.
     let names = &m.config().class_names;
-    let by_name =
-        |v: &[Option<f64>]| -> Map<String, Value> { names.iter().zip(v).map(|(n, v)| (n.clone(), serde_json::json!(v))).collect() };
-    let matrix: Vec<&[u64]> = rep.confusion.chunks(names.len().max(1)).collect();
-    let v = serde_json::json!({
-        "miou": rep.metrics.miou, "overall_acc": rep.metrics.overall_acc, "mean_acc": rep.metrics.mean_acc,
-        "per_class_iou": by_name(&rep.metrics.per_class_iou), "per_class_acc": by_name(&rep.metrics.per_class_acc),
-        "pixels": rep.metrics.pixels, "images": rep.images, "skipped": rep.skipped, "class_names": names,
-        "confusion_matrix": matrix,
-    });
+    let mut v = rep.metrics.eval_json(names, &rep.confusion);
+    v["per_class_acc"] = by_class_name(names, &rep.metrics.per_class_acc).into();
+    (v["pixels"], v["images"], v["skipped"]) = (rep.metrics.pixels.into(), rep.images.into(), serde_json::json!(rep.skipped));
     Ok(v.to_string())
 }
 

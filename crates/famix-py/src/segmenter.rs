@@ -22,7 +22,8 @@ pub fn named<T: Named>(arg: &str, value: &str) -> PyResult<T> {
 #[pyclass(module = "famix._famix")]
 pub struct Segmenter {
     inner: Mutex<famix::Segmenter>,
-    engine: &'static str,
+    /// The engine inference runs on (resolved: never `Auto`).
+    engine: Engine,
 }
 
 impl Segmenter {
@@ -58,7 +59,7 @@ impl Segmenter {
                 Ok((m, engine))
             })
             .map_err(to_py)?;
-        Ok(Segmenter { inner: Mutex::new(model), engine: engine.name() })
+        Ok(Segmenter { inner: Mutex::new(model), engine })
     }
 
     /// (N, 3, H, W) uint8 RGB → (ids (N, H, W) int64, logits or None).
@@ -115,12 +116,12 @@ impl Segmenter {
 
     #[getter]
     fn engine(&self) -> &'static str {
-        self.engine
+        self.engine.name()
     }
 
     /// Rebuilds the folded weights and the engine from the current weights.
     fn refresh(&self, py: Python<'_>) -> PyResult<()> {
-        let engine: Engine = named("engine", self.engine)?;
+        let engine = self.engine;
         py.allow_threads(|| {
             let mut m = self.lock()?;
             m.unfold();
@@ -167,7 +168,7 @@ impl Segmenter {
             c.head.num_classes,
             c.output_stride.value(),
             format!("{:?}", m.device()).to_lowercase(),
-            self.engine
+            self.engine.name()
         ))
     }
 }

@@ -115,6 +115,9 @@ def test_invalid_setting_error(tmp_path, bank):
         run(tmp_path / "r", bank, batch=1, progress=False)
     with pytest.raises(famix.InvalidSettingError, match="unknown setting"):
         run(tmp_path / "r", bank, learning_rate=0.1, progress=False)
+    # A resumed run keeps its settings and data, as `famix train --resume` does.
+    with pytest.raises(famix.InvalidSettingError, match="styles: cannot change when resuming"):
+        famix.train(resume=tmp_path / "r", styles=bank, progress=False)
 
 
 def _edited_checkpoint(tmp_path, edit):

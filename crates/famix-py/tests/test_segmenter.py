@@ -99,3 +99,5 @@ def test_clip_matches_pytorch():
     e = c.encode_text(texts)
     assert (e - exp["clip_a.text_embedding"]).abs().max().item() <= 1e-5
     assert c.encode_image(torch.zeros(2, 3, c.input_resolution, c.input_resolution)).shape == (2, e.shape[1])
+    with pytest.raises(famix.InvalidSettingError, match="images"):
+        c.encode_image(torch.zeros(()))  # a scalar: refused, not a panic

@@ -215,13 +215,8 @@ fn finish_single(a: &EvalArgs, r: &Single, protocol: ClassProtocol) -> Result<()
     }
     println!("images: {}, skipped: {}", r.images, r.skipped.as_array().map(Vec::len).unwrap_or(0));
     if let Some(p) = &a.json {
-        let per: serde_json::Map<String, serde_json::Value> =
-            r.names.iter().zip(&metrics.per_class_iou).map(|(n, v)| (n.clone(), json!(v))).collect();
-        let matrix: Vec<&[u64]> = r.confusion.chunks(k).collect();
-        let mut v = json!({
-            "miou": metrics.miou, "overall_acc": metrics.overall_acc, "mean_acc": metrics.mean_acc,
-            "per_class_iou": per, "images": r.images, "skipped": r.skipped, "class_names": r.names, "confusion_matrix": matrix,
-        });
+        let mut v = metrics.eval_json(r.names, r.confusion);
+        (v["images"], v["skipped"]) = (json!(r.images), r.skipped.clone());
         for (key, val) in r.about.as_object().into_iter().flatten() {
             v[key] = val.clone();
         }

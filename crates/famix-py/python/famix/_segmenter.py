@@ -106,10 +106,10 @@ class Segmenter:
 
     def colorize(self, train_ids: torch.Tensor) -> torch.Tensor:
         """The palette's colours of train ids: (..., 3) uint8 (ids outside the classes: black)."""
+        k = len(self.palette)
         palette = torch.tensor(self.palette + [[0, 0, 0]], dtype=torch.uint8)
-        ids = train_ids.to("cpu").long().clamp(0, len(self.palette))
-        ids[(train_ids.cpu() < 0) | (train_ids.cpu() >= len(self.palette))] = len(self.palette)
-        return palette[ids]
+        ids = train_ids.cpu().long()
+        return palette[torch.where((ids >= 0) & (ids < k), ids, k)]
 
     @property
     def classes(self) -> List[str]:

@@ -89,6 +89,11 @@ pub struct Metrics {
     pub pixels: u64,
 }
 
+/// Per-class values keyed by class name (None: the class has no value).
+pub fn by_class_name(names: &[String], values: &[Option<f64>]) -> serde_json::Map<String, serde_json::Value> {
+    names.iter().zip(values).map(|(n, v)| (n.clone(), serde_json::json!(v))).collect()
+}
+
 fn nanmean(v: &[Option<f64>]) -> f64 {
     let vals: Vec<f64> = v.iter().flatten().copied().collect();
     if vals.is_empty() {
@@ -120,6 +125,17 @@ impl Metrics {
             per_class_acc,
             pixels: total,
         }
+    }
+
+    /// The metric keys of `famix eval --json` (also what the Python package's
+    /// `evaluate` returns): `miou`, `overall_acc`, `mean_acc`, `per_class_iou` by class
+    /// name, `class_names`, and `confusion_matrix` (k rows of the k × k `confusion`).
+    pub fn eval_json(&self, names: &[String], confusion: &[u64]) -> serde_json::Value {
+        let matrix: Vec<&[u64]> = confusion.chunks(names.len().max(1)).collect();
+        serde_json::json!({
+            "miou": self.miou, "overall_acc": self.overall_acc, "mean_acc": self.mean_acc,
+            "per_class_iou": by_class_name(names, &self.per_class_iou), "class_names": names, "confusion_matrix": matrix,
+        })
     }
 
     /// A per-class IoU table (percentages).

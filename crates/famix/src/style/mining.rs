@@ -458,6 +458,8 @@ pub fn mine_job(job: &MineJob, s: &MineSettings, pin: &PinConfig, progress: &dyn
     if job.out.exists() && !job.resume && !job.force {
         fail!(InvalidSetting, "--out", "{} exists: pass --resume to continue mining into it, or --force to start over", job.out.display());
     }
+    // Before loading CLIP, so a bad setting fails at once (`mine` checks again, for
+    // callers that come to it directly).
     check_settings(s, pin)?;
     let prompts = match &job.prompts {
         Some(p) => PromptSet::from_file(p)?,

@@ -189,7 +189,7 @@ impl Session<'_> {
         let names = &model.config().class_names;
         self.log.write(json!({
             "iter": done, "val_miou": miou, "val_images": rep.images, "val_dataset": vd.describe(),
-            "per_class_iou": names.iter().zip(&rep.metrics.per_class_iou).map(|(n, v)| (n.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "per_class_iou": crate::eval::metrics::by_class_name(names, &rep.metrics.per_class_iou),
         }))?;
         if let Some(tb) = &mut self.tensorboard {
             let per_class = names.iter().zip(&rep.metrics.per_class_iou).filter_map(|(n, v)| v.map(|v| (format!("val/iou/{n}"), v)));
