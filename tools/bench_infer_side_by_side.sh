@@ -2,8 +2,11 @@
 # README's CPU inference table from one command: in one run, the official FAMix model
 # code (eager; PyTorch's best CPU path: trace + freeze + optimize_for_inference with
 # channels-last input; ONNX Runtime on its torch.onnx export) and famix (libtorch and
-# its ONNX Runtime engine, fp32; libtorch bf16), each normalise + network + argmax on
-# 1×SIZE random pixels, RN50-sized random weights, THREADS threads everywhere.
+# its ONNX Runtime engine, fp32; libtorch bf16), and int8 on ONNX Runtime (ORT's own
+# quantiser on the official export; famix --int8), each normalise + network + argmax
+# on 1×SIZE random pixels, RN50-sized random weights, THREADS threads everywhere. The
+# int8 lines are calibrated on the timed input (for speed: random weights make their
+# agreement meaningless; README gives it on the demo's trained model).
 #
 # Usage: tools/bench_infer_side_by_side.sh /path/to/FAMix [SIZE=512x512] [THREADS=2]
 # Needs the tools venv (`tools/setup-libtorch.sh --tools`) and target/release/famix.
@@ -16,8 +19,8 @@ out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 export OMP_NUM_THREADS=$threads
 .venv/bin/python tools/bench_official.py --famix-repo "$repo" --what infer --infer-size "$size" --warmup 2 --iters 7 \
-    --infer-engines eager,best,onnxruntime --threads "$threads" 2>/dev/null | grep '^{' >>"$out"
-target/release/famix bench --device cpu --what infer --batch 1 --infer-size "$size" --warmup 2 --iters 7 --json 2>/dev/null >>"$out"
+    --infer-engines eager,best,onnxruntime,onnxruntime-int8 --threads "$threads" 2>/dev/null | grep '^{' >>"$out"
+target/release/famix bench --device cpu --what infer --batch 1 --infer-size "$size" --warmup 2 --iters 7 --json --int8 2>/dev/null >>"$out"
 target/release/famix bench --device cpu --what infer --batch 1 --infer-size "$size" --warmup 2 --iters 7 --json --amp bf16 \
     --engine torch 2>/dev/null >>"$out"
 .venv/bin/python - "$out" <<'PY'

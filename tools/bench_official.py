@@ -9,7 +9,11 @@ Inference runs on each of `--infer-engines` (one JSON line each, key "engine"):
 `eager` (the model as the reference runs it), `best` (PyTorch's best CPU path:
 torch.jit.trace + freeze + optimize_for_inference, channels-last input) and
 `onnxruntime` (the model exported by torch.onnx.export, TorchScript exporter, opset 17,
-run by ONNX Runtime's CPU provider with all graph optimisations and --threads threads).
+run by ONNX Runtime's CPU provider with all graph optimisations and --threads threads)
+and `onnxruntime-int8` (that export quantised by ONNX Runtime's own static quantiser:
+QDQ, u8 activations, s8 per-channel weights, MinMax ranges calibrated on the timed
+input; its line has "amp": "int8" and the share of pixels whose class equals eager
+fp32's as "fp32_agreement").
 Each times normalisation, network and argmax, as `famix bench --what infer` does.
 
 The model is built as the reference's `deeplabv3plus_resnet_clip` does (CLIP RN50 image
@@ -46,13 +50,14 @@ def timed(args, fn):
     return ms
 
 
-def report(args, what, batch, h, w, ms, engine=None):
+def report(args, what, batch, h, w, ms, engine=None, **extra):
     med = statistics.median(ms)
     r = {"what": what, "impl": "official", "device": "cpu", "arch": "rn50", "amp": args.amp, "batch": batch,
          "height": h, "width": w, "iters": len(ms), "median_ms": med, "min_ms": min(ms), "max_ms": max(ms),
          "images_per_s": batch * 1e3 / med}
     if engine:
         r["engine"] = engine
+    r.update(extra)
     print(json.dumps(r), flush=True)
 
 
@@ -87,19 +92,28 @@ def infer_engines(args, model, amp, mean, std):
                     traced(norm().contiguous(memory_format=torch.channels_last)).argmax(1)
         elif engine == "onnxruntime":
             run = onnxruntime_runner(args, net, norm)
+        elif engine == "onnxruntime-int8":
+            run, agreement = onnxruntime_int8_runner(args, net, norm)
+            report(args, "infer", 1, h, w, timed(args, run), engine, amp="int8", fp32_agreement=agreement)
+            continue
         else:
-            sys.exit(f"unknown engine {engine!r} (eager, best, onnxruntime)")
+            sys.exit(f"unknown engine {engine!r} (eager, best, onnxruntime, onnxruntime-int8)")
         report(args, "infer", 1, h, w, timed(args, run), engine)
 
 
-def onnxruntime_runner(args, net, norm):
+def export_official(net, norm):
     import tempfile
-    import numpy as np
-    import onnxruntime as ort
     path = os.path.join(tempfile.mkdtemp(), "official.onnx")
     with torch.no_grad():
         torch.onnx.export(net, (norm(),), path, opset_version=17, input_names=["image"], output_names=["logits"],
                           dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}}, dynamo=False)
+    return path
+
+
+def onnxruntime_runner(args, net, norm, path=None):
+    import numpy as np
+    import onnxruntime as ort
+    path = path or export_official(net, norm)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = args.threads
@@ -109,6 +123,30 @@ def onnxruntime_runner(args, net, norm):
         logits = session.run(None, {"image": norm().numpy()})[0]
         np.argmax(logits, axis=1)
     return run
+
+
+def onnxruntime_int8_runner(args, net, norm):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"image": norm().numpy()}])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    src = export_official(net, norm)
+    dst = src.replace(".onnx", ".int8.onnx")
+    quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    run = onnxruntime_runner(args, net, norm, dst)
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = args.threads
+    ids = ort.InferenceSession(dst, so, providers=["CPUExecutionProvider"]).run(None, {"image": norm().numpy()})[0].argmax(1)
+    with torch.no_grad():
+        ref = net(norm()).argmax(1).numpy()
+    return run, float((ids == ref).mean())
 
 
 def official_model(repo):

@@ -109,3 +109,56 @@ fn predict_outputs_are_identical_across_engines() {
         assert!(a == b, "{f} differs between engines");
     }
 }
+
+/// `--int8` takes a calibration file and refuses, naming the file or flag: a missing
+/// file, a file that is not a calibration, a calibration of another network, and
+/// `--engine torch` with it.
+#[test]
+fn int8_calibrations_are_checked() {
+    let d = tmpdir();
+    let (ckpt, img) = (fixture("seg_a_ref.pth"), fixture("img_a.png"));
+    let predict = |extra: &[&str]| {
+        let out = d.path().join("out");
+        let mut args = vec!["predict", "--checkpoint", ckpt.to_str().unwrap(), img.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        run_famix(&args)
+    };
+    let missing = d.path().join("missing.json");
+    let (code, _, err) = predict(&["--int8", missing.to_str().unwrap()]);
+    assert!(code != 0 && err.contains("missing.json"), "{err}");
+    let junk = d.path().join("junk.json");
+    std::fs::write(&junk, "{\"ranges\": 3}").unwrap();
+    let (code, _, err) = predict(&["--int8", junk.to_str().unwrap()]);
+    assert!(code != 0 && err.contains("junk.json") && err.contains("not a famix int8 calibration"), "{err}");
+    // A calibration of the tiny random model does not fit the reference .pth.
+    tch::manual_seed(2);
+    let tiny = checkpoint::save_random_tiny(&d.path().join("tiny"), 19).unwrap();
+    let cal = d.path().join("tiny_int8.json");
+    let (code, _, err) = run_famix(&[
+        "calibrate",
+        "--checkpoint",
+        tiny.to_str().unwrap(),
+        "--images",
+        img.to_str().unwrap(),
+        "--out",
+        cal.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = predict(&["--int8", cal.to_str().unwrap()]);
+    assert!(code != 0 && err.contains("tiny_int8.json") && err.contains("another network"), "{err}");
+    let (code, _, err) = predict(&["--int8", cal.to_str().unwrap(), "--engine", "torch"]);
+    assert!(code != 0 && err.contains("--int8"), "{err}");
+    // With a fitting calibration the command runs and writes the ids.
+    let (code, _, err) = run_famix(&[
+        "predict",
+        "--checkpoint",
+        tiny.to_str().unwrap(),
+        img.to_str().unwrap(),
+        "--out",
+        d.path().join("o2").to_str().unwrap(),
+        "--int8",
+        cal.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(d.path().join("o2/img_a_trainid.png").exists());
+}

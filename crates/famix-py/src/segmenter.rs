@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3_tch::PyTensor;
 
+use famix::engine::calibration::Calibration;
 use famix::engine::{attach, Engine};
 use famix::export::{write_onnx, ExportOptions, ExportOutput};
 use famix::{Named, Precision, PredictOptions};
@@ -24,6 +25,16 @@ pub struct Segmenter {
     inner: Mutex<famix::Segmenter>,
     /// The engine inference runs on (resolved: never `Auto`).
     engine: Engine,
+    /// The int8 calibration it runs with (ONNX Runtime), if any.
+    int8: Option<Calibration>,
+}
+
+/// Puts `m` on `engine`, or on int8 ONNX Runtime when a calibration is given.
+fn attach_engine(m: &mut famix::Segmenter, engine: Engine, int8: Option<&Calibration>) -> famix::Result<Engine> {
+    match int8 {
+        Some(c) => famix::engine::attach_int8(m, c).map(|_| Engine::OnnxRuntime),
+        None => attach(m, engine, Precision::Fp32).map(|r| r.0),
+    }
 }
 
 impl Segmenter {
@@ -44,10 +55,21 @@ impl Segmenter {
 #[pymethods]
 impl Segmenter {
     #[staticmethod]
-    #[pyo3(signature = (path, device = "cpu", engine = "torch", output_stride = None))]
-    fn load(py: Python<'_>, path: PathBuf, device: &str, engine: &str, output_stride: Option<i64>) -> PyResult<Self> {
+    #[pyo3(signature = (path, device = "cpu", engine = "torch", output_stride = None, int8 = None))]
+    fn load(
+        py: Python<'_>,
+        path: PathBuf,
+        device: &str,
+        engine: &str,
+        output_stride: Option<i64>,
+        int8: Option<PathBuf>,
+    ) -> PyResult<Self> {
         let device = crate::device(device)?;
         let engine: Engine = named("engine", engine)?;
+        if int8.is_some() && engine == Engine::Torch {
+            return Err(setting("int8", "int8 runs on ONNX Runtime: pass engine=\"onnxruntime\" or \"auto\"".to_string()));
+        }
+        let int8 = int8.map(|p| Calibration::load(&p)).transpose().map_err(to_py)?;
         let os = output_stride.map(famix::clip::OutputStride::from_int).transpose().map_err(to_py)?;
         let (model, engine) = py
             .allow_threads(|| -> famix::Result<_> {
@@ -55,11 +77,11 @@ impl Segmenter {
                     Some(os) => famix::Segmenter::load_with_stride(&path, device, os)?,
                     None => famix::Segmenter::load(&path, device)?,
                 };
-                let (engine, _) = attach(&mut m, engine, Precision::Fp32)?;
+                let engine = attach_engine(&mut m, engine, int8.as_ref())?;
                 Ok((m, engine))
             })
             .map_err(to_py)?;
-        Ok(Segmenter { inner: Mutex::new(model), engine })
+        Ok(Segmenter { inner: Mutex::new(model), engine, int8 })
     }
 
     /// (N, 3, H, W) uint8 RGB → (ids (N, H, W) int64, logits or None).
@@ -116,7 +138,11 @@ impl Segmenter {
 
     #[getter]
     fn engine(&self) -> &'static str {
-        self.engine.name()
+        if self.int8.is_some() {
+            "onnxruntime-int8"
+        } else {
+            self.engine.name()
+        }
     }
 
     /// Rebuilds the folded weights and the engine from the current weights.
@@ -126,7 +152,7 @@ impl Segmenter {
             let mut m = self.lock()?;
             m.unfold();
             m.fold();
-            attach(&mut m, engine, Precision::Fp32).map_err(to_py)?;
+            attach_engine(&mut m, engine, self.int8.as_ref()).map_err(to_py)?;
             Ok(())
         })
     }
@@ -156,7 +182,7 @@ impl Segmenter {
         include_preprocessing: bool,
     ) -> PyResult<()> {
         let output: ExportOutput = named("output", output)?;
-        let o = ExportOptions { opset, height, width, output, include_preprocessing };
+        let o = ExportOptions { opset, height, width, output, include_preprocessing, int8: None };
         self.with_model(py, move |m| write_onnx(m, &o, &path))
     }
 

@@ -90,6 +90,26 @@ def test_onnxruntime_engine_gives_the_same_ids():
     assert (pa.logits - pb.logits).abs().max().item() <= TOL
 
 
+def test_int8_predicts_through_a_calibration_of_the_command(tmp_path):
+    # `famix calibrate` writes the ranges; int8 then agrees with fp32 on >= 90 % of the
+    # pixels of the reference fixture (its random-weight head has small margins; the
+    # trained demo model's agreement is in README) and survives refresh().
+    ckpt, img = fixture("seg_a_ref.pth"), fixture("img_a.png")
+    cal = tmp_path / "int8.json"
+    r = famix_cli("calibrate", "--checkpoint", ckpt, "--images", img, "--out", cal)
+    assert r.returncode == 0, r.stderr
+    rgb = np.asarray(Image.open(img).convert("RGB"))
+    ref = famix.Segmenter.load(ckpt).predict(rgb)
+    with pytest.raises(famix.InvalidSettingError):
+        famix.Segmenter.load(ckpt, int8=cal)
+    m = famix.Segmenter.load(ckpt, engine="onnxruntime", int8=cal)
+    assert m.engine == "onnxruntime-int8"
+    ids = m.predict(rgb)
+    assert ids.shape == ref.shape and (ids == ref).double().mean().item() >= 0.90
+    m.refresh()
+    assert torch.equal(m.predict(rgb), ids)
+
+
 def test_clip_matches_pytorch():
     exp = load_file(str(fixture("expected_clip.safetensors")))
     texts = ["a photo of a cat", "Ethereal Mist style road", "photo", ""]

@@ -59,6 +59,9 @@ pub struct BenchArgs {
     /// Inference engines to time, comma-separated: torch, onnxruntime, auto; `all` (the default) is every engine that runs the device and --amp (onnxruntime: CPU, fp32, when installed), one result each
     #[arg(long, default_value = "all")]
     engine: String,
+    /// Also time int8 inference on ONNX Runtime (CPU), with fp32_agreement against libtorch fp32: with the activation ranges of this calibration (`famix calibrate`; with --checkpoint), or, given without a file, ranges measured on the timed input itself (for speed only)
+    #[arg(long, value_name = "CALIBRATION", num_args = 0..=1, default_missing_value = "")]
+    int8: Option<String>,
     #[command(flatten)]
     device: super::DeviceArgs,
 }
@@ -86,8 +89,12 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
         checkpoint: a.checkpoint.clone(),
         image: a.image.clone(),
         engine: famix::engine::Engine::Torch,
+        int8: None,
     };
     let engines = engines(&a.engine, device, a.amp)?;
+    if a.int8.is_some() && (device != tch::Device::Cpu || a.amp != famix::Precision::Fp32) {
+        bail!("--int8 runs on the CPU (ONNX Runtime) and excludes --amp bf16");
+    }
     if !a.crop.is_multiple_of(4) || !a.mine_crop.is_multiple_of(12) {
         bail!("--crop must be divisible by 4 and --mine-crop by 12 (4 × the 3x3 style grid)");
     }
@@ -96,7 +103,14 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
     for what in a.what.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         super::bench_run::reset_peak_rss();
         let results = match what {
-            "infer" => engines.iter().map(|&engine| bench_infer(&BenchConfig { engine, ..cfg.clone() })).collect::<Result<Vec<_>>>()?,
+            "infer" => {
+                let mut r =
+                    engines.iter().map(|&engine| bench_infer(&BenchConfig { engine, ..cfg.clone() })).collect::<Result<Vec<_>>>()?;
+                if let Some(c) = &a.int8 {
+                    r.push(bench_infer(&BenchConfig { int8: Some(c.into()), ..cfg.clone() })?);
+                }
+                r
+            }
             "train" => vec![bench_train(&cfg, &tmp)?],
             "mine" => vec![bench_mine(&cfg)?],
             "loader" => vec![bench_loader(&cfg, &tmp)?],

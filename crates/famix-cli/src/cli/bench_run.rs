@@ -80,6 +80,9 @@ pub struct BenchConfig {
     pub image: Option<std::path::PathBuf>,
     /// The inference engine.
     pub engine: famix::engine::Engine,
+    /// int8 on ONNX Runtime instead of `engine`: with this calibration, or (an empty
+    /// path) ranges measured on the timed input.
+    pub int8: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -225,14 +228,18 @@ fn random_bank(channels: usize, dir: &Path) -> Result<std::path::PathBuf> {
 }
 
 /// `predict`'s forward ([`Segmenter::predict_ids`]: normalisation, network, argmax)
-/// on one random image; with bf16, the share of pixels whose class equals fp32's.
+/// on one random image; with bf16 or int8, the share of pixels whose class equals
+/// libtorch fp32's.
 pub fn bench_infer(cfg: &BenchConfig) -> Result<BenchResult> {
     let mut model = inference_segmenter(cfg)?;
-    let (engine, _) = famix::engine::attach(&mut model, cfg.engine, cfg.precision)?;
     let (h, w) = cfg.infer_size;
     let x = match &cfg.image {
         Some(p) => famix::Image8::open_rgb(p)?.resize(w, h, famix::imageops::Filter::Bilinear).to_tensor_u8().unsqueeze(0),
         None => Tensor::randint(256, [1, 3, h as i64, w as i64], (Kind::Uint8, Device::Cpu)),
+    };
+    let engine = match &cfg.int8 {
+        Some(path) => attach_int8(&mut model, path, &x)?,
+        None => famix::engine::attach(&mut model, cfg.engine, cfg.precision)?.0.name(),
     };
     let opts = PredictOptions { precision: cfg.precision, ..Default::default() };
     let (ms, peak) = timed(cfg, || {
@@ -242,13 +249,32 @@ pub fn bench_infer(cfg: &BenchConfig) -> Result<BenchResult> {
     let mut r = result(cfg, "infer", 1, h, w, ms, peak);
     r.path = Some(if model.is_folded() { "fused" } else { "plain" }.into());
     r.checkpoint = cfg.checkpoint.as_ref().map(|p| p.display().to_string());
-    r.engine = Some(engine.name().into());
-    if cfg.precision == Precision::Bf16 {
+    r.engine = Some(engine.into());
+    if cfg.precision == Precision::Bf16 || cfg.int8.is_some() {
+        let (reduced, _) = model.predict_ids(&x, &opts)?;
+        model.set_engine(None);
         let (fp32, _) = model.predict_ids(&x, &PredictOptions::default())?;
-        let (bf16, _) = model.predict_ids(&x, &opts)?;
-        r.fp32_agreement = Some(bf16.eq_tensor(&fp32).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]));
+        r.fp32_agreement = Some(reduced.eq_tensor(&fp32).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]));
+    }
+    if cfg.int8.is_some() {
+        r.amp = "int8".into();
     }
     Ok(r)
+}
+
+/// Puts `model` on int8 ONNX Runtime with the calibration at `path`, or (an empty
+/// path) with ranges measured on `x`; returns the engine's name.
+fn attach_int8(model: &mut Segmenter, path: &std::path::Path, x: &Tensor) -> Result<&'static str> {
+    use famix::engine::calibration::{Calibration, Calibrator};
+    let c = if path.as_os_str().is_empty() {
+        let mut c = Calibrator::new(model)?;
+        c.observe_u8(x)?;
+        c.finish(model, "bench input")?
+    } else {
+        Calibration::load(path)?
+    };
+    famix::engine::attach_int8(model, &c)?;
+    Ok("onnxruntime-int8")
 }
 
 pub fn bench_train(cfg: &BenchConfig, tmp: &Path) -> Result<BenchResult> {

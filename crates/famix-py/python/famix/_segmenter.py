@@ -58,7 +58,7 @@ class Segmenter:
 
     @staticmethod
     def load(path: PathLike, device: str = "cpu", engine: str = "torch",
-             output_stride: Optional[int] = None) -> "Segmenter":
+             output_stride: Optional[int] = None, int8: Optional[PathLike] = None) -> "Segmenter":
         """Loads a checkpoint.
 
         Args:
@@ -69,12 +69,16 @@ class Segmenter:
                 built at the first call; needs ``make setup``'s ONNX Runtime) or
                 ``"auto"`` (ONNX Runtime for fp32 on the CPU when installed).
             output_stride: 8, 16 or 32 instead of the checkpoint's.
+            int8: a calibration file (``famix calibrate``): int8 convolutions on ONNX
+                Runtime (CPU; needs ``engine="onnxruntime"`` or ``"auto"``), faster
+                and not exact.
 
         Raises:
             InvalidInputError: the file is missing or unreadable.
             IncompatibleError: the weights do not form a famix segmenter.
         """
-        return Segmenter(_famix.Segmenter.load(os.fspath(path), device, engine, output_stride))
+        cal = None if int8 is None else os.fspath(int8)
+        return Segmenter(_famix.Segmenter.load(os.fspath(path), device, engine, output_stride, cal))
 
     def predict(self, image: ImageLike, logits: bool = False, scale: float = 1.0,
                 ensemble: bool = False, amp: str = "fp32") -> Union[torch.Tensor, Prediction]:

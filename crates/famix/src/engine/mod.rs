@@ -8,7 +8,12 @@
 //! `Engine::Auto` picks ONNX Runtime for fp32 on the CPU when its library is
 //! installed, and libtorch otherwise (CUDA, bf16 — ONNX Runtime's CPU kernels have no
 //! bf16 convolution —, or no ONNX Runtime).
+//!
+//! int8 ([`attach_int8`]) runs on ONNX Runtime only: its CPU provider has integer
+//! convolutions (u8 × s8, VNNI), libtorch's eager CPU path has none; the activation
+//! ranges come from a calibration ([`calibration`]).
 
+pub mod calibration;
 pub mod onnxruntime;
 
 use tch::Device;
@@ -74,4 +79,15 @@ pub fn attach(model: &mut Segmenter, engine: Engine, precision: Precision) -> Re
             }
         },
     }
+}
+
+/// Puts `model`'s inference on ONNX Runtime with int8 convolutions quantised with the
+/// calibration's ranges (CPU only). Call after the weights and output stride are final.
+pub fn attach_int8(model: &mut Segmenter, calibration: &calibration::Calibration) -> Result<()> {
+    if model.device() != Device::Cpu {
+        return Err(Error::InvalidSetting { name: "--int8".into(), problem: "int8 inference runs on the CPU (ONNX Runtime)".into() });
+    }
+    calibration.check_fits(model)?;
+    model.set_engine(Some(Box::new(onnxruntime::OrtNet::int8(calibration.ranges.clone())?)));
+    Ok(())
 }

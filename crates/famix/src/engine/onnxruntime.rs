@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::export::{to_onnx, ExportOptions};
 use crate::model::segmenter::ExternalNet;
 use crate::model::Segmenter;
+use crate::nn::onnx::qdq::ActivationRanges;
 
 /// How to install it, for error messages.
 const INSTALL: &str = "run `make setup` (installs onnxruntime==1.32.0 from PyPI into famix's per-user cache), \
@@ -74,7 +75,7 @@ pub fn available() -> bool {
     environment().is_ok()
 }
 
-fn ort_err(what: &str) -> impl Fn(ort::Error) -> Error + '_ {
+pub(crate) fn ort_err(what: &str) -> impl Fn(ort::Error) -> Error + '_ {
     move |e| Error::msg(format!("ONNX Runtime: {what}: {e}"))
 }
 
@@ -86,6 +87,8 @@ fn ort_err(what: &str) -> impl Fn(ort::Error) -> Error + '_ {
 pub struct OrtNet {
     /// Sessions run with `&mut self`; one call at a time (each uses every core).
     sessions: Mutex<Sessions>,
+    /// Activation ranges for int8 convolutions; fp32 when None.
+    int8: Option<ActivationRanges>,
 }
 
 #[derive(Default)]
@@ -97,11 +100,16 @@ struct Sessions {
 }
 
 /// An optimised session on the CPU with one thread per core for `model`'s graph at
-/// the given input size (`None`: any).
-fn session(model: &Segmenter, size: Option<(i64, i64)>) -> Result<Session> {
+/// the given input size (`None`: any), with int8 convolutions when `int8` is given.
+fn session(model: &Segmenter, size: Option<(i64, i64)>, int8: Option<&ActivationRanges>) -> Result<Session> {
+    let options = ExportOptions { height: size.map(|s| s.0), width: size.map(|s| s.1), int8: int8.cloned(), ..ExportOptions::default() };
+    session_from(&to_onnx(model, &options)?)
+}
+
+/// An optimised CPU session (all graph optimisations, one thread per core) for an
+/// ONNX model.
+pub(crate) fn session_from(bytes: &[u8]) -> Result<Session> {
     let env = environment()?;
-    let options = ExportOptions { height: size.map(|s| s.0), width: size.map(|s| s.1), ..ExportOptions::default() };
-    let bytes = to_onnx(model, &options)?;
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     Session::builder(&env)
         .map_err(ort_err("session options"))?
@@ -109,7 +117,7 @@ fn session(model: &Segmenter, size: Option<(i64, i64)>) -> Result<Session> {
         .map_err(|e| ort_err("optimisation level")(e.into()))?
         .with_intra_threads(threads)
         .map_err(|e| ort_err("threads")(e.into()))?
-        .commit_from_memory(&bytes)
+        .commit_from_memory(bytes)
         .map_err(ort_err("building the session"))
 }
 
@@ -119,16 +127,22 @@ impl OrtNet {
     /// final). Fails when ONNX Runtime cannot be loaded.
     pub fn new() -> Result<Self> {
         environment()?;
-        Ok(OrtNet { sessions: Mutex::new(Sessions::default()) })
+        Ok(OrtNet { sessions: Mutex::new(Sessions::default()), int8: None })
+    }
+
+    /// The same engine with int8 convolutions ([`crate::nn::onnx::qdq`]) quantised
+    /// with `ranges` (from [`super::calibration`]).
+    pub fn int8(ranges: ActivationRanges) -> Result<Self> {
+        Ok(OrtNet { int8: Some(ranges), ..Self::new()? })
     }
 }
 
 impl Sessions {
     /// The session for inputs of `size`, built when missing.
-    fn for_size(&mut self, model: &Segmenter, size: (i64, i64)) -> Result<&mut Session> {
+    fn for_size(&mut self, model: &Segmenter, size: (i64, i64), int8: Option<&ActivationRanges>) -> Result<&mut Session> {
         let first = match self.first.take() {
             Some(first) => first,
-            None => (size, session(model, Some(size))?),
+            None => (size, session(model, Some(size), int8)?),
         };
         let (first_size, first_session) = self.first.insert(first);
         if *first_size == size {
@@ -136,7 +150,7 @@ impl Sessions {
         }
         let any = match self.any_size.take() {
             Some(any) => any,
-            None => session(model, None)?,
+            None => session(model, None, int8)?,
         };
         Ok(self.any_size.insert(any))
     }
@@ -144,7 +158,11 @@ impl Sessions {
 
 impl ExternalNet for OrtNet {
     fn name(&self) -> &'static str {
-        "onnxruntime"
+        if self.int8.is_some() {
+            "onnxruntime-int8"
+        } else {
+            "onnxruntime"
+        }
     }
 
     fn logits(&self, model: &Segmenter, x: &Tensor) -> Result<Tensor> {
@@ -156,7 +174,7 @@ impl ExternalNet for OrtNet {
         let data: &[f32] = unsafe { std::slice::from_raw_parts(x.data_ptr() as *const f32, numel) };
         let input = TensorRef::from_array_view((shape.clone(), data)).map_err(ort_err("input"))?;
         let mut sessions = self.sessions.lock()?;
-        let session = sessions.for_size(model, (shape[2], shape[3]))?;
+        let session = sessions.for_size(model, (shape[2], shape[3]), self.int8.as_ref())?;
         let outputs = session.run(ort::inputs!["image" => input]).map_err(ort_err("run"))?;
         let (out_shape, values) = outputs["logits"].try_extract_tensor::<f32>().map_err(ort_err("output"))?;
         let dims: Vec<i64> = out_shape.iter().copied().collect();

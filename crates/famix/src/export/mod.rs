@@ -27,6 +27,7 @@ use crate::nn::onnx::proto::{
     self, data_type, DimValue, Dimension, ModelProto, OperatorSetIdProto, StringStringEntryProto, TensorShapeProto, TypeProto,
     TypeProtoTensor, ValueInfoProto,
 };
+use crate::nn::onnx::qdq::{observed, ActivationRanges};
 use crate::nn::onnx::{Attr, Graph};
 
 /// What the exported graph returns.
@@ -63,11 +64,14 @@ pub struct ExportOptions {
     pub output: ExportOutput,
     /// Take uint8 RGB (N, H, W, 3) and normalise inside the graph.
     pub include_preprocessing: bool,
+    /// int8 convolutions with these activation ranges ([`crate::nn::onnx::qdq`];
+    /// from [`crate::engine::calibration`]); fp32 when None.
+    pub int8: Option<ActivationRanges>,
 }
 
 impl Default for ExportOptions {
     fn default() -> Self {
-        ExportOptions { opset: 17, height: None, width: None, output: ExportOutput::Logits, include_preprocessing: false }
+        ExportOptions { opset: 17, height: None, width: None, output: ExportOutput::Logits, include_preprocessing: false, int8: None }
     }
 }
 
@@ -121,6 +125,31 @@ fn preprocessing(g: &mut Graph, x: &str) -> Result<String> {
 
 /// The segmenter as an ONNX model (serialised protobuf).
 pub fn to_onnx(model: &Segmenter, o: &ExportOptions) -> Result<Vec<u8>> {
+    let (mut g, input, output) = build(model, o)?;
+    if let Some(ranges) = &o.int8 {
+        g.quantize(ranges)?;
+    }
+    encode(model, o, g, input, vec![output])
+}
+
+/// The fp32 graph of [`to_onnx`] that also returns every value the int8 calibration
+/// observes ([`crate::nn::onnx::qdq::observed`], in that order, after the first
+/// output).
+pub fn to_onnx_observing(model: &Segmenter, o: &ExportOptions) -> Result<(Vec<u8>, Vec<String>)> {
+    let (g, input, output) = build(model, o)?;
+    let values = observed(&g.nodes);
+    let mut outputs = vec![output];
+    // Float values of any shape (a ValueInfo without a shape; an empty one is a scalar).
+    let any_shape = |v: &String| ValueInfoProto {
+        name: v.clone(),
+        r#type: Some(TypeProto { tensor_type: Some(TypeProtoTensor { elem_type: data_type::FLOAT, shape: None }) }),
+    };
+    outputs.extend(values.iter().map(any_shape));
+    Ok((encode(model, o, g, input, outputs)?, values))
+}
+
+/// The network's nodes, and the graph's input and output.
+fn build(model: &Segmenter, o: &ExportOptions) -> Result<(Graph, ValueInfoProto, ValueInfoProto)> {
     check(model, o)?;
     let mut g = Graph::default();
     let x = if o.include_preprocessing { preprocessing(&mut g, "image")? } else { "image".to_string() };
@@ -148,12 +177,16 @@ pub fn to_onnx(model: &Segmenter, o: &ExportOptions) -> Result<Vec<u8>> {
             value_info("train_ids", data_type::INT64, vec![n, h, w])
         }
     };
+    Ok((g, input, output))
+}
+
+fn encode(model: &Segmenter, o: &ExportOptions, g: Graph, input: ValueInfoProto, outputs: Vec<ValueInfoProto>) -> Result<Vec<u8>> {
     let graph = proto::GraphProto {
         node: g.nodes,
         name: "famix_segmenter".into(),
         initializer: g.initializers,
         input: vec![input],
-        output: vec![output],
+        output: outputs,
     };
     let m = ModelProto {
         ir_version: ir_version(o.opset),
@@ -181,6 +214,7 @@ fn metadata(model: &Segmenter, o: &ExportOptions) -> Result<Vec<StringStringEntr
         ("famix.palette", serde_json::to_string(&model.config().palette)?),
         ("famix.output_stride", model.config().output_stride.value().to_string()),
         ("famix.output", format!("{:?}", o.output).to_lowercase()),
+        ("famix.precision", if o.int8.is_some() { "int8 (QDQ convolutions)" } else { "fp32" }.to_string()),
     ];
     Ok(kv.into_iter().map(|(k, v)| StringStringEntryProto { key: k.into(), value: v }).collect())
 }
@@ -217,5 +251,43 @@ mod tests {
         assert_eq!(ops(Some(64), Some(96)), (0, vec![3, 3]));
         let (shapes, resizes) = ops(None, None);
         assert!(shapes > 0 && resizes == vec![4, 4], "{shapes} {resizes:?}");
+    }
+
+    /// The int8 graph: every convolution but the first and the last reads a
+    /// dequantised value and int8 weights (per-channel scales) and is read only by a
+    /// QuantizeLinear; the first and last keep fp32 weights; ranges of another length
+    /// or not finite are refused.
+    #[test]
+    fn int8_graphs_quantise_all_but_the_first_and_last_convolution() {
+        let mut cfg = SegmenterConfig::new(ResNetConfig::tiny(), 19, OutputStride::Os16, FreezePolicy::Synthetic);
+        cfg.head = HeadConfig::tiny(19);
+        let m = Segmenter::new(cfg, tch::Device::Cpu).unwrap();
+        let (_, values) = to_onnx_observing(&m, &ExportOptions::default()).unwrap();
+        let ranges = ActivationRanges { ranges: vec![[-1.0, 2.0]; values.len()] };
+        let bytes = to_onnx(&m, &ExportOptions { int8: Some(ranges.clone()), ..Default::default() }).unwrap();
+        let g = ModelProto::decode(bytes.as_slice()).unwrap().graph.unwrap();
+        let producer = |v: &str| g.node.iter().find(|n| n.output[0] == v).map(|n| n.op_type.as_str()).unwrap_or("initialiser");
+        let convs: Vec<_> = g.node.iter().filter(|n| n.op_type == "Conv").collect();
+        assert!(convs.len() > 3);
+        for (k, c) in convs.iter().enumerate() {
+            let edge = k == 0 || k == convs.len() - 1;
+            let expect = if edge { "initialiser" } else { "DequantizeLinear" };
+            assert_eq!(producer(&c.input[1]), expect, "conv {k} weight");
+            if !edge {
+                assert_eq!(producer(&c.input[0]), "DequantizeLinear", "conv {k} input");
+                let readers: Vec<_> = g.node.iter().filter(|n| n.input.contains(&c.output[0])).map(|n| n.op_type.as_str()).collect();
+                assert!(readers == ["QuantizeLinear"] || readers == ["Relu"], "conv {k} readers {readers:?}");
+            }
+        }
+        let q = g.node.iter().filter(|n| n.op_type == "QuantizeLinear").count();
+        assert_eq!(q, values.len(), "one Q per observed value");
+        let int8 = g.initializer.iter().filter(|t| t.data_type == data_type::INT8).count();
+        assert_eq!(int8, 2 * (convs.len() - 2), "weights and their zero points");
+        let short = ActivationRanges { ranges: vec![[0.0, 1.0]; values.len() - 1] };
+        let e = to_onnx(&m, &ExportOptions { int8: Some(short), ..Default::default() }).unwrap_err();
+        assert!(e.to_string().contains("another architecture"), "{e}");
+        let mut nan = ranges;
+        nan.ranges[3] = [f32::NAN, 1.0];
+        assert!(to_onnx(&m, &ExportOptions { int8: Some(nan), ..Default::default() }).is_err());
     }
 }

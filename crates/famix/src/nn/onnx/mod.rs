@@ -5,6 +5,7 @@
 //! the field numbers of ONNX's published schema ([`proto`]).
 
 pub mod proto;
+pub mod qdq;
 
 use tch::{Kind, Tensor};
 
