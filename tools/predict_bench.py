@@ -1,9 +1,12 @@
-"""`famix predict` end to end vs the same job in PyTorch (tools/predict_torch.py), in one
+"""`famix predict` end to end vs the same job in PyTorch (tools/predict_torch.py) and in
+a script running ONNX Runtime on famix's exported model (tools/predict_ort.py), in one
 run on one machine: makes N street-like 1024x2048 PNGs and a random-weight RN50
-segmenter checkpoint (reference .pth layout, so both sides load the same weights),
-then times both commands over the folder (wall clock of the whole command, start-up and
-model load included, outputs written). Prints one
-JSON line per side.
+segmenter checkpoint (reference .pth layout, so every side loads the same weights),
+then times each command over the folder (wall clock of the whole command, start-up and
+model load included, outputs written). The ONNX Runtime script gets the export
+`famix export --include-preprocessing --output trainid --height 1024 --width 2048`
+made beforehand, untimed (normalisation and argmax in the graph, sizes fixed: its
+fastest form). Prints one JSON line per side.
 
   python tools/predict_bench.py [--famix target/release/famix] [--images 8] [--threads 2] [--engines torch,onnxruntime]
 """
@@ -38,7 +41,8 @@ def main():
     p.add_argument("--famix", default="target/release/famix")
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--engines", default="torch,onnxruntime", help="famix --engine values to time, one line each")
+    p.add_argument("--engines", default="torch,onnxruntime", help="famix --engine values to time, one line each; "
+                   "int8: --int8 with a calibration made (untimed) on the first frame, for speed")
     a = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="famix-predict-bench-")
     folder = os.path.join(tmp, "images")
@@ -52,8 +56,14 @@ def main():
     torch.save({"model_state": seg.state_dict()}, ckpt)
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
     for engine in a.engines.split(","):
+        flags = ["--engine", engine]
+        if engine == "int8":
+            cal = os.path.join(tmp, "int8.json")
+            subprocess.run([a.famix, "calibrate", "--checkpoint", ckpt, "--images", os.path.join(folder, "frame_0000.png"),
+                            "--out", cal], check=True, env=env, capture_output=True)
+            flags = ["--int8", cal]
         t0 = time.perf_counter()
-        subprocess.run([a.famix, "predict", "--checkpoint", ckpt, "--device", "cpu", "--engine", engine,
+        subprocess.run([a.famix, "predict", "--checkpoint", ckpt, "--device", "cpu", *flags,
                         "--out", os.path.join(tmp, "famix-" + engine), folder], check=True, env=env, stderr=subprocess.DEVNULL)
         secs = time.perf_counter() - t0
         print(json.dumps({"what": "predict", "impl": "famix", "engine": engine, "images": a.images, "height": 1024,
@@ -64,7 +74,18 @@ def main():
                          check=True, env=env, capture_output=True, text=True).stdout
     secs = time.perf_counter() - t0
     r = json.loads(out)
-    # Both sides timed the same way: the whole command, start-up and model load included.
+    # Every side timed the same way: the whole command, start-up and model load included.
+    r.update({"height": 1024, "width": 2048, "loop_seconds": r["seconds"], "seconds": secs, "images_per_s": a.images / secs})
+    print(json.dumps(r), flush=True)
+    model = os.path.join(tmp, "famix_export.onnx")
+    subprocess.run([a.famix, "export", "--checkpoint", ckpt, "--include-preprocessing", "--output", "trainid",
+                    "--height", "1024", "--width", "2048", "--out", model], check=True, capture_output=True)
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "predict_ort.py"), "--model", model,
+                          "--threads", str(a.threads), "--out", os.path.join(tmp, "ort"), folder],
+                         check=True, env=env, capture_output=True, text=True).stdout
+    secs = time.perf_counter() - t0
+    r = json.loads(out)
     r.update({"height": 1024, "width": 2048, "loop_seconds": r["seconds"], "seconds": secs, "images_per_s": a.images / secs})
     print(json.dumps(r), flush=True)
 

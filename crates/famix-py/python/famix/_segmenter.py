@@ -137,7 +137,7 @@ class Segmenter:
 
     @property
     def engine(self) -> str:
-        """The engine inference runs on (``"torch"`` or ``"onnxruntime"``)."""
+        """The engine inference runs on (``"torch"``, ``"onnxruntime"`` or, loaded with ``int8=``, ``"onnxruntime-int8"``)."""
         return self._m.engine
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
