@@ -86,7 +86,8 @@ if grep -E '^\[W|Warning:' "$work"/*.err "$work/serve.log"; then die "PyTorch pr
 say "smoke test passed (export is CPU-only and skipped)"
 [ "$dev" = cuda ] || exit 0
 
-# ---- Timing table.
+# ---- Timing table. Every engine that runs CUDA: libtorch only (`--engine all` picks
+# it; the ONNX Runtime engine and its --int8 are CPU-only: famix loads ORT's CPU build).
 for amp in fp32 bf16; do
     "$famix" bench --device "$dev" --what train,infer,mine --amp "$amp" --json
     python3 tools/bench_torch.py --device "$dev" --what train,infer,mine --amp "$amp"

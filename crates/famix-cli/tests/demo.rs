@@ -132,8 +132,8 @@ fn onnxruntime_equals_libtorch(out: &Path, night: &str) {
 
 /// `famix calibrate` on the demo's source training images, then int8 inference of the
 /// demo's FAMix model on the source validation images predicts libtorch fp32's class
-/// for at least 97 % of the pixels (the quick demo's 20-iteration model has small
-/// margins; the full demo's model agrees at 99.66 % there, README), the calibration
+/// for at least 99.5 % of the pixels (measured: 100 % on the quick demo's model; the
+/// full demo's model agrees at 99.66 % there, less on unseen conditions, README), the calibration
 /// refuses another output stride, and `famix export --int8` writes a graph whose
 /// convolutions are integer.
 fn int8_agrees_with_fp32(out: &Path, source: &str, tmp: &Path) {
@@ -166,7 +166,7 @@ fn int8_agrees_with_fp32(out: &Path, source: &str, tmp: &Path) {
         total += a.numel() as i64;
     }
     let agreement = same as f64 / total as f64;
-    assert!(agreement >= 0.97, "int8 agrees with fp32 on {:.3} % of the pixels", agreement * 100.0);
+    assert!(agreement >= 0.995, "int8 agrees with fp32 on {:.3} % of the pixels", agreement * 100.0);
     eprintln!("int8 agreement on the quick demo's source val: {:.3} %", agreement * 100.0);
     let mut os8 = famix::Segmenter::load(&ck, Device::Cpu).unwrap();
     os8.set_output_stride(famix::clip::OutputStride::Os8);
