@@ -163,7 +163,8 @@ impl Graph {
         let w = self.take_initializer(&self.nodes[i].input[1].clone())?;
         let out_channels = w.dims[0] as usize;
         let wv = floats(&w);
-        let per = wv.len() / out_channels.max(1);
+        // At least 1: a zero-size weight must not make chunks(0) panic.
+        let per = (wv.len() / out_channels.max(1)).max(1);
         let w_scale: Vec<f32> =
             wv.chunks(per).map(|c| c.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0).map(|s| if s > 0.0 { s } else { 1.0 }).collect();
         let wq: Vec<u8> = wv.iter().enumerate().map(|(k, x)| (x / w_scale[k / per]).round().clamp(-127.0, 127.0) as i8 as u8).collect();
