@@ -68,21 +68,18 @@ def main():
         secs = time.perf_counter() - t0
         print(json.dumps({"what": "predict", "impl": "famix", "engine": engine, "images": a.images, "height": 1024,
                           "width": 2048, "seconds": secs, "images_per_s": a.images / secs}), flush=True)
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "predict_torch.py"), "--checkpoint", ckpt,
-                          "--threads", str(a.threads), "--out", os.path.join(tmp, "torch"), folder],
-                         check=True, env=env, capture_output=True, text=True).stdout
-    secs = time.perf_counter() - t0
-    r = json.loads(out)
-    # Every side timed the same way: the whole command, start-up and model load included.
-    r.update({"height": 1024, "width": 2048, "loop_seconds": r["seconds"], "seconds": secs, "images_per_s": a.images / secs})
-    print(json.dumps(r), flush=True)
+    script(a, env, folder, "predict_torch.py", ["--checkpoint", ckpt, "--out", os.path.join(tmp, "torch")])
     model = os.path.join(tmp, "famix_export.onnx")
     subprocess.run([a.famix, "export", "--checkpoint", ckpt, "--include-preprocessing", "--output", "trainid",
                     "--height", "1024", "--width", "2048", "--out", model], check=True, capture_output=True)
+    script(a, env, folder, "predict_ort.py", ["--model", model, "--out", os.path.join(tmp, "ort")])
+
+
+def script(a, env, folder, name, args):
+    """Times one of the Python sides (the whole command, start-up and model load
+    included, as famix is timed) and prints its JSON line."""
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "predict_ort.py"), "--model", model,
-                          "--threads", str(a.threads), "--out", os.path.join(tmp, "ort"), folder],
+    out = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), name), *args, "--threads", str(a.threads), folder],
                          check=True, env=env, capture_output=True, text=True).stdout
     secs = time.perf_counter() - t0
     r = json.loads(out)
