@@ -19,10 +19,9 @@ import time
 import numpy as np
 import onnxruntime as ort
 import torch
-from PIL import Image
 
 sys.path.insert(0, os.path.dirname(__file__))
-from predict_torch import PALETTE, Folder  # noqa: E402
+from predict_torch import Folder, save  # noqa: E402
 
 
 def main():
@@ -37,16 +36,13 @@ def main():
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = a.threads
     session = ort.InferenceSession(a.model, so, providers=["CPUExecutionProvider"])
-    palette = np.array(PALETTE + [(0, 0, 0)] * (256 - len(PALETTE)), dtype=np.uint8)
     os.makedirs(a.out, exist_ok=True)
     loader = torch.utils.data.DataLoader(Folder(a.folder), batch_size=1, num_workers=a.workers)
     t0 = time.perf_counter()
     n = 0
     for img, stem in loader:
         rgb = img.permute(0, 2, 3, 1).contiguous().numpy()  # (1, H, W, 3) uint8
-        ids = session.run(None, {"image": rgb})[0][0].astype(np.uint8)
-        Image.fromarray(ids).save(os.path.join(a.out, stem[0] + "_trainid.png"))
-        Image.fromarray(palette[ids]).save(os.path.join(a.out, stem[0] + "_color.png"))
+        save(a.out, stem[0], session.run(None, {"image": rgb})[0][0].astype(np.uint8))
         n += 1
     secs = time.perf_counter() - t0
     print(json.dumps({"what": "predict", "impl": "onnxruntime-script", "images": n, "seconds": secs, "images_per_s": n / secs}))

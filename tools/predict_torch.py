@@ -24,6 +24,15 @@ PALETTE = [(128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 
            (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32)]
 
 
+COLOURS = np.array(PALETTE + [(0, 0, 0)] * (256 - len(PALETTE)), dtype=np.uint8)
+
+
+def save(out, stem, ids):
+    """Writes <stem>_trainid.png and <stem>_color.png of uint8 train ids (H, W), as famix predict does."""
+    Image.fromarray(ids).save(os.path.join(out, stem + "_trainid.png"))
+    Image.fromarray(COLOURS[ids]).save(os.path.join(out, stem + "_color.png"))
+
+
 class Folder(torch.utils.data.Dataset):
     def __init__(self, root):
         self.files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.lower().endswith(".png"))
@@ -55,7 +64,6 @@ def main():
     seg.eval()
     mean = torch.tensor(R.CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(R.CLIP_STD).view(1, 3, 1, 1)
-    palette = np.array(PALETTE + [(0, 0, 0)] * (256 - len(PALETTE)), dtype=np.uint8)
     os.makedirs(a.out, exist_ok=True)
     ds = Folder(a.folder)
     loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=a.workers)
@@ -64,9 +72,7 @@ def main():
     with torch.no_grad():
         for img, stem in loader:
             x = (img.float() / 255 - mean) / std
-            ids = seg(x).argmax(1)[0].to(torch.uint8).numpy()
-            Image.fromarray(ids).save(os.path.join(a.out, stem[0] + "_trainid.png"))
-            Image.fromarray(palette[ids]).save(os.path.join(a.out, stem[0] + "_color.png"))
+            save(a.out, stem[0], seg(x).argmax(1)[0].to(torch.uint8).numpy())
             n += 1
     secs = time.perf_counter() - t0
     print(json.dumps({"what": "predict", "impl": "pytorch", "images": n, "seconds": secs, "images_per_s": n / secs}))

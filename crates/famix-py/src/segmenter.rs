@@ -137,12 +137,8 @@ impl Segmenter {
     }
 
     #[getter]
-    fn engine(&self) -> &'static str {
-        if self.int8.is_some() {
-            "onnxruntime-int8"
-        } else {
-            self.engine.name()
-        }
+    fn engine(&self) -> PyResult<&'static str> {
+        Ok(self.lock()?.engine_name())
     }
 
     /// Rebuilds the folded weights and the engine from the current weights.
@@ -194,7 +190,7 @@ impl Segmenter {
             c.head.num_classes,
             c.output_stride.value(),
             format!("{:?}", m.device()).to_lowercase(),
-            self.engine.name()
+            m.engine_name()
         ))
     }
 }

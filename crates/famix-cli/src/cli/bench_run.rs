@@ -274,7 +274,7 @@ fn attach_int8(model: &mut Segmenter, path: &std::path::Path, x: &Tensor) -> Res
         Calibration::load(path)?
     };
     famix::engine::attach_int8(model, &c)?;
-    Ok("onnxruntime-int8")
+    Ok(model.engine_name())
 }
 
 pub fn bench_train(cfg: &BenchConfig, tmp: &Path) -> Result<BenchResult> {

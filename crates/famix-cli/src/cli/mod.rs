@@ -204,7 +204,7 @@ impl EngineArgs {
                 anyhow::bail!("--int8 runs on ONNX Runtime: it excludes --engine torch and --amp bf16");
             }
             famix::engine::attach_int8(model, &famix::engine::calibration::Calibration::load(path)?)?;
-            return Ok("onnxruntime-int8");
+            return Ok(model.engine_name());
         }
         let (engine, note) = famix::engine::attach(model, self.engine.unwrap_or(default), precision)?;
         if let Some(n) = note {

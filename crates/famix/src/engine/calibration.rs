@@ -10,11 +10,10 @@
 
 use std::path::{Path, PathBuf};
 
-use ort::value::TensorRef;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::onnxruntime::{ort_err, session_from};
+use super::onnxruntime::{f32_input, ort_err, session_from};
 use crate::error::{Error, Result};
 use crate::export::{to_onnx_observing, ExportOptions};
 use crate::imageops::Image8;
@@ -64,7 +63,7 @@ impl Calibration {
                 format!("{}: format {:?} v{}, expected {FORMAT:?} v1", path.display(), c.format, c.version),
             ));
         }
-        if let Some(r) = c.ranges.ranges.iter().find(|r| !(r[0].is_finite() && r[1].is_finite() && r[0] <= r[1])) {
+        if let Some(r) = c.ranges.invalid() {
             return Err(Error::invalid_input(path, format!("{}: invalid activation range {r:?}", path.display())));
         }
         Ok(Calibration { source: path.to_path_buf(), ..c })
@@ -135,10 +134,7 @@ impl Calibrator {
     /// what it holds.
     pub fn observe_u8(&mut self, batch: &Tensor) -> Result<()> {
         let x = crate::model::inference::normalize_u8(batch, Device::Cpu).to_kind(Kind::Float).contiguous();
-        let shape = x.size();
-        // SAFETY: `x` is a contiguous f32 CPU tensor that outlives the run below.
-        let data: &[f32] = unsafe { std::slice::from_raw_parts(x.data_ptr() as *const f32, x.numel()) };
-        let input = TensorRef::from_array_view((shape.clone(), data)).map_err(ort_err("input"))?;
+        let input = f32_input(&x)?;
         let outputs = self.session.run(ort::inputs!["image" => input]).map_err(ort_err("run"))?;
         for (v, r) in self.values.iter().zip(self.ranges.iter_mut()) {
             let (_, t) = outputs[v.as_str()].try_extract_tensor::<f32>().map_err(ort_err("output"))?;
@@ -147,7 +143,7 @@ impl Calibrator {
                 r[1] = r[1].max(y);
             }
         }
-        self.images += shape[0] as usize;
+        self.images += x.size()[0] as usize;
         Ok(())
     }
 

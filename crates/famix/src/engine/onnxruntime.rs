@@ -121,6 +121,17 @@ pub(crate) fn session_from(bytes: &[u8]) -> Result<Session> {
         .map_err(ort_err("building the session"))
 }
 
+/// `x` (a contiguous f32 CPU tensor) as an ONNX Runtime input, without a copy.
+pub(crate) fn f32_input(x: &Tensor) -> Result<TensorRef<'_, f32>> {
+    if x.kind() != Kind::Float || x.device() != tch::Device::Cpu || !x.is_contiguous() {
+        return Err(Error::msg("internal: ONNX Runtime inputs are contiguous f32 CPU tensors"));
+    }
+    // SAFETY: `x` is a contiguous f32 CPU tensor of `numel` elements (checked above),
+    // and the view borrows `x`, so it cannot outlive the storage.
+    let data: &[f32] = unsafe { std::slice::from_raw_parts(x.data_ptr() as *const f32, x.numel()) };
+    TensorRef::from_array_view((x.size(), data)).map_err(ort_err("input"))
+}
+
 impl OrtNet {
     /// An engine for the segmenter it is attached to (the graphs are built from its
     /// weights and output stride at the calls that need them: attach after they are
@@ -168,11 +179,7 @@ impl ExternalNet for OrtNet {
     fn logits(&self, model: &Segmenter, x: &Tensor) -> Result<Tensor> {
         let x = x.to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous();
         let shape: Vec<i64> = x.size();
-        let numel = x.numel();
-        // SAFETY: `x` is a contiguous f32 CPU tensor of `numel` elements that outlives
-        // the borrow (it lives to the end of this function, after the run).
-        let data: &[f32] = unsafe { std::slice::from_raw_parts(x.data_ptr() as *const f32, numel) };
-        let input = TensorRef::from_array_view((shape.clone(), data)).map_err(ort_err("input"))?;
+        let input = f32_input(&x)?;
         let mut sessions = self.sessions.lock()?;
         let session = sessions.for_size(model, (shape[2], shape[3]), self.int8.as_ref())?;
         let outputs = session.run(ort::inputs!["image" => input]).map_err(ort_err("run"))?;

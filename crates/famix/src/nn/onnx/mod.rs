@@ -55,6 +55,17 @@ fn attribute(name: &str, a: Attr) -> AttributeProto {
     p
 }
 
+/// The node `op(inputs)` with attributes, called `name`, whose one output is `out`.
+fn proto_node(name: String, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>, out: &str) -> NodeProto {
+    NodeProto {
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![out.to_string()],
+        name,
+        op_type: op.into(),
+        attribute: attrs.into_iter().map(|(n, a)| attribute(n, a)).collect(),
+    }
+}
+
 impl Graph {
     fn fresh(&mut self, hint: &str) -> String {
         self.counter += 1;
@@ -101,13 +112,7 @@ impl Graph {
     /// A node whose output gets the name `out` (graph outputs).
     pub(crate) fn node_named(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>, out: &str) {
         let name = format!("{op}_{}", self.nodes.len());
-        self.nodes.push(NodeProto {
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![out.to_string()],
-            name,
-            op_type: op.into(),
-            attribute: attrs.into_iter().map(|(n, a)| attribute(n, a)).collect(),
-        });
+        self.nodes.push(proto_node(name, op, inputs, attrs, out));
     }
 
     /// Fails with the first error met while emitting nodes through [`Ops`].

@@ -27,7 +27,7 @@
 use std::collections::HashMap;
 
 use super::proto::{data_type, NodeProto, TensorProto};
-use super::{Attr, Graph};
+use super::{proto_node, Attr, Graph};
 use crate::error::{Error, Result};
 
 /// The range (min, max) of each observed value over a calibration set, in the order
@@ -36,6 +36,13 @@ use crate::error::{Error, Result};
 pub struct ActivationRanges {
     /// `[min, max]` per observed value.
     pub ranges: Vec<[f32; 2]>,
+}
+
+impl ActivationRanges {
+    /// The first range that is not finite or whose min exceeds its max, if any.
+    pub fn invalid(&self) -> Option<&[f32; 2]> {
+        self.ranges.iter().find(|r| !(r[0].is_finite() && r[1].is_finite() && r[0] <= r[1]))
+    }
 }
 
 /// The indices of the convolutions that get quantised: all but the first and last.
@@ -108,7 +115,7 @@ impl Graph {
                 values.len()
             )));
         }
-        if let Some(r) = ranges.ranges.iter().find(|r| !(r[0].is_finite() && r[1].is_finite() && r[0] <= r[1])) {
+        if let Some(r) = ranges.invalid() {
             return Err(Error::msg(format!("the calibration holds an invalid activation range {r:?}")));
         }
         // Each quantised convolution by its output's name (node indices shift as
@@ -143,15 +150,8 @@ impl Graph {
                 *input = dq.clone();
             }
         }
-        let node = |op: &str, i: [&str; 3], o: &str| NodeProto {
-            input: i.iter().map(|s| s.to_string()).collect(),
-            output: vec![o.to_string()],
-            name: o.to_string(),
-            op_type: op.into(),
-            attribute: vec![],
-        };
-        self.nodes.insert(at, node("DequantizeLinear", [&q, &s, &z], &dq));
-        self.nodes.insert(at, node("QuantizeLinear", [v, &s, &z], &q));
+        self.nodes.insert(at, proto_node(dq.clone(), "DequantizeLinear", &[&q, &s, &z], vec![], &dq));
+        self.nodes.insert(at, proto_node(q.clone(), "QuantizeLinear", &[v, &s, &z], vec![], &q));
         scale
     }
 
@@ -159,8 +159,11 @@ impl Graph {
     /// `y` by s8 / s32 ones read through per-channel `DequantizeLinear` nodes.
     fn quantize_weights(&mut self, y: &str, x_scale: f32) -> Result<()> {
         let conv = |g: &Graph| g.nodes.iter().position(|n| n.output[0] == y).ok_or_else(|| Error::msg("internal: a convolution vanished"));
-        let i = conv(self)?;
-        let w = self.take_initializer(&self.nodes[i].input[1].clone())?;
+        let (w, b) = {
+            let n = &self.nodes[conv(self)?];
+            (n.input[1].clone(), n.input.get(2).cloned())
+        };
+        let w = self.take_initializer(&w)?;
         let out_channels = w.dims[0] as usize;
         let wv = floats(&w);
         // At least 1: a zero-size weight must not make chunks(0) panic.
@@ -169,18 +172,23 @@ impl Graph {
             wv.chunks(per).map(|c| c.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0).map(|s| if s > 0.0 { s } else { 1.0 }).collect();
         let wq: Vec<u8> = wv.iter().enumerate().map(|(k, x)| (x / w_scale[k / per]).round().clamp(-127.0, 127.0) as i8 as u8).collect();
         let dq_w = self.dequantized(&w.name, w.dims.clone(), data_type::INT8, wq, &w_scale, vec![0; out_channels]);
+        let dq_b = match b {
+            Some(b) => {
+                let b = self.take_initializer(&b)?;
+                let b_scale: Vec<f32> = w_scale.iter().map(|s| s * x_scale).collect();
+                let bq: Vec<u8> = floats(&b)
+                    .iter()
+                    .zip(&b_scale)
+                    .flat_map(|(x, s)| ((x / s).round().clamp(i32::MIN as f32, i32::MAX as f32) as i32).to_le_bytes())
+                    .collect();
+                Some(self.dequantized(&b.name, b.dims.clone(), data_type::INT32, bq, &b_scale, vec![0; 4 * out_channels]))
+            }
+            None => None,
+        };
+        // The DequantizeLinear nodes went in before it: find the convolution again.
         let i = conv(self)?;
         self.nodes[i].input[1] = dq_w;
-        if let Some(b) = self.nodes[i].input.get(2).cloned() {
-            let b = self.take_initializer(&b)?;
-            let b_scale: Vec<f32> = w_scale.iter().map(|s| s * x_scale).collect();
-            let bq: Vec<u8> = floats(&b)
-                .iter()
-                .zip(&b_scale)
-                .flat_map(|(x, s)| ((x / s).round().clamp(i32::MIN as f32, i32::MAX as f32) as i32).to_le_bytes())
-                .collect();
-            let dq_b = self.dequantized(&b.name, b.dims.clone(), data_type::INT32, bq, &b_scale, vec![0; 4 * out_channels]);
-            let i = conv(self)?;
+        if let Some(dq_b) = dq_b {
             self.nodes[i].input[2] = dq_b;
         }
         Ok(())
@@ -193,16 +201,7 @@ impl Graph {
         self.initializers.push(tensor(q.clone(), dims, ty, raw));
         self.initializers.push(tensor(z.clone(), vec![scale.len() as i64], ty, zero));
         let out = self.fresh(hint);
-        self.nodes.insert(
-            0,
-            NodeProto {
-                input: vec![q, s, z],
-                output: vec![out.clone()],
-                name: out.clone(),
-                op_type: "DequantizeLinear".into(),
-                attribute: vec![super::attribute("axis", Attr::Int(0))],
-            },
-        );
+        self.nodes.insert(0, proto_node(out.clone(), "DequantizeLinear", &[&q, &s, &z], vec![("axis", Attr::Int(0))], &out));
         out
     }
 
