@@ -288,3 +288,52 @@ fn self_referencing_pickles_are_refused_not_crashed_on() {
         assert!(err.contains("cycle") && err.contains("persistent id"), "{args:?}: {err}");
     }
 }
+
+/// A run folder whose latest checkpoint vanished after two finished iterations:
+/// `--resume` refuses, naming the file and the way out; `--from-best` continues from
+/// `best` and its log says so; `--resume --force` starts over; a folder that never
+/// checkpointed still resumes from iteration 0.
+#[test]
+fn resume_never_restarts_a_run_with_history_silently() {
+    let d = tmpdir();
+    let bank = reference_bank(d.path());
+    let run = d.path().join("run");
+    let val = fixture("cityscapes_mini").display().to_string();
+    let val_args = ["--iters", "2", "--val-dataset", "cityscapes", "--val-root", &val, "--val-interval", "1", "--val-limit", "1"];
+    let (code, _, err) = run_args(&train_args(&run, &bank, &val_args));
+    assert_eq!(code, 0, "{err}");
+    let resume = |extra: &[&str]| {
+        let mut a = vec!["train", "--resume", run.to_str().unwrap(), "--device", "cpu", "--iters", "3"];
+        a.extend_from_slice(extra);
+        run_famix(&a)
+    };
+    std::fs::remove_file(run.join("latest.safetensors")).unwrap();
+    let (code, _, err) = resume(&[]);
+    no_panic(&err);
+    assert_ne!(code, 0, "resumed without its latest checkpoint: {err}");
+    assert!(err.contains("latest.safetensors is missing") && err.contains("--from-best") && err.contains("--force"), "{err}");
+    let log = std::fs::read_to_string(run.join("train_log.jsonl")).unwrap();
+    assert!(log.contains("\"iter\":2"), "the refused resume kept the log: {log}");
+    let best_step = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(run.join("best.json")).unwrap()).unwrap()["step"]
+        .as_u64()
+        .unwrap();
+    let (code, out, err) = resume(&["--from-best"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"steps\":3"), "{out}");
+    let log = std::fs::read_to_string(run.join("train_log.jsonl")).unwrap();
+    let note: Vec<&str> = log.lines().filter(|l| l.contains("\"note\"")).collect();
+    assert_eq!(note.len(), 1, "{log}");
+    assert!(note[0].contains("--from-best") && note[0].contains(&format!("\"iter\":{best_step}")), "{}", note[0]);
+    // Start over: iteration 0 with the saved settings; the log is rewritten.
+    let (code, out, err) = resume(&["--force"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"steps\":3"), "{out}");
+    assert!(!std::fs::read_to_string(run.join("train_log.jsonl")).unwrap().contains("\"note\""));
+    // A folder with its configuration only (killed before its first checkpoint).
+    let fresh = d.path().join("fresh");
+    std::fs::create_dir_all(&fresh).unwrap();
+    std::fs::copy(run.join("config.json"), fresh.join("config.json")).unwrap();
+    let (code, out, err) = run_famix(&["train", "--resume", fresh.to_str().unwrap(), "--device", "cpu", "--iters", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("starting the run from iteration 0") && out.contains("\"steps\":1"), "{err}{out}");
+}

@@ -187,7 +187,7 @@ pub fn train_defaults(py: Python<'_>) -> PyResult<PyObject> {
 #[pyfunction]
 #[pyo3(signature = (settings, progress, clip = None, dataset = None, data_root = None, styles = None, out = None, resume = None,
     force = false, device = "cpu", workers = None, stop_after = None, skip_bad = false, tensorboard = None, no_fold = false,
-    reset_optimizer = false))]
+    reset_optimizer = false, from_best = false))]
 #[allow(clippy::too_many_arguments)] // one per keyword argument of famix.train
 pub fn train(
     py: Python<'_>,
@@ -207,6 +207,7 @@ pub fn train(
     tensorboard: Option<PathBuf>,
     no_fold: bool,
     reset_optimizer: bool,
+    from_best: bool,
 ) -> PyResult<String> {
     let mut s: Map<String, Value> = serde_json::from_str(settings).map_err(|e| setting("settings", e))?;
     s.retain(|_, v| !v.is_null());
@@ -218,9 +219,9 @@ pub fn train(
                 ("data_root", data_root.is_some()),
                 ("styles", styles.is_some()),
                 ("out", out.is_some()),
-                ("force", force),
             ];
-            (resumed(&run, s, &given)?, run, true)
+            // force=True with resume=: the run's saved settings, from iteration 0.
+            (resumed(&run, s, &given)?, run, !force)
         }
         None => {
             let out = out.ok_or_else(|| setting("out", "out= (a new run folder) or resume= (a run to continue) is needed"))?;
@@ -234,8 +235,11 @@ pub fn train(
     }
     let mut opts = RunOptions::new(crate::device(device)?);
     opts.workers = workers.unwrap_or(opts.workers);
-    (opts.stop_after, opts.skip_bad, opts.tensorboard, opts.no_fold, opts.reset_optimizer) =
-        (stop_after, skip_bad, tensorboard, no_fold, reset_optimizer);
+    if from_best && !resuming {
+        return Err(setting("from_best", "from_best=True continues a run: use it with resume= (and without force=True)"));
+    }
+    (opts.stop_after, opts.skip_bad, opts.tensorboard, opts.no_fold, opts.reset_optimizer, opts.from_best) =
+        (stop_after, skip_bad, tensorboard, no_fold, reset_optimizer, from_best);
     let p = PyProgress::new(progress);
     let r = py.allow_threads(|| famix::train::train(&cfg, &run, resuming, &opts, &p));
     let summary = p.finish_job(r)?;

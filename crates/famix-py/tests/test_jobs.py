@@ -53,6 +53,19 @@ def test_ctrl_c_stops_training_resumably_and_resume_is_bit_exact(tmp_path, bank)
         assert torch.equal(a[k], b[k]), f"{k} differs after an interrupted and resumed run"
 
 
+def test_a_resume_that_lost_its_latest_checkpoint_is_refused_and_continues_from_best(tmp_path, bank):
+    r = tmp_path / "r"
+    run(r, bank, iters=2, val_interval=1, val_dataset="cityscapes", val_root=fixture("cityscapes_mini"), val_limit=1,
+        progress=False)
+    (r / "latest.safetensors").unlink()
+    with pytest.raises(famix.InvalidInputError, match="latest.safetensors is missing"):
+        famix.train(resume=r, iters=3, progress=False)
+    assert famix.train(resume=r, iters=3, from_best=True, progress=False)["steps"] == 3
+    assert "from-best" in (r / "train_log.jsonl").read_text()
+    with pytest.raises(famix.InvalidSettingError, match="from_best"):
+        famix.train(resume=r, from_best=True, force=True, progress=False)
+
+
 def test_a_failing_progress_callable_stops_the_run_and_is_reraised(tmp_path, bank):
     def boom(e):
         if e["event"] == "advance":

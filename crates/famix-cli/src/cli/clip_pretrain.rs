@@ -115,7 +115,6 @@ fn fixed_on_resume(a: &PretrainArgs) -> Vec<&'static str> {
         ("--seed", a.seed.is_some()),
         ("--log-interval", a.log_interval.is_some()),
         ("--save-interval", a.save_interval.is_some()),
-        ("--force", a.force),
     ];
     given.iter().filter(|(_, g)| *g).map(|(n, _)| *n).collect()
 }

@@ -317,7 +317,8 @@ impl ShardArgs {
 /// run's saved configuration (`fixed`: the flags given that define a run, refused by
 /// name; `extend` may change what `--iters` extends); else a new run into `out` with
 /// `new()`'s configuration, refused if `out` already holds a checkpoint unless
-/// `--force`. Returns (configuration, run folder, resume).
+/// `--force`; `--resume RUN --force` starts RUN over with its saved configuration.
+/// Returns (configuration, run folder, resume).
 pub fn run_target<C: serde::de::DeserializeOwned>(
     resume: Option<&std::path::PathBuf>,
     out: Option<&std::path::PathBuf>,
@@ -337,7 +338,8 @@ pub fn run_target<C: serde::de::DeserializeOwned>(
         }
         let mut cfg: C = read_config(&RunFolder::new(run))?;
         extend(&mut cfg);
-        return Ok((cfg, run.clone(), true));
+        // --resume with --force: the same settings, from the start.
+        return Ok((cfg, run.clone(), !force));
     }
     let out = out.ok_or_else(|| anyhow::anyhow!("--out is needed for a new run"))?;
     if RunFolder::new(out).latest().exists() && !force {

@@ -7,12 +7,16 @@
 //! company. A full queue answers 503 with `Retry-After`; a failing request never
 //! affects the others in its batch (sizes are checked per image, and a panic in a
 //! forward pass is caught and answered as an error). SIGTERM/Ctrl-C stop accepting
-//! connections and finish the requests in flight. Connection limits (header and idle
-//! timeouts, a connection cap) live in `serve_net`, the API key in `serve_auth`.
+//! connections and finish the requests in flight. The probes (`/healthz`, `/readyz`,
+//! `/v1/health`) never touch the model thread. Connection limits (header and idle
+//! timeouts, the connection budget per process and per client address, the overflow
+//! path that keeps answering probes during a flood) live in `serve_net`, the API key
+//! in `serve_auth`.
 
 use std::io::Cursor;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,14 +73,17 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 5)]
     batch_wait_ms: u64,
     /// Seconds a connection has to send complete request headers (after connecting or after its previous response); slower ones are closed
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 10)]
     header_timeout: u64,
     /// Seconds a kept-alive connection may sit idle (no request in flight, no bytes) before it is closed
     #[arg(long, default_value_t = 60)]
     idle_timeout: u64,
-    /// Most open connections; more are answered 503 and closed
-    #[arg(long, default_value_t = 256)]
+    /// Most connections served at once (cut to what the open-file limit allows, which famix raises to its hard limit); beyond it, and beyond --max-connections-per-client, /healthz and /readyz are still answered and other requests get 503
+    #[arg(long, default_value_t = 8192)]
     max_connections: usize,
+    /// Most connections served at once from one client address
+    #[arg(long, default_value_t = 256)]
+    max_connections_per_client: usize,
     /// File holding the API key clients must send as `Authorization: Bearer <key>` (or set FAMIX_API_KEY); required when --host is not a loopback address
     #[arg(long, value_name = "FILE")]
     api_key_file: Option<PathBuf>,
@@ -102,11 +109,12 @@ struct Metrics {
     latency: prometheus::Histogram,
     images: prometheus::IntCounter,
     images_per_s: prometheus::Gauge,
+    connections: prometheus::IntGaugeVec,
 }
 
 impl Metrics {
     fn new() -> Result<Self> {
-        use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
+        use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
         let m = Metrics {
             registry: prometheus::Registry::new(),
             requests: IntCounterVec::new(Opts::new("famix_requests_total", "HTTP requests by endpoint"), &["endpoint"])?,
@@ -118,6 +126,10 @@ impl Metrics {
             )?,
             images: IntCounter::new("famix_images_total", "Images segmented")?,
             images_per_s: Gauge::new("famix_images_per_second", "Throughput of the last forward passes (smoothed)")?,
+            connections: IntGaugeVec::new(
+                Opts::new("famix_connections", "Connections served now (open), sent to the overflow path since start (overflowed), closed at once since start (dropped)"),
+                &["state"],
+            )?,
         };
         m.registry.register(Box::new(m.requests.clone()))?;
         m.registry.register(Box::new(m.errors.clone()))?;
@@ -125,6 +137,7 @@ impl Metrics {
         m.registry.register(Box::new(m.latency.clone()))?;
         m.registry.register(Box::new(m.images.clone()))?;
         m.registry.register(Box::new(m.images_per_s.clone()))?;
+        m.registry.register(Box::new(m.connections.clone()))?;
         Ok(m)
     }
 }
@@ -132,7 +145,9 @@ impl Metrics {
 /// What the handlers share.
 struct App {
     jobs: Sender<Job>,
+    max_queue: usize,
     metrics: Arc<Metrics>,
+    net: Arc<super::serve_net::NetStats>,
     max_pixels: u64,
     class_names: Vec<String>,
     palette: Vec<[u8; 3]>,
@@ -335,9 +350,31 @@ fn run_batch(model: &Segmenter, batch: Vec<Job>, precision: Precision, metrics: 
     }
 }
 
-async fn health(State(app): State<Arc<App>>) -> Response {
+/// The probes' answers (status, JSON): `/healthz` (the process answers), `/readyz`
+/// (the model queue has room: 200, else 503) and `/v1/health` (what is served). Cheap
+/// and independent of the model thread, so they answer during floods and full queues;
+/// the overflow path of `serve_net` uses them too.
+fn probe(app: &App, path: &str) -> Option<(u16, String)> {
+    match path {
+        "/healthz" => Some((200, json!({"status": "ok"}).to_string())),
+        "/readyz" => {
+            let queued = app.jobs.len();
+            let ready = queued < app.max_queue;
+            Some((if ready { 200 } else { 503 }, json!({"ready": ready, "queued": queued, "max_queue": app.max_queue}).to_string()))
+        }
+        "/v1/health" => Some((200, app.health.to_string())),
+        _ => None,
+    }
+}
+
+async fn probe_route(State(app): State<Arc<App>>, uri: axum::http::Uri) -> Response {
     app.metrics.requests.with_label_values(&["health"]).inc();
-    Json(app.health.clone()).into_response()
+    match probe(&app, uri.path()) {
+        Some((code, body)) => {
+            (StatusCode::from_u16(code).unwrap_or(StatusCode::OK), [(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 async fn classes(State(app): State<Arc<App>>) -> Response {
@@ -350,6 +387,14 @@ async fn classes(State(app): State<Arc<App>>) -> Response {
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     use prometheus::Encoder;
     app.metrics.queue_depth.set(app.jobs.len() as i64);
+    let net = &app.net;
+    for (state, v) in [
+        ("open", net.open.load(Ordering::Relaxed) as i64),
+        ("overflowed", net.overflowed.load(Ordering::Relaxed) as i64),
+        ("dropped", net.dropped.load(Ordering::Relaxed) as i64),
+    ] {
+        app.metrics.connections.with_label_values(&[state]).set(v);
+    }
     let mut buf = Vec::new();
     let enc = prometheus::TextEncoder::new();
     match enc.encode(&app.metrics.registry.gather(), &mut buf) {
@@ -392,7 +437,7 @@ async fn shutdown_signal() {
     eprintln!("famix serve: shutting down (finishing requests in flight)");
 }
 
-/// The routes: the page and health open, everything that uses the model behind the
+/// The routes: the page and the probes open, everything that uses the model behind the
 /// API key when there is one.
 fn router(app: Arc<App>, key: Option<super::serve_auth::ApiKey>, max_body: usize) -> Router {
     let protected = Router::new()
@@ -406,7 +451,9 @@ fn router(app: Arc<App>, key: Option<super::serve_auth::ApiKey>, max_body: usize
     };
     Router::new()
         .route("/", get(page))
-        .route("/v1/health", get(health))
+        .route("/v1/health", get(probe_route))
+        .route("/healthz", get(probe_route))
+        .route("/readyz", get(probe_route))
         .merge(protected)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(app)
@@ -414,9 +461,12 @@ fn router(app: Arc<App>, key: Option<super::serve_auth::ApiKey>, max_body: usize
 
 pub fn serve(a: ServeArgs) -> Result<i32> {
     let key = super::serve_auth::resolve(&a.host, a.api_key_file.as_ref(), a.no_auth)?;
-    for (name, v) in
-        [("--header-timeout", a.header_timeout), ("--idle-timeout", a.idle_timeout), ("--max-connections", a.max_connections as u64)]
-    {
+    for (name, v) in [
+        ("--header-timeout", a.header_timeout),
+        ("--idle-timeout", a.idle_timeout),
+        ("--max-connections", a.max_connections as u64),
+        ("--max-connections-per-client", a.max_connections_per_client as u64),
+    ] {
         if v == 0 {
             anyhow::bail!("{name} must be at least 1");
         }
@@ -429,9 +479,16 @@ pub fn serve(a: ServeArgs) -> Result<i32> {
     famix::device::tune_for_repeated_sizes(model.device());
     let engine = a.engine.attach(&mut model, a.amp, famix::engine::Engine::Auto)?;
     let (tx, rx) = bounded::<Job>(a.max_queue.max(1));
+    let fds = super::serve_net::raise_fd_limit();
+    let max_connections = super::serve_net::connection_budget(a.max_connections, fds);
+    if max_connections < a.max_connections {
+        eprintln!("famix serve: serving at most {max_connections} connections (the open-file limit is {fds})");
+    }
     let app = Arc::new(App {
         jobs: tx,
+        max_queue: a.max_queue.max(1),
         metrics: Arc::new(Metrics::new()?),
+        net: Default::default(),
         max_pixels: a.max_pixels,
         class_names: model.config().class_names.clone(),
         palette: model.config().palette.clone(),
@@ -452,8 +509,14 @@ pub fn serve(a: ServeArgs) -> Result<i32> {
     let limits = super::serve_net::NetLimits {
         header_timeout: Duration::from_secs(a.header_timeout),
         idle_timeout: Duration::from_secs(a.idle_timeout),
-        max_connections: a.max_connections,
+        max_connections,
+        max_per_client: a.max_connections_per_client,
     };
+    // The overflow path reaches the app weakly: it must not keep the model's queue open
+    // after the server has stopped.
+    let weak = Arc::downgrade(&app);
+    let probe_fn: super::serve_net::Probe = Arc::new(move |path| weak.upgrade().and_then(|app| probe(&app, path)));
+    let net = app.net.clone();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let host = if a.host.eq_ignore_ascii_case("localhost") { "127.0.0.1" } else { a.host.as_str() };
@@ -463,7 +526,7 @@ pub fn serve(a: ServeArgs) -> Result<i32> {
             .with_context(|| format!("--host {} --port {}: not an address", a.host, a.port))?;
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         eprintln!("famix serve: listening on http://{}{}", listener.local_addr()?, if auth { " (API key required)" } else { "" });
-        super::serve_net::serve(listener, router, limits, shutdown_signal()).await;
+        super::serve_net::serve(listener, router, limits, probe_fn, net, shutdown_signal()).await;
         anyhow::Ok(())
     })?;
     drop(app);

@@ -123,8 +123,8 @@ pub struct TrainArgs {
     /// Stop after N iterations in this invocation (checkpointed; continue with --resume)
     #[arg(long)]
     stop_after: Option<u64>,
-    /// Start over even if the run folder has checkpoints
-    #[arg(long)]
+    /// Start over even if the run folder has checkpoints (with --resume: from iteration 0 with the run's saved settings; the log is rewritten)
+    #[arg(long, conflicts_with = "from_best")]
     force: bool,
     /// Also write TensorBoard event files (loss, learning rates, images/s, val mIoU, per-class IoU) to DIR [default: RUN_DIR/tensorboard]
     #[arg(long, value_name = "DIR", num_args = 0..=1)]
@@ -135,6 +135,9 @@ pub struct TrainArgs {
     /// With --resume: continue even when the checkpoint's optimiser state (SGD momentum) is missing or does not fit, with fresh momentum; the run then differs from an uninterrupted one
     #[arg(long, requires = "resume")]
     reset_optimizer: bool,
+    /// With --resume: continue from the run's best checkpoint (its weights and iteration, fresh SGD momentum) instead of its latest, e.g. when latest.safetensors was lost; the log records it
+    #[arg(long, requires = "resume")]
+    from_best: bool,
     #[command(flatten)]
     numerics: super::NumericsArgs,
     #[command(flatten)]
@@ -178,7 +181,6 @@ fn fixed_on_resume(a: &TrainArgs) -> Vec<&'static str> {
         ("--seed", a.seed.is_some()),
         ("--amp", a.amp.is_some()),
         ("--log-interval", a.log_interval.is_some()),
-        ("--force", a.force),
         ("--deterministic", a.numerics.deterministic),
         ("--no-tf32", a.numerics.no_tf32),
     ];
@@ -268,6 +270,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         tensorboard,
         no_fold: a.no_fold,
         reset_optimizer: a.reset_optimizer,
+        from_best: a.from_best,
     };
     eprintln!(
         "training {} → {} ({} iterations, batch {}, crop {}, {:?}, freeze {})",

@@ -66,11 +66,11 @@ def train(out: Optional[PathLike] = None, *, clip: Optional[PathLike] = None, da
           resume: Optional[PathLike] = None, force: bool = False, device: str = "cpu",
           workers: Optional[int] = None, stop_after: Optional[int] = None, skip_bad: bool = False,
           tensorboard: Optional[PathLike] = None, no_fold: bool = False, reset_optimizer: bool = False,
-          progress: Union[None, bool, ProgressFn] = None, **settings: Any) -> Dict[str, Any]:
+          from_best: bool = False, progress: Union[None, bool, ProgressFn] = None, **settings: Any) -> Dict[str, Any]:
     return json.loads(_famix.train(
         json.dumps(settings), _progress(progress), _fspath(clip), dataset, _fspath(data_root), _fspath(styles),
         _fspath(out), _fspath(resume), force, device, workers, stop_after, skip_bad, _fspath(tensorboard), no_fold,
-        reset_optimizer))
+        reset_optimizer, from_best))
 
 
 def _train_doc() -> str:
@@ -93,8 +93,11 @@ def _train_doc() -> str:
         data_root: its root folder.
         styles: style bank from ``famix mine-styles`` (needed unless ``no_styles``).
         resume: a run folder to continue.
-        device, workers, stop_after, skip_bad, tensorboard, no_fold, reset_optimizer:
-            as ``famix train``'s flags of the same names.
+        device, workers, stop_after, skip_bad, tensorboard, no_fold, reset_optimizer,
+            from_best: as ``famix train``'s flags of the same names. A resume whose
+            folder records finished iterations but lost its latest checkpoint is
+            refused; ``from_best=True`` continues from the best checkpoint,
+            ``force=True`` starts the run over with its saved settings.
         progress: None (a tqdm bar when tqdm is installed), False, or a callable
             taking one dict per event (see ``famix._jobs.ProgressFn``).
         **settings: ``famix train``'s flags, with underscores. Defaults:

@@ -175,6 +175,9 @@ pub struct RunOptions {
     /// Resume even when the checkpoint's optimiser state is missing or does not fit
     /// (continuing with fresh momentum; the run then differs from an uninterrupted one).
     pub reset_optimizer: bool,
+    /// Resume from the run's best checkpoint (weights and step, fresh momentum) instead
+    /// of its latest, e.g. when the latest was lost.
+    pub from_best: bool,
 }
 
 impl RunOptions {
@@ -189,6 +192,7 @@ impl RunOptions {
             tensorboard: None,
             no_fold: false,
             reset_optimizer: false,
+            from_best: false,
         }
     }
 }

@@ -236,7 +236,7 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, opts: &RunOptions, pro
     cfg.numerics.apply()?;
     crate::device::tune_for_repeated_sizes(device);
     let mut sgd = Sgd::new(cfg.momentum, cfg.weight_decay);
-    let (mut model, state) = restore_or_init(cfg, run, resume, opts, &mut sgd, progress)?;
+    let super::state::Start { mut model, state, log_note } = restore_or_init(cfg, run, resume, opts, &mut sgd, progress)?;
     if !opts.no_fold {
         model.fold_frozen();
     }
@@ -282,6 +282,9 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, opts: &RunOptions, pro
         summary,
         tensorboard: opts.tensorboard.as_deref().map(|d| EventWriter::create(d, start)).transpose()?,
     };
+    if let Some(note) = log_note {
+        s.log.write(json!({"iter": start, "note": note}))?;
+    }
     crate::device::cuda_reset_peak(device);
     progress.start("train", cfg.iters, start, Unit::Items);
     let res = run_loop(&mut s, &mut stepper, &mut loader, val_ds.as_ref(), start, end);

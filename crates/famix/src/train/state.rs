@@ -101,10 +101,20 @@ pub(super) fn load_state(
     Ok(state)
 }
 
+/// Where a run starts: the model, its training state, and a line for the run's log
+/// when the start is not the plain continuation of `latest` (a resume from `best`).
+pub(super) struct Start {
+    pub model: Segmenter,
+    pub state: RunState,
+    pub log_note: Option<String>,
+}
+
 /// The model and training state a run starts from: the latest checkpoint of `run`
 /// (resume: weights, momentum and step from one file, checked against the run's
-/// configuration) or CLIP's image tower with a fresh head (a new run, or a resumed
-/// one that had not written its first checkpoint yet).
+/// configuration), its best checkpoint (`opts.from_best`: weights and step, fresh
+/// momentum), or CLIP's image tower with a fresh head (a new run, or a resumed one that
+/// had not finished an iteration yet). A resume never restarts silently: when the
+/// folder records progress but `latest` is missing or unreadable, it refuses.
 pub(super) fn restore_or_init(
     cfg: &TrainConfig,
     run: &RunFolder,
@@ -112,28 +122,44 @@ pub(super) fn restore_or_init(
     opts: &RunOptions,
     sgd: &mut Sgd,
     progress: &dyn Progress,
-) -> Result<(Segmenter, RunState)> {
+) -> Result<Start> {
     let device = opts.device;
-    if !resume || !run.latest().exists() {
-        if resume {
-            progress
-                .notice(&format!("{} has its configuration but no checkpoint yet: starting the run from iteration 0", run.dir().display()));
+    let fresh = |state: RunState| Ok(Start { model: initial_model(cfg, device)?, state, log_note: None });
+    // A new run (also one started over with --force) starts an empty log.
+    let new_state = RunState { run_id: cfg.run_id.clone(), log_bytes: Some(0), ..Default::default() };
+    if !resume {
+        return fresh(new_state);
+    }
+    if opts.from_best {
+        return resume_from_best(cfg, run, device, progress);
+    }
+    let latest = run.latest();
+    let lost = |problem: String, progress_seen: String| {
+        Error::invalid_input(
+            &latest,
+            format!(
+                "{problem}, but {progress_seen}: resuming from iteration 0 would lose that history. \
+                 Continue from {} with --from-best, or start the run over with --force",
+                run.best().display()
+            ),
+        )
+    };
+    if !latest.exists() {
+        if let Some(seen) = recorded_progress(run)? {
+            return Err(lost(format!("{} is missing", latest.display()), seen));
         }
-        // A new run (also one started over with --force) starts an empty log.
-        let state = RunState { run_id: cfg.run_id.clone(), log_bytes: Some(0), ..Default::default() };
-        return Ok((initial_model(cfg, device)?, state));
+        progress.notice(&format!("{} has its configuration but no checkpoint yet: starting the run from iteration 0", run.dir().display()));
+        return fresh(new_state);
     }
-    let mut l = checkpoint::load(&run.latest(), device, Some(cfg.output_stride))?;
-    if l.model.config().head != cfg.head {
-        fail!(
-            Incompatible,
-            &l.path,
-            "{}: the checkpoint's head {:?} contradicts the run's config.json {:?}",
-            l.path.display(),
-            l.model.config().head,
-            cfg.head
-        );
-    }
+    let mut l = match checkpoint::load(&latest, device, Some(cfg.output_stride)) {
+        Ok(l) => l,
+        Err(e) if e.kind() == crate::error::ErrorKind::Busy => return Err(e),
+        Err(e) => {
+            let seen = recorded_progress(run)?.unwrap_or_else(|| "the run folder has a checkpoint".into());
+            return Err(lost(format!("{} is unreadable ({e:#})", latest.display()), seen));
+        }
+    };
+    check_head(cfg, &l)?;
     l.model.set_freeze(cfg.freeze);
     let (bb, head) = l.model.param_groups();
     let params: Vec<(String, Tensor)> = bb.into_iter().chain(head).collect();
@@ -148,7 +174,82 @@ pub(super) fn restore_or_init(
             cfg.run_id
         );
     }
-    Ok((l.model, st))
+    Ok(Start { model: l.model, state: st, log_note: None })
+}
+
+/// A checkpoint's head must be the one the run's configuration declares.
+fn check_head(cfg: &TrainConfig, l: &checkpoint::Loaded) -> Result<()> {
+    if l.model.config().head != cfg.head {
+        fail!(
+            Incompatible,
+            &l.path,
+            "{}: the checkpoint's head {:?} contradicts the run's config.json {:?}",
+            l.path.display(),
+            l.model.config().head,
+            cfg.head
+        );
+    }
+    Ok(())
+}
+
+/// What in `run` shows that iterations were finished, in words (`None`: nothing does):
+/// the latest checkpoint's JSON header, a log line with an iteration, or a best
+/// checkpoint.
+pub(crate) fn recorded_progress(run: &RunFolder) -> Result<Option<String>> {
+    let header = checkpoint::sidecar_path(&run.latest());
+    if let Ok(meta) = crate::io::read_json::<CheckpointMeta>(&header) {
+        if meta.step > 0 {
+            return Ok(Some(format!("{} records iteration {}", header.display(), meta.step)));
+        }
+    }
+    if let Some(last) = logged_iterations(run)?.last() {
+        return Ok(Some(format!("{} records iteration {}", run.log().display(), last.0)));
+    }
+    let best = run.best();
+    Ok(best.exists().then(|| format!("{} exists", best.display())))
+}
+
+/// The iterations the run's log records, each with the log's length after its line.
+fn logged_iterations(run: &RunFolder) -> Result<Vec<(u64, u64)>> {
+    let p = run.log();
+    let text = match std::fs::read(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(Error::from(e)).with_context(|| format!("cannot read {}", p.display())),
+    };
+    let mut out = vec![];
+    let mut end = 0u64;
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        end += line.len() as u64;
+        // A torn last line (a crash mid-write) holds no iteration.
+        let iter = serde_json::from_slice::<serde_json::Value>(line).ok().and_then(|v| v.get("iter").and_then(|i| i.as_u64()));
+        if let Some(i) = iter.filter(|_| line.ends_with(b"\n")) {
+            out.push((i, end));
+        }
+    }
+    Ok(out)
+}
+
+/// Resumes from `best`: its weights and step, fresh SGD momentum (best checkpoints
+/// carry none), the log cut after the best iteration's lines, and a note for the log.
+fn resume_from_best(cfg: &TrainConfig, run: &RunFolder, device: Device, progress: &dyn Progress) -> Result<Start> {
+    let best = run.best();
+    if !best.exists() {
+        fail!(InvalidInput, &best, "--from-best: {} does not exist (no validation has been run yet)", best.display());
+    }
+    let mut l = checkpoint::load(&best, device, Some(cfg.output_stride))?;
+    check_head(cfg, &l)?;
+    l.model.set_freeze(cfg.freeze);
+    let step = l.meta.step;
+    let log_bytes = logged_iterations(run)?.iter().take_while(|(i, _)| *i <= step).last().map(|(_, end)| *end).unwrap_or(0);
+    let state =
+        RunState { step, best_miou: l.meta.best_miou, best_step: Some(step), run_id: cfg.run_id.clone(), log_bytes: Some(log_bytes) };
+    let note = format!(
+        "resumed from {} at iteration {step} with fresh SGD momentum (--from-best); later iterations are redone and differ from the lost ones",
+        best.display()
+    );
+    progress.notice(&note);
+    Ok(Start { model: l.model, state, log_note: Some(note) })
 }
 
 /// Every tensor a training checkpoint holds: all variables (parameters and batch-norm
