@@ -2,10 +2,17 @@
 # both install what is missing (libtorch from PyPI into a per-user cache) first.
 SHELL := /bin/bash
 export LIBTORCH_USE_PYTORCH := 1
-export PATH := $(CURDIR)/.venv/bin:$(PATH)
+export PATH := $(CURDIR)/.venv/bin:$(HOME)/.cargo/bin:$(PATH)
 FAMIX := target/release/famix
+MDBOOK_VERSION := 0.5.4
 
-.PHONY: setup build test demo fixtures bench clean python
+# The integration-test modules (crates/famix-cli/tests/it/) that `make check` runs:
+# those that answer in seconds. The rest (training, mining, the demo, crash and fuzz
+# runs, the soak, browsers, videos) run in `make test`.
+FAST_TESTS := bench:: cancel:: clip_image:: clip_text:: data:: docs:: download:: engine:: export:: \
+	fastpath:: hygiene:: library:: optim:: quiet:: segmenter:: synth::
+
+.PHONY: setup build test check demo fixtures bench clean python docs reference python-api
 
 setup:
 	@command -v cargo >/dev/null || { echo "famix needs a Rust toolchain (cargo): https://rustup.rs" >&2; exit 1; }
@@ -14,21 +21,52 @@ setup:
 build: setup
 	cargo build --release
 
-# Hygiene first (formatting, lints, docs, the library alone and free of CLI/server
-# crates), then every test: unit, integration (PyTorch-parity fixtures, CLI), doc
-# tests, and the Python package's (built against the same torch; pytest).
+# The inner loop (a few minutes with a warm target/): formatting, lints, the library's
+# unit tests and the fast integration tests.
+check: setup
+	cargo fmt --all --check
+	cargo clippy --release --all-targets -- -D warnings
+	cargo test --release -p famix --lib
+	cargo test --release -p famix-cli --test it -- $(FAST_TESTS)
+
+# Everything, as .ci/run: hygiene first (formatting, lints, docs, the library free of
+# CLI/server crates), then every test (unit, integration: PyTorch-parity fixtures, CLI,
+# service, crash and fuzz runs; doc tests), the book and its links, and the Python
+# package's (built against the same torch and the same compiled library; pytest).
+# Plain cargo commands cover the default members (the library and the command); the
+# Python package is checked and built alone by tools/setup-python.sh. The library
+# alone is not compiled separately: the main build compiles it, and `cargo tree`
+# proves its dependency tree has no CLI or server crate.
 test: build
 	tools/setup-test-deps.sh
 	cargo fmt --all --check
-	cargo clippy --release --workspace --all-targets -- -D warnings
-	RUSTDOCFLAGS="-D warnings" cargo doc --release --workspace --no-deps
-	cargo build --release -p famix
+	cargo clippy --release --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps
 	@# Proc-macro crates run inside the compiler only (prost-derive uses anyhow), so they are left out.
 	@if cargo tree -p famix -e normal,no-proc-macro --prefix none | grep -E '^(clap|indicatif|anyhow|axum|tokio|prometheus) '; then \
 		echo "the famix library must not depend on the crates above" >&2; exit 1; fi
-	cargo test --release --workspace
+	cargo test --release
+	$(MAKE) docs
 	@# The Python package: its own formatting/lints, the wheel, its pytest suite.
 	tools/setup-python.sh --test
+
+# The user guide (mdBook, installed from crates.io at a pinned version when missing)
+# into target/book. Its links are checked by the `docs::` integration tests.
+docs:
+	@if [ "$$(mdbook --version 2>/dev/null)" != "mdbook v$(MDBOOK_VERSION)" ]; then \
+		echo "famix: installing mdBook $(MDBOOK_VERSION) (cargo install, once)" >&2; \
+		cargo install --quiet --locked --version $(MDBOOK_VERSION) mdbook; fi
+	mdbook build docs
+
+# Regenerates the guide's command reference and the man pages from the binary's clap
+# definitions (a test fails when the committed ones differ).
+reference: build
+	rm -rf docs/src/reference docs/man
+	$(FAMIX) reference --markdown docs/src/reference --man docs/man
+
+# Regenerates the guide's Python API page from the installed package (pytest checks it).
+python-api: python
+	python/.venv/bin/python tools/python_api_doc.py docs/src/python-api.md
 
 # The Python package `famix`: wheel in target/wheels/, installed into python/.venv
 # (with the per-user torch 2.11 of `make setup`); then python/.venv/bin/python -c 'import famix'.

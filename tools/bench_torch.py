@@ -1,5 +1,5 @@
 """The PyTorch side of `famix bench`: the same workloads on famix's PyTorch twin
-(tools/famix_ref.py, written from docs/design.md), printing the same JSON keys.
+(tools/famix_ref.py, written from docs/src/design.md), printing the same JSON keys.
 
   python tools/bench_torch.py --what train,infer,mine --device cuda --batch 8 --crop 768
 """

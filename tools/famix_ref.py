@@ -1,4 +1,4 @@
-"""famix's PyTorch twin, written from docs/design.md (not from the reference code).
+"""famix's PyTorch twin, written from docs/src/design.md (not from the reference code).
 
 It generates the parity fixtures (tools/make_fixtures.py) and is the PyTorch side of
 benchmarks (tools/bench_torch.py). Parameter names follow OpenAI CLIP / the FAMix
@@ -100,7 +100,7 @@ class ModifiedResNet(nn.Module):
         self.set_output_stride(os)
 
     def set_output_stride(self, os):
-        # docs/design.md §1: dilated stage = first block dilation 1 (no stride), middle blocks the
+        # docs/src/design.md §1: dilated stage = first block dilation 1 (no stride), middle blocks the
         # previous dilation, last block the new one.
         dilate = {8: [False, True, True], 16: [False, False, True], 32: [False, False, False]}[os]
         dilation = 1
@@ -269,7 +269,7 @@ class Segmenter(nn.Module):
 
 
 def freeze_synthetic(model):
-    """docs/design.md §4: everything before layer4's last block frozen (BN eval); head trains."""
+    """docs/src/design.md §4: everything before layer4's last block frozen (BN eval); head trains."""
     bb = model.backbone
     for p in bb.parameters():
         p.requires_grad_(False)
@@ -310,7 +310,7 @@ def dominant_class(label_patch):
 
 
 def mix_styles(f1, classes, bank_mu, bank_sigma, picks, s, g, mix=True):
-    """Local style mixing (docs/design.md §4). classes[b][cell]; picks[b][cell] indexes the bank
+    """Local style mixing (docs/src/design.md §4). classes[b][cell]; picks[b][cell] indexes the bank
     of that class (the caller resolved empty banks); s: (B, C, 1, 1)."""
     cells = split_patches(f1, g)
     out = []
@@ -373,7 +373,7 @@ class Rng:
             v[i], v[j] = v[j], v[i]
 
 
-# ---------------------------------------------------------------- mining (docs/design.md §3)
+# ---------------------------------------------------------------- mining (docs/src/design.md §3)
 def select_patches(dominant, grid):
     """First patch of each distinct class; patches ordered grid-cell-major, then image."""
     seen, out = set(), []

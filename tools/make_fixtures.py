@@ -7,7 +7,7 @@ Image operations are checked against Pillow 10.4 (the version era the reference 
 with; Pillow 13 changed the order of its two resampling passes).
 
 Models are tiny random-weight CLIP ResNets; the PyTorch side is tools/famix_ref.py,
-written from docs/design.md. Large checkpoints are stored gzip-compressed (famix reads .gz
+written from docs/src/design.md. Large checkpoints are stored gzip-compressed (famix reads .gz
 transparently); the text tower's 49408-row token embedding holds coarsely quantised
 values so it compresses well.
 """

@@ -23,10 +23,14 @@ fi
 # that libtorch (rpath), so the wheel is not "repaired" with copies of it (auditwheel skip).
 export LIBTORCH_USE_PYTORCH=1 VIRTUAL_ENV="$here/$venv" PATH="$here/$venv/bin:$PATH"
 if [ "${1:-}" = "--test" ]; then
-    (cd crates/famix-py && cargo fmt --check && cargo clippy --release --locked -- -D warnings)
+    cargo fmt -p famix-py --check
+    cargo clippy --release --locked -p famix-py -- -D warnings
 fi
 rm -f target/wheels/famix-*.whl
-(cd crates/famix-py && maturin build --quiet --release --locked --auditwheel skip --interpreter "$here/$venv/bin/python" --out "$here/target/wheels")
+# The package is built alone (never with the command in one cargo invocation); with the
+# main build's features it reuses the compiled library and libtorch bindings.
+maturin build --quiet --release --locked --auditwheel skip --manifest-path crates/famix-py/Cargo.toml \
+    --interpreter "$here/$venv/bin/python" --out "$here/target/wheels"
 "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps --force-reinstall target/wheels/famix-*.whl
 "$venv/bin/python" -c "import famix; print('famix', famix.__version__, 'installed in $venv', file=__import__('sys').stderr)"
 if [ "${1:-}" = "--test" ]; then

@@ -1,8 +1,8 @@
 //! `famix.clip`: a frozen CLIP model and its tokenizer.
 use std::path::PathBuf;
 
+use crate::tensor::PyTensor;
 use pyo3::prelude::*;
-use pyo3_tch::PyTensor;
 
 use famix::clip::tokenizer::Tokenizer;
 use famix::clip::OutputStride;

@@ -5,9 +5,9 @@
 //! ([`TrainConfig::reference`], the one source `famix train` uses too).
 use std::path::PathBuf;
 
+use crate::tensor::PyTensor;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use pyo3_tch::PyTensor;
 use serde_json::{Map, Value};
 
 use famix::data::{Dataset, DatasetKind};

@@ -10,6 +10,7 @@ mod errors;
 mod jobs;
 mod progress;
 mod segmenter;
+mod tensor;
 
 /// Parses a device name ("cpu", "cuda", "cuda:1").
 fn device(name: &str) -> PyResult<tch::Device> {

@@ -2,9 +2,9 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use crate::tensor::PyTensor;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use pyo3_tch::PyTensor;
 
 use famix::engine::calibration::Calibration;
 use famix::engine::{attach, Engine};

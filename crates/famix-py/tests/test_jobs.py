@@ -55,7 +55,7 @@ def test_ctrl_c_stops_training_resumably_and_resume_is_bit_exact(tmp_path, bank)
 
 def test_a_resume_that_lost_its_latest_checkpoint_is_refused_and_continues_from_best(tmp_path, bank):
     r = tmp_path / "r"
-    run(r, bank, iters=2, val_interval=1, val_dataset="cityscapes", val_root=fixture("cityscapes_mini"), val_limit=1,
+    run(r, bank, iters=2, val_interval=1, val_dataset="cityscapes", val_root=str(fixture("cityscapes_mini")), val_limit=1,
         progress=False)
     (r / "latest.safetensors").unlink()
     with pytest.raises(famix.InvalidInputError, match="latest.safetensors is missing"):

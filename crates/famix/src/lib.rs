@@ -1,7 +1,7 @@
 //! famix: FAMix (Freeze, Augment and Mix; CVPR 2024) language-guided
 //! domain-generalised semantic segmentation on libtorch.
 //!
-//! The method and how famix implements it are described in `docs/design.md`
+//! The method and how famix implements it are described in `docs/src/design.md`
 //! (paper: <https://arxiv.org/abs/2311.17922>, reference code:
 //! <https://github.com/astra-vision/FAMix>). Modules follow the method: [`clip`]
 //! (image/text towers, tokenizer), [`model`] (DeepLabv3+ segmenter, checkpoints, the

@@ -10,6 +10,7 @@ mod eval;
 mod export;
 mod predict;
 mod progress;
+mod reference;
 mod report;
 mod serve;
 mod serve_auth;
@@ -80,6 +81,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Serve segmentation over HTTP (JSON/PNG API, a web page, Prometheus metrics).
     Serve(serve::ServeArgs),
+    /// Write the guide's command reference (Markdown) and the man pages from these definitions.
+    #[command(hide = true)]
+    Reference(reference::ReferenceArgs),
 }
 
 /// Runs the CLI; returns the process exit code. Errors print their whole cause chain.
@@ -138,6 +142,7 @@ fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Report(a) => report::report(a),
         Command::Bench(a) => bench::bench(a),
         Command::Serve(a) => serve::serve(a),
+        Command::Reference(a) => reference::reference(a),
     }
 }
 

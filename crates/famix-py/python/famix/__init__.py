@@ -7,7 +7,7 @@ progress to a callable (or a tqdm bar), and stops cleanly on Ctrl-C at the next 
 leaving the run folder resumable. Errors are subclasses of :class:`famix.Error`.
 
 Paper: https://arxiv.org/abs/2311.17922 — reference code:
-https://github.com/astra-vision/FAMix — famix: see its README and docs/design.md.
+https://github.com/astra-vision/FAMix — famix: see its README and docs/src/design.md.
 """
 from __future__ import annotations
 

@@ -95,7 +95,7 @@ def _train_doc() -> str:
         resume: a run folder to continue.
         device, workers, stop_after, skip_bad, tensorboard, no_fold, reset_optimizer,
             from_best: as ``famix train``'s flags of the same names. A resume whose
-            folder records finished iterations but lost its latest checkpoint is
+            folder shows a committed checkpoint but lost its latest one is
             refused; ``from_best=True`` continues from the best checkpoint,
             ``force=True`` starts the run over with its saved settings.
         progress: None (a tqdm bar when tqdm is installed), False, or a callable

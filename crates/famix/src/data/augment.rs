@@ -14,7 +14,7 @@ use crate::imageops::{center_crop_offsets, py_round, Filter, Image8};
 use crate::rng::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-/// The training augmentation (docs/design.md §4).
+/// The training augmentation (docs/src/design.md §4).
 pub struct TrainAugment {
     /// Random crop size (square).
     pub crop: usize,

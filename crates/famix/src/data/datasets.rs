@@ -1,4 +1,4 @@
-//! Dataset readers in their official folder layouts (docs/design.md §6): GTA5, Synthia
+//! Dataset readers in their official folder layouts (docs/src/design.md §6): GTA5, Synthia
 //! (RAND-CITYSCAPES), Cityscapes, BDD100K, Mapillary Vistas v1.2, ACDC, and a generic
 //! `folder` dataset. Each lists (image, label) pairs and knows its label conversion
 //! to the 19 Cityscapes train ids.
@@ -18,7 +18,7 @@ const SYNTHIA_VAL: &str = include_str!("../../assets/splits/synthia_val.txt");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
-/// The dataset layouts famix reads (docs/design.md §6).
+/// The dataset layouts famix reads (docs/src/design.md §6).
 pub enum DatasetKind {
     /// GTA5 (synthetic, Cityscapes label ids).
     Gta5,

@@ -1,5 +1,5 @@
 //! Label spaces: the 19 Cityscapes train ids (names, palette) and each dataset's
-//! conversion from its own label ids (docs/design.md §6). 255 = ignore.
+//! conversion from its own label ids (docs/src/design.md §6). 255 = ignore.
 
 /// The ignore label.
 pub const IGNORE: u8 = 255;

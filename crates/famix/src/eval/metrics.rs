@@ -1,4 +1,4 @@
-//! Streaming confusion matrix and the reference's metrics (docs/design.md §5): pixels whose
+//! Streaming confusion matrix and the reference's metrics (docs/src/design.md §5): pixels whose
 //! label is in [0, classes) count; IoU = TP / (TP + FP + FN) per class; mIoU and mean
 //! accuracy are NaN-means (classes absent from both ground truth and prediction are
 //! left out); overall accuracy = trace / total.

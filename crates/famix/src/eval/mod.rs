@@ -1,4 +1,4 @@
-//! Evaluation of a segmenter on a dataset split (docs/design.md §5): the dataset's
+//! Evaluation of a segmenter on a dataset split (docs/src/design.md §5): the dataset's
 //! evaluation transform, the test-time options of [`PredictOptions`], and a streaming
 //! confusion matrix on the model's device.
 pub mod metrics;

@@ -245,7 +245,7 @@ mod tests {
     /// A graph for a fixed size whose sizes divide resizes by constant integer scales
     /// and broadcasts to constant shapes (it reads no shape at run time); a dynamic
     /// graph resizes to sizes read at run time. (Both compute the same logits:
-    /// tests/engine.rs.)
+    /// crates/famix-cli/tests/it/engine.rs.)
     #[test]
     fn fixed_size_graphs_have_constant_resizes() {
         assert_eq!(ops(Some(64), Some(96)), (0, vec![3, 3]));

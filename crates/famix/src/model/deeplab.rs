@@ -1,4 +1,4 @@
-//! DeepLabv3+ head (docs/design.md §1): 48-channel low-level projection of layer1, ASPP on
+//! DeepLabv3+ head (docs/src/design.md §1): 48-channel low-level projection of layer1, ASPP on
 //! layer4 (1×1, three dilated 3×3, image pooling; 256 channels), fuse 304 → 256,
 //! classify. Names follow the reference (`classifier.aspp.convs.1.0.weight`, ...).
 

@@ -10,7 +10,7 @@ use crate::clip::{ModifiedResNet, OutputStride, ResNetConfig};
 use crate::data::labels::{default_class_names, default_palette};
 use crate::model::deeplab::{DeepLabHead, HeadConfig};
 
-/// Which parts train (docs/design.md §4). Frozen parts have no gradient and keep BN in eval mode.
+/// Which parts train (docs/src/design.md §4). Frozen parts have no gradient and keep BN in eval mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FreezePolicy {
@@ -143,7 +143,7 @@ impl Segmenter {
         Ok(s)
     }
 
-    /// The inference fast path (docs/design.md §8): every batch norm folded into its
+    /// The inference fast path (docs/src/design.md §8): every batch norm folded into its
     /// convolution once (inference uses running statistics, so conv + BN is one affine
     /// map), channels-last weights and inputs, no autograd. Forwards with `train =
     /// false` use it; training forwards are unchanged. Logits agree with the plain

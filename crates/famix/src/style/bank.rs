@@ -279,7 +279,7 @@ impl StyleBank {
 
     /// Device tensors for vectorised sampling: μ and σ of all entries stacked
     /// (N, C), and per class (0..K, then ignore at K) the offset/count of its rows.
-    /// A class with no entries uses the ignore class's rows (docs/design.md §4).
+    /// A class with no entries uses the ignore class's rows (docs/src/design.md §4).
     pub fn device_tables(&self, num_classes: usize, device: Device) -> Result<BankTables> {
         let ignore = self.count(IGNORE);
         if self.total() == 0 {
@@ -304,7 +304,7 @@ impl StyleBank {
                 ignore_span = (off, n);
             }
         }
-        // An empty class uses the ignore class's styles (docs/design.md §4); where that is empty
+        // An empty class uses the ignore class's styles (docs/src/design.md §4); where that is empty
         // too (the reference would fail), it draws from the whole bank.
         let n = (mus.len() / self.channels) as i64;
         let mut fallback = 0;

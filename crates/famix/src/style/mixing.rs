@@ -1,4 +1,4 @@
-//! Local style mixing (docs/design.md §4), vectorised on the device.
+//! Local style mixing (docs/src/design.md §4), vectorised on the device.
 //!
 //! Per grid patch of the layer1 features: mean and sqrt(unbiased var + 1e-5),
 //! normalise; a style (μ_t, σ_t) from the bank of the patch's dominant class (an

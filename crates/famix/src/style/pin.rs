@@ -1,4 +1,4 @@
-//! Patch-wise PIN, the optimisation at the heart of style mining (docs/design.md, "Style mining").
+//! Patch-wise PIN, the optimisation at the heart of style mining (docs/src/design.md, "Style mining").
 //!
 //! For each batch of source crops: layer1 features (frozen CLIP backbone, BN eval),
 //! a grid of patches, the dominant class of each patch's labels; the first patch of

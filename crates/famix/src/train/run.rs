@@ -1,4 +1,4 @@
-//! The FAMix training run (docs/design.md §4): minimal fine-tuning of a CLIP-initialised
+//! The FAMix training run (docs/src/design.md §4): minimal fine-tuning of a CLIP-initialised
 //! DeepLabv3+ with local style mixing on layer1, cross-entropy with label smoothing,
 //! SGD with poly learning rates, periodic validation with latest/best checkpoints,
 //! a JSON-lines log, and exact resume.

@@ -113,8 +113,9 @@ pub(super) struct Start {
 /// (resume: weights, momentum and step from one file, checked against the run's
 /// configuration), its best checkpoint (`opts.from_best`: weights and step, fresh
 /// momentum), or CLIP's image tower with a fresh head (a new run, or a resumed one that
-/// had not finished an iteration yet). A resume never restarts silently: when the
-/// folder records progress but `latest` is missing or unreadable, it refuses.
+/// had not committed a checkpoint yet). A resume never restarts silently: when the
+/// folder shows a committed checkpoint but `latest` is missing or unreadable, it
+/// refuses.
 pub(super) fn restore_or_init(
     cfg: &TrainConfig,
     run: &RunFolder,
@@ -145,17 +146,20 @@ pub(super) fn restore_or_init(
         )
     };
     if !latest.exists() {
-        if let Some(seen) = recorded_progress(run)? {
+        if let Some(seen) = recorded_progress(run, cfg)? {
             return Err(lost(format!("{} is missing", latest.display()), seen));
         }
-        progress.notice(&format!("{} has its configuration but no checkpoint yet: starting the run from iteration 0", run.dir().display()));
+        progress.notice(&format!(
+            "{} has its configuration but no committed checkpoint: starting the run from iteration 0",
+            run.dir().display()
+        ));
         return fresh(new_state);
     }
     let mut l = match checkpoint::load(&latest, device, Some(cfg.output_stride)) {
         Ok(l) => l,
         Err(e) if e.kind() == crate::error::ErrorKind::Busy => return Err(e),
         Err(e) => {
-            let seen = recorded_progress(run)?.unwrap_or_else(|| "the run folder has a checkpoint".into());
+            let seen = recorded_progress(run, cfg)?.unwrap_or_else(|| "the run folder has a checkpoint".into());
             return Err(lost(format!("{} is unreadable ({e:#})", latest.display()), seen));
         }
     };
@@ -192,21 +196,30 @@ fn check_head(cfg: &TrainConfig, l: &checkpoint::Loaded) -> Result<()> {
     Ok(())
 }
 
-/// What in `run` shows that iterations were finished, in words (`None`: nothing does):
-/// the latest checkpoint's JSON header, a log line with an iteration, or a best
-/// checkpoint.
-pub(crate) fn recorded_progress(run: &RunFolder) -> Result<Option<String>> {
+/// What in `run` shows that a checkpoint was committed, in words (`None`: nothing does).
+/// The latest checkpoint's JSON header is written right after it; iterations past the
+/// first checkpoint (`min(val_interval, iters)`) in the log, or a best checkpoint of a
+/// later validation, only happen after it. Logged iterations up to the first
+/// checkpoint, or a `best` of that first validation, are no such sign: a run killed
+/// while writing its first checkpoint leaves them, and starts again from 0.
+pub(crate) fn recorded_progress(run: &RunFolder, cfg: &TrainConfig) -> Result<Option<String>> {
+    let first = cfg.val_interval.max(1).min(cfg.iters.max(1));
     let header = checkpoint::sidecar_path(&run.latest());
     if let Ok(meta) = crate::io::read_json::<CheckpointMeta>(&header) {
         if meta.step > 0 {
             return Ok(Some(format!("{} records iteration {}", header.display(), meta.step)));
         }
     }
-    if let Some(last) = logged_iterations(run)?.last() {
-        return Ok(Some(format!("{} records iteration {}", run.log().display(), last.0)));
+    if let Some(last) = logged_iterations(run)?.iter().map(|(i, _)| *i).max().filter(|&i| i > first) {
+        return Ok(Some(format!("{} records iteration {last}", run.log().display())));
     }
-    let best = run.best();
-    Ok(best.exists().then(|| format!("{} exists", best.display())))
+    let best = checkpoint::sidecar_path(&run.best());
+    if let Ok(meta) = crate::io::read_json::<CheckpointMeta>(&best) {
+        if meta.step > first {
+            return Ok(Some(format!("{} records iteration {}", best.display(), meta.step)));
+        }
+    }
+    Ok(None)
 }
 
 /// The iterations the run's log records, each with the log's length after its line.

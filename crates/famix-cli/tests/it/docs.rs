@@ -1,0 +1,193 @@
+//! The documents: README stays short, README and the guide describe famix (not how it
+//! was developed), every relative link and anchor in them resolves, every guide page
+//! is in the book's table of contents, and the generated command reference and man
+//! pages equal what the built binary writes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use crate::common::*;
+
+fn guide() -> PathBuf {
+    repo_root().join("docs/src")
+}
+
+/// README.md and every Markdown page of the guide, with their text.
+fn documents() -> Vec<(PathBuf, String)> {
+    let mut files = vec![repo_root().join("README.md")];
+    files.extend(files_with_extension(&guide(), "md"));
+    files.sort();
+    files.into_iter().map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap())).collect()
+}
+
+/// The lines of `text` outside fenced code blocks, with their numbers.
+fn prose(text: &str) -> Vec<(usize, &str)> {
+    let mut fenced = false;
+    let mut out = vec![];
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced {
+            out.push((i + 1, line));
+        }
+    }
+    out
+}
+
+/// mdBook's (and GitHub's) anchor of a heading: lower case, letters, digits, `-`
+/// and `_` kept, white space to `-`, everything else dropped; repeats get `-1`, `-2`.
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut out = BTreeSet::new();
+    for (_, line) in prose(text) {
+        let Some(title) = line.strip_prefix('#').map(|t| t.trim_start_matches('#').trim()) else { continue };
+        let plain = strip_links(title).replace(['`', '*'], "");
+        let id: String = plain
+            .chars()
+            .filter_map(|c| match c {
+                c if c.is_alphanumeric() || c == '_' || c == '-' => Some(c.to_lowercase().next().unwrap_or(c)),
+                c if c.is_whitespace() => Some('-'),
+                _ => None,
+            })
+            .collect();
+        let n = seen.entry(id.clone()).or_insert(0);
+        out.insert(if *n == 0 { id.clone() } else { format!("{id}-{n}") });
+        *n += 1;
+    }
+    out
+}
+
+/// `[text](target)` → `text`.
+fn strip_links(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("](") {
+        let (head, tail) = rest.split_at(i);
+        out.push_str(&head.replacen('[', "", 1));
+        rest = tail[2..].split_once(')').map(|(_, r)| r).unwrap_or("");
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Every `](target)` link in the prose of `text`, with its line number.
+fn links(text: &str) -> Vec<(usize, String)> {
+    let mut out = vec![];
+    for (n, line) in prose(text) {
+        for part in line.split("](").skip(1) {
+            if let Some(end) = part.find(')') {
+                out.push((n, part[..end].trim().to_string()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn readme_is_at_most_250_lines() {
+    let n = std::fs::read_to_string(repo_root().join("README.md")).unwrap().lines().count();
+    assert!(n <= 250, "README.md has {n} lines; the guide (docs/src) is the place for the rest");
+}
+
+#[test]
+fn documents_describe_famix_not_how_it_was_developed() {
+    let banned =
+        ["this session", "previous session", "earlier session", "the issue's", "issue's target", "not met", "targets met", "target met"];
+    let mut found = vec![];
+    for (p, text) in documents() {
+        for (i, line) in text.lines().enumerate() {
+            let l = line.to_lowercase();
+            if let Some(b) = banned.iter().find(|b| l.contains(*b)) {
+                found.push(format!("{}:{}: {b:?}: {line}", p.display(), i + 1));
+            }
+        }
+    }
+    assert!(found.is_empty(), "documents that speak of famix's development:\n{}", found.join("\n"));
+}
+
+#[test]
+fn relative_links_and_anchors_resolve() {
+    let docs = documents();
+    let texts: BTreeMap<PathBuf, &String> = docs.iter().map(|(p, t)| (p.canonicalize().unwrap(), t)).collect();
+    let mut broken = vec![];
+    for (p, text) in &docs {
+        for (line, target) in links(text) {
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            let (file, anchor) = target.split_once('#').map(|(f, a)| (f, Some(a))).unwrap_or((target.as_str(), None));
+            let dest = if file.is_empty() { p.clone() } else { p.parent().unwrap().join(file) };
+            let Ok(dest) = dest.canonicalize() else {
+                broken.push(format!("{}:{line}: {target}: no such file", p.display()));
+                continue;
+            };
+            if let Some(a) = anchor {
+                let Some(t) = texts.get(&dest) else {
+                    broken.push(format!("{}:{line}: {target}: an anchor into a file that is not a document", p.display()));
+                    continue;
+                };
+                if !anchors(t).contains(a) {
+                    broken.push(format!("{}:{line}: {target}: no heading with anchor #{a}", p.display()));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+#[test]
+fn every_guide_page_is_in_the_table_of_contents() {
+    let summary = std::fs::read_to_string(guide().join("SUMMARY.md")).unwrap();
+    let listed: BTreeSet<String> = links(&summary).into_iter().map(|(_, t)| t).collect();
+    for (p, _) in documents() {
+        let Ok(rel) = p.strip_prefix(guide()) else { continue };
+        let rel = rel.display().to_string();
+        if rel != "SUMMARY.md" {
+            assert!(listed.contains(&rel), "docs/src/{rel} is not in docs/src/SUMMARY.md, so the book leaves it out");
+        }
+    }
+    for t in &listed {
+        assert!(guide().join(t).is_file(), "SUMMARY.md lists {t}, which does not exist");
+    }
+}
+
+/// Files of a folder, name → bytes.
+fn folder(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .collect()
+}
+
+/// The committed command reference and man pages are what the binary generates from
+/// its clap definitions (`make reference` regenerates them).
+#[test]
+fn the_command_reference_and_man_pages_are_current() {
+    let d = tmpdir();
+    let (md, man) = (d.path().join("md"), d.path().join("man"));
+    let (code, _, err) = run_famix(&["reference", "--markdown", md.to_str().unwrap(), "--man", man.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    for (generated, committed) in [(md, guide().join("reference")), (man, repo_root().join("docs/man"))] {
+        let (want, have) = (folder(&generated), folder(&committed));
+        assert_eq!(want.keys().collect::<Vec<_>>(), have.keys().collect::<Vec<_>>(), "{}: run `make reference`", committed.display());
+        for (name, bytes) in &want {
+            assert!(
+                &have[name] == bytes,
+                "{}/{name} differs from what `famix reference` writes: run `make reference`",
+                committed.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn anchors_follow_mdbook() {
+    let a =
+        anchors("# §3. Style mining (patch-wise PIN)\n## int8 (`--int8 CALIBRATION`)\n## Install\n## Install\n```\n# not a heading\n```\n");
+    let want: BTreeSet<String> =
+        ["3-style-mining-patch-wise-pin", "int8---int8-calibration", "install", "install-1"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(a, want);
+    assert_eq!(links("see [a](x.md#y) and [b](../z.md)\n```\n[c](no.md)\n```"), vec![(1, "x.md#y".into()), (1, "../z.md".into())]);
+}

@@ -1,0 +1,157 @@
+//! Source-level rules of the code base that a compiler does not check: the library
+//! never reaches into the command line, never prints, depends on no command-line or
+//! server crate, its modules import each other in one direction only, and the sources
+//! cite the design document that is in the repository (docs/src/design.md).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use crate::common::files_with_extension;
+
+fn library_src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../famix/src")
+}
+
+fn library_sources() -> Vec<(PathBuf, String)> {
+    files_with_extension(&library_src(), "rs").into_iter().map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap())).collect()
+}
+
+/// Source text without `//` comments.
+fn code(text: &str) -> String {
+    text.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn the_library_does_not_depend_on_the_command_line() {
+    let files = library_sources();
+    assert!(files.len() > 20, "found only {} library files", files.len());
+    for (p, text) in &files {
+        for (i, line) in code(text).lines().enumerate() {
+            let bad = ["cli::", "clap", "indicatif", "anyhow", "println!", "eprintln!", "print!(", "process::exit"]
+                .iter()
+                .find(|b| line.contains(*b));
+            assert!(bad.is_none(), "{}:{}: library code uses {:?}: {line}", p.display(), i + 1, bad.unwrap());
+        }
+    }
+    let manifest = std::fs::read_to_string(library_src().join("../Cargo.toml")).unwrap();
+    let deps = manifest.split("[dependencies]").nth(1).unwrap().split("\n[").next().unwrap();
+    for name in ["clap", "indicatif", "anyhow", "axum", "tokio", "prometheus", "hyper", "tower"] {
+        assert!(!deps.lines().any(|l| l.trim_start().starts_with(name)), "the library depends on {name}");
+    }
+}
+
+/// The library's top-level modules and the modules each one imports (`crate::x`).
+fn import_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let src = library_src();
+    let top = |p: &Path| -> String {
+        let rel = p.strip_prefix(&src).unwrap();
+        let first = rel.components().next().unwrap().as_os_str().to_string_lossy().into_owned();
+        first.trim_end_matches(".rs").to_string()
+    };
+    let files = library_sources();
+    let modules: BTreeSet<String> = files.iter().map(|(p, _)| top(p)).filter(|m| m != "lib").collect();
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (p, text) in &files {
+        let from = top(p);
+        if from == "lib" {
+            continue;
+        }
+        let c = code(text);
+        let mut used = BTreeSet::new();
+        for part in c.split("crate::").skip(1) {
+            // `crate::x::...` or `crate::{x, y::z}`.
+            let head = if let Some(rest) = part.strip_prefix('{') { rest.split('}').next().unwrap_or("") } else { part };
+            for seg in head.split(',') {
+                let name: String =
+                    seg.trim().chars().take_while(|ch| ch.is_ascii_lowercase() || *ch == '_' || ch.is_ascii_digit()).collect();
+                if modules.contains(&name) && name != from {
+                    used.insert(name);
+                }
+                if !part.starts_with('{') {
+                    break;
+                }
+            }
+        }
+        graph.entry(from).or_default().extend(used);
+    }
+    graph
+}
+
+/// No module imports a module that (directly or through others) imports it back: the
+/// import graph of the library's top-level modules is acyclic, so the folders read
+/// bottom-up. (Checked on the source text: every `crate::<module>` path counts.)
+#[test]
+fn library_modules_import_downwards_only() {
+    let graph = import_graph();
+    assert!(graph.len() > 10, "found only {} modules", graph.len());
+    let reach = |from: &str| -> BTreeSet<String> {
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![from.to_string()];
+        while let Some(m) = stack.pop() {
+            for n in graph.get(&m).into_iter().flatten() {
+                if seen.insert(n.clone()) {
+                    stack.push(n.clone());
+                }
+            }
+        }
+        seen
+    };
+    let mut loops = Vec::new();
+    for (m, deps) in &graph {
+        for d in deps {
+            if reach(d).contains(m) {
+                loops.push(format!("{m} → {d} → … → {m}"));
+            }
+        }
+    }
+    assert!(loops.is_empty(), "modules that import each other back:\n{}", loops.join("\n"));
+}
+
+#[test]
+fn sources_cite_documents_that_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    assert!(root.join("docs/src/design.md").is_file());
+    for p in files_with_extension(&root.join("crates"), "rs") {
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(!text.contains(concat!("SP", "EC")), "{} cites a document that is not in the repository", p.display());
+    }
+}
+
+/// `name version` → the feature sets of every package `cargo tree` resolves for the
+/// packages `select` names (normal and build dependencies, unified as one build unifies
+/// them; a package built for the host and for the target has two sets).
+fn resolved_features(root: &Path, select: &[&str]) -> BTreeMap<String, BTreeSet<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["tree", "--offline", "--locked", "-e", "normal,build", "--prefix", "none", "-f", "{p}|{f}"])
+        .args(select)
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cargo tree {select:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let mut sets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (p, f) in String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim_end_matches(" (*)").split_once('|')) {
+        let mut words = p.split_whitespace();
+        let key = format!("{} {}", words.next().unwrap_or(""), words.next().unwrap_or(""));
+        sets.entry(key).or_default().insert(f.to_string());
+    }
+    sets
+}
+
+/// The Python package (built alone by maturin) builds torch-sys, tch and famix with
+/// exactly the features the main build (the default members: the library and the
+/// command) builds them with — its Cargo.toml aligns the few that the command's crates
+/// turn on — so cargo reuses the main build's artifacts instead of compiling libtorch's
+/// bindings and the library again.
+#[test]
+fn the_python_package_builds_the_library_with_the_main_features() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let main = resolved_features(&root, &[]);
+    let py = resolved_features(&root, &["-p", "famix-py"]);
+    assert!(py.keys().any(|k| k.starts_with("famix v")) && py.keys().any(|k| k.starts_with("tch v")));
+    let differ: Vec<String> = py
+        .iter()
+        .filter_map(|(p, f)| main.get(p).filter(|m| *m != f).map(|m| format!("{p}: {f:?} for famix-py, {m:?} in the main build")))
+        .collect();
+    assert!(differ.is_empty(), "align these in crates/famix-py/Cargo.toml:\n{}", differ.join("\n"));
+}
