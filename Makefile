@@ -14,9 +14,15 @@ FAST_TESTS := bench:: cancel:: clip_image:: clip_text:: data:: docs:: download::
 
 .PHONY: setup build test check demo fixtures bench clean python docs reference python-api
 
+# A clone without a target folder gets a link to a per-user one (like libtorch's
+# cache): every clone and CI run then reuses the compiled dependencies, and only
+# famix's own crates are compiled again. FAMIX_TARGET_CACHE=none keeps a local one.
+TARGET_CACHE ?= $(or $(FAMIX_TARGET_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/famix/target)
+
 setup:
 	@command -v cargo >/dev/null || { echo "famix needs a Rust toolchain (cargo): https://rustup.rs" >&2; exit 1; }
 	@tools/setup-libtorch.sh
+	@if [ ! -e target ] && [ "$(TARGET_CACHE)" != none ]; then mkdir -p "$(TARGET_CACHE)" && ln -s "$(TARGET_CACHE)" target; fi
 
 build: setup
 	cargo build --release

@@ -347,6 +347,6 @@ fn incomplete_or_poisoned_checkpoints_and_early_resumes() {
     let (code, _, err) =
         run_famix(&["train", "--resume", early.to_str().unwrap(), "--device", "cpu", "--stop-after", "2", "--workers", "2"]);
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("no checkpoint yet") && err.contains("iteration 0"), "{err}");
+    assert!(err.contains("no committed checkpoint") && err.contains("iteration 0"), "{err}");
     assert_eq!(checkpoint::load(&early.join("latest"), Device::Cpu, None).unwrap().meta.step, 2);
 }
