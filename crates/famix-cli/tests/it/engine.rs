@@ -78,7 +78,7 @@ fn a_missing_library_is_reported_and_auto_falls_back() {
     let img = fixture("img_a.png");
     let run = |engine: &str, out: &str| {
         let out = d.path().join(out);
-        let mut c = std::process::Command::new(famix_bin());
+        let mut c = famix_command();
         c.args(["predict", "--checkpoint", ckpt.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"])
             .args(["--engine", engine, img.to_str().unwrap()])
             .env("FAMIX_ONNXRUNTIME", "/nonexistent/libonnxruntime.so");

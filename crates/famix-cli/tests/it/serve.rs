@@ -26,7 +26,7 @@ impl Server {
     }
 
     fn start_env(checkpoint: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(famix_bin())
+        let mut child = famix_command()
             .args(["serve", "--checkpoint", checkpoint, "--port", "0", "--device", "cpu"])
             .args(extra)
             .envs(env.iter().copied())
@@ -217,8 +217,10 @@ fn the_api_answers_like_predict_and_refuses_bad_input() {
 /// The bounded soak (tools/soak.py, the same harness as the guide's 30-minute run):
 /// 8 clients posting a 128×96 PNG for 30 s on loopback. No request may fail (503
 /// back-pressure aside), and after 10 s of warm-up the server's RSS may grow by at
-/// most 6 MB per minute (least-squares slope over the 1 s samples; a leak of one
-/// 128×96 buffer per request would be ≈ 200 MB/min at this rate). Prints the figures.
+/// most 30 MB per minute (least-squares slope over the 1 s samples). A leak of one
+/// 128×96 RGB buffer per request would be ≈ 240 MB/min at the ~110 requests/s seen
+/// here; over a 20 s window the allocator alone has shown up to 14 MB/min (it settles
+/// within minutes: the guide's 30-minute run measures −0.1 MB/min). Prints the figures.
 #[test]
 fn a_bounded_soak_has_no_failures_and_flat_memory() {
     let d = tmpdir();
@@ -226,7 +228,7 @@ fn a_bounded_soak_has_no_failures_and_flat_memory() {
     let out = Command::new(venv_python())
         .arg(repo_root().join("tools/soak.py"))
         .args(["--url", &server.url, "--pid", &server.child.id().to_string()])
-        .args(["--clients", "8", "--seconds", "30", "--warmup", "10", "--max-rss-slope", "6"])
+        .args(["--clients", "8", "--seconds", "30", "--warmup", "10", "--max-rss-slope", "30"])
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);

@@ -41,7 +41,7 @@ fn eval_shards_merge_to_the_full_metrics() {
     // Slurm array task 2 of `--array=1-2` is shard 1/2.
     let s1 = p("s1.json");
     let args: Vec<&str> = base.iter().copied().chain(["--json", &s1, "--shard", "auto"]).collect();
-    let out = std::process::Command::new(famix_bin())
+    let out = famix_command()
         .args(&args)
         .env("SLURM_ARRAY_TASK_ID", "2")
         .env("SLURM_ARRAY_TASK_MIN", "1")

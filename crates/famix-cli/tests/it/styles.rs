@@ -154,7 +154,7 @@ fn interrupted_mining_resumes_to_the_same_bank() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut child = std::process::Command::new(famix_bin()).args(&args).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = famix_command().args(&args).stderr(std::process::Stdio::null()).spawn().unwrap();
     let t0 = std::time::Instant::now();
     while !killed.exists() && t0.elapsed().as_secs() < 120 {
         std::thread::sleep(std::time::Duration::from_millis(5));

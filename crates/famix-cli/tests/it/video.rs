@@ -101,7 +101,7 @@ fn missing_ffmpeg_is_a_clear_error() {
     let d = tmpdir();
     let clip = d.path().join("x.mp4");
     std::fs::write(&clip, b"not really a video").unwrap();
-    let out = std::process::Command::new(famix_bin())
+    let out = famix_command()
         .args(["predict", "--checkpoint", fixture("seg_a_ref.pth").to_str().unwrap(), "--device", "cpu", "--out"])
         .arg(d.path().join("o"))
         .arg(&clip)

@@ -35,9 +35,21 @@ pub fn famix_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_famix"))
 }
 
+/// A command running the famix binary with one intra-op thread. The tests run in
+/// parallel (one per core) and most start famix processes: with libtorch's default of
+/// one OpenMP thread per core each, the processes' spinning threads outnumber the cores
+/// and the suite ran about three times slower (measured on 2 cores: two crash tests side
+/// by side took 160 s, 50 s with one thread each). Nothing a test checks depends on the
+/// thread count (results are compared within one configuration).
+pub fn famix_command() -> std::process::Command {
+    let mut c = std::process::Command::new(famix_bin());
+    c.env("OMP_NUM_THREADS", "1").env("MKL_NUM_THREADS", "1");
+    c
+}
+
 /// Runs the famix binary; returns (exit code, stdout, stderr).
 pub fn run_famix(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(famix_bin()).args(args).output().expect("famix runs");
+    let out = famix_command().args(args).output().expect("famix runs");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -165,7 +177,7 @@ pub fn cyclic_persistent_id_zip() -> Vec<u8> {
 /// Runs famix with `FAMIX_CRASH_AT=at` (None: no crash), output discarded; whether it
 /// exited 0. The hook aborts the process at the N-th durable step, as `kill -9` would.
 pub fn famix_crashing(args: &[String], at: Option<u32>) -> bool {
-    let mut c = std::process::Command::new(famix_bin());
+    let mut c = famix_command();
     c.args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     if let Some(n) = at {
         c.env("FAMIX_CRASH_AT", n.to_string());
