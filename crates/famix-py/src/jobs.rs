@@ -29,6 +29,7 @@ use crate::segmenter::named;
 /// train` spells them.
 const FLAGS: &[&str] = &[
     "no_mix",
+    "random_styles",
     "no_styles",
     "no_augment",
     "amp",
@@ -64,16 +65,24 @@ fn string(s: &mut Map<String, Value>, k: &str) -> PyResult<Option<String>> {
 
 /// The settings given under `famix train`'s flag names that are not config fields.
 fn apply_flags(c: &mut TrainConfig, s: &mut Map<String, Value>) -> PyResult<()> {
-    let (no_styles, no_mix) = (flag(s, "no_styles"), flag(s, "no_mix"));
+    let (no_styles, no_mix, random) = (flag(s, "no_styles"), flag(s, "no_mix"), flag(s, "random_styles"));
     c.style_mode = if no_styles {
         StyleMode::NoStyles
     } else if no_mix {
         StyleMode::NoMix
+    } else if random {
+        StyleMode::RandomMix
     } else {
         c.style_mode
     };
-    if c.style_mode != StyleMode::NoStyles && c.styles.is_none() {
-        return Err(setting("styles", "a style bank is required (mine one with `famix mine-styles`), or pass no_styles=True"));
+    if c.style_mode == StyleMode::RandomMix && c.styles.is_some() {
+        return Err(setting("random_styles", "draws its statistics without a style bank: leave styles unset"));
+    }
+    if c.style_mode.needs_bank() && c.styles.is_none() {
+        return Err(setting(
+            "styles",
+            "a style bank is required (mine one with `famix mine-styles`), or pass no_styles=True or random_styles=True",
+        ));
     }
     c.augment = !flag(s, "no_augment");
     if let Some(amp) = string(s, "amp")? {

@@ -72,6 +72,14 @@ def test_a_resume_that_lost_its_latest_checkpoint_is_refused_and_continues_from_
         famix.train(resume=r, from_best=True, force=True, progress=False)
 
 
+def test_random_styles_trains_without_a_bank_and_refuses_one(tmp_path, bank):
+    with pytest.raises(famix.InvalidSettingError, match="random_styles"):
+        run(tmp_path / "r", bank, random_styles=True, progress=False)
+    summary = run(tmp_path / "r", None, random_styles=True, iters=2, val_interval=2, progress=False)
+    assert summary["steps"] == 2
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["style_mode"] == "random-mix"
+
+
 def test_a_failing_progress_callable_stops_the_run_and_is_reraised(tmp_path, bank):
     def boom(e):
         if e["event"] == "advance":

@@ -39,6 +39,8 @@ pub mod stream {
     pub const SYNTH_CAPTION: u64 = 11;
     /// CLIP pretraining: random crops.
     pub const PRETRAIN_CROP: u64 = 12;
+    /// The random-style control: per-patch statistics drawn around the source's.
+    pub const RANDOM_STYLE: u64 = 13;
 }
 
 /// A stateless hash of three numbers, uniform in [0, 1): for values that must be a

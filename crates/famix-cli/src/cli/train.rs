@@ -87,6 +87,10 @@ pub struct TrainArgs {
     /// No style transfer at all: plain minimal fine-tuning
     #[arg(long)]
     no_styles: bool,
+    /// The control without language: FAMix's local mixing with per-patch statistics
+    /// drawn at random around the batch's own (no style bank)
+    #[arg(long, conflicts_with_all = ["no_styles", "no_mix", "styles"])]
+    random_styles: bool,
     /// Disable colour jitter and flips
     #[arg(long)]
     no_augment: bool,
@@ -170,6 +174,7 @@ fn fixed_on_resume(a: &TrainArgs) -> Vec<&'static str> {
         ("--beta", a.beta.is_some()),
         ("--no-mix", a.no_mix),
         ("--no-styles", a.no_styles),
+        ("--random-styles", a.random_styles),
         ("--no-augment", a.no_augment),
         ("--num-classes", a.num_classes.is_some()),
         ("--val-dataset", a.val_dataset.is_some()),
@@ -193,13 +198,14 @@ fn new_config(a: &TrainArgs) -> Result<TrainConfig> {
     let (Some(clip), Some(dataset), Some(data_root)) = (a.clip.clone(), a.dataset, a.data_root.clone()) else {
         bail!("--clip, --dataset and --data-root are needed for a new run");
     };
-    let style_mode = match (a.no_styles, a.no_mix) {
-        (true, _) => StyleMode::NoStyles,
-        (_, true) => StyleMode::NoMix,
+    let style_mode = match (a.no_styles, a.no_mix, a.random_styles) {
+        (true, _, _) => StyleMode::NoStyles,
+        (_, true, _) => StyleMode::NoMix,
+        (_, _, true) => StyleMode::RandomMix,
         _ => StyleMode::Mix,
     };
-    if style_mode != StyleMode::NoStyles && a.styles.is_none() {
-        bail!("--styles BANK is required (mine one with `famix mine-styles`), or pass --no-styles");
+    if style_mode.needs_bank() && a.styles.is_none() {
+        bail!("--styles BANK is required (mine one with `famix mine-styles`), or pass --no-styles or --random-styles");
     }
     let mut c = TrainConfig::reference(clip.clone(), sha256_file(&clip)?, dataset, data_root, a.styles.clone());
     c.style_mode = style_mode;

@@ -9,7 +9,7 @@ use std::path::Path;
 use common::*;
 use tch::{Device, Kind, Tensor};
 
-const ROWS: [&str; 5] = ["full-ft", "minimal", "styles-no-mix", "famix", "poda"];
+const ROWS: [&str; 6] = ["full-ft", "minimal", "styles-no-mix", "famix", "poda", "random-styles"];
 const COLUMNS: [&str; 6] = ["source", "dusk", "night", "fog", "rain", "snow"];
 
 fn demo(out: &Path, cache: &Path) -> (i32, String, String) {
@@ -24,11 +24,18 @@ fn quick_demo_writes_results_that_famix_eval_reproduces() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("pretraining the demo CLIP"), "the first run pretrains: {err}");
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    // Every path is relative to the results folder.
+    assert_eq!(doc["validation"], "dusk");
     let roots: Vec<String> = std::iter::once(doc["source_root"].as_str().unwrap().to_string())
         .chain(COLUMNS[1..].iter().map(|c| doc["conditions"][*c].as_str().unwrap_or_else(|| panic!("no {c} in {doc}")).to_string()))
+        .map(|r| out.join(r).display().to_string())
         .collect();
+    for r in &roots {
+        assert!(Path::new(r).is_dir(), "{r} does not resolve from the results folder");
+    }
+    assert!(out.join(doc["clip"].as_str().unwrap()).is_file(), "clip: {}", doc["clip"]);
     let runs = doc["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), ROWS.len() * 2, "5 rows × 2 seeds");
+    assert_eq!(runs.len(), ROWS.len() * 2, "6 rows × 2 seeds");
     for row in ROWS {
         for seed in [1, 2] {
             let r = runs.iter().find(|r| r["row"] == row && r["seed"] == seed).unwrap_or_else(|| panic!("no {row} seed {seed}"));
@@ -64,12 +71,12 @@ fn quick_demo_writes_results_that_famix_eval_reproduces() {
     }
     // The table, the chart, the titled comparison picture (image, ground truth, 5 rows).
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
-    assert!(["(i) full", "(ii) minimal", "(iii)", "(iv) FAMix", "(v) PØDA"].iter().all(|r| md.contains(r)), "{md}");
+    assert!(["(i) full", "(ii) minimal", "(iii)", "(iv) FAMix", "(v) PØDA", "(vi) random"].iter().all(|r| md.contains(r)), "{md}");
     assert!(md.contains("± ") && md.contains("test mean"), "{md}");
     assert!(stdout.contains("(iv) FAMix − (ii) minimal on the test mean"), "{stdout}");
     assert!(famix::Image8::open_rgb(&out.join("results.png")).unwrap().width > 600);
     let cmp = famix::Image8::open_rgb(&out.join("comparison.png")).unwrap();
-    assert_eq!(cmp.width, 7 * 192 + 6 * 4, "image | ground truth | five rows");
+    assert_eq!(cmp.width, 8 * 192 + 7 * 4, "image | ground truth | six rows");
     bf16_agrees_with_fp32(&out, &roots[2]);
     onnxruntime_equals_libtorch(&out, &roots[2]);
     int8_agrees_with_fp32(&out, &roots[0], d.path());

@@ -106,6 +106,40 @@ fn style_draws_use_the_class_bank_or_fall_back() {
     assert!(StyleBank::new(2, vec![]).device_tables(19, Device::Cpu).is_err(), "an empty bank is an error");
 }
 
+/// The random-style control's targets (tolerances stated inline): per patch they
+/// move away from the patch's own statistics by about the batch's spread of patch
+/// statistics (mean |Δμ|/Σ_μ near E|N(0,1)| ≈ 0.80), they are none of a mined bank's
+/// styles (the reference's, imported), σ stays positive, and they are a function of (seed, step).
+#[test]
+fn random_styles_differ_from_the_source_and_from_the_mined_bank() {
+    use famix::style::mixing::{patch_stats, random_targets};
+    let bank = famix::style::bank::StyleBank::import_reference(&fixture("saved_params.pkl")).unwrap();
+    let c = bank.channels as i64;
+    tch::manual_seed(3);
+    let f1 = (Tensor::randn([4, c, 24, 24], (tch::Kind::Float, Device::Cpu)) * 0.7 + 0.4).relu();
+    let (mu, sigma) = patch_stats(&f1, 3);
+    assert_eq!(mu.size(), vec![4, 9, c]);
+    let (mu_t, sigma_t) = random_targets(&f1, 3, 1, 0);
+    let spread = mu.flatten(0, 1).std_dim([0i64].as_slice(), true, false);
+    let moved = ((&mu_t - &mu).abs() / (&spread + 1e-12)).mean(tch::Kind::Double).double_value(&[]);
+    assert!((0.7..=0.9).contains(&moved), "mean |Δμ| / Σ_μ = {moved} (expected ≈ 0.80)");
+    assert!(max_abs_diff(&sigma_t, &sigma) > 1e-4, "σ was not redrawn");
+    assert!(sigma_t.min().double_value(&[]) >= 1e-3, "σ must stay positive");
+    // None of the reference's mined styles.
+    let drawn = mu_t.flatten(0, 1);
+    for (class, (mus, _)) in &bank.entries {
+        for m in mus {
+            let row = Tensor::from_slice(m).view([1, -1]);
+            let nearest = (&drawn - &row).square().sum_dim_intlist([1i64].as_slice(), false, tch::Kind::Float).min().double_value(&[]);
+            assert!(nearest > 1e-3, "a drawn μ equals a mined style of class {class}");
+        }
+    }
+    let (again, _) = random_targets(&f1, 3, 1, 0);
+    let (other, _) = random_targets(&f1, 3, 1, 1);
+    assert_eq!(max_abs_diff(&mu_t, &again), 0.0, "same (seed, step), same draw");
+    assert!(max_abs_diff(&mu_t, &other) > 0.0, "another step draws again");
+}
+
 fn train_args(run: &std::path::Path, bank: &std::path::Path, extra: &[&str]) -> Vec<String> {
     let mut v = vec!["--iters", "8", "--val-dataset", "cityscapes", "--val-root"];
     let val = fixture("cityscapes_mini").display().to_string();
@@ -213,6 +247,17 @@ fn ablations_and_bad_settings() {
         let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(r.join("config.json")).unwrap()).unwrap();
         assert_eq!(cfg["style_mode"], flag.trim_start_matches("--"));
     }
+    // The random-style control needs no bank and refuses one.
+    let mut args = train_args(&d.path().join("random"), &bank, &["--random-styles", "--iters", "2", "--val-interval", "2"]);
+    let (code, _, err) = run(&args);
+    assert_ne!(code, 0);
+    assert!(err.contains("--random-styles") && err.contains("--styles"), "{err}");
+    let at = args.iter().position(|a| a == "--styles").unwrap();
+    args.drain(at..at + 2);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "--random-styles: {err}");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("random/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["style_mode"], "random-mix");
     // A diverging run stops with a clear message and leaves no corrupt checkpoint.
     let r = d.path().join("nan");
     let (code, _, err) = run(&train_args(&r, &bank, &["--lr", "1e30", "--iters", "6", "--log-interval", "1", "--val-interval", "100"]));

@@ -109,7 +109,8 @@ def _train_doc() -> str:
             cityscapes), grid={d['grid']}, beta={d['beta']}, split={d['split']!r},
             condition=None, val_interval={d['val_interval']},
             log_interval={d['log_interval']}, seed={d['seed']}, amp='fp32',
-            num_classes={d['head']['num_classes']}, no_mix=False, no_styles=False, no_augment=False,
+            num_classes={d['head']['num_classes']}, no_mix=False, no_styles=False, random_styles=False,
+            no_augment=False,
             val_dataset/val_root/val_split='val'/val_condition/val_limit=None,
             deterministic=False, no_tf32=False.
 

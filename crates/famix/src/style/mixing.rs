@@ -7,6 +7,14 @@
 //! μ_mix = s·μ + (1 − s)·μ_t, σ_mix likewise; features = ReLU(norm·σ_mix + μ_mix).
 //! The only host work is choosing B·g² bank rows and drawing B·C Beta samples
 //! (tiny uploads); no full-size tensor ever lives on the host.
+//!
+//! The random-style control ([`StyleMode::RandomMix`]) mixes the same way with
+//! targets drawn without language: per patch, μ_t = μ + ε₁·Σ_μ and
+//! σ_t = max(σ + ε₂·Σ_σ, 10⁻³), ε ~ N(0, 1) per (image, cell, channel), where Σ_μ and
+//! Σ_σ are the per-channel standard deviations of the batch's patch means and standard
+//! deviations (DSU's "statistics drawn around the source's", Li et al., ICLR 2022).
+//! Comparing it with FAMix separates what any style randomisation buys from what
+//! styles mined with words buy.
 
 use crate::error::{bail, Result};
 use rand_distr::{Beta, Distribution};
@@ -25,6 +33,9 @@ pub enum StyleMode {
     NoMix,
     /// No style transfer: plain minimal fine-tuning.
     NoStyles,
+    /// The control without language: local mixing with statistics drawn at random
+    /// around the batch's own (no style bank).
+    RandomMix,
 }
 
 impl StyleMode {
@@ -34,10 +45,16 @@ impl StyleMode {
             StyleMode::Mix => "mix",
             StyleMode::NoMix => "no-mix",
             StyleMode::NoStyles => "no-styles",
+            StyleMode::RandomMix => "random-mix",
         }
     }
+
+    /// Whether the mode samples a style bank.
+    pub fn needs_bank(self) -> bool {
+        matches!(self, StyleMode::Mix | StyleMode::NoMix)
+    }
 }
-crate::names::named!(StyleMode, [StyleMode::Mix, StyleMode::NoMix, StyleMode::NoStyles]);
+crate::names::named!(StyleMode, [StyleMode::Mix, StyleMode::NoMix, StyleMode::NoStyles, StyleMode::RandomMix]);
 
 /// The style draws of one iteration.
 pub struct StyleDraw {
@@ -61,15 +78,69 @@ pub fn draw(tables: &BankTables, dominant: &[Vec<u8>], mode: StyleMode, alpha: f
             }
         }
     }
-    let s = if mode == StyleMode::Mix {
-        let beta = Beta::new(alpha, alpha)?;
-        let mut rng = Rng::derive(seed, &[stream::MIX_BETA, step]);
-        let v: Vec<f32> = (0..dominant.len() * channels).map(|_| beta.sample(&mut rng) as f32).collect();
-        Some(crate::device::upload(&Tensor::from_slice(&v).view([dominant.len() as i64, channels as i64, 1, 1]), device))
-    } else {
-        None
-    };
+    let s = if mode == StyleMode::Mix { Some(beta_weights(dominant.len(), channels, alpha, seed, step, device)?) } else { None };
     Ok(StyleDraw { rows: crate::device::upload(&Tensor::from_slice(&rows), device), s })
+}
+
+/// The (B, C, 1, 1) Beta(α, α) mixing weights of iteration `step`, on `device`.
+pub fn beta_weights(images: usize, channels: usize, alpha: f64, seed: u64, step: u64, device: tch::Device) -> Result<Tensor> {
+    let beta = Beta::new(alpha, alpha)?;
+    let mut rng = Rng::derive(seed, &[stream::MIX_BETA, step]);
+    let v: Vec<f32> = (0..images * channels).map(|_| beta.sample(&mut rng) as f32).collect();
+    Ok(crate::device::upload(&Tensor::from_slice(&v).view([images as i64, channels as i64, 1, 1]), device))
+}
+
+/// Per-patch channel means and standard deviations (sqrt(unbiased var + 1e-5)) of
+/// (B, C, H, W) features on a `grid`² grid, each (B, g², C), cell-major as the bank
+/// draws (the last row/column of cells takes the remainder).
+pub fn patch_stats(f1: &Tensor, grid: usize) -> (Tensor, Tensor) {
+    let (b, c) = (f1.size()[0], f1.size()[1]);
+    let (h, w) = (f1.size()[2] as usize, f1.size()[3] as usize);
+    let rows = crate::data::augment::cell_bounds(h, grid, 1);
+    let cols = crate::data::augment::cell_bounds(w, grid, 1);
+    let (mut means, mut stds) = (Vec::with_capacity(grid * grid), Vec::with_capacity(grid * grid));
+    for &(y0, ph) in &rows {
+        for &(x0, pw) in &cols {
+            let x = f1.narrow(2, y0 as i64, ph as i64).narrow(3, x0 as i64, pw as i64);
+            means.push(x.mean_dim([2i64, 3].as_slice(), false, Kind::Float));
+            stds.push((x.var_dim([2i64, 3].as_slice(), true, false) + 1e-5).sqrt());
+        }
+    }
+    let stack = |v: &[Tensor]| Tensor::stack(v, 1).view([b, (grid * grid) as i64, c]);
+    (stack(&means), stack(&stds))
+}
+
+/// The random-style control's targets for iteration `step`: per (image, cell),
+/// statistics drawn around the patch's own (see the module doc), each (B, g², C),
+/// without gradient.
+pub fn random_targets(f1: &Tensor, grid: usize, seed: u64, step: u64) -> (Tensor, Tensor) {
+    tch::no_grad(|| {
+        let (mu, sigma) = patch_stats(&f1.detach(), grid);
+        let n = mu.size()[0] * mu.size()[1];
+        let spread = |t: &Tensor| {
+            if n < 2 {
+                t.zeros_like().select(0, 0).select(0, 0)
+            } else {
+                t.flatten(0, 1).std_dim([0i64].as_slice(), true, false)
+            }
+        };
+        let (s_mu, s_sigma) = (spread(&mu), spread(&sigma));
+        let normal = rand_distr::StandardNormal;
+        let mut rng = Rng::derive(seed, &[stream::RANDOM_STYLE, step]);
+        let count = mu.numel();
+        let eps: Vec<f32> = (0..2 * count).map(|_| normal.sample(&mut rng)).collect();
+        let eps = crate::device::upload(&Tensor::from_slice(&eps), mu.device()).view([2, mu.size()[0], mu.size()[1], mu.size()[2]]);
+        let mu_t = &mu + eps.get(0) * &s_mu;
+        let sigma_t = (&sigma + eps.get(1) * &s_sigma).clamp_min(1e-3);
+        (mu_t, sigma_t)
+    })
+}
+
+/// Restyles layer1 features with the random-style control's targets and the
+/// iteration's Beta weights `s` (B, C, 1, 1).
+pub fn restyle_random(f1: &Tensor, s: &Tensor, grid: usize, seed: u64, step: u64) -> Tensor {
+    let (mu_t, sigma_t) = random_targets(f1, grid, seed, step);
+    restyle(f1, &mu_t, &sigma_t, Some(s), grid)
 }
 
 /// Restyles layer1 features (B, C, H, W) patch by patch. `style_mu`/`style_sigma`:

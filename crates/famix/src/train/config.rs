@@ -46,7 +46,7 @@ pub struct TrainConfig {
     pub condition: Option<String>,
     /// The style bank.
     pub styles: Option<PathBuf>,
-    /// Mixing, styles without mixing, or no styles.
+    /// Mixing, styles without mixing, no styles, or the random-style control.
     pub style_mode: StyleMode,
     /// Total iterations.
     pub iters: u64,

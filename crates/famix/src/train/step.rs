@@ -56,13 +56,13 @@ impl<'a> Stepper<'a> {
         let (lr_head, lr_bb) = self.learning_rates(step);
         let x = normalize_u8(&batch.images, device);
         let y = crate::device::upload(&batch.labels, device).to_kind(Kind::Int64);
-        let draw = match &self.tables {
-            Some(t) => Some(mixing::draw(t, &batch.dominant, cfg.style_mode, cfg.beta, cfg.seed, step)?),
-            None => None,
+        let restyler = self.restyler(batch, step)?;
+        let restyle = |f1: &Tensor| match &restyler {
+            Restyler::Bank(tables, draw) => mixing::restyle_with(f1, tables, draw, cfg.grid),
+            Restyler::Random(s) => mixing::restyle_random(f1, s, cfg.grid, cfg.seed, step),
+            Restyler::None => f1.shallow_clone(),
         };
-        let tables = self.tables.as_ref();
-        let restyle = |f1: &Tensor| mixing::restyle_with(f1, tables.unwrap(), draw.as_ref().unwrap(), cfg.grid);
-        let restyle_ref: Option<&dyn Fn(&Tensor) -> Tensor> = if draw.is_some() { Some(&restyle) } else { None };
+        let restyle_ref: Option<&dyn Fn(&Tensor) -> Tensor> = if matches!(restyler, Restyler::None) { None } else { Some(&restyle) };
         Sgd::zero_grad(&self.all);
         let loss = {
             let _amp = crate::device::Autocast::new(device, cfg.amp_bf16);
@@ -75,9 +75,35 @@ impl<'a> Stepper<'a> {
     }
 }
 
+/// What restyles layer1 in one iteration.
+enum Restyler<'t> {
+    /// Bank rows drawn for each (image, cell) and the Beta weights (FAMix, no-mix).
+    Bank(&'t BankTables, mixing::StyleDraw),
+    /// The random-style control's Beta weights.
+    Random(Tensor),
+    /// No style transfer.
+    None,
+}
+
+impl Stepper<'_> {
+    fn restyler(&self, batch: &Batch, step: u64) -> Result<Restyler<'_>> {
+        let cfg = self.cfg;
+        Ok(match (&self.tables, cfg.style_mode) {
+            (_, StyleMode::NoStyles) => Restyler::None,
+            (_, StyleMode::RandomMix) => {
+                let channels = self.model.config().backbone.low_level_channels() as usize;
+                let images = batch.images.size()[0] as usize;
+                Restyler::Random(mixing::beta_weights(images, channels, cfg.beta, cfg.seed, step, self.model.device())?)
+            }
+            (Some(t), mode) => Restyler::Bank(t, mixing::draw(t, &batch.dominant, mode, cfg.beta, cfg.seed, step)?),
+            (None, _) => Restyler::None,
+        })
+    }
+}
+
 /// Style tables for a run, checked against the backbone.
 pub fn bank_tables(cfg: &TrainConfig, model: &Segmenter) -> Result<Option<BankTables>> {
-    if cfg.style_mode == StyleMode::NoStyles {
+    if !cfg.style_mode.needs_bank() {
         return Ok(None);
     }
     let p = cfg.styles.as_ref().context("--styles BANK is needed (or --no-styles)")?;

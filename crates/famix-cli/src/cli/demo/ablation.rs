@@ -9,6 +9,7 @@
 //! | (iii) `styles-no-mix` | as (ii) | generic vocabulary, applied unmixed |
 //! | (iv) `famix` | as (ii) | generic vocabulary, local mixing |
 //! | (v) `poda` | as (ii) | prompts naming the test conditions, local mixing |
+//! | (vi) `random-styles` | as (ii) | none: statistics drawn around the source's, local mixing |
 //!
 //! The generic vocabulary is the demo world's stand-in for the paper's twenty random
 //! styles: the ten photographic styles the demo CLIP learnt from its captions, each
@@ -17,6 +18,9 @@
 //! Cyberpunk Cityscape, ...). It names no driving condition;
 //! (v) is the contrast that *does* name them (PØDA's premise: the target is
 //! described), so it is an oracle of sorts, not a domain-generalisation method.
+//! (vi) is the control without language: the same local mixing with per-patch
+//! statistics drawn at random around the source's (`StyleMode::RandomMix`), so
+//! (iv) − (vi) is what mining styles with words adds to style randomisation.
 //! Validation during training uses the source only; the final weights are evaluated.
 
 use std::collections::BTreeMap;
@@ -56,11 +60,13 @@ pub enum Row {
     Famix,
     /// (v) PØDA-style prompts naming the target conditions.
     Poda,
+    /// (vi) random styles: local mixing with statistics drawn around the source's.
+    RandomStyles,
 }
 
 impl Row {
     /// Every row, in table order.
-    pub const ALL: [Row; 5] = [Row::FullFt, Row::Minimal, Row::StylesNoMix, Row::Famix, Row::Poda];
+    pub const ALL: [Row; 6] = [Row::FullFt, Row::Minimal, Row::StylesNoMix, Row::Famix, Row::Poda, Row::RandomStyles];
 
     /// The row's id in results.json.
     pub fn id(self) -> &'static str {
@@ -70,6 +76,7 @@ impl Row {
             Row::StylesNoMix => "styles-no-mix",
             Row::Famix => "famix",
             Row::Poda => "poda",
+            Row::RandomStyles => "random-styles",
         }
     }
 
@@ -81,6 +88,7 @@ impl Row {
             Row::StylesNoMix => "(iii) + styles, no mixing",
             Row::Famix => "(iv) FAMix",
             Row::Poda => "(v) PØDA-style prompts (name the test conditions)",
+            Row::RandomStyles => "(vi) random styles (no language)",
         }
     }
 
@@ -97,12 +105,13 @@ impl Row {
             Row::FullFt | Row::Minimal => StyleMode::NoStyles,
             Row::StylesNoMix => StyleMode::NoMix,
             Row::Famix | Row::Poda => StyleMode::Mix,
+            Row::RandomStyles => StyleMode::RandomMix,
         }
     }
 
     fn vocabulary(self) -> Option<Vocabulary> {
         match self {
-            Row::FullFt | Row::Minimal => None,
+            Row::FullFt | Row::Minimal | Row::RandomStyles => None,
             Row::StylesNoMix | Row::Famix => Some(Vocabulary::Generic),
             Row::Poda => Some(Vocabulary::TestConditions),
         }
@@ -145,8 +154,9 @@ pub struct Settings {
     pub crop: usize,
     /// Head learning rate.
     pub lr: f64,
-    /// Mining batches.
-    pub mine_batches: u64,
+    /// Mining batches (None: one pass over the source's training images, as the paper
+    /// mines every image).
+    pub mine_batches: Option<u64>,
     /// Crops per mining batch.
     pub mine_batch: usize,
     /// Mining crop size (divisible by 4 × the 3×3 grid).
@@ -193,7 +203,7 @@ fn mine_bank(world: &World, s: &Settings, v: Vocabulary, seed: u64, out: &Path, 
         batch: s.mine_batch,
         crop: s.mine_crop,
         seed,
-        limit: Some(s.mine_batches),
+        limit: s.mine_batches,
         group: 2,
         save_every: 1000,
         ..MineSettings::reference(famix::data::prefetch::default_workers())

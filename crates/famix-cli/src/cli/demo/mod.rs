@@ -1,6 +1,6 @@
 //! `famix demo`: the FAMix paper's ablation in miniature, on a procedural driving
 //! world (see `famix::data::synth`) with a CLIP pretrained on captioned images of
-//! that world under every condition ([`world`]). Five training recipes ([`ablation`])
+//! that world under every condition ([`world`]). Six training recipes ([`ablation`])
 //! on day-only data, three seeds, evaluated on the source and on unseen night, fog,
 //! rain and snow; results as JSON, Markdown, a bar chart and a comparison picture
 //! ([`results`]).
@@ -40,7 +40,7 @@ pub struct DemoArgs {
     /// Head learning rate (the backbone's is 0.1 ×) [default: 0.1]
     #[arg(long)]
     lr: Option<f64>,
-    /// Mining batches per style bank [default: 8; --quick: 2]
+    /// Mining batches per style bank [default: one pass over the source's training images]
     #[arg(long)]
     mine_batches: Option<u64>,
     /// PIN steps per mined style [default: 20; --quick: 3]
@@ -102,7 +102,7 @@ fn settings(a: &DemoArgs) -> Settings {
         batch: 8,
         crop: 64,
         lr: a.lr.unwrap_or(0.1),
-        mine_batches: a.mine_batches.unwrap_or(if a.quick { 2 } else { 8 }),
+        mine_batches: a.mine_batches,
         mine_batch: 4,
         mine_crop: 72,
         pin_iters: a.pin_iters.unwrap_or(if a.quick { 3 } else { 20 }),

@@ -58,22 +58,27 @@ pub fn summary(results: &[RunResult], s: &Settings) -> BTreeMap<(usize, String),
     out
 }
 
+/// `path` relative to `base` (with `..` where it lies outside), so results.json stays
+/// valid wherever its folder is moved or read from.
 fn relative(path: &Path, base: &Path) -> String {
-    path.strip_prefix(base).unwrap_or(path).display().to_string()
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    pathdiff::diff_paths(abs(path), abs(base)).unwrap_or_else(|| path.to_path_buf()).display().to_string()
 }
 
-/// results.json.
+/// results.json: every path relative to `out`, the folder that holds it.
 pub fn write_json(out: &Path, world: &World, s: &Settings, results: &[RunResult]) -> Result<PathBuf> {
-    let conditions: serde_json::Map<String, serde_json::Value> =
-        std::iter::once(s.validation).chain(s.tests.iter().copied()).map(|c| (c.name().to_string(), json!(world.root(c)))).collect();
+    let conditions: serde_json::Map<String, serde_json::Value> = std::iter::once(s.validation)
+        .chain(s.tests.iter().copied())
+        .map(|c| (c.name().to_string(), json!(relative(world.root(c), out))))
+        .collect();
     let runs: Vec<serde_json::Value> = results
         .iter()
         .map(|r| json!({"row": r.row.id(), "seed": r.seed, "checkpoint": relative(&r.checkpoint, out), "miou": r.miou}))
         .collect();
     let doc = json!({
-        "source_root": world.root(Condition::Day), "conditions": conditions, "runs": runs,
-        "validation_condition": s.validation.name(), "test_conditions": s.tests.iter().map(|t| t.name()).collect::<Vec<_>>(),
-        "settings": s, "clip": world.clip,
+        "source_root": relative(world.root(Condition::Day), out), "conditions": conditions, "runs": runs,
+        "validation": s.validation.name(), "test_conditions": s.tests.iter().map(|t| t.name()).collect::<Vec<_>>(),
+        "settings": s, "clip": relative(&world.clip, out),
     });
     let path = out.join("results.json");
     famix::io::atomic_write_json(&path, &doc)?;
@@ -81,7 +86,8 @@ pub fn write_json(out: &Path, world: &World, s: &Settings, results: &[RunResult]
 }
 
 /// The paper's claims, checked on the means: (iv) − (ii) on the test mean, (ii) − (i)
-/// on the test mean, and FAMix's source mIoU against (ii)'s.
+/// on the test mean, FAMix's source mIoU against (ii)'s; and the control: (iv) − (vi)
+/// on the test mean.
 pub fn claims(sum: &BTreeMap<(usize, String), (f64, f64)>, s: &Settings) -> Vec<String> {
     let idx = |r: Row| s.rows.iter().position(|x| *x == r);
     let get = |r: Row, c: &str| idx(r).and_then(|i| sum.get(&(i, c.to_string()))).map(|v| v.0);
@@ -94,6 +100,12 @@ pub fn claims(sum: &BTreeMap<(usize, String), (f64, f64)>, s: &Settings) -> Vec<
     }
     if let (Some(f), Some(m)) = (get(Row::Famix, "source"), get(Row::Minimal, "source")) {
         out.push(format!("(iv) FAMix − (ii) minimal on the source: {:+.2} points (claim: within ±2)", f - m));
+    }
+    if let (Some(f), Some(r)) = (get(Row::Famix, "test mean"), get(Row::RandomStyles, "test mean")) {
+        out.push(format!(
+            "(iv) FAMix − (vi) random styles on the test mean: {:+.2} points (what the words add to style randomisation)",
+            f - r
+        ));
     }
     out
 }
@@ -128,7 +140,7 @@ pub fn write_markdown(out: &Path, s: &Settings, results: &[RunResult], seeds: &[
     Ok(path)
 }
 
-const ROW_COLORS: [[u8; 3]; 5] = [[150, 150, 150], [80, 120, 200], [240, 160, 60], [200, 50, 50], [90, 170, 90]];
+const ROW_COLORS: [[u8; 3]; 6] = [[150, 150, 150], [80, 120, 200], [240, 160, 60], [200, 50, 50], [90, 170, 90], [150, 90, 190]];
 
 /// results.png: grouped bars per column, one bar per row, ± std whiskers.
 pub fn write_chart(out: &Path, s: &Settings, results: &[RunResult]) -> Result<PathBuf> {
@@ -188,5 +200,6 @@ fn short_title(r: Row) -> &'static str {
         Row::StylesNoMix => "(iii) styles, no mix",
         Row::Famix => "(iv) FAMix",
         Row::Poda => "(v) PØDA prompts",
+        Row::RandomStyles => "(vi) random styles",
     }
 }
