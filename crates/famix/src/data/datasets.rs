@@ -386,6 +386,15 @@ impl Dataset {
         self.samples.is_empty()
     }
 
+    /// An error naming the folder when the dataset has no image/label pair (every job
+    /// over a dataset checks this first).
+    pub fn require_samples(&self) -> Result<()> {
+        if self.is_empty() {
+            fail!(InvalidInput, &self.root, "no image/label pairs found for {} (run `famix data check`)", self.describe());
+        }
+        Ok(())
+    }
+
     /// A note about pairs the listing could not make (images without labels, labels
     /// without images), or None when every file paired up.
     pub fn issues_note(&self) -> Option<String> {

@@ -42,9 +42,7 @@ pub fn evaluate(model: &Segmenter, ds: &Dataset, opts: &EvalOptions, progress: &
     if opts.limit == Some(0) {
         fail!(InvalidSetting, "--limit", "--limit 0 evaluates nothing; give at least 1 (or leave it out)");
     }
-    if ds.is_empty() {
-        fail!(InvalidInput, &ds.root, "no image/label pairs found for {} (run `famix data check`)", ds.describe());
-    }
+    ds.require_samples()?;
     if let Some(note) = ds.issues_note() {
         progress.notice(&note);
     }

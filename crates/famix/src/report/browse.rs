@@ -13,7 +13,7 @@ use html_escape::encode_text as esc;
 
 use crate::data::labels::{default_class_names, CITYSCAPES_PALETTE, IGNORE};
 use crate::data::Dataset;
-use crate::error::{fail, Context, Result};
+use crate::error::{Context, Result};
 use crate::render::{colorize, overlay};
 
 /// What [`browse`] wrote.
@@ -33,9 +33,7 @@ pub fn spread(len: usize, n: usize) -> Vec<usize> {
 
 /// Writes panels of `n` samples of `ds` spread over the split, and `out/index.html`.
 pub fn browse(ds: &Dataset, n: usize, out: &Path) -> Result<BrowseFiles> {
-    if ds.is_empty() {
-        fail!(InvalidInput, &ds.root, "no image/label pairs found for {} (run `famix data check`)", ds.describe());
-    }
+    ds.require_samples()?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut hist = [0u64; 256];
     let mut files = BrowseFiles { html: out.join("index.html"), panels: vec![] };

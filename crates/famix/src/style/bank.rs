@@ -308,10 +308,11 @@ impl StyleBank {
         // too (the reference would fail), it draws from the whole bank.
         let n = (mus.len() / self.channels) as i64;
         let mut fallback = 0;
-        for span in spans.iter_mut() {
+        for (slot, span) in spans.iter_mut().enumerate() {
             if span.1 == 0 {
                 if ignore == 0 {
-                    fallback += 1;
+                    // Counted: the classes without styles, not the ignore slot itself.
+                    fallback += usize::from(slot < num_classes);
                     *span = (0, n as usize);
                 } else {
                     *span = ignore_span;

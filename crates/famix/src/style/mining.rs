@@ -471,9 +471,7 @@ pub fn mine_job(job: &MineJob, s: &MineSettings, pin: &PinConfig, progress: &dyn
         fail!(Incompatible, &job.clip, "{}: the CLIP image tower has no attention pool", job.clip.display());
     }
     let ds = Arc::new(Dataset::open(job.dataset, &job.data_root, &job.split, job.condition.as_deref())?);
-    if ds.is_empty() {
-        fail!(InvalidInput, &ds.root, "no image/label pairs found for {} (run `famix data check`)", ds.describe());
-    }
+    ds.require_samples()?;
     let identity = run_identity(&crate::io::sha256_file(&job.clip)?, &ds, s, pin, &prompts);
     let mut miner = Miner::new(&clip, &prompts, pin)?;
     mine(&mut miner, ds, s, &job.out, identity, job.resume, progress)

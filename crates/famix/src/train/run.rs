@@ -54,9 +54,7 @@ pub struct TrainSummary {
 /// The source and (optional) validation datasets, both non-empty.
 fn open_datasets(cfg: &TrainConfig) -> Result<(Arc<Dataset>, Option<Dataset>)> {
     let ds = Dataset::open(cfg.dataset, &cfg.data_root, &cfg.split, cfg.condition.as_deref())?;
-    if ds.is_empty() {
-        fail!(InvalidInput, &ds.root, "no image/label pairs found for {} (run `famix data check`)", ds.describe());
-    }
+    ds.require_samples()?;
     let val = match &cfg.val {
         Some(v) => {
             let d = Dataset::open(v.dataset, &v.data_root, &v.split, v.condition.as_deref())?;

@@ -3,6 +3,8 @@
 //! SGD momentum and the training state, one file committed by one rename) for a resume.
 //! Resuming restores every one of these, so a resumed run continues bit-exactly.
 
+use std::path::PathBuf;
+
 use crate::error::{bail, fail, Context, Error, Result};
 
 use tch::{Device, Tensor};
@@ -125,11 +127,14 @@ pub(super) fn restore_or_init(
     progress: &dyn Progress,
 ) -> Result<Start> {
     let device = opts.device;
-    let fresh = |state: RunState| Ok(Start { model: initial_model(cfg, device)?, state, log_note: None });
-    // A new run (also one started over with --force) starts an empty log.
-    let new_state = RunState { run_id: cfg.run_id.clone(), log_bytes: Some(0), ..Default::default() };
+    // A new run (also one started over with --force, or a resume before the first
+    // checkpoint) starts from the initial model with an empty log.
+    let fresh = || {
+        let state = RunState { run_id: cfg.run_id.clone(), log_bytes: Some(0), ..Default::default() };
+        Ok(Start { model: initial_model(cfg, device)?, state, log_note: None })
+    };
     if !resume {
-        return fresh(new_state);
+        return fresh();
     }
     if opts.from_best {
         return resume_from_best(cfg, run, device, progress);
@@ -153,7 +158,7 @@ pub(super) fn restore_or_init(
             "{} has its configuration but no committed checkpoint: starting the run from iteration 0",
             run.dir().display()
         ));
-        return fresh(new_state);
+        return fresh();
     }
     let mut l = match checkpoint::load(&latest, device, Some(cfg.output_stride)) {
         Ok(l) => l,
@@ -204,22 +209,19 @@ fn check_head(cfg: &TrainConfig, l: &checkpoint::Loaded) -> Result<()> {
 /// while writing its first checkpoint leaves them, and starts again from 0.
 pub(crate) fn recorded_progress(run: &RunFolder, cfg: &TrainConfig) -> Result<Option<String>> {
     let first = cfg.val_interval.max(1).min(cfg.iters.max(1));
-    let header = checkpoint::sidecar_path(&run.latest());
-    if let Ok(meta) = crate::io::read_json::<CheckpointMeta>(&header) {
-        if meta.step > 0 {
-            return Ok(Some(format!("{} records iteration {}", header.display(), meta.step)));
-        }
+    // A checkpoint header recording an iteration past `after`.
+    let header_past = |checkpoint: PathBuf, after: u64| {
+        let header = checkpoint::sidecar_path(&checkpoint);
+        let step = crate::io::read_json::<CheckpointMeta>(&header).ok().map(|m| m.step).filter(|&s| s > after);
+        step.map(|s| format!("{} records iteration {s}", header.display()))
+    };
+    if let Some(found) = header_past(run.latest(), 0) {
+        return Ok(Some(found));
     }
     if let Some(last) = logged_iterations(run)?.iter().map(|(i, _)| *i).max().filter(|&i| i > first) {
         return Ok(Some(format!("{} records iteration {last}", run.log().display())));
     }
-    let best = checkpoint::sidecar_path(&run.best());
-    if let Ok(meta) = crate::io::read_json::<CheckpointMeta>(&best) {
-        if meta.step > first {
-            return Ok(Some(format!("{} records iteration {}", best.display(), meta.step)));
-        }
-    }
-    Ok(None)
+    Ok(header_past(run.best(), first))
 }
 
 /// The iterations the run's log records, each with the log's length after its line.

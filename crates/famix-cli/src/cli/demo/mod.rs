@@ -127,8 +127,12 @@ pub fn demo(a: DemoArgs) -> Result<i32> {
     step("2/4 mining the style banks (patch-wise PIN, once for all seeds)");
     let banks = ablation::mine_banks(&world, &s, ws.seed, &a.out, a.device.device)?;
     let mut all = Vec::new();
+    let training = std::time::Instant::now();
     for (i, &seed) in a.seeds.iter().enumerate() {
-        step(&format!("3/4 seed {seed} ({}/{}): training {} rows on day only, evaluating each", i + 1, a.seeds.len(), s.rows.len()));
+        // After the first seed, the time left is the mean time per seed so far.
+        let left = (i > 0).then(|| training.elapsed().as_secs_f64() / i as f64 * (a.seeds.len() - i) as f64);
+        let eta = left.map(|l| format!("; about {:.0} min left", (l / 60.0).ceil())).unwrap_or_default();
+        step(&format!("3/4 seed {seed} ({}/{}): training {} rows on day only, evaluating each{eta}", i + 1, a.seeds.len(), s.rows.len()));
         all.extend(ablation::run_seed(&world, &s, &banks, seed, &a.out, a.device.device, &Bars::default())?);
     }
     step("4/4 writing results.json, results.md, results.png, comparison.png");
