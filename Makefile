@@ -32,8 +32,12 @@ build: setup
 check: setup
 	cargo fmt --all --check
 	cargo clippy --release --all-targets -- -D warnings
-	cargo test --release -p famix --lib
-	cargo test --release -p famix-cli --test it -- $(FAST_TESTS)
+	@# One cargo call builds the library's unit tests and the integration tests with the
+	@# same features (two calls resolved them differently and compiled the library's tests
+	@# twice). The filters are ORed per binary: `tests::` selects every unit test (they
+	@# live in `mod tests`; no integration test has that in its name), $(FAST_TESTS) the
+	@# fast integration modules.
+	cargo test --release -p famix --lib -p famix-cli --test it -- tests:: $(FAST_TESTS)
 
 # Everything, as .ci/run: hygiene first (formatting, lints, docs, the library free of
 # CLI/server crates), then every test (unit, integration: PyTorch-parity fixtures, CLI,
