@@ -1,7 +1,8 @@
 //! The ONNX Runtime engine computes what libtorch computes: on the reference `.pth`
 //! fixture and on famix checkpoints at output strides 8 and 16 (batch-norm statistics
 //! and affine parameters randomised, so folding matters), its logits are within 1e-4 (max abs) of libtorch's
-//! plain path and its train ids identical, at test scale 1, 0.5 and with the ensemble,
+//! plain path and its train ids identical wherever libtorch's two best logits are more
+//! than 2e-4 apart (a nearer tie may go either way), at test scale 1, 0.5 and with the ensemble,
 //! from both the session built for the first input size and the any-size one;
 //! `famix predict` writes byte-identical PNGs with either engine; unusable settings and
 //! a missing library are reported, and `auto` falls back to libtorch. (The demo's
@@ -48,8 +49,13 @@ fn onnxruntime_matches_libtorch() {
         for ((x, opts), (ids_t, logits_t)) in inputs.iter().chain(&inputs).zip(expected.iter().chain(&expected)) {
             let (ids_o, logits_o) = m.predict_ids(x, opts).unwrap();
             let what = format!("{} os {os:?} {:?} scale {} ensemble {}", path.display(), x.size(), opts.scale, opts.ensemble);
-            assert_close(&what, &logits_o.unwrap(), logits_t.as_ref().unwrap(), TOL);
-            assert_eq!(ids_o.ne_tensor(ids_t).sum(Kind::Int64).int64_value(&[]), 0, "{what}: train ids differ");
+            let logits_t = logits_t.as_ref().unwrap();
+            assert_close(&what, &logits_o.unwrap(), logits_t, TOL);
+            // Logits within TOL can only swap the argmax where the top two are within 2·TOL.
+            let (top, _) = logits_t.topk(2, 1, true, true);
+            let decided = (top.select(1, 0) - top.select(1, 1)).gt(2.0 * TOL);
+            let differ = ids_o.ne_tensor(ids_t).logical_and(&decided).sum(Kind::Int64).int64_value(&[]);
+            assert_eq!(differ, 0, "{what}: train ids differ where the logits decide");
         }
     }
 }
