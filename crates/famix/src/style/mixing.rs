@@ -176,18 +176,18 @@ fn restyle_uneven(f1: &Tensor, style_mu: &Tensor, style_sigma: &Tensor, s: Optio
     let (b, c, h, w) = f1.size4().unwrap();
     let rows = crate::data::augment::cell_bounds(h as usize, grid, 1);
     let cols = crate::data::augment::cell_bounds(w as usize, grid, 1);
+    let (means, stds) = patch_stats(f1, grid);
+    let cell = |t: &Tensor, k: i64| t.select(1, k).view([b, c, 1, 1]);
     let mut out_rows = Vec::with_capacity(grid);
     for (gy, &(y0, ph)) in rows.iter().enumerate() {
         let band = f1.narrow(2, y0 as i64, ph as i64);
         let mut cells = Vec::with_capacity(grid);
         for (gx, &(x0, pw)) in cols.iter().enumerate() {
             let x = band.narrow(3, x0 as i64, pw as i64);
-            let mean = x.mean_dim([2i64, 3].as_slice(), true, Kind::Float);
-            let std = (x.var_dim([2i64, 3].as_slice(), true, true) + 1e-5).sqrt();
-            let norm = (&x - &mean) / &std;
             let k = (gy * grid + gx) as i64;
-            let mu_t = style_mu.select(1, k).view([b, c, 1, 1]);
-            let sd_t = style_sigma.select(1, k).view([b, c, 1, 1]);
+            let (mean, std) = (cell(&means, k), cell(&stds, k));
+            let norm = (&x - &mean) / &std;
+            let (mu_t, sd_t) = (cell(style_mu, k), cell(style_sigma, k));
             let (mu_m, sd_m) = match s {
                 Some(s) => {
                     let one_minus = s.neg() + 1.0;

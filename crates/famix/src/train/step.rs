@@ -57,12 +57,8 @@ impl<'a> Stepper<'a> {
         let x = normalize_u8(&batch.images, device);
         let y = crate::device::upload(&batch.labels, device).to_kind(Kind::Int64);
         let restyler = self.restyler(batch, step)?;
-        let restyle = |f1: &Tensor| match &restyler {
-            Restyler::Bank(tables, draw) => mixing::restyle_with(f1, tables, draw, cfg.grid),
-            Restyler::Random(s) => mixing::restyle_random(f1, s, cfg.grid, cfg.seed, step),
-            Restyler::None => f1.shallow_clone(),
-        };
-        let restyle_ref: Option<&dyn Fn(&Tensor) -> Tensor> = if matches!(restyler, Restyler::None) { None } else { Some(&restyle) };
+        let restyle = restyler.as_ref().map(|r| move |f1: &Tensor| r.apply(f1, cfg, step));
+        let restyle_ref = restyle.as_ref().map(|f| f as &dyn Fn(&Tensor) -> Tensor);
         Sgd::zero_grad(&self.all);
         let loss = {
             let _amp = crate::device::Autocast::new(device, cfg.amp_bf16);
@@ -75,28 +71,36 @@ impl<'a> Stepper<'a> {
     }
 }
 
-/// What restyles layer1 in one iteration.
+/// What restyles layer1 in one iteration (none without style transfer).
 enum Restyler<'t> {
     /// Bank rows drawn for each (image, cell) and the Beta weights (FAMix, no-mix).
     Bank(&'t BankTables, mixing::StyleDraw),
     /// The random-style control's Beta weights.
     Random(Tensor),
-    /// No style transfer.
-    None,
+}
+
+impl Restyler<'_> {
+    /// Restyles layer1 features `f1` for iteration `step`.
+    fn apply(&self, f1: &Tensor, cfg: &TrainConfig, step: u64) -> Tensor {
+        match self {
+            Restyler::Bank(tables, draw) => mixing::restyle_with(f1, tables, draw, cfg.grid),
+            Restyler::Random(s) => mixing::restyle_random(f1, s, cfg.grid, cfg.seed, step),
+        }
+    }
 }
 
 impl Stepper<'_> {
-    fn restyler(&self, batch: &Batch, step: u64) -> Result<Restyler<'_>> {
+    fn restyler(&self, batch: &Batch, step: u64) -> Result<Option<Restyler<'_>>> {
         let cfg = self.cfg;
         Ok(match (&self.tables, cfg.style_mode) {
-            (_, StyleMode::NoStyles) => Restyler::None,
+            (_, StyleMode::NoStyles) => None,
             (_, StyleMode::RandomMix) => {
                 let channels = self.model.config().backbone.low_level_channels() as usize;
                 let images = batch.images.size()[0] as usize;
-                Restyler::Random(mixing::beta_weights(images, channels, cfg.beta, cfg.seed, step, self.model.device())?)
+                Some(Restyler::Random(mixing::beta_weights(images, channels, cfg.beta, cfg.seed, step, self.model.device())?))
             }
-            (Some(t), mode) => Restyler::Bank(t, mixing::draw(t, &batch.dominant, mode, cfg.beta, cfg.seed, step)?),
-            (None, _) => Restyler::None,
+            (Some(t), mode) => Some(Restyler::Bank(t, mixing::draw(t, &batch.dominant, mode, cfg.beta, cfg.seed, step)?)),
+            (None, _) => None,
         })
     }
 }
