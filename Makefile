@@ -9,7 +9,7 @@ MDBOOK_VERSION := 0.5.4
 # The integration-test modules (crates/famix-cli/tests/it/) that `make check` runs:
 # those that answer in seconds. The rest (training, mining, the demo, crash and fuzz
 # runs, the soak, browsers, videos) run in `make test`.
-FAST_TESTS := bench:: cancel:: clip_image:: clip_text:: data:: docs:: download:: engine:: export:: \
+FAST_TESTS := bench:: cancel:: classes:: clip_image:: clip_text:: data:: docs:: download:: engine:: export:: \
 	fastpath:: hygiene:: library:: optim:: quiet:: segmenter:: synth::
 
 .PHONY: setup build test check demo fixtures bench clean python docs reference python-api

@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use serde_json::{Map, Value};
 
+use famix::data::classes::ClassSet;
 use famix::data::{Dataset, DatasetKind};
 use famix::eval::metrics::by_class_name;
 use famix::eval::EvalOptions;
@@ -34,6 +35,7 @@ const FLAGS: &[&str] = &[
     "no_augment",
     "amp",
     "num_classes",
+    "classes",
     "val_dataset",
     "val_root",
     "val_split",
@@ -90,6 +92,12 @@ fn apply_flags(c: &mut TrainConfig, s: &mut Map<String, Value>) -> PyResult<()> 
     }
     if let Some(n) = take(s, "num_classes") {
         c.head = HeadConfig::reference(n.as_i64().ok_or_else(|| setting("num_classes", format!("expected an integer, got {n}")))?);
+        if s.contains_key("classes") {
+            return Err(setting("classes", "a class file sets the number of classes: leave num_classes unset"));
+        }
+    }
+    if let Some(p) = string(s, "classes")? {
+        c.set_classes(ClassSet::from_file(std::path::Path::new(&p)).map_err(to_py)?);
     }
     c.numerics = famix::device::Numerics { deterministic: flag(s, "deterministic"), tf32: !flag(s, "no_tf32") };
     let (val_dataset, val_root) = (string(s, "val_dataset")?, string(s, "val_root")?);
@@ -258,7 +266,7 @@ pub fn train(
 /// Evaluates a segmenter on a dataset split; returns the report as JSON.
 #[pyfunction]
 #[pyo3(signature = (model, dataset, data_root, progress, split = "val", condition = None, scale = 1.0, ensemble = false,
-    amp = "fp32", skip_bad = false, limit = None))]
+    amp = "fp32", skip_bad = false, limit = None, classes = None))]
 #[allow(clippy::too_many_arguments)] // one per keyword argument of famix.evaluate
 pub fn evaluate(
     py: Python<'_>,
@@ -273,20 +281,26 @@ pub fn evaluate(
     amp: &str,
     skip_bad: bool,
     limit: Option<usize>,
+    classes: Option<PathBuf>,
 ) -> PyResult<String> {
     let kind: DatasetKind = named("dataset", dataset)?;
+    let given = classes.map(|p| ClassSet::from_file(&p).map(|c| (p, c))).transpose().map_err(to_py)?;
     let precision: Precision = named("amp", amp)?;
     let opts = EvalOptions { predict: PredictOptions { scale, ensemble, precision, keep_logits: false }, skip_bad, limit };
     let p = PyProgress::new(progress);
     let r = py.allow_threads(|| -> PyResult<famix::Result<String>> {
         let m = model.lock()?;
-        Ok(evaluate_json(&m, kind, &data_root, split, condition.as_deref(), &opts, &p))
+        let classes =
+            famix::data::classes::agree(&m.config().classes, given.as_ref().map(|(p, c)| (p.as_path(), c.clone())), "the model".as_ref());
+        Ok(classes.and_then(|c| evaluate_json(&m, &c, kind, &data_root, split, condition.as_deref(), &opts, &p)))
     })?;
     p.finish_job(r)
 }
 
+#[allow(clippy::too_many_arguments)] // the model, the data and the options
 fn evaluate_json(
     m: &famix::Segmenter,
+    classes: &ClassSet,
     kind: DatasetKind,
     root: &std::path::Path,
     split: &str,
@@ -294,12 +308,12 @@ fn evaluate_json(
     opts: &EvalOptions,
     p: &PyProgress,
 ) -> famix::Result<String> {
-    let ds = Dataset::open(kind, root, split, condition)?;
+    let ds = Dataset::open(kind, root, split, condition)?.with_classes(classes)?;
     let rep = famix::eval::evaluate(m, &ds, opts, p)?;
     // The keys of `famix eval --json`, and the per-class accuracy and pixel count.
-    let names = &m.config().class_names;
-    let mut v = rep.metrics.eval_json(names, &rep.confusion);
-    v["per_class_acc"] = by_class_name(names, &rep.metrics.per_class_acc).into();
+    let names = m.config().class_names();
+    let mut v = rep.metrics.eval_json(&names, &rep.confusion);
+    v["per_class_acc"] = by_class_name(&names, &rep.metrics.per_class_acc).into();
     (v["pixels"], v["images"], v["skipped"]) = (rep.metrics.pixels.into(), rep.images.into(), serde_json::json!(rep.skipped));
     Ok(v.to_string())
 }
@@ -341,7 +355,7 @@ pub fn choices(name: &str) -> PyResult<Vec<&'static str>> {
 #[pyo3(signature = (out, clip, dataset, data_root, progress, split = "train", condition = None, batch = None, crop = None,
     iters = None, lr = None, grid = None, seed = None, limit = None, styles = None, prompt = None, group = None,
     save_every = None, resume = false, force = false, shard = None, deterministic = false, no_tf32 = false, device = "cpu",
-    workers = None, skip_bad = false))]
+    workers = None, skip_bad = false, classes = None))]
 #[allow(clippy::too_many_arguments)] // one per keyword argument of famix.mine_styles
 pub fn mine_styles(
     py: Python<'_>,
@@ -371,6 +385,7 @@ pub fn mine_styles(
     device: &str,
     workers: Option<usize>,
     skip_bad: bool,
+    classes: Option<PathBuf>,
 ) -> PyResult<StyleBank> {
     let reference = PinConfig::default();
     let pin = PinConfig {
@@ -396,6 +411,7 @@ pub fn mine_styles(
         split: split.into(),
         condition,
         prompts: styles,
+        classes: classes.map(|p| ClassSet::from_file(&p)).transpose().map_err(to_py)?,
         out,
         resume,
         force,
@@ -438,7 +454,7 @@ impl StyleBank {
 
     #[getter]
     fn classes(&self) -> Vec<String> {
-        self.inner.class_names.clone()
+        self.inner.classes.names()
     }
 
     #[getter]

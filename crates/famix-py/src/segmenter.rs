@@ -118,12 +118,12 @@ impl Segmenter {
 
     #[getter]
     fn classes(&self) -> PyResult<Vec<String>> {
-        Ok(self.lock()?.config().class_names.clone())
+        Ok(self.lock()?.config().class_names())
     }
 
     #[getter]
     fn palette(&self) -> PyResult<Vec<[u8; 3]>> {
-        Ok(self.lock()?.config().palette.clone())
+        Ok(self.lock()?.config().palette())
     }
 
     #[getter]

@@ -203,3 +203,32 @@ def test_every_error_is_a_famix_error():
     for cls in (famix.InvalidInputError, famix.InvalidSettingError, famix.IncompatibleError, famix.NonFiniteError,
                 famix.BusyError, famix.IoError):
         assert issubclass(cls, famix.Error) and issubclass(famix.Error, Exception)
+
+
+CITYSCAPES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+              "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"]
+
+
+def _class_file(path, road_prompt):
+    classes = [{"name": n, "color": [i, 10, 20]} for i, n in enumerate(CITYSCAPES)]
+    if road_prompt:
+        classes[0]["prompt"] = road_prompt
+    path.write_text(json.dumps({"classes": classes, "unknown": "ignore"}))
+    return path
+
+
+def test_a_class_file_travels_with_the_model_and_refuses_others(tmp_path, bank):
+    mine = _class_file(tmp_path / "mine.json", "paved road")
+    with pytest.raises(famix.InvalidSettingError, match="num_classes"):
+        run(tmp_path / "r0", None, no_styles=True, classes=str(mine), num_classes=19, progress=False)
+    with pytest.raises(famix.IncompatibleError, match="mined for other classes"):
+        run(tmp_path / "r1", bank, classes=str(mine), iters=1, progress=False)
+    run(tmp_path / "r2", None, no_styles=True, classes=str(mine), iters=1, val_interval=1, progress=False)
+    ckpt = tmp_path / "r2" / "latest.safetensors"
+    m = famix.Segmenter.load(ckpt)
+    assert m.classes == CITYSCAPES and list(m.palette[3]) == [3, 10, 20]
+    other = _class_file(tmp_path / "other.json", None)
+    with pytest.raises(famix.IncompatibleError, match="class 0 \\(road\\) has prompt"):
+        famix.evaluate(m, "cityscapes", fixture("cityscapes_mini"), classes=other, progress=False)
+    got = famix.evaluate(m, "cityscapes", fixture("cityscapes_mini"), classes=mine, progress=False)
+    assert got["class_names"] == CITYSCAPES and got["images"] > 0

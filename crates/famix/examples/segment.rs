@@ -36,14 +36,14 @@ fn main() -> famix::Result<()> {
     let model = Segmenter::load(&checkpoint, device)?;
     let pred = model.predict(&image, &PredictOptions::default())?;
 
-    famix::render::write_outputs(&stem, &image, &pred.train_ids, &model.config().palette, false)?;
-    let mut counts = vec![0usize; model.config().class_names.len()];
+    famix::render::write_outputs(&stem, &image, &pred.train_ids, &model.config().palette(), false)?;
+    let mut counts = vec![0usize; model.config().class_names().len()];
     for &c in &pred.train_ids.data {
         if let Some(n) = counts.get_mut(c as usize) {
             *n += 1;
         }
     }
-    for (name, n) in model.config().class_names.iter().zip(counts).filter(|(_, n)| *n > 0) {
+    for (name, n) in model.config().class_names().iter().zip(counts).filter(|(_, n)| *n > 0) {
         println!("{name:<14} {:6.2} %", n as f64 * 100.0 / pred.train_ids.data.len() as f64);
     }
     println!("wrote {}_trainid.png and {}_color.png", stem.display(), stem.display());

@@ -213,7 +213,7 @@ pub fn synthetic_batch(b: usize, size: usize, grid: usize, seed: u64) -> Batch {
 }
 
 fn random_bank(channels: usize, dir: &Path) -> Result<std::path::PathBuf> {
-    let mut bank = StyleBank::new(channels, famix::data::labels::default_class_names(19));
+    let mut bank = StyleBank::new(channels, famix::data::classes::ClassSet::cityscapes());
     let mut rng = Rng::new(3);
     for class in (0..19u8).chain([255]) {
         for _ in 0..4 {

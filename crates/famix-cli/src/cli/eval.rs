@@ -42,9 +42,12 @@ pub struct EvalArgs {
     /// Print the table as Markdown (or write it to FILE); implies table output
     #[arg(long, value_name = "FILE", num_args = 0..=1)]
     markdown: Option<Option<PathBuf>>,
-    /// Class protocol: 19 (all Cityscapes classes), or Synthia's 16 / 13 (adds miou16 / miou13 to the report)
-    #[arg(long, default_value_t = 19, value_parser = parse_classes)]
-    classes: usize,
+    /// Class protocol: 19 (all Cityscapes classes), or Synthia's 16 / 13 (adds miou16 / miou13 to the report) [default: 19]
+    #[arg(long, value_parser = parse_protocol)]
+    protocol: Option<usize>,
+    /// Class file (JSON) the checkpoints were trained with; labels are read with its encoding, and one that names other classes than a checkpoint's is refused [default: each checkpoint's own classes]. `--classes 19|16|13` (no such file) is the old spelling of --protocol
+    #[arg(long, value_name = "FILE")]
+    classes: Option<PathBuf>,
     /// Skip unreadable samples (reported) instead of stopping
     #[arg(long)]
     skip_bad: bool,
@@ -60,7 +63,7 @@ pub struct EvalArgs {
     device: super::DeviceArgs,
 }
 
-fn parse_classes(s: &str) -> Result<usize, String> {
+fn parse_protocol(s: &str) -> Result<usize, String> {
     match s {
         "19" | "16" | "13" => s.parse().map_err(|e| format!("{e}")),
         _ => Err(format!("{s:?} is not 19, 16 or 13")),
@@ -126,9 +129,23 @@ fn targets(a: &EvalArgs) -> Result<Vec<Target>> {
     Ok(out)
 }
 
-/// The --classes protocol.
+/// The --protocol.
 fn protocol(a: &EvalArgs) -> ClassProtocol {
-    ClassProtocol::from_count(a.classes).unwrap_or(ClassProtocol::All)
+    a.protocol.or_else(|| legacy_protocol(a)).and_then(ClassProtocol::from_count).unwrap_or(ClassProtocol::All)
+}
+
+/// `--classes 19|16|13` where no such file exists: what --protocol was called before
+/// class files.
+fn legacy_protocol(a: &EvalArgs) -> Option<usize> {
+    let v = a.classes.as_ref().filter(|p| !p.exists())?.to_str()?;
+    ["19", "16", "13"].contains(&v).then(|| v.parse().ok()).flatten()
+}
+
+/// The classes to read `loaded`'s labels with: the --classes file when it agrees
+/// with the checkpoint, else the checkpoint's own.
+fn classes_for(a: &EvalArgs, loaded: &checkpoint::Loaded) -> Result<famix::data::classes::ClassSet> {
+    let file = a.classes.clone().filter(|_| legacy_protocol(a).is_none());
+    super::ModelClassesArgs { classes: file }.resolve(&loaded.model, &loaded.path)
 }
 
 pub fn eval(a: EvalArgs) -> Result<i32> {
@@ -145,16 +162,17 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
     eval_table(&a, &targets)
 }
 
-/// The mIoU of one checkpoint on every target, in the --classes protocol.
+/// The mIoU of one checkpoint on every target, in the --protocol.
 fn table_row(a: &EvalArgs, ckpt: &Path, targets: &[Target], cells: &mut Vec<serde_json::Value>) -> Result<Vec<f64>> {
     let mut loaded = checkpoint::load(ckpt, a.device.device, a.test.output_stride()?)?;
     a.test.prepare(&mut loaded.model, famix::engine::Engine::Torch)?;
-    let k = loaded.model.config().class_names.len();
+    let k = loaded.model.config().class_names().len();
     protocol(a).check(k, &ckpt.display().to_string())?;
     let opts = EvalOptions { predict: a.test.predict_options()?, skip_bad: a.skip_bad, limit: a.limit };
+    let classes = classes_for(a, &loaded)?;
     let mut row = Vec::new();
     for t in targets {
-        let ds = Dataset::open(t.kind, &t.root, &a.split, t.condition.as_deref())?;
+        let ds = Dataset::open(t.kind, &t.root, &a.split, t.condition.as_deref())?.with_classes(&classes)?;
         eprintln!("evaluating {} on {}", loaded.path.display(), ds.describe());
         let rep = evaluate(&loaded.model, &ds, &opts, &super::progress::Bars::default())?;
         let v = match protocol(a) {
@@ -204,7 +222,7 @@ struct Single<'a> {
     about: serde_json::Value,
 }
 
-/// Prints the per-class table (and the --classes subset) and writes the JSON.
+/// Prints the per-class table (and the --protocol subset) and writes the JSON.
 fn finish_single(a: &EvalArgs, r: &Single, protocol: ClassProtocol) -> Result<()> {
     let k = r.names.len();
     let metrics = Metrics::from_matrix(r.confusion, k);
@@ -235,8 +253,9 @@ fn eval_one(a: &EvalArgs, ckpt: &Path, t: &Target) -> Result<i32> {
     let shard = a.shard.shard()?;
     let mut loaded = checkpoint::load(ckpt, a.device.device, a.test.output_stride()?)?;
     a.test.prepare(&mut loaded.model, famix::engine::Engine::Torch)?;
-    protocol(a).check(loaded.model.config().class_names.len(), &loaded.path.display().to_string())?;
-    let mut ds = Dataset::open(t.kind, &t.root, &a.split, t.condition.as_deref())?;
+    protocol(a).check(loaded.model.config().class_names().len(), &loaded.path.display().to_string())?;
+    let classes = classes_for(a, &loaded)?;
+    let mut ds = Dataset::open(t.kind, &t.root, &a.split, t.condition.as_deref())?.with_classes(&classes)?;
     if let Some(sh) = shard {
         ds.samples = sh.select(ds.samples.len()).into_iter().map(|i| ds.samples[i].clone()).collect();
         eprintln!("shard {sh}: {} images", ds.samples.len());
@@ -250,8 +269,8 @@ fn eval_one(a: &EvalArgs, ckpt: &Path, t: &Target) -> Result<i32> {
         "output_stride": loaded.model.config().output_stride.value(), "shard": shard.map(|s| s.to_string()),
         "limit": a.limit,
     });
-    let names = &loaded.model.config().class_names;
-    let r = Single { names, confusion: &rep.confusion, images: rep.images as u64, skipped: json!(rep.skipped), about };
+    let names = loaded.model.config().class_names();
+    let r = Single { names: &names, confusion: &rep.confusion, images: rep.images as u64, skipped: json!(rep.skipped), about };
     finish_single(a, &r, protocol(a))?;
     Ok(0)
 }
@@ -298,7 +317,7 @@ fn merge(a: &EvalArgs) -> Result<i32> {
     for key in SAME_IN_PARTS.iter().filter(|k| **k != "class_names") {
         about[*key] = parts[0][*key].clone();
     }
-    // Parts evaluated with a subset protocol carry its key; otherwise --classes decides.
+    // Parts evaluated with a subset protocol carry its key; otherwise --protocol decides.
     let subset = ["miou16", "miou13"].into_iter().find(|k| parts[0].get(*k).is_some()).and_then(ClassProtocol::from_key);
     let protocol = subset.unwrap_or(protocol(a));
     protocol.check(k, "the merged evaluation")?;

@@ -39,11 +39,14 @@ pub struct ExportArgs {
     /// int8 convolutions (QDQ, for ONNX Runtime's integer kernels) quantised with the activation ranges in this file (from `famix calibrate`)
     #[arg(long, value_name = "CALIBRATION")]
     int8: Option<PathBuf>,
+    #[command(flatten)]
+    classes: super::ModelClassesArgs,
 }
 
 pub fn export(a: ExportArgs) -> Result<i32> {
     let os = a.output_stride.map(famix::clip::OutputStride::from_int).transpose()?;
     let loaded = checkpoint::load(&a.checkpoint, tch::Device::Cpu, os)?;
+    a.classes.resolve(&loaded.model, &loaded.path)?;
     let int8 = match &a.int8 {
         Some(p) => {
             let c = Calibration::load(p)?;

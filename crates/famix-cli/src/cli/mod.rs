@@ -244,6 +244,35 @@ impl TestTimeArgs {
     }
 }
 
+/// `--classes FILE` of the commands given a checkpoint: the class file it must have
+/// been trained with (its own classes when not given).
+#[derive(clap::Args, Clone)]
+pub struct ModelClassesArgs {
+    /// Class file (JSON) the checkpoint was trained with; one that names, colours or prompts other classes is refused, naming the differences [default: the checkpoint's own classes]
+    #[arg(long, value_name = "FILE")]
+    pub classes: Option<std::path::PathBuf>,
+}
+
+impl ModelClassesArgs {
+    /// The classes to use with `model` (loaded from `checkpoint`): the class file's
+    /// when it agrees with the model's, else an error naming the differences.
+    pub fn resolve(&self, model: &famix::Segmenter, checkpoint: &std::path::Path) -> anyhow::Result<famix::data::classes::ClassSet> {
+        let given = match &self.classes {
+            Some(p) => Some((p.as_path(), famix::data::classes::ClassSet::from_file(p)?)),
+            None => None,
+        };
+        Ok(famix::data::classes::agree(&model.config().classes, given, checkpoint)?)
+    }
+}
+
+/// A class file given with `--classes`, or Cityscapes' classes.
+pub fn class_set(path: &Option<std::path::PathBuf>) -> anyhow::Result<famix::data::classes::ClassSet> {
+    Ok(match path {
+        Some(p) => famix::data::classes::ClassSet::from_file(p)?,
+        None => famix::data::classes::ClassSet::cityscapes(),
+    })
+}
+
 /// Options of the jobs that stream a dataset through a model (`mine-styles`, `train`).
 #[derive(clap::Args)]
 pub struct DataJobArgs {

@@ -54,6 +54,8 @@ pub struct PredictArgs {
     #[command(flatten)]
     shard: super::ShardArgs,
     #[command(flatten)]
+    classes: super::ModelClassesArgs,
+    #[command(flatten)]
     device: super::DeviceArgs,
 }
 
@@ -77,7 +79,7 @@ impl Sink<'_> {
         for (k, (i, img)) in indices.into_iter().zip(images).enumerate() {
             let labels = Image8::from_tensor_u8(&ids.get(k as i64))?;
             let (stem, palette, overlay, format) =
-                (self.out.join(&self.stems[i]), self.model.config().palette.clone(), self.overlay, self.format);
+                (self.out.join(&self.stems[i]), self.model.config().palette(), self.overlay, self.format);
             self.writers
                 .submit(Box::new(move || write_outputs_as(&stem, &img, &labels, &palette, overlay, format)))
                 .map_err(|e| famix::Error::msg(format!("{e:#}")))?;
@@ -107,7 +109,9 @@ pub fn predict(a: PredictArgs) -> Result<i32> {
     for n in &notes {
         eprintln!("note: {n}");
     }
-    let mut model = checkpoint::load(&a.checkpoint, a.device.device, a.test.output_stride()?)?.model;
+    let loaded = checkpoint::load(&a.checkpoint, a.device.device, a.test.output_stride()?)?;
+    a.classes.resolve(&loaded.model, &loaded.path)?;
+    let mut model = loaded.model;
     // Building an ONNX Runtime session costs about 2 s (RN50): by default it is used
     // only for jobs long enough to win that back.
     let long_job = !videos.is_empty() || items.len() >= AUTO_ENGINE_MIN_IMAGES;

@@ -41,6 +41,8 @@ pub struct ServeArgs {
     /// famix checkpoint or reference FAMix .pth
     #[arg(long)]
     checkpoint: PathBuf,
+    #[command(flatten)]
+    classes: super::ModelClassesArgs,
     /// Address to bind (loopback unless told otherwise)
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -472,6 +474,7 @@ pub fn serve(a: ServeArgs) -> Result<i32> {
         }
     }
     let loaded = famix::model::checkpoint::load(&a.checkpoint, a.device.device, None)?;
+    a.classes.resolve(&loaded.model, &loaded.path)?;
     let mut model = loaded.model;
     if !a.no_fold {
         model.fold();
@@ -490,12 +493,12 @@ pub fn serve(a: ServeArgs) -> Result<i32> {
         metrics: Arc::new(Metrics::new()?),
         net: Default::default(),
         max_pixels: a.max_pixels,
-        class_names: model.config().class_names.clone(),
-        palette: model.config().palette.clone(),
+        class_names: model.config().class_names(),
+        palette: model.config().palette(),
         health: json!({
             "ready": true, "device": famix::device::device_name(a.device.device), "precision": a.amp.name(), "engine": engine,
             "checkpoint": loaded.path.display().to_string(), "checkpoint_sha256": famix::io::sha256_file(&loaded.path)?,
-            "classes": model.config().class_names.len(), "max_batch": a.max_batch, "auth": key.is_some(),
+            "classes": model.config().class_names().len(), "max_batch": a.max_batch, "auth": key.is_some(),
         }),
         sample_png: sample_png()?,
     });

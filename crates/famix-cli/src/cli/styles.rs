@@ -54,6 +54,9 @@ pub struct MineArgs {
     /// Style vocabulary: a JSON list of styles, or a prompts JSON (class_names, templates, random_styles, ignore_class_prompt)
     #[arg(long)]
     styles: Option<PathBuf>,
+    /// Class file (JSON): the classes to mine styles for, with the words their prompts use; the bank records it [default: Cityscapes' 19 classes]
+    #[arg(long, value_name = "FILE")]
+    classes: Option<PathBuf>,
     /// Target-aware mining (PØDA-style): this description instead of random styles, e.g. "driving at night"
     #[arg(long)]
     prompt: Option<String>,
@@ -105,6 +108,7 @@ pub fn mine_styles(a: MineArgs) -> Result<i32> {
         split: a.split.clone(),
         condition: a.condition.clone(),
         prompts: a.styles.clone(),
+        classes: a.classes.as_ref().map(|p| famix::data::classes::ClassSet::from_file(p)).transpose()?,
         out: a.out.clone(),
         resume: a.resume,
         force: a.force,

@@ -95,8 +95,11 @@ pub struct TrainArgs {
     #[arg(long)]
     no_augment: bool,
     /// Number of classes, 19 = the Cityscapes train ids [default: 19]
-    #[arg(long)]
+    #[arg(long, conflicts_with = "classes")]
     num_classes: Option<i64>,
+    /// Class file (JSON: each class's name, prompt words, colour and label value; see the guide's "Your own classes"); the checkpoints record it [default: Cityscapes' 19 classes]
+    #[arg(long, value_name = "FILE")]
+    classes: Option<PathBuf>,
     /// Validation dataset (e.g. cityscapes) — enables best.* checkpoints
     #[arg(long, value_parser = super::choice::<DatasetKind>())]
     val_dataset: Option<DatasetKind>,
@@ -177,6 +180,7 @@ fn fixed_on_resume(a: &TrainArgs) -> Vec<&'static str> {
         ("--random-styles", a.random_styles),
         ("--no-augment", a.no_augment),
         ("--num-classes", a.num_classes.is_some()),
+        ("--classes", a.classes.is_some()),
         ("--val-dataset", a.val_dataset.is_some()),
         ("--val-root", a.val_root.is_some()),
         ("--val-split", a.val_split.is_some()),
@@ -222,6 +226,9 @@ fn new_config(a: &TrainArgs) -> Result<TrainConfig> {
     };
     if let Some(n) = a.num_classes {
         c.head = HeadConfig::reference(n);
+    }
+    if let Some(p) = &a.classes {
+        c.set_classes(famix::data::classes::ClassSet::from_file(p)?);
     }
     if let Some(os) = a.output_stride {
         c.output_stride = OutputStride::from_int(os)?;

@@ -190,7 +190,7 @@ pub fn predict_video(job: &VideoJob, path: &Path, out: &Path, stem: &Path) -> Re
     let (tx_out, rx_out) = bounded::<(u64, Image8, Image8)>(queue);
     let ov = Encoder::new(&named("_overlay.mp4"), &p)?;
     let co = job.color_video.then(|| Encoder::new(&named("_color.mp4"), &p)).transpose()?;
-    let (frame_dir, palette, format) = (job.frames.then(|| named("")), job.model.config().palette.clone(), job.format);
+    let (frame_dir, palette, format) = (job.frames.then(|| named("")), job.model.config().palette(), job.format);
     let writer = std::thread::spawn(move || write_frames(rx_out, ov, co, frame_dir, palette, format));
     let result = segment_frames(job, rx, tx_out);
     let written = writer.join().map_err(|_| anyhow!("the video writer panicked"))?;

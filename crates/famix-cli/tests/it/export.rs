@@ -11,7 +11,7 @@ use tch::{Device, Kind, Tensor};
 
 /// Runs `model` on `input` (saved as .npy) in ONNX Runtime; returns the output and the
 /// model's metadata.
-fn onnx_run(dir: &Path, model: &Path, input: &Tensor) -> (Tensor, serde_json::Value) {
+pub(crate) fn onnx_run(dir: &Path, model: &Path, input: &Tensor) -> (Tensor, serde_json::Value) {
     let (i, o) = (dir.join("in.npy"), dir.join("out.npy"));
     input.write_npy(&i).unwrap();
     let script = repo_root().join("tools/run_onnx.py");

@@ -121,7 +121,7 @@ fn training_and_mining_settings_are_validated_before_any_work() {
     assert_ne!(code, 0);
     assert!(err.contains("--num-classes 5"), "{err}");
     // A bank with a non-finite style is refused wherever it is read.
-    let mut b = famix::style::bank::StyleBank::new(16, famix::data::labels::default_class_names(19));
+    let mut b = famix::style::bank::StyleBank::new(16, famix::data::classes::ClassSet::cityscapes());
     b.push(0, vec![0.0; 16], vec![f32::NAN; 16], None);
     let bad = d.path().join("neg.safetensors");
     b.save(&bad).unwrap();

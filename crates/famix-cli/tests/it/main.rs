@@ -6,6 +6,7 @@ mod common;
 
 mod bench;
 mod cancel;
+mod classes;
 mod clip_image;
 mod clip_text;
 mod crash;

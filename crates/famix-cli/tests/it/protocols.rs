@@ -29,7 +29,7 @@ fn eval_reports_the_confusion_matrix_and_synthia_class_subsets() {
         ("13", "miou13", vec![0usize, 1, 2, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18]),
     ] {
         let json = d.path().join(format!("{key}.json"));
-        let (code, out, err) = eval_cityscapes_mini(&ckpt, &["--classes", classes, "--json", json.to_str().unwrap()]);
+        let (code, out, err) = eval_cityscapes_mini(&ckpt, &["--protocol", classes, "--json", json.to_str().unwrap()]);
         assert_eq!(code, 0, "{err}");
         assert!(out.contains(key), "{out}");
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -49,10 +49,10 @@ fn eval_reports_the_confusion_matrix_and_synthia_class_subsets() {
         assert!((got - mean_present(&m, &subset)).abs() <= 1e-12, "{key} {got} != hand computation {}", mean_present(&m, &subset));
     }
     // Subsets are defined on the 19 Cityscapes classes: a 5-class model is refused.
-    let (code, _, err) = eval_cityscapes_mini(&fixture("seg_a_ref.pth"), &["--classes", "16"]);
+    let (code, _, err) = eval_cityscapes_mini(&fixture("seg_a_ref.pth"), &["--protocol", "16"]);
     assert_ne!(code, 0);
-    assert!(err.contains("--classes: 16"), "{err}");
-    let (code, _, err) = run_famix(&["eval", "--checkpoint", "x", "--dataset", "cityscapes", "--data-root", "y", "--classes", "17"]);
+    assert!(err.contains("protocol: 16"), "{err}");
+    let (code, _, err) = run_famix(&["eval", "--checkpoint", "x", "--dataset", "cityscapes", "--data-root", "y", "--protocol", "17"]);
     assert_ne!(code, 0);
     assert!(err.contains("19, 16 or 13"), "{err}");
 }

@@ -29,7 +29,7 @@ fn reference_pth_imports_with_inferred_architecture() {
     assert_eq!(c.output_stride, OutputStride::Os16);
     assert_eq!(l.meta.step, 750);
     assert!((l.meta.best_miou.unwrap() - 0.4242).abs() < 1e-12, "numpy.float64 best_score is read");
-    assert_eq!(c.class_names[..2], ["road".to_string(), "sidewalk".to_string()]);
+    assert_eq!(c.class_names()[..2], ["road".to_string(), "sidewalk".to_string()]);
 }
 
 #[test]

@@ -13,15 +13,15 @@ use std::time::{Duration, Instant};
 use common::*;
 
 /// A running server, stopped with SIGTERM on drop.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     /// Everything the server wrote to stderr so far.
     log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
-    fn start(checkpoint: &str, extra: &[&str]) -> Server {
+    pub(crate) fn start(checkpoint: &str, extra: &[&str]) -> Server {
         Self::start_env(checkpoint, extra, &[])
     }
 

@@ -81,7 +81,7 @@ fn training_step_on_the_fast_path_matches_pytorch() {
 #[test]
 fn style_draws_use_the_class_bank_or_fall_back() {
     use famix::style::bank::StyleBank;
-    let mut bank = StyleBank::new(2, famix::data::labels::default_class_names(19));
+    let mut bank = StyleBank::new(2, famix::data::classes::ClassSet::cityscapes());
     bank.push(0, vec![1.0, 1.0], vec![1.0, 1.0], None);
     bank.push(0, vec![2.0, 2.0], vec![2.0, 2.0], None);
     bank.push(255, vec![9.0, 9.0], vec![9.0, 9.0], None);
@@ -103,7 +103,10 @@ fn style_draws_use_the_class_bank_or_fall_back() {
     let c = famix::style::mixing::draw(&t, &[vec![0]], StyleMode::Mix, 0.1, 1, 4).unwrap();
     assert_eq!(max_abs_diff(a.s.as_ref().unwrap(), b.s.as_ref().unwrap()), 0.0);
     assert_ne!(max_abs_diff(a.s.as_ref().unwrap(), c.s.as_ref().unwrap()), 0.0);
-    assert!(StyleBank::new(2, vec![]).device_tables(19, Device::Cpu).is_err(), "an empty bank is an error");
+    assert!(
+        StyleBank::new(2, famix::data::classes::ClassSet::cityscapes()).device_tables(19, Device::Cpu).is_err(),
+        "an empty bank is an error"
+    );
 }
 
 /// The random-style control's targets (tolerances stated inline): per patch they
@@ -272,7 +275,7 @@ fn ablations_and_bad_settings() {
     assert_ne!(code, 0);
     assert!(err.contains("divisible by 4"), "{err}");
     // Style channels must match the backbone.
-    let mut wrong = famix::style::bank::StyleBank::new(4, famix::data::labels::default_class_names(19));
+    let mut wrong = famix::style::bank::StyleBank::new(4, famix::data::classes::ClassSet::cityscapes());
     wrong.push(0, vec![0.0; 4], vec![1.0; 4], None);
     let wb = d.path().join("wrong.safetensors");
     wrong.save(&wb).unwrap();

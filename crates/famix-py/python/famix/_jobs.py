@@ -109,7 +109,8 @@ def _train_doc() -> str:
             cityscapes), grid={d['grid']}, beta={d['beta']}, split={d['split']!r},
             condition=None, val_interval={d['val_interval']},
             log_interval={d['log_interval']}, seed={d['seed']}, amp='fp32',
-            num_classes={d['head']['num_classes']}, no_mix=False, no_styles=False, random_styles=False,
+            num_classes={d['head']['num_classes']}, classes=None (a class file:
+            names, prompt words, colours, label encoding), no_mix=False, no_styles=False, random_styles=False,
             no_augment=False,
             val_dataset/val_root/val_split='val'/val_condition/val_limit=None,
             deterministic=False, no_tf32=False.
@@ -138,11 +139,11 @@ def mine_styles(out: PathLike, *, clip: PathLike, dataset: str, data_root: PathL
                 prompt: Optional[str] = None, group: Optional[int] = None, save_every: Optional[int] = None,
                 resume: bool = False, force: bool = False, shard: Optional[str] = None, deterministic: bool = False,
                 no_tf32: bool = False, device: str = "cpu", workers: Optional[int] = None, skip_bad: bool = False,
-                progress: Union[None, bool, ProgressFn] = None) -> "StyleBank":
+                classes: Optional[PathLike] = None, progress: Union[None, bool, ProgressFn] = None) -> "StyleBank":
     return StyleBank(_famix.mine_styles(
         os.fspath(out), os.fspath(clip), dataset, os.fspath(data_root), _progress(progress), split, condition, batch,
         crop, iters, lr, grid, seed, limit, _fspath(styles), prompt, group, save_every, resume, force, shard,
-        deterministic, no_tf32, device, workers, skip_bad))
+        deterministic, no_tf32, device, workers, skip_bad, _fspath(classes)))
 
 
 def _mine_doc() -> str:
@@ -168,6 +169,8 @@ def _mine_doc() -> str:
         styles: a prompt vocabulary file; prompt: one target description instead of
             random styles.
         shard: ``"I/N"``, part I of an N-way split (merge with :meth:`StyleBank.merge`).
+        classes: a class file (the classes to mine for and their prompt words;
+            default: Cityscapes' 19 classes); the bank records it.
         deterministic, no_tf32, device, workers, skip_bad: as the flags.
         progress: None (tqdm when installed), False, or a callable (see :func:`train`).
 
@@ -182,7 +185,7 @@ mine_styles.__doc__ = _mine_doc()
 def evaluate(model: "Any", dataset: str, data_root: PathLike, *, split: str = "val",
              condition: Optional[str] = None, scale: float = 1.0, ensemble: bool = False, amp: str = "fp32",
              skip_bad: bool = False, limit: Optional[int] = None, device: str = "cpu",
-             progress: Union[None, bool, ProgressFn] = None) -> Dict[str, Any]:
+             classes: Optional[PathLike] = None, progress: Union[None, bool, ProgressFn] = None) -> Dict[str, Any]:
     """Evaluates a segmenter on a dataset split (as ``famix eval``): the dataset's
     evaluation transform, a streaming confusion matrix.
 
@@ -194,6 +197,9 @@ def evaluate(model: "Any", dataset: str, data_root: PathLike, *, split: str = "v
         scale, ensemble, amp: test-time options as ``famix eval``'s.
         skip_bad: skip (and report) unreadable samples instead of failing.
         limit: the first N images only.
+        classes: the class file the model was trained with (labels are read with
+            its encoding); one naming other classes is refused with
+            ``IncompatibleError`` (default: the model's own classes).
         progress: None (tqdm when installed), False, or a callable (see :func:`train`).
 
     Returns:
@@ -210,7 +216,7 @@ def evaluate(model: "Any", dataset: str, data_root: PathLike, *, split: str = "v
     if not isinstance(model, Segmenter):
         model = Segmenter.load(model, device=device)
     return json.loads(_famix.evaluate(model._m, dataset, os.fspath(data_root), _progress(progress), split, condition,
-                                      scale, ensemble, amp, skip_bad, limit))
+                                      scale, ensemble, amp, skip_bad, limit, _fspath(classes)))
 
 
 class StyleBank:

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use crate::error::{fail, format_err, Context, Error, Result};
 use serde::Serialize;
 
-use super::labels::{cityscapes_map, identity_map, mapillary_map, synthia_map, LabelMap};
+use super::classes::{ClassSet, LabelCodec};
+use super::labels::{cityscapes_map, identity_map, mapillary_map, synthia_map, LabelMap, CITYSCAPES_CLASSES};
 use crate::imageops::Image8;
 
 const GTA5_TRAIN: &str = include_str!("../../assets/splits/gta5_train.txt");
@@ -132,8 +133,9 @@ pub struct Dataset {
     pub condition: Option<String>,
     /// Pairs, sorted by path.
     pub samples: Vec<Sample>,
-    /// Raw id → train id.
-    pub map: LabelMap,
+    /// Label values → training ids: the layout's own table, or a class set's
+    /// ([`Dataset::with_classes`]).
+    pub codec: LabelCodec,
     /// Images without a label file and labels without an image.
     pub issues: Vec<ListingIssue>,
 }
@@ -371,9 +373,31 @@ impl Dataset {
             split: split.to_string(),
             condition: condition.map(str::to_string),
             samples: l.samples,
-            map: kind.label_map(),
+            codec: LabelCodec::table(kind.label_map(), &|v| kind.known_raw_id(v)),
             issues: l.issues,
         })
+    }
+
+    /// Reads labels as `classes` declares them. Only a `folder` dataset's labels can
+    /// hold other classes than Cityscapes' 19; the benchmark layouts keep their
+    /// conversion and accept a class set of those 19 names (prompts may differ). A
+    /// default set ([`ClassSet::is_default`]: no class file) keeps the layout's table.
+    pub fn with_classes(mut self, classes: &ClassSet) -> Result<Self> {
+        if classes.is_default() {
+            return Ok(self);
+        }
+        if self.kind == DatasetKind::Folder {
+            self.codec = classes.codec();
+        } else if classes.names() != CITYSCAPES_CLASSES {
+            fail!(
+                InvalidSetting,
+                "classes",
+                "{} labels hold Cityscapes' 19 classes; a class set of {} other classes needs a `folder` dataset",
+                self.kind.name(),
+                classes.len()
+            );
+        }
+        Ok(self)
     }
 
     /// Number of pairs.
@@ -418,16 +442,21 @@ impl Dataset {
     /// Decodes sample `i`: RGB image and train-id label of the same size.
     pub fn load(&self, i: usize) -> Result<(Image8, Image8)> {
         let (img, raw) = self.load_raw(i)?;
-        let lbl = Image8 { data: raw.data.iter().map(|&v| self.map[v as usize]).collect(), ..raw };
-        Ok((img, lbl))
+        let data = self.codec.decode(&raw.data, &self.samples[i].label)?;
+        Ok((img, Image8 { width: raw.width, height: raw.height, channels: 1, data }))
     }
 
-    /// Decodes sample `i` with its label's raw ids (before conversion), checking that
-    /// image and label have the same size.
+    /// Decodes sample `i` with its label's raw values (before conversion: one id per
+    /// pixel, or three bytes for colour-coded labels), checking that image and label
+    /// have the same size.
     pub fn load_raw(&self, i: usize) -> Result<(Image8, Image8)> {
         let s = &self.samples[i];
         let img = Image8::open_rgb(&s.image)?;
-        let lbl = read_label_ids(&s.label, self.kind == DatasetKind::Synthia)?;
+        let lbl = if self.codec.is_rgb() {
+            Image8::open_rgb(&s.label).with_context(|| format!("colour-coded label {}", s.label.display()))?
+        } else {
+            read_label_ids(&s.label, self.kind == DatasetKind::Synthia)?
+        };
         if (img.width, img.height) != (lbl.width, lbl.height) {
             fail!(
                 InvalidInput,

@@ -1,6 +1,7 @@
 //! Datasets, label conversion, augmentation and the threaded loader.
 pub mod augment;
 pub mod captions;
+pub mod classes;
 pub mod datasets;
 pub mod labels;
 pub mod loader;

@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use crate::eval::metrics::{subset_miou, Metrics, SYNTHIA_13, SYNTHIA_16};
 
-/// A class protocol (`famix eval --classes 19|16|13`).
+/// A class protocol (`famix eval --protocol 19|16|13`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClassProtocol {
     /// All 19 Cityscapes classes (the model's own classes).
@@ -57,7 +57,7 @@ impl ClassProtocol {
     pub fn check(self, k: usize, whose: &str) -> Result<()> {
         match self.classes() {
             Some(c) if k != 19 => Err(Error::InvalidSetting {
-                name: "--classes".into(),
+                name: "protocol".into(),
                 problem: format!("{} is a protocol on the 19 Cityscapes classes; {whose} has {k}", c.len()),
             }),
             _ => Ok(()),

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use crate::clip::{OutputStride, ResNetConfig};
-use crate::data::labels::{default_class_names, default_palette};
+use crate::data::classes::ClassSet;
 use crate::io::archive::{save_safetensors, Format};
 use crate::io::weights::{load_vars, StateDict};
 use crate::model::deeplab::HeadConfig;
@@ -267,8 +267,7 @@ pub fn import_state(sd: &StateDict, device: Device, os: OutputStride) -> Result<
         backbone: ResNetConfig { output_dim: None, ..backbone },
         head,
         output_stride: os,
-        class_names: default_class_names(num_classes as usize),
-        palette: default_palette(num_classes as usize),
+        classes: ClassSet::default_for(num_classes.max(0) as usize),
         freeze: FreezePolicy::Synthetic,
     };
     let model = Segmenter::new(cfg.clone(), Device::Cpu)?;

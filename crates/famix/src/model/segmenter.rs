@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
 use crate::clip::{ModifiedResNet, OutputStride, ResNetConfig};
-use crate::data::labels::{default_class_names, default_palette};
+use crate::data::classes::ClassSet;
 use crate::model::deeplab::{DeepLabHead, HeadConfig};
 
 /// Which parts train (docs/src/design.md §4). Frozen parts have no gradient and keep BN in eval mode.
@@ -47,42 +47,99 @@ impl FreezePolicy {
 crate::names::named!(FreezePolicy, [FreezePolicy::Synthetic, FreezePolicy::Layer4, FreezePolicy::None]);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "ConfigRecord", into = "ConfigRecord")]
 /// Everything that defines a segmenter besides its weights.
 pub struct SegmenterConfig {
     /// The CLIP image tower's architecture (without the attention pool).
     pub backbone: ResNetConfig,
-    /// The DeepLabv3+ head's.
+    /// The DeepLabv3+ head.
     pub head: HeadConfig,
     /// The backbone's output stride.
     pub output_stride: OutputStride,
-    /// One name per class.
-    pub class_names: Vec<String>,
-    /// One colour per class.
-    pub palette: Vec<[u8; 3]>,
+    /// The classes it predicts (names, colours, prompt words, label encoding).
+    pub classes: ClassSet,
     /// What trains.
     pub freeze: FreezePolicy,
 }
 
+/// A configuration as checkpoints store it: names and colours as lists (what every
+/// famix version wrote and reads), and the whole class set only when it is not the
+/// default one, so headers of Cityscapes models stay as they were.
+#[derive(Serialize, Deserialize)]
+struct ConfigRecord {
+    backbone: ResNetConfig,
+    head: HeadConfig,
+    output_stride: OutputStride,
+    class_names: Vec<String>,
+    palette: Vec<[u8; 3]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    classes: Option<ClassSet>,
+    freeze: FreezePolicy,
+}
+
+impl From<SegmenterConfig> for ConfigRecord {
+    fn from(c: SegmenterConfig) -> Self {
+        ConfigRecord {
+            backbone: c.backbone,
+            head: c.head,
+            output_stride: c.output_stride,
+            class_names: c.classes.names(),
+            palette: c.classes.palette(),
+            classes: (!c.classes.is_default()).then_some(c.classes),
+            freeze: c.freeze,
+        }
+    }
+}
+
+impl TryFrom<ConfigRecord> for SegmenterConfig {
+    type Error = String;
+    fn try_from(r: ConfigRecord) -> std::result::Result<Self, String> {
+        if r.class_names.len() != r.palette.len() {
+            return Err(format!("{} class names but {} colours", r.class_names.len(), r.palette.len()));
+        }
+        let classes = match r.classes {
+            Some(c) => {
+                c.validate()?;
+                if c.names() != r.class_names || c.palette() != r.palette {
+                    return Err("class_names/palette disagree with the class set".into());
+                }
+                c
+            }
+            None => ClassSet::from_names(r.class_names, r.palette),
+        };
+        Ok(SegmenterConfig { backbone: r.backbone, head: r.head, output_stride: r.output_stride, classes, freeze: r.freeze })
+    }
+}
+
 impl SegmenterConfig {
-    /// A configuration with the reference head and Cityscapes names/colours.
+    /// A configuration with the reference head and the classes of [`ClassSet::default_for`].
     pub fn new(backbone: ResNetConfig, num_classes: i64, output_stride: OutputStride, freeze: FreezePolicy) -> Self {
         SegmenterConfig {
             backbone: ResNetConfig { output_dim: None, ..backbone },
             head: HeadConfig::reference(num_classes),
             output_stride,
-            class_names: default_class_names(num_classes as usize),
-            palette: default_palette(num_classes as usize),
+            classes: ClassSet::default_for(num_classes.max(0) as usize),
             freeze,
         }
     }
 
-    /// Checks that names and colours match the class count.
+    /// The class names, in training-id order.
+    pub fn class_names(&self) -> Vec<String> {
+        self.classes.names()
+    }
+
+    /// The class colours, in training-id order.
+    pub fn palette(&self) -> Vec<[u8; 3]> {
+        self.classes.palette()
+    }
+
+    /// Checks that the class set is valid and matches the head's class count.
     pub fn validate(&self) -> Result<()> {
-        let n = self.head.num_classes as usize;
-        if self.class_names.len() != n || self.palette.len() != n {
-            bail!("{} classes but {} names and {} colours", n, self.class_names.len(), self.palette.len());
+        let n = self.head.num_classes;
+        if self.classes.len() as i64 != n {
+            bail!("the head predicts {n} classes but the class set has {}", self.classes.len());
         }
-        Ok(())
+        self.classes.validate().map_err(Error::msg)
     }
 }
 

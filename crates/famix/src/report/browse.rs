@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use html_escape::encode_text as esc;
 
-use crate::data::labels::{default_class_names, CITYSCAPES_PALETTE, IGNORE};
+use crate::data::classes::ClassSet;
+use crate::data::labels::IGNORE;
 use crate::data::Dataset;
 use crate::error::{Context, Result};
 use crate::render::{colorize, overlay};
@@ -31,8 +32,9 @@ pub fn spread(len: usize, n: usize) -> Vec<usize> {
     (0..n).map(|i| i * len / n).collect()
 }
 
-/// Writes panels of `n` samples of `ds` spread over the split, and `out/index.html`.
-pub fn browse(ds: &Dataset, n: usize, out: &Path) -> Result<BrowseFiles> {
+/// Writes panels of `n` samples of `ds` spread over the split, and `out/index.html`,
+/// drawn in the colours of `classes`.
+pub fn browse(ds: &Dataset, classes: &ClassSet, n: usize, out: &Path) -> Result<BrowseFiles> {
     ds.require_samples()?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut hist = [0u64; 256];
@@ -43,7 +45,7 @@ pub fn browse(ds: &Dataset, n: usize, out: &Path) -> Result<BrowseFiles> {
         for &v in &lbl.data {
             hist[v as usize] += 1;
         }
-        let color = colorize(&lbl, &CITYSCAPES_PALETTE);
+        let color = colorize(&lbl, &classes.palette());
         let panel = super::hstack(&[img.clone(), color.clone(), overlay(&img, &color)], 4);
         let name = format!("{i:05}.png");
         panel.save_png(&out.join(&name))?;
@@ -52,19 +54,19 @@ pub fn browse(ds: &Dataset, n: usize, out: &Path) -> Result<BrowseFiles> {
         let _ =
             writeln!(figures, "<figure><img src=\"{name}\" alt=\"{}\"><figcaption>#{i}: {}</figcaption></figure>", esc(&src), esc(&src));
     }
-    let page = page(ds, &legend(&hist), &figures);
+    let page = page(ds, &legend(&hist, classes), &figures);
     crate::io::atomic_write(&files.html, page.as_bytes())?;
     Ok(files)
 }
 
 /// The legend: a swatch, the name and the share of pixels of every class present.
-fn legend(hist: &[u64; 256]) -> String {
+fn legend(hist: &[u64; 256], classes: &ClassSet) -> String {
     let total: u64 = hist.iter().sum();
-    let names = default_class_names(19);
+    let (names, palette) = (classes.names(), classes.palette());
     let mut s = String::from("<table><tr><th></th><th>train id</th><th>class</th><th>% of pixels</th></tr>\n");
-    let present = (0..19).filter(|&c| hist[c] > 0).chain((hist[IGNORE as usize] > 0).then_some(IGNORE as usize));
+    let present = (0..names.len()).filter(|&c| hist[c] > 0).chain((hist[IGNORE as usize] > 0).then_some(IGNORE as usize));
     for c in present {
-        let (rgb, name) = if c == IGNORE as usize { ([0, 0, 0], "ignore") } else { (CITYSCAPES_PALETTE[c], names[c].as_str()) };
+        let (rgb, name) = if c == IGNORE as usize { ([0, 0, 0], "ignore") } else { (palette[c], names[c].as_str()) };
         let pct = hist[c] as f64 * 100.0 / total.max(1) as f64;
         let _ = writeln!(
             s,

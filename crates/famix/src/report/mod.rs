@@ -115,8 +115,8 @@ impl BestValidation {
 /// scaled to `panel_width`.
 pub(crate) fn sample_row(model: &Segmenter, image: &Image8, label: &Image8, panel_width: usize) -> Result<Image8> {
     let pred = model.predict(image, &PredictOptions::default())?;
-    let palette = &model.config().palette;
-    let (gt, pr) = (colorize(label, palette), colorize(&pred.train_ids, palette));
+    let palette = model.config().palette();
+    let (gt, pr) = (colorize(label, &palette), colorize(&pred.train_ids, &palette));
     let ov = overlay(image, &pr);
     Ok(panel_row(&[(image, Filter::Bilinear), (&gt, Filter::Nearest), (&pr, Filter::Nearest), (&ov, Filter::Bilinear)], panel_width))
 }

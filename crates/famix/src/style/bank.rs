@@ -12,7 +12,8 @@ use crate::error::{bail, fail, Context, Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::data::labels::{default_class_names, IGNORE};
+use crate::data::classes::ClassSet;
+use crate::data::labels::IGNORE;
 use crate::io::archive::{load_file, save_safetensors};
 
 /// The safetensors metadata key of a bank's summary.
@@ -60,6 +61,10 @@ pub struct BankSummary {
     /// Mean loss of each mined batch over its iterations' last value.
     #[serde(default)]
     pub batch_losses: Vec<f64>,
+    /// The class set the styles were mined for, when it is not Cityscapes' (banks
+    /// without it hold Cityscapes' 19 classes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<ClassSet>,
 }
 
 /// One class's styles: (μ rows, σ rows).
@@ -70,8 +75,8 @@ pub type ClassStyles = (Vec<Vec<f32>>, Vec<Vec<f32>>);
 pub struct StyleBank {
     /// Channels of each μ and σ (layer1's width).
     pub channels: usize,
-    /// Class names (index = train id).
-    pub class_names: Vec<String>,
+    /// The classes (index = train id); styles are stored under their names.
+    pub classes: ClassSet,
     /// class id (0..K, 255 = ignore) → (μ rows, σ rows), each row `channels` long.
     pub entries: BTreeMap<u8, ClassStyles>,
     /// Counts, progress and provenance.
@@ -85,10 +90,10 @@ pub fn sidecar(path: &Path) -> PathBuf {
 
 impl StyleBank {
     /// An empty bank.
-    pub fn new(channels: usize, class_names: Vec<String>) -> Self {
+    pub fn new(channels: usize, classes: ClassSet) -> Self {
         StyleBank {
             channels,
-            class_names,
+            classes,
             entries: BTreeMap::new(),
             summary: BankSummary { format: FORMAT.into(), famix_version: env!("CARGO_PKG_VERSION").into(), channels, ..Default::default() },
         }
@@ -99,7 +104,7 @@ impl StyleBank {
         if class == IGNORE {
             "255".into()
         } else {
-            self.class_names.get(class as usize).cloned().unwrap_or_else(|| format!("class{class}"))
+            self.classes.classes.get(class as usize).map(|c| c.name.clone()).unwrap_or_else(|| format!("class{class}"))
         }
     }
 
@@ -107,7 +112,7 @@ impl StyleBank {
         if key == "255" {
             return Some(IGNORE);
         }
-        self.class_names.iter().position(|n| n == key).map(|i| i as u8)
+        self.classes.classes.iter().position(|c| c.name == key).map(|i| i as u8)
     }
 
     /// Appends a style to a class.
@@ -165,6 +170,7 @@ impl StyleBank {
 
     fn refresh_counts(&mut self) {
         self.summary.channels = self.channels;
+        self.summary.classes = (self.classes != ClassSet::cityscapes()).then(|| self.classes.clone());
         self.summary.counts = self.entries.iter().map(|(c, e)| (self.key(*c), e.0.len())).collect();
     }
 
@@ -203,7 +209,9 @@ impl StyleBank {
                 Err(_) => BankSummary::default(),
             },
         };
-        let mut bank = StyleBank::new(0, default_class_names(19));
+        let classes = summary.classes.clone().unwrap_or_else(ClassSet::cityscapes);
+        classes.validate().map_err(|e| Error::invalid_input(path, format!("{}: class set: {e}", path.display())))?;
+        let mut bank = StyleBank::new(0, classes);
         bank.summary = summary;
         for (name, t) in &f.tensors {
             let Some((key, which)) = name.rsplit_once('/') else {
@@ -237,7 +245,7 @@ impl StyleBank {
         let top = crate::io::pickle::load_plain(&bytes).with_context(|| format!("{}: not a readable pickle", path.display()))?;
         let items =
             top.dict_items().ok_or_else(|| Error::invalid_input(path, format!("{}: expected a dict of style lists", path.display())))?;
-        let mut bank = StyleBank::new(0, default_class_names(19));
+        let mut bank = StyleBank::new(0, ClassSet::cityscapes());
         for (k, v) in &items {
             let (key, which) = if let Some(c) = k.strip_suffix("_mu") {
                 (c, 0)

@@ -15,6 +15,7 @@ use crate::style::pin::{gather_patches, optimise, select_patches, PinConfig, Pin
 
 use crate::clip::Clip;
 use crate::data::augment::TrainAugment;
+use crate::data::classes::ClassSet;
 use crate::data::loader::{batches_per_epoch, Batch, BatchLoader, LoaderConfig};
 use crate::data::Dataset;
 use crate::model::inference::normalize_u8;
@@ -104,9 +105,9 @@ fn identity_fields(clip_sha: &str, ds: &Dataset, s: &MineSettings, pin: &PinConf
 
 /// The bank a run writes into: the one at `out` when resuming (its settings must
 /// equal `identity`, the data root aside), else a new one.
-fn open_bank(out: &Path, resume: bool, identity: serde_json::Value, channels: usize, prompts: &PromptSet) -> Result<StyleBank> {
+fn open_bank(out: &Path, resume: bool, identity: serde_json::Value, channels: usize, classes: &ClassSet) -> Result<StyleBank> {
     if !(resume && out.exists()) {
-        let mut b = StyleBank::new(channels, prompts.class_names.clone());
+        let mut b = StyleBank::new(channels, classes.clone());
         b.summary.config = identity;
         return Ok(b);
     }
@@ -172,7 +173,7 @@ pub fn mine(
     resume: bool,
     progress: &dyn Progress,
 ) -> Result<StyleBank> {
-    let (clip, prompts, pin) = (miner.clip, miner.prompts, miner.pin);
+    let (clip, pin) = (miner.clip, miner.pin);
     check_settings(s, pin)?;
     s.numerics.apply()?;
     let _lock = crate::io::FolderLock::acquire(out, "a mining run")?;
@@ -184,7 +185,7 @@ pub fn mine(
     }
     let total = s.limit.map(|l| l.min(per_epoch)).unwrap_or(per_epoch);
     let channels = clip.visual.config.low_level_channels() as usize;
-    let mut bank = open_bank(out, resume, identity, channels, prompts)?;
+    let mut bank = open_bank(out, resume, identity, channels, &miner.classes)?;
     let list = shard_batches(total, s.group, s.shard);
     let start = bank.summary.batches_done as usize;
     bank.summary.batches_total = list.len() as u64;
@@ -302,12 +303,30 @@ pub struct Miner<'a> {
     embedder: PromptEmbedder<'a>,
     prompts: &'a PromptSet,
     pin: &'a PinConfig,
+    classes: ClassSet,
 }
 
 impl<'a> Miner<'a> {
-    /// A miner with `clip` (which needs its text tower), `prompts` and `pin`.
+    /// A miner with `clip` (which needs its text tower), `prompts` and `pin`, for the
+    /// classes the prompts name (Cityscapes' set when they are its 19 names).
     pub fn new(clip: &'a Clip, prompts: &'a PromptSet, pin: &'a PinConfig) -> Result<Self> {
-        Ok(Miner { clip, embedder: PromptEmbedder::new(clip, prompts.templates.clone())?, prompts, pin })
+        let names = &prompts.class_names;
+        let classes = if *names == ClassSet::cityscapes().names() {
+            ClassSet::cityscapes()
+        } else {
+            ClassSet::default_for(names.len()).renamed(names)
+        };
+        Ok(Miner { clip, embedder: PromptEmbedder::new(clip, prompts.templates.clone())?, prompts, pin, classes })
+    }
+
+    /// The same miner writing banks for `classes`, whose prompt words the prompts
+    /// must use (`PromptSet::class_names = classes.prompt_words()`).
+    pub fn with_classes(mut self, classes: ClassSet) -> Result<Self> {
+        if self.prompts.class_names != classes.prompt_words() {
+            fail!(InvalidSetting, "classes", "the prompts name other classes than the class set");
+        }
+        self.classes = classes;
+        Ok(self)
     }
 
     /// Mines a group of loaded batches (indices `first`, `first + 1`, ...) in one
@@ -381,7 +400,7 @@ pub fn merge_shards(parts: &[(std::path::PathBuf, StyleBank)]) -> Result<StyleBa
     }
     crate::shard::check_complete(&shards)?;
     let total: u64 = parts.iter().map(|(_, b)| b.summary.batches_total).sum();
-    let mut out = StyleBank::new(first.channels, first.class_names.clone());
+    let mut out = StyleBank::new(first.channels, first.classes.clone());
     out.summary.config = first.summary.config.clone();
     if let Some(o) = out.summary.config.as_object_mut() {
         o.remove("shard");
@@ -444,6 +463,9 @@ pub struct MineJob {
     pub condition: Option<String>,
     /// A prompt vocabulary file instead of the default one.
     pub prompts: Option<std::path::PathBuf>,
+    /// The classes to mine styles for, when not Cityscapes' (their prompt words
+    /// replace the prompt file's class names).
+    pub classes: Option<ClassSet>,
     /// The bank to write.
     pub out: std::path::PathBuf,
     /// Continue mining into an existing bank.
@@ -461,18 +483,29 @@ pub fn mine_job(job: &MineJob, s: &MineSettings, pin: &PinConfig, progress: &dyn
     // Before loading CLIP, so a bad setting fails at once (`mine` checks again, for
     // callers that come to it directly).
     check_settings(s, pin)?;
-    let prompts = match &job.prompts {
+    let mut prompts = match &job.prompts {
         Some(p) => PromptSet::from_file(p)?,
         None => PromptSet::default(),
     };
+    if let Some(c) = &job.classes {
+        prompts.class_names = c.prompt_words();
+    }
     let clip = Clip::load(&job.clip, job.device, crate::clip::OutputStride::Os32)?;
     clip.text()?;
     if clip.visual.attnpool.is_none() {
         fail!(Incompatible, &job.clip, "{}: the CLIP image tower has no attention pool", job.clip.display());
     }
-    let ds = Arc::new(Dataset::open(job.dataset, &job.data_root, &job.split, job.condition.as_deref())?);
-    ds.require_samples()?;
-    let identity = run_identity(&crate::io::sha256_file(&job.clip)?, &ds, s, pin, &prompts);
+    let mut ds = Dataset::open(job.dataset, &job.data_root, &job.split, job.condition.as_deref())?;
     let mut miner = Miner::new(&clip, &prompts, pin)?;
+    if let Some(c) = &job.classes {
+        ds = ds.with_classes(c)?;
+        miner = miner.with_classes(c.clone())?;
+    }
+    let ds = Arc::new(ds);
+    ds.require_samples()?;
+    let mut identity = run_identity(&crate::io::sha256_file(&job.clip)?, &ds, s, pin, &prompts);
+    if let Some(c) = job.classes.as_ref().filter(|c| **c != ClassSet::cityscapes()) {
+        identity["classes"] = serde_json::to_value(c)?;
+    }
     mine(&mut miner, ds, s, &job.out, identity, job.resume, progress)
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use crate::clip::OutputStride;
+use crate::data::classes::ClassSet;
 use crate::data::DatasetKind;
 use crate::model::{FreezePolicy, HeadConfig, Precision};
 use crate::style::mixing::StyleMode;
@@ -98,6 +99,10 @@ pub struct TrainConfig {
     /// Runs written before this field had libtorch's defaults, which `default` is.
     #[serde(default)]
     pub numerics: crate::device::Numerics,
+    /// The classes, when not the default ones of `head.num_classes`
+    /// ([`ClassSet::default_for`]); the head predicts as many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<ClassSet>,
 }
 
 impl TrainConfig {
@@ -137,7 +142,19 @@ impl TrainConfig {
             amp_bf16: false,
             run_id: String::new(),
             numerics: crate::device::Numerics::default(),
+            classes: None,
         }
+    }
+
+    /// The run's classes: the class set given, else the default names of the head's count.
+    pub fn class_set(&self) -> ClassSet {
+        self.classes.clone().unwrap_or_else(|| ClassSet::default_for(self.head.num_classes.max(0) as usize))
+    }
+
+    /// Uses `classes` (and a head that predicts as many).
+    pub fn set_classes(&mut self, classes: ClassSet) {
+        self.head.num_classes = classes.len() as i64;
+        self.classes = Some(classes);
     }
 
     /// The forward pass's precision.
@@ -221,6 +238,12 @@ pub fn check_config(cfg: &TrainConfig) -> Result<()> {
     ] {
         if !v.is_finite() || !ok {
             return bad(name, format!("{v} is out of range"));
+        }
+    }
+    if let Some(c) = &cfg.classes {
+        c.validate().or_else(|e| bad("classes", e))?;
+        if c.len() as i64 != cfg.head.num_classes {
+            return bad("classes", format!("{} classes but the head predicts {}", c.len(), cfg.head.num_classes));
         }
     }
     if cfg.val.as_ref().is_some_and(|v| v.limit == Some(0)) {

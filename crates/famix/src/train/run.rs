@@ -53,11 +53,15 @@ pub struct TrainSummary {
 
 /// The source and (optional) validation datasets, both non-empty.
 fn open_datasets(cfg: &TrainConfig) -> Result<(Arc<Dataset>, Option<Dataset>)> {
-    let ds = Dataset::open(cfg.dataset, &cfg.data_root, &cfg.split, cfg.condition.as_deref())?;
+    let classes = |d: Dataset| match &cfg.classes {
+        Some(c) => d.with_classes(c),
+        None => Ok(d),
+    };
+    let ds = classes(Dataset::open(cfg.dataset, &cfg.data_root, &cfg.split, cfg.condition.as_deref())?)?;
     ds.require_samples()?;
     let val = match &cfg.val {
         Some(v) => {
-            let d = Dataset::open(v.dataset, &v.data_root, &v.split, v.condition.as_deref())?;
+            let d = classes(Dataset::open(v.dataset, &v.data_root, &v.split, v.condition.as_deref())?)?;
             if d.is_empty() {
                 fail!(InvalidInput, &d.root, "no validation pairs found for {}", d.describe());
             }
@@ -184,10 +188,10 @@ impl Session<'_> {
         let rep = evaluate(model, vd, &opts, &Silent)?;
         let miou = rep.metrics.miou;
         self.summary.last_miou = Some(miou);
-        let names = &model.config().class_names;
+        let names = model.config().class_names();
         self.log.write(json!({
             "iter": done, "val_miou": miou, "val_images": rep.images, "val_dataset": vd.describe(),
-            "per_class_iou": crate::eval::metrics::by_class_name(names, &rep.metrics.per_class_iou),
+            "per_class_iou": crate::eval::metrics::by_class_name(&names, &rep.metrics.per_class_iou),
         }))?;
         if let Some(tb) = &mut self.tensorboard {
             let per_class = names.iter().zip(&rep.metrics.per_class_iou).filter_map(|(n, v)| v.map(|v| (format!("val/iou/{n}"), v)));
@@ -202,9 +206,9 @@ impl Session<'_> {
             m.best_miou = Some(miou);
             // The matrix first: a crash between the two leaves a matrix newer than
             // `best`, which the next validation at this step rewrites identically.
-            let k = model.config().class_names.len();
+            let k = model.config().class_names().len();
             let confusion = json!({
-                "iter": done, "miou": miou, "dataset": vd.describe(), "class_names": model.config().class_names,
+                "iter": done, "miou": miou, "dataset": vd.describe(), "class_names": model.config().class_names(),
                 "per_class_iou": rep.metrics.per_class_iou, "confusion_matrix": rep.confusion.chunks(k.max(1)).collect::<Vec<_>>(),
             });
             crate::io::atomic_write_json(&self.run.best_confusion(), &confusion)?;

@@ -26,6 +26,7 @@ pub fn initial_model(cfg: &TrainConfig, device: Device) -> Result<Segmenter> {
     let backbone = ResNetConfig::infer(&sd.tensors, "visual.").with_context(|| format!("{}", cfg.clip.display()))?;
     let mut scfg = SegmenterConfig::new(backbone, cfg.head.num_classes, cfg.output_stride, cfg.freeze);
     scfg.head = cfg.head.clone();
+    scfg.classes = cfg.class_set();
     tch::manual_seed((Rng::derive(cfg.seed, &[stream::TORCH_SEED, u64::MAX]).next_u64() >> 1) as i64);
     let mut model = Segmenter::new(scfg, Device::Cpu)?;
     load_vars(&model.vs, "backbone.", &sd.tensors, "visual.", &|k| k.starts_with("visual.attnpool."), &cfg.clip, "CLIP image tower")?;

@@ -116,6 +116,9 @@ pub fn bank_tables(cfg: &TrainConfig, model: &Segmenter) -> Result<Option<BankTa
     if bank.channels != want {
         fail!(Incompatible, p, "{}: styles have {} channels, the backbone's layer1 has {want}", p.display(), bank.channels);
     }
+    if let Err(d) = bank.classes.same_classes(&model.config().classes) {
+        fail!(Incompatible, p, "{}: the styles were mined for other classes than the model's: {d} (bank vs model)", p.display());
+    }
     let t = bank.device_tables(cfg.head.num_classes as usize, model.device()).with_context(|| format!("{}", p.display()))?;
     Ok(Some(t))
 }

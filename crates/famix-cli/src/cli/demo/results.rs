@@ -176,10 +176,10 @@ pub fn write_comparison(out: &Path, world: &World, s: &Settings, results: &[RunR
     for t in &s.tests {
         let ds = Dataset::open(DatasetKind::Folder, world.root(*t), "val", None)?;
         let (img, lbl) = ds.load(0)?;
-        let palette = &models[0].config().palette;
-        let mut panels = vec![(img.clone(), Filter::Bilinear), (colorize(&lbl, palette), Filter::Nearest)];
+        let palette = models[0].config().palette();
+        let mut panels = vec![(img.clone(), Filter::Bilinear), (colorize(&lbl, &palette), Filter::Nearest)];
         for m in &models {
-            panels.push((colorize(&m.predict(&img, &PredictOptions::default())?.train_ids, palette), Filter::Nearest));
+            panels.push((colorize(&m.predict(&img, &PredictOptions::default())?.train_ids, &palette), Filter::Nearest));
         }
         let refs: Vec<_> = panels.iter().map(|(i, f)| (i, *f)).collect();
         rows.push(panel_row(&refs, PANEL));
