@@ -127,7 +127,11 @@ fn apply_fields(c: TrainConfig, s: Map<String, Value>) -> PyResult<TrainConfig> 
         if NOT_SETTINGS.contains(&k.as_str()) || !fields.contains_key(&k) {
             return Err(setting(&k, format!("unknown setting; famix.train takes {}", setting_names(&c).join(", "))));
         }
-        fields.insert(k, val);
+        // Checked one at a time, so a value of the wrong type is named by its setting.
+        fields.insert(k.clone(), val);
+        if let Err(e) = serde_json::from_value::<TrainConfig>(Value::Object(fields.clone())) {
+            return Err(setting(&k, format!("{e} (given {})", fields[&k])));
+        }
     }
     serde_json::from_value(v).map_err(|e| setting("settings", e))
 }

@@ -232,3 +232,11 @@ def test_a_class_file_travels_with_the_model_and_refuses_others(tmp_path, bank):
         famix.evaluate(m, "cityscapes", fixture("cityscapes_mini"), classes=other, progress=False)
     got = famix.evaluate(m, "cityscapes", fixture("cityscapes_mini"), classes=mine, progress=False)
     assert got["class_names"] == CITYSCAPES and got["images"] > 0
+
+
+def test_a_bad_training_setting_is_named(tmp_path, bank):
+    with pytest.raises(famix.InvalidSettingError, match="^iters: .*-1"):
+        run(tmp_path / "r", bank, iters=-1, progress=False)
+    with pytest.raises(famix.InvalidSettingError, match="^iters: 0 trains nothing"):
+        run(tmp_path / "r", bank, iters=0, progress=False)
+    assert not (tmp_path / "r" / "latest.safetensors").exists()

@@ -220,6 +220,9 @@ pub fn check_config(cfg: &TrainConfig) -> Result<()> {
     if cfg.batch < 2 {
         return bad("--batch", "must be at least 2 (batch-norm statistics in the trained layers need more than one sample)".into());
     }
+    if cfg.iters == 0 {
+        return bad("iters", "0 trains nothing; give at least 1".into());
+    }
     if cfg.grid == 0 {
         return bad("--grid", "must be at least 1".into());
     }

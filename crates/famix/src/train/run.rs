@@ -197,7 +197,8 @@ impl Session<'_> {
             let per_class = names.iter().zip(&rep.metrics.per_class_iou).filter_map(|(n, v)| v.map(|v| (format!("val/iou/{n}"), v)));
             tb.scalars(done, &std::iter::once(("val/miou".to_string(), miou)).chain(per_class).collect::<Vec<_>>())?;
         }
-        self.progress.notice(&format!("iteration {done}: val mIoU {:.2} % on {}", miou * 100.0, vd.describe()));
+        let shown = if rep.images < vd.len() { format!(" ({} of its images)", rep.images) } else { String::new() };
+        self.progress.notice(&format!("iteration {done}: val mIoU {:.2} % on {}{shown}", miou * 100.0, vd.describe()));
         if self.state.best_miou.is_none_or(|b| miou > b) {
             self.state.best_miou = Some(miou);
             self.state.best_step = Some(done);
