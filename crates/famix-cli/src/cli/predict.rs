@@ -111,6 +111,13 @@ pub fn predict(a: PredictArgs) -> Result<i32> {
     }
     let loaded = checkpoint::load(&a.checkpoint, a.device.device, a.test.output_stride()?)?;
     a.classes.resolve(&loaded.model, &loaded.path)?;
+    if a.label_format == famix::render::IdFormat::Labelid && loaded.model.config().class_names() != famix::data::labels::CITYSCAPES_CLASSES
+    {
+        anyhow::bail!(
+            "--label-format labelid writes Cityscapes label ids, but {} predicts other classes: use trainid",
+            loaded.path.display()
+        );
+    }
     let mut model = loaded.model;
     // Building an ONNX Runtime session costs about 2 s (RN50): by default it is used
     // only for jobs long enough to win that back.

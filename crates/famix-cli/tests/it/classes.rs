@@ -303,6 +303,8 @@ fn a_six_class_model_carries_its_classes_everywhere_and_refuses_others() {
     let pred = d.path().join("pred");
     let (code, _, err) = predict_cpu(Path::new(&ckpt), &pred, &ds.root.join("images/00001.png"), &["--classes", &classes]);
     assert_eq!(code, 0, "{err}");
+    let (code, _, err) = predict_cpu(Path::new(&ckpt), &pred, &ds.root.join("images/00001.png"), &["--label-format", "labelid"]);
+    assert!(code != 0 && err.contains("Cityscapes label ids"), "{err}");
     let color = Image8::open_rgb(&pred.join("00001_color.png")).unwrap();
     assert!(color.data.chunks(3).all(|p| COLORS.iter().any(|c| c == p)), "a colour outside the palette");
 

@@ -93,7 +93,7 @@ pub struct ClassSet {
     /// How label files encode them.
     #[serde(default)]
     pub encoding: LabelEncoding,
-    /// Label values that mean "not labelled" (ids, or colours for RGB; default [255]).
+    /// Label values that mean "not labelled" (ids, or colours for RGB; default `[255]`).
     #[serde(default = "default_ignore")]
     pub ignore: Vec<IgnoreValue>,
     /// What an undeclared label value means.
