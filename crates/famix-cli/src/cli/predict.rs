@@ -111,8 +111,11 @@ pub fn predict(a: PredictArgs) -> Result<i32> {
     }
     let loaded = checkpoint::load(&a.checkpoint, a.device.device, a.test.output_stride()?)?;
     a.classes.resolve(&loaded.model, &loaded.path)?;
-    if a.label_format == famix::render::IdFormat::Labelid && loaded.model.config().class_names() != famix::data::labels::CITYSCAPES_CLASSES
-    {
+    // Label ids exist for Cityscapes' train ids (all 19, or the first ones of a model
+    // with fewer classes and the default names).
+    let names = loaded.model.config().class_names();
+    let cityscapes = names.len() <= 19 && names.iter().zip(famix::data::labels::CITYSCAPES_CLASSES).all(|(n, c)| n == c);
+    if a.label_format == famix::render::IdFormat::Labelid && !cityscapes {
         anyhow::bail!(
             "--label-format labelid writes Cityscapes label ids, but {} predicts other classes: use trainid",
             loaded.path.display()
