@@ -264,11 +264,13 @@ fn print_unknown(unknown: &BTreeMap<String, (u64, Vec<String>)>, strict: bool, l
 
 fn check_pair(ds: &Dataset, i: usize) -> PairCheck {
     match ds.load_raw(i) {
-        // A strict class set's refusal, in the words training and evaluation use.
-        Ok((_, raw)) => PairCheck {
-            problem: ds.codec.decode(&raw.data, &ds.samples[i].label).err().map(|e| format!("{e:#}")),
-            counts: Some(ds.codec.count(&raw.data)),
-        },
+        Ok((_, raw)) => {
+            let counts = ds.codec.count(&raw.data);
+            // A strict class set's refusal, in the words training and evaluation use.
+            let refused = ds.codec.strict() && !counts.unknown.is_empty();
+            let problem = refused.then(|| famix::data::classes::undeclared_message(&ds.samples[i].label, &counts.unknown));
+            PairCheck { problem, counts: Some(counts) }
+        }
         Err(e) => PairCheck { problem: Some(format!("{e:#}")), counts: None },
     }
 }

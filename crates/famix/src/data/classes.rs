@@ -137,6 +137,12 @@ impl ClassSet {
         self
     }
 
+    /// This set when it is not Cityscapes' built-in one: what banks and mining runs
+    /// record (a bank without a class set holds Cityscapes' classes).
+    pub fn unless_cityscapes(&self) -> Option<&ClassSet> {
+        (*self != ClassSet::cityscapes()).then_some(self)
+    }
+
     /// Reads and checks a class file.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read class file {}", path.display()))?;
@@ -369,22 +375,40 @@ impl LabelCodec {
         matches!(self, LabelCodec::Rgb { .. })
     }
 
-    /// Training ids of a decoded label (`raw`: one byte per pixel for ids, three for RGB).
-    /// Undeclared values are an error naming `path` when strict.
-    pub fn decode(&self, raw: &[u8], path: &Path) -> Result<Vec<u8>> {
-        let strict = match self {
+    /// Are undeclared values errors (else they map to ignore)?
+    pub fn strict(&self) -> bool {
+        match self {
             LabelCodec::Ids { strict, .. } | LabelCodec::Rgb { strict, .. } => *strict,
-        };
-        if strict {
-            let unknown = self.count(raw).unknown;
-            if !unknown.is_empty() {
-                fail!(InvalidInput, path, "{}", undeclared_message(path, &unknown));
-            }
         }
-        Ok(match self {
-            LabelCodec::Ids { map, .. } => raw.iter().map(|&v| map[v as usize]).collect(),
-            LabelCodec::Rgb { colors, .. } => raw.chunks_exact(3).map(|p| colors.get(p).copied().unwrap_or(IGNORE)).collect(),
-        })
+    }
+
+    /// Training ids of a decoded label (`raw`: one byte per pixel for ids, three for RGB)
+    /// in one pass. Undeclared values are an error naming `path` when strict.
+    pub fn decode(&self, raw: &[u8], path: &Path) -> Result<Vec<u8>> {
+        let mut undeclared = false;
+        let ids: Vec<u8> = match self {
+            LabelCodec::Ids { map, known, .. } => raw
+                .iter()
+                .map(|&v| {
+                    undeclared |= !known[v as usize];
+                    map[v as usize]
+                })
+                .collect(),
+            LabelCodec::Rgb { colors, .. } => raw
+                .chunks_exact(3)
+                .map(|p| {
+                    colors.get(p).copied().unwrap_or_else(|| {
+                        undeclared = true;
+                        IGNORE
+                    })
+                })
+                .collect(),
+        };
+        if undeclared && self.strict() {
+            // Only a refused label pays for the count that names its values.
+            fail!(InvalidInput, path, "{}", undeclared_message(path, &self.count(raw).unknown));
+        }
+        Ok(ids)
     }
 
     /// Counts a decoded label's pixels per training id and its undeclared values.

@@ -170,7 +170,7 @@ impl StyleBank {
 
     fn refresh_counts(&mut self) {
         self.summary.channels = self.channels;
-        self.summary.classes = (self.classes != ClassSet::cityscapes()).then(|| self.classes.clone());
+        self.summary.classes = self.classes.unless_cityscapes().cloned();
         self.summary.counts = self.entries.iter().map(|(c, e)| (self.key(*c), e.0.len())).collect();
     }
 

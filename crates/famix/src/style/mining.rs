@@ -82,8 +82,18 @@ pub fn shard_batches(total: u64, group: usize, shard: Option<Shard>) -> Vec<u64>
 
 /// The settings a resumed run must share with the run it continues (and the parts of
 /// a sharded run with each other: with a shard, `shard` holds index, count and group).
-pub fn run_identity(clip_sha: &str, ds: &Dataset, s: &MineSettings, pin: &PinConfig, prompts: &PromptSet) -> serde_json::Value {
+pub fn run_identity(
+    clip_sha: &str,
+    ds: &Dataset,
+    s: &MineSettings,
+    pin: &PinConfig,
+    prompts: &PromptSet,
+    classes: &ClassSet,
+) -> serde_json::Value {
     let mut v = identity_fields(clip_sha, ds, s, pin, prompts);
+    if let Some(c) = classes.unless_cityscapes() {
+        v["classes"] = serde_json::json!(c);
+    }
     if let Some(sh) = s.shard {
         v["shard"] = serde_json::json!({"index": sh.index, "count": sh.count, "group": s.group.max(1)});
     }
@@ -310,12 +320,8 @@ impl<'a> Miner<'a> {
     /// A miner with `clip` (which needs its text tower), `prompts` and `pin`, for the
     /// classes the prompts name (Cityscapes' set when they are its 19 names).
     pub fn new(clip: &'a Clip, prompts: &'a PromptSet, pin: &'a PinConfig) -> Result<Self> {
-        let names = &prompts.class_names;
-        let classes = if *names == ClassSet::cityscapes().names() {
-            ClassSet::cityscapes()
-        } else {
-            ClassSet::default_for(names.len()).renamed(names)
-        };
+        // Cityscapes' 19 names give the built-in set itself.
+        let classes = ClassSet::default_for(prompts.class_names.len()).renamed(&prompts.class_names);
         Ok(Miner { clip, embedder: PromptEmbedder::new(clip, prompts.templates.clone())?, prompts, pin, classes })
     }
 
@@ -503,9 +509,8 @@ pub fn mine_job(job: &MineJob, s: &MineSettings, pin: &PinConfig, progress: &dyn
     }
     let ds = Arc::new(ds);
     ds.require_samples()?;
-    let mut identity = run_identity(&crate::io::sha256_file(&job.clip)?, &ds, s, pin, &prompts);
-    if let Some(c) = job.classes.as_ref().filter(|c| **c != ClassSet::cityscapes()) {
-        identity["classes"] = serde_json::to_value(c)?;
-    }
+    // Identified by the class file's set (a prompt file's own names are not part of it).
+    let classes = job.classes.clone().unwrap_or_else(ClassSet::cityscapes);
+    let identity = run_identity(&crate::io::sha256_file(&job.clip)?, &ds, s, pin, &prompts, &classes);
     mine(&mut miner, ds, s, &job.out, identity, job.resume, progress)
 }

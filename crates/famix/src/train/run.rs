@@ -53,15 +53,12 @@ pub struct TrainSummary {
 
 /// The source and (optional) validation datasets, both non-empty.
 fn open_datasets(cfg: &TrainConfig) -> Result<(Arc<Dataset>, Option<Dataset>)> {
-    let classes = |d: Dataset| match &cfg.classes {
-        Some(c) => d.with_classes(c),
-        None => Ok(d),
-    };
-    let ds = classes(Dataset::open(cfg.dataset, &cfg.data_root, &cfg.split, cfg.condition.as_deref())?)?;
+    let classes = cfg.class_set();
+    let ds = Dataset::open(cfg.dataset, &cfg.data_root, &cfg.split, cfg.condition.as_deref())?.with_classes(&classes)?;
     ds.require_samples()?;
     let val = match &cfg.val {
         Some(v) => {
-            let d = classes(Dataset::open(v.dataset, &v.data_root, &v.split, v.condition.as_deref())?)?;
+            let d = Dataset::open(v.dataset, &v.data_root, &v.split, v.condition.as_deref())?.with_classes(&classes)?;
             if d.is_empty() {
                 fail!(InvalidInput, &d.root, "no validation pairs found for {}", d.describe());
             }

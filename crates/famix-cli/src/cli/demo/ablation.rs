@@ -211,7 +211,8 @@ fn mine_bank(world: &World, s: &Settings, v: Vocabulary, seed: u64, out: &Path, 
     let src = Arc::new(Dataset::open(DatasetKind::Folder, world.root(Condition::Day), "train", None)?);
     let bank = out.join(format!("styles-{}.safetensors", v.id()));
     let _ = std::fs::remove_file(&bank);
-    let identity = run_identity(&sha256_file(&world.clip)?, &src, &settings, &pin, &prompts);
+    let classes = famix::data::classes::ClassSet::cityscapes();
+    let identity = run_identity(&sha256_file(&world.clip)?, &src, &settings, &pin, &prompts, &classes);
     mine(&mut Miner::new(&clip, &prompts, &pin)?, src, &settings, &bank, identity, false, &Silent)?;
     Ok(bank)
 }
