@@ -166,8 +166,9 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
 fn table_row(a: &EvalArgs, ckpt: &Path, targets: &[Target], cells: &mut Vec<serde_json::Value>) -> Result<Vec<f64>> {
     let mut loaded = checkpoint::load(ckpt, a.device.device, a.test.output_stride()?)?;
     a.test.prepare(&mut loaded.model, famix::engine::Engine::Torch)?;
-    let k = loaded.model.config().class_names().len();
-    protocol(a).check(k, &ckpt.display().to_string())?;
+    let names = loaded.model.config().class_names();
+    let k = names.len();
+    protocol(a).check(&names, &ckpt.display().to_string())?;
     let opts = EvalOptions { predict: a.test.predict_options()?, skip_bad: a.skip_bad, limit: a.limit };
     let classes = classes_for(a, &loaded)?;
     let mut row = Vec::new();
@@ -253,7 +254,7 @@ fn eval_one(a: &EvalArgs, ckpt: &Path, t: &Target) -> Result<i32> {
     let shard = a.shard.shard()?;
     let mut loaded = checkpoint::load(ckpt, a.device.device, a.test.output_stride()?)?;
     a.test.prepare(&mut loaded.model, famix::engine::Engine::Torch)?;
-    protocol(a).check(loaded.model.config().class_names().len(), &loaded.path.display().to_string())?;
+    protocol(a).check(&loaded.model.config().class_names(), &loaded.path.display().to_string())?;
     let classes = classes_for(a, &loaded)?;
     let mut ds = Dataset::open(t.kind, &t.root, &a.split, t.condition.as_deref())?.with_classes(&classes)?;
     if let Some(sh) = shard {
@@ -320,7 +321,7 @@ fn merge(a: &EvalArgs) -> Result<i32> {
     // Parts evaluated with a subset protocol carry its key; otherwise --protocol decides.
     let subset = ["miou16", "miou13"].into_iter().find(|k| parts[0].get(*k).is_some()).and_then(ClassProtocol::from_key);
     let protocol = subset.unwrap_or(protocol(a));
-    protocol.check(k, "the merged evaluation")?;
+    protocol.check(&names, "the merged evaluation")?;
     finish_single(a, &Single { names: &names, confusion: &sum, images, skipped: json!(skipped), about }, protocol)?;
     Ok(0)
 }

@@ -53,12 +53,17 @@ impl ClassProtocol {
     }
 
     /// Refuses a subset protocol for a model (or merged evaluation, named by `whose`)
-    /// with `k` classes other than the 19 Cityscapes classes, before any work.
-    pub fn check(self, k: usize, whose: &str) -> Result<()> {
+    /// whose classes (`names`) are not the 19 Cityscapes classes, before any work.
+    pub fn check(self, names: &[String], whose: &str) -> Result<()> {
+        let k = names.len();
         match self.classes() {
-            Some(c) if k != 19 => Err(Error::InvalidSetting {
+            Some(c) if names != crate::data::labels::CITYSCAPES_CLASSES => Err(Error::InvalidSetting {
                 name: "protocol".into(),
-                problem: format!("{} is a protocol on the 19 Cityscapes classes; {whose} has {k}", c.len()),
+                problem: format!(
+                    "{} is a protocol on the 19 Cityscapes classes; {whose} has {k}{}",
+                    c.len(),
+                    if k == 19 { " other classes" } else { "" }
+                ),
             }),
             _ => Ok(()),
         }
@@ -71,5 +76,22 @@ impl ClassProtocol {
             Some(c) => subset_miou(confusion, k, c),
             None => Some(Metrics::from_matrix(confusion, k).miou).filter(|v| v.is_finite()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subset_protocols_need_the_cityscapes_classes_not_just_nineteen() {
+        let cityscapes = crate::data::classes::ClassSet::cityscapes().names();
+        assert!(ClassProtocol::Synthia16.check(&cityscapes, "m").is_ok());
+        let mut other = cityscapes.clone();
+        other[3] = "hedge".into();
+        let e = ClassProtocol::Synthia16.check(&other, "m").unwrap_err().to_string();
+        assert!(e.contains("m has 19 other classes"), "{e}");
+        assert!(ClassProtocol::Synthia13.check(&cityscapes[..5], "m").unwrap_err().to_string().contains("m has 5"));
+        assert!(ClassProtocol::All.check(&other, "m").is_ok());
     }
 }
