@@ -199,10 +199,9 @@ fn check_split(a: &CheckArgs, classes: &ClassSet, split: &str, cond: Option<&str
         println!("  {}: {}", b["image"].as_str().unwrap_or(""), b["problem"].as_str().unwrap_or(""));
     }
     let (hist, images, never) = print_classes(&classes.names(), &s);
-    // With a class file, an undeclared value stops training; the built-in set maps
-    // such values to ignore, as the layouts always have.
-    let strict = classes.unknown == famix::data::classes::UnknownLabels::Error && !classes.is_default();
-    print_unknown(&s.unknown, strict, a.dataset.name());
+    // Under a strict class file an undeclared value stops training; the layouts' own
+    // tables (and the built-in set) map such values to ignore.
+    print_unknown(&s.unknown, ds.codec.strict(), a.dataset.name());
     if ds.is_empty() {
         println!("  no image/label pairs: nothing to train or evaluate on");
     }
