@@ -142,14 +142,17 @@ class Segmenter:
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
         """Parameters and batch-norm buffers by name (the reference's names), sharing
-        storage with the model (no copy). After changing them in place, call
-        :meth:`refresh`."""
+        storage with the model (no copy). After an in-place change the libtorch
+        engine answers from the new values at once (the changed layers leave the
+        fused fast path); :meth:`refresh` restores the fast path and, for the ONNX
+        Runtime engine, rebuilds its graph."""
         return self._m.state_dict()
 
     def refresh(self) -> None:
         """Rebuilds what famix derives from the weights — the inference path's copies
-        with batch norms folded in, the ONNX Runtime engine's graph — after they were
-        changed in place through :meth:`state_dict`."""
+        with batch norms folded in (until then, changed layers run unfused from their
+        new weights), the ONNX Runtime engine's graph (which holds its own copy) —
+        after they were changed in place through :meth:`state_dict`."""
         self._m.refresh()
 
     def export_onnx(self, path: PathLike, opset: int = 17, height: Optional[int] = None,

@@ -204,7 +204,10 @@ impl Segmenter {
     /// convolution once (inference uses running statistics, so conv + BN is one affine
     /// map), channels-last weights and inputs, no autograd. Forwards with `train =
     /// false` use it; training forwards are unchanged. Logits agree with the plain
-    /// path to ~1e-5 (tests allow 1e-4). Call again after changing the weights.
+    /// path to ~1e-5 (tests allow 1e-4). A layer whose tensors are written afterwards
+    /// (in place, as an optimiser, a loaded state dict or an edit through PyTorch do)
+    /// runs the plain path from its new weights until `fold` is called again, so a
+    /// prediction never comes from stale folded weights.
     pub fn fold(&mut self) {
         self.backbone.fold();
         self.head.fold();

@@ -210,8 +210,26 @@ pub struct ConvBn {
     pub conv: Conv2d,
     /// Its batch norm.
     pub bn: Option<BatchNorm2d>,
-    /// The folded form (see [`ConvBn::fold`]).
-    folded: Option<FoldedConv>,
+    /// The folded form (see [`ConvBn::fold`]) and the stamp of the tensors it was
+    /// computed from.
+    folded: Option<(FoldedConv, Vec<Stamp>)>,
+}
+
+/// What identifies a tensor's contents without reading them: its storage, shape and
+/// libtorch's version counter, which every in-place write increments (an optimiser
+/// step, `copy_` from a loaded state dict, a batch norm's running-statistics update,
+/// an edit through PyTorch's `state_dict()`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    ptr: usize,
+    size: Vec<i64>,
+    version: i64,
+}
+
+impl Stamp {
+    fn of(t: &Tensor) -> Self {
+        Stamp { ptr: t.data_ptr() as usize, size: t.size(), version: t.internal_version() }
+    }
 }
 
 impl ConvBn {
@@ -226,13 +244,30 @@ impl ConvBn {
     }
 
     /// Folds the batch norm's running statistics into the convolution (or takes the
-    /// convolution as it is), channels-last: inference then runs one convolution.
-    /// Call again after the weights change.
+    /// convolution as it is), channels-last: inference then runs one convolution. The
+    /// folded form is used only while the tensors it came from are unchanged
+    /// ([`ConvBn::is_folded`]); after any write to them the layer runs the plain path,
+    /// from the current weights, until folded again.
     pub fn fold(&mut self) {
-        self.folded = Some(match &self.bn {
+        let f = match &self.bn {
             Some(bn) => FoldedConv::new(&self.conv, bn),
             None => FoldedConv::plain(&self.conv),
-        });
+        };
+        self.folded = Some((f, self.stamps()));
+    }
+
+    /// The stamps of every tensor the folded form is computed from.
+    fn stamps(&self) -> Vec<Stamp> {
+        let mut t: Vec<&Tensor> = std::iter::once(&self.conv.weight).chain(self.conv.bias.as_ref()).collect();
+        if let Some(bn) = &self.bn {
+            t.extend([&bn.weight, &bn.bias, &bn.running_mean, &bn.running_var]);
+        }
+        t.into_iter().map(Stamp::of).collect()
+    }
+
+    /// The folded form, if there is one and it still matches the weights.
+    fn fresh_folded(&self) -> Option<&FoldedConv> {
+        self.folded.as_ref().filter(|(_, stamps)| *stamps == self.stamps()).map(|(f, _)| f)
     }
 
     /// Drops the folded form (back to convolution, then batch norm).
@@ -240,9 +275,10 @@ impl ConvBn {
         self.folded = None;
     }
 
-    /// Whether [`ConvBn::fold`] is in effect.
+    /// Whether [`ConvBn::fold`] is in effect: folded, and no tensor it came from has
+    /// been written since.
     pub fn is_folded(&self) -> bool {
-        self.folded.is_some()
+        self.fresh_folded().is_some()
     }
 
     /// The layer on `x`. `train`: batch statistics (and running-statistics updates) in
@@ -251,7 +287,7 @@ impl ConvBn {
     pub fn forward(&self, x: &Tensor, c: ConvCall, train: bool) -> Tensor {
         let _fp32 = c.fp32.then(|| crate::device::Autocast::suspend(x.device()));
         let x = if c.fp32 { x.to_kind(tch::Kind::Float) } else { x.shallow_clone() };
-        let y = match (train, &self.folded) {
+        let y = match (train, self.fresh_folded()) {
             (false, Some(f)) => f.forward(&x, c.stride, c.padding, c.dilation),
             _ => {
                 let y = self.conv.forward(&x, c.stride, c.padding, c.dilation);
