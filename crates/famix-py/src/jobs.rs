@@ -290,7 +290,8 @@ pub fn evaluate(
     let kind: DatasetKind = named("dataset", dataset)?;
     let given = classes.map(|p| ClassSet::from_file(&p).map(|c| (p, c))).transpose().map_err(to_py)?;
     let precision: Precision = named("amp", amp)?;
-    let opts = EvalOptions { predict: PredictOptions { scale, ensemble, precision, keep_logits: false }, skip_bad, limit };
+    let opts =
+        EvalOptions { predict: PredictOptions { scale, ensemble, precision, keep_logits: false }, skip_bad, limit, ..Default::default() };
     let p = PyProgress::new(progress);
     let r = py.allow_threads(|| -> PyResult<famix::Result<String>> {
         let m = model.lock()?;

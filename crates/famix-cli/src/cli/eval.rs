@@ -51,6 +51,9 @@ pub struct EvalArgs {
     /// Skip unreadable samples (reported) instead of stopping
     #[arg(long)]
     skip_bad: bool,
+    /// Images of one size per forward pass (several only while they hold at most one 2048x1024 frame's pixels)
+    #[arg(long, default_value_t = EvalOptions::default().batch)]
+    batch: usize,
     /// Evaluate only the first N images
     #[arg(long)]
     limit: Option<usize>,
@@ -169,7 +172,7 @@ fn table_row(a: &EvalArgs, ckpt: &Path, targets: &[Target], cells: &mut Vec<serd
     let names = loaded.model.config().class_names();
     let k = names.len();
     protocol(a).check(&names, &ckpt.display().to_string())?;
-    let opts = EvalOptions { predict: a.test.predict_options()?, skip_bad: a.skip_bad, limit: a.limit };
+    let opts = EvalOptions { predict: a.test.predict_options()?, skip_bad: a.skip_bad, limit: a.limit, batch: a.batch };
     let classes = classes_for(a, &loaded)?;
     let mut row = Vec::new();
     for t in targets {
@@ -262,7 +265,7 @@ fn eval_one(a: &EvalArgs, ckpt: &Path, t: &Target) -> Result<i32> {
         eprintln!("shard {sh}: {} images", ds.samples.len());
     }
     eprintln!("evaluating {} on {}", loaded.path.display(), ds.describe());
-    let opts = EvalOptions { predict, skip_bad: a.skip_bad, limit: a.limit };
+    let opts = EvalOptions { predict, skip_bad: a.skip_bad, limit: a.limit, batch: a.batch };
     let rep = evaluate(&loaded.model, &ds, &opts, &super::progress::Bars::default())?;
     let about = json!({
         "dataset": t.kind.name(), "split": a.split, "condition": t.condition,
