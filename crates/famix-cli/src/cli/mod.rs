@@ -41,7 +41,7 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// The paper's ablation in miniature: a procedural driving world, a CLIP pretrained on its captions, six recipes x three seeds (about 10 minutes on a 2-core CPU).
+    /// The paper's ablation in miniature: a procedural driving world, a CLIP pretrained on its captions, six recipes x three seeds (about 15 minutes on a 2-core CPU).
     Demo(demo::DemoArgs),
     /// Print CLIP image embeddings of images (one JSON line per image).
     EncodeImage(clip_cmds::EncodeImageArgs),

@@ -115,6 +115,9 @@ pub struct TrainArgs {
     /// Validate on the first N images only
     #[arg(long)]
     val_limit: Option<usize>,
+    /// Also evaluate NAME=DATASET:ROOT (its `val` split) at every checkpoint, only to watch it: logged as `monitor_miou`, plotted by `famix report`, never used to choose best (repeatable; ROOT without ':')
+    #[arg(long, value_name = "NAME=DATASET:ROOT", value_parser = parse_monitor)]
+    monitor: Vec<(String, ValSpec)>,
     /// Validate and checkpoint every N iterations [default: 750]
     #[arg(long)]
     val_interval: Option<u64>,
@@ -186,6 +189,7 @@ fn fixed_on_resume(a: &TrainArgs) -> Vec<&'static str> {
         ("--val-split", a.val_split.is_some()),
         ("--val-condition", a.val_condition.is_some()),
         ("--val-limit", a.val_limit.is_some()),
+        ("--monitor", !a.monitor.is_empty()),
         ("--val-interval", a.val_interval.is_some()),
         ("--seed", a.seed.is_some()),
         ("--amp", a.amp.is_some()),
@@ -224,6 +228,7 @@ fn new_config(a: &TrainArgs) -> Result<TrainConfig> {
         (None, None) => None,
         _ => bail!("--val-dataset and --val-root go together"),
     };
+    c.monitor = a.monitor.iter().cloned().collect();
     if let Some(n) = a.num_classes {
         c.head = HeadConfig::reference(n);
     }
@@ -238,6 +243,16 @@ fn new_config(a: &TrainArgs) -> Result<TrainConfig> {
     c.numerics = a.numerics.numerics();
     override_values(a, &mut c);
     Ok(c)
+}
+
+/// `--monitor NAME=DATASET:ROOT`.
+fn parse_monitor(s: &str) -> Result<(String, ValSpec), String> {
+    let (name, rest) = s.split_once('=').ok_or("expected NAME=DATASET:ROOT, e.g. dusk=folder:data/dusk")?;
+    let (kind, root) = rest.split_once(':').ok_or("expected NAME=DATASET:ROOT (DATASET and ROOT joined by ':')")?;
+    use famix::Named;
+    let dataset = DatasetKind::parse(kind).ok_or_else(|| format!("unknown dataset '{kind}' (one of {})", DatasetKind::names()))?;
+    let spec = ValSpec { dataset, data_root: root.into(), split: "val".into(), condition: None, limit: None };
+    Ok((name.to_string(), spec))
 }
 
 /// Copies every given value flag onto the configuration.
@@ -306,4 +321,22 @@ pub fn train(a: TrainArgs) -> Result<i32> {
     );
     println!("{}", serde_json::to_string(&s)?);
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn monitor_flags_name_a_dataset_and_its_root() {
+        let (name, v) = parse_monitor("dusk=folder:data/dusk").unwrap();
+        assert_eq!(
+            (name.as_str(), v.dataset, v.data_root.as_path(), v.split.as_str()),
+            ("dusk", DatasetKind::Folder, Path::new("data/dusk"), "val")
+        );
+        assert!(parse_monitor("dusk").unwrap_err().contains("NAME=DATASET:ROOT"));
+        assert!(parse_monitor("dusk=data/dusk").unwrap_err().contains("joined by ':'"));
+        assert!(parse_monitor("dusk=nosuch:data").unwrap_err().contains("unknown dataset 'nosuch'"));
+    }
 }

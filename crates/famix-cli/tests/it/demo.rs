@@ -1,7 +1,9 @@
 //! `famix demo --quick`: the ablation's outputs exist and hold together — the results
 //! JSON has every row × seed × condition, each checkpoint it names evaluates with
-//! `famix eval` to the mIoU it records (tolerance 1e-9 %), the table and both pictures
-//! are written, every run keeps its report, and the demo CLIP is cached.
+//! `famix eval` to the mIoU it records (tolerance 1e-9 %), the table and the pictures
+//! are written, every run logs its source validation and its monitored dusk mIoU at the
+//! same iterations (the learning curves), the banks record their PIN loss curves, every
+//! run keeps its report, and the demo CLIP is cached.
 use crate::common;
 
 use std::path::Path;
@@ -20,7 +22,8 @@ fn demo(out: &Path, cache: &Path) -> (i32, String, String) {
 fn quick_demo_writes_results_that_famix_eval_reproduces() {
     let d = tmpdir();
     let (out, cache) = (d.path().join("demo"), d.path().join("cache"));
-    let (code, stdout, err) = demo(&out, &cache);
+    let (code, stdout, demo_err) = demo(&out, &cache);
+    let err = demo_err.clone();
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("pretraining the demo CLIP"), "the first run pretrains: {err}");
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
@@ -77,6 +80,15 @@ fn quick_demo_writes_results_that_famix_eval_reproduces() {
     assert!(famix::Image8::open_rgb(&out.join("results.png")).unwrap().width > 600);
     let cmp = famix::Image8::open_rgb(&out.join("comparison.png")).unwrap();
     assert_eq!(cmp.width, 8 * 192 + 7 * 4, "image | ground truth | six rows");
+    learning_curves_are_logged_and_drawn(&out, runs);
+    let pin = famix::Image8::open_rgb(&out.join("pin.png")).unwrap();
+    assert_eq!((pin.width, pin.height), (800, 420), "one PIN loss panel");
+    let bank: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("styles-generic.json")).unwrap()).unwrap();
+    let curves = bank["pin_curves"].as_array().unwrap();
+    assert_eq!(curves.len() as u64, bank["batches_done"].as_u64().unwrap(), "one PIN curve per mined batch");
+    // --quick mines with 3 PIN steps: every step is kept.
+    assert!(curves.iter().all(|c| c.as_array().unwrap().iter().map(|p| p[0].as_u64().unwrap()).eq(1..=3)), "{curves:?}");
+    assert!(demo_err.contains("generic bank: ") && demo_err.contains("PIN loss"), "{demo_err}");
     bf16_agrees_with_fp32(&out, &roots[2]);
     onnxruntime_equals_libtorch(&out, &roots[2]);
     int8_agrees_with_fp32(&out, &roots[0], d.path());
@@ -97,6 +109,26 @@ fn quick_demo_writes_results_that_famix_eval_reproduces() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("pretraining the demo CLIP") && err.contains("cached"), "{err}");
+}
+
+/// Every run validates on the source and monitors dusk at the same iterations (every
+/// 20 / 5 = 4 under --quick), and curves.png has the two panels.
+fn learning_curves_are_logged_and_drawn(out: &Path, runs: &[serde_json::Value]) {
+    for r in runs {
+        let run = out.join(r["checkpoint"].as_str().unwrap()).parent().unwrap().to_path_buf();
+        let h = famix::report::read_history(&run).unwrap();
+        let val: Vec<u64> = h.val.iter().map(|p| p.iter).collect();
+        let watched: Vec<u64> = h.monitor.iter().map(|p| p.iter).collect();
+        assert_eq!(val, [4, 8, 12, 16, 20], "{}", run.display());
+        assert_eq!(watched, val, "{}: dusk is monitored at every validation", run.display());
+        assert!(h.monitor.iter().all(|m| m.monitor_miou.keys().eq(["dusk"]) && (0.0..=1.0).contains(&m.monitor_miou["dusk"])));
+        // The monitored set never chooses best: best is the best *source* validation.
+        let best = h.val.iter().map(|p| p.val_miou).fold(f64::NEG_INFINITY, f64::max);
+        let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("best.json")).unwrap()).unwrap();
+        assert_eq!(meta["best_miou"].as_f64(), Some(best), "{}: {meta}", run.display());
+    }
+    let curves = famix::Image8::open_rgb(&out.join("curves.png")).unwrap();
+    assert_eq!((curves.width, curves.height), (1600, 420), "source and dusk panels side by side");
 }
 
 /// On the demo's FAMix model and the night images, bf16 autocast inference (fast

@@ -113,7 +113,9 @@ def _train_doc() -> str:
             names, prompt words, colours, label encoding), no_mix=False, no_styles=False, random_styles=False,
             no_augment=False,
             val_dataset/val_root/val_split='val'/val_condition/val_limit=None,
-            deterministic=False, no_tf32=False.
+            monitor={{}} (further sets evaluated at every validation, only logged,
+            e.g. ``{{"dusk": {{"dataset": "folder", "data_root": "data/dusk"}}}}``;
+            ``split`` defaults to 'val'), deterministic=False, no_tf32=False.
 
     Returns:
         The run's summary: steps, last_loss, best_miou, last_miou, run_dir.

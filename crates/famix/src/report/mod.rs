@@ -51,6 +51,15 @@ pub struct ValPoint {
     pub val_miou: f64,
 }
 
+/// One line of `train_log.jsonl` with the monitored sets' mIoU.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MonitorPoint {
+    /// Iterations done.
+    pub iter: u64,
+    /// mIoU (0–1) by monitored set.
+    pub monitor_miou: std::collections::BTreeMap<String, f64>,
+}
+
 /// A run's log, split by kind.
 #[derive(Debug, Clone, Default)]
 pub struct History {
@@ -58,6 +67,24 @@ pub struct History {
     pub train: Vec<TrainPoint>,
     /// Validation lines.
     pub val: Vec<ValPoint>,
+    /// Monitored sets' lines.
+    pub monitor: Vec<MonitorPoint>,
+}
+
+impl History {
+    /// The mIoU curves: validation first, then each monitored set, by name.
+    pub fn miou_curves(&self) -> Vec<(String, Vec<(f64, f64)>)> {
+        let mut out = Vec::new();
+        if !self.val.is_empty() {
+            out.push(("val".to_string(), self.val.iter().map(|p| (p.iter as f64, p.val_miou)).collect()));
+        }
+        let names: std::collections::BTreeSet<&String> = self.monitor.iter().flat_map(|m| m.monitor_miou.keys()).collect();
+        for n in names {
+            let pts = self.monitor.iter().filter_map(|m| m.monitor_miou.get(n).map(|v| (m.iter as f64, *v))).collect();
+            out.push((n.clone(), pts));
+        }
+        out
+    }
 }
 
 /// Reads `RUN/train_log.jsonl`. A last line cut short by a crash is ignored; any other
@@ -75,6 +102,8 @@ pub fn read_history(run: &Path) -> Result<History> {
         };
         if v.get("val_miou").is_some() {
             h.val.push(serde_json::from_value(v).with_context(|| format!("{} line {}", p.display(), i + 1))?);
+        } else if v.get("monitor_miou").is_some() {
+            h.monitor.push(serde_json::from_value(v).with_context(|| format!("{} line {}", p.display(), i + 1))?);
         } else if v.get("loss").is_some() {
             h.train.push(serde_json::from_value(v).with_context(|| format!("{} line {}", p.display(), i + 1))?);
         }
@@ -240,15 +269,21 @@ impl Builder<'_> {
             plots::line_chart(&out.join("lr.png"), "learning rates", "iteration", "learning rate", &lrs, None)?;
             self.figure("lr.png", "Learning rates of the head and the trainable backbone (polynomial decay).");
         }
-        if h.val.is_empty() {
+        if h.val.is_empty() && h.monitor.is_empty() {
             self.files.notes.push("no validation in this run (no validation set configured, or none reached yet)".into());
             return Ok(());
         }
         let pts: Vec<(f64, f64)> = h.val.iter().map(|p| (p.iter as f64, p.val_miou)).collect();
         let best = pts.iter().copied().fold(None, |b: Option<(f64, f64)>, p| if b.is_none_or(|b| p.1 > b.1) { Some(p) } else { b });
-        let s = [Series { name: "val mIoU".into(), points: pts, color: [120, 40, 160] }];
+        let s: Vec<Series> = h
+            .miou_curves()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, points))| Series { name: format!("{name} mIoU"), points, color: plots::series_color(i) })
+            .collect();
         plots::line_chart(&out.join("val_miou.png"), "validation mIoU", "iteration", "mIoU", &s, best)?;
-        self.figure("val_miou.png", "Validation mIoU over iterations; the circle marks the best.");
+        let monitored = if h.monitor.is_empty() { "" } else { " Monitored sets are only watched: they never choose the best." };
+        self.figure("val_miou.png", &format!("Validation mIoU over iterations; the circle marks the best.{monitored}"));
         Ok(())
     }
 

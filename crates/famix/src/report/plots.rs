@@ -36,6 +36,24 @@ pub struct Series {
     pub color: [u8; 3],
 }
 
+/// Distinct colours for the i-th series of a chart (the first is the validation curve's
+/// purple; then the Tableau-10 order), repeating after ten.
+pub fn series_color(i: usize) -> [u8; 3] {
+    const COLORS: [[u8; 3]; 10] = [
+        [120, 40, 160],
+        [31, 119, 180],
+        [255, 127, 14],
+        [44, 160, 44],
+        [214, 39, 40],
+        [140, 86, 75],
+        [227, 119, 194],
+        [127, 127, 127],
+        [188, 189, 34],
+        [23, 190, 207],
+    ];
+    COLORS[i % COLORS.len()]
+}
+
 fn draw_err<E: std::fmt::Debug>(what: &str) -> impl FnOnce(E) -> crate::Error + '_ {
     move |e| format_err!("drawing {what}: {e:?}")
 }
@@ -63,53 +81,90 @@ fn extent(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
+/// One panel of line charts: its title, axis labels, series and marked point.
+pub struct Panel<'a> {
+    /// Caption.
+    pub title: &'a str,
+    /// x axis label.
+    pub x_label: &'a str,
+    /// y axis label.
+    pub y_label: &'a str,
+    /// The lines.
+    pub series: &'a [Series],
+    /// A point to mark with a circle and its value (e.g. the best validation).
+    pub best: Option<(f64, f64)>,
+}
+
 /// A line chart of `series` over a shared x axis; `best` marks one point (e.g. the
 /// best validation) with a circle and its value.
 pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series], best: Option<(f64, f64)>) -> Result<()> {
-    let (x0, x1) = extent(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
-    let (y0, y1) = extent(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
-    render(path, 800, 420, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, (FONT, 22))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(draw_err(title))?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .label_style((FONT, 14))
-            .y_label_formatter(&|v| format!("{v:.3}"))
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .draw()
-            .map_err(draw_err(title))?;
-        for s in series {
-            let c = RGBColor(s.color[0], s.color[1], s.color[2]);
-            chart
-                .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))
-                .map_err(draw_err(title))?
-                .label(s.name.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        }
-        if let Some((bx, by)) = best {
-            let red = RGBColor(200, 30, 30);
-            chart
-                .draw_series(std::iter::once(Circle::new((bx, by), 6, red.stroke_width(2))))
-                .map_err(draw_err(title))?
-                .label(format!("best {by:.4} @ {bx:.0}"))
-                .legend(move |(x, y)| Circle::new((x + 10, y), 5, red.stroke_width(2)));
-        }
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 14))
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(draw_err(title))
+    line_panels(path, &[Panel { title, x_label, y_label, series, best }])
+}
+
+/// Line charts side by side (800 pixels wide each).
+pub fn line_panels(path: &Path, panels: &[Panel]) -> Result<()> {
+    render(path, 800 * panels.len().max(1) as u32, 420, |root| {
+        let areas = root.split_evenly((1, panels.len().max(1)));
+        panels.iter().zip(&areas).try_for_each(|(p, area)| draw_lines(area, p))
     })
+}
+
+/// Where the legend hides the least: lower right when the lines end high (a rising
+/// mIoU), upper right otherwise (a falling loss).
+fn legend_corner(series: &[Series], (y0, y1): (f64, f64)) -> SeriesLabelPosition {
+    let ends: Vec<f64> = series.iter().filter_map(|s| s.points.last().map(|p| p.1)).collect();
+    let mean = ends.iter().sum::<f64>() / ends.len().max(1) as f64;
+    if !ends.is_empty() && mean > (y0 + y1) / 2.0 {
+        SeriesLabelPosition::LowerRight
+    } else {
+        SeriesLabelPosition::UpperRight
+    }
+}
+
+fn draw_lines(area: &DrawingArea<BitMapBackend, Shift>, p: &Panel) -> Result<()> {
+    let (x0, x1) = extent(p.series.iter().flat_map(|s| s.points.iter().map(|q| q.0)));
+    let (y0, y1) = extent(p.series.iter().flat_map(|s| s.points.iter().map(|q| q.1)));
+    let title = p.title;
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, (FONT, 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(draw_err(title))?;
+    chart
+        .configure_mesh()
+        .x_desc(p.x_label)
+        .y_desc(p.y_label)
+        .label_style((FONT, 14))
+        .y_label_formatter(&|v| if y1 - y0 >= 5.0 { format!("{v:.1}") } else { format!("{v:.3}") })
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .draw()
+        .map_err(draw_err(title))?;
+    for s in p.series {
+        let c = RGBColor(s.color[0], s.color[1], s.color[2]);
+        chart
+            .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))
+            .map_err(draw_err(title))?
+            .label(s.name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+    }
+    if let Some((bx, by)) = p.best {
+        let red = RGBColor(200, 30, 30);
+        chart
+            .draw_series(std::iter::once(Circle::new((bx, by), 6, red.stroke_width(2))))
+            .map_err(draw_err(title))?
+            .label(format!("best {by:.4} @ {bx:.0}"))
+            .legend(move |(x, y)| Circle::new((x + 10, y), 5, red.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .label_font((FONT, 14))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(legend_corner(p.series, (y0, y1)))
+        .draw()
+        .map_err(draw_err(title))
 }
 
 /// Horizontal bars of one value in [0, 1] per class (NaN = absent, drawn as no bar

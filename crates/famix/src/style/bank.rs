@@ -61,10 +61,44 @@ pub struct BankSummary {
     /// Mean loss of each mined batch over its iterations' last value.
     #[serde(default)]
     pub batch_losses: Vec<f64>,
+    /// Each mined batch's PIN loss curve (batch order, as `batch_losses`), sampled at
+    /// [`PIN_CURVE_POINTS`] steps evenly spread from the first to the last: the evidence
+    /// that the PIN steps were enough ([`BankSummary::pin_curve`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pin_curves: Vec<Vec<(usize, f64)>>,
     /// The class set the styles were mined for, when it is not Cityscapes' (banks
     /// without it hold Cityscapes' 19 classes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classes: Option<ClassSet>,
+}
+
+/// Points kept of each batch's PIN loss curve.
+pub const PIN_CURVE_POINTS: usize = 21;
+
+/// `losses[i]` is the loss after step i + 1: the points kept, as (step, loss), the
+/// first and the last always among them.
+pub fn sample_curve(losses: &[f64]) -> Vec<(usize, f64)> {
+    let n = losses.len();
+    let k = PIN_CURVE_POINTS.min(n);
+    let mut steps: Vec<usize> = (0..k).map(|j| if k == 1 { n - 1 } else { j * (n - 1) / (k - 1) }).collect();
+    steps.dedup();
+    steps.into_iter().map(|i| (i + 1, losses[i])).collect()
+}
+
+impl BankSummary {
+    /// The mean PIN loss curve over the mined batches, as (step, loss); empty for banks
+    /// written before the curves were recorded.
+    pub fn pin_curve(&self) -> Vec<(usize, f64)> {
+        let Some(first) = self.pin_curves.first() else { return Vec::new() };
+        first
+            .iter()
+            .enumerate()
+            .map(|(j, &(step, _))| {
+                let v: Vec<f64> = self.pin_curves.iter().filter_map(|c| c.get(j).map(|p| p.1)).collect();
+                (step, v.iter().sum::<f64>() / v.len().max(1) as f64)
+            })
+            .collect()
+    }
 }
 
 /// One class's styles: (μ rows, σ rows).
@@ -355,5 +389,26 @@ impl BankTables {
         let slot = if class == IGNORE || class as usize >= self.spans.len() - 1 { self.spans.len() - 1 } else { class as usize };
         let (off, n) = self.spans[slot];
         (n > 0).then(|| off + ((u * n as f64) as usize).min(n - 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pin_curves_keep_first_and_last_steps_and_average_over_batches() {
+        let losses: Vec<f64> = (0..100).map(|i| 1.0 / (i + 1) as f64).collect();
+        let c = sample_curve(&losses);
+        assert_eq!(c.len(), PIN_CURVE_POINTS);
+        assert_eq!(c.first(), Some(&(1, 1.0)));
+        assert_eq!(c.last(), Some(&(100, 0.01)));
+        assert!(c.windows(2).all(|w| w[0].0 < w[1].0), "steps increase: {c:?}");
+        // Fewer steps than points: every step once.
+        assert_eq!(sample_curve(&[0.5, 0.25, 0.125]), vec![(1, 0.5), (2, 0.25), (3, 0.125)]);
+        let mut s = StyleBank::new(4, ClassSet::cityscapes()).summary;
+        s.pin_curves = vec![vec![(1, 1.0), (3, 0.5)], vec![(1, 0.5), (3, 0.25)]];
+        // Exact in binary: (1 + 0.5) / 2 and (0.5 + 0.25) / 2.
+        assert_eq!(s.pin_curve(), vec![(1, 0.75), (3, 0.375)]);
     }
 }

@@ -167,6 +167,7 @@ fn add_to_bank(bank: &mut StyleBank, m: MinedBatch) -> Result<f64> {
         bank.check_values(c).map_err(|e| Error::Diverged { problem: diverged(e.to_string()) })?;
     }
     bank.summary.batch_losses.push(last);
+    bank.summary.pin_curves.push(super::bank::sample_curve(&m.result.losses));
     // Batches of this run's list done (the global index + 1 for an unsharded run).
     bank.summary.batches_done += 1;
     Ok(last)
@@ -423,12 +424,41 @@ pub fn merge_shards(parts: &[(std::path::PathBuf, StyleBank)]) -> Result<StyleBa
         }
     }
     out.summary.batch_losses = losses;
+    out.summary.pin_curves = in_batch_order(parts, &lists, total, |b| &b.summary.pin_curves)?;
     let classes: std::collections::BTreeSet<u8> = parts.iter().flat_map(|(_, b)| b.entries.keys().copied()).collect();
     for class in classes {
         merge_class(&mut out, parts, class)?;
     }
     out.summary.batches_done = total;
     out.summary.batches_total = total;
+    Ok(out)
+}
+
+/// A per-batch list of every part (in each part's batch order) in the run's batch
+/// order; empty when the parts recorded none (banks written before the list existed).
+fn in_batch_order<T: Clone>(
+    parts: &[(std::path::PathBuf, StyleBank)],
+    lists: &[(Shard, usize)],
+    total: u64,
+    get: impl Fn(&StyleBank) -> &Vec<T>,
+) -> Result<Vec<T>> {
+    if parts.iter().any(|(_, b)| get(b).is_empty()) {
+        return Ok(Vec::new());
+    }
+    let mut out: Vec<Option<T>> = vec![None; total as usize];
+    for ((_, b), (shard, group)) in parts.iter().zip(lists) {
+        let list = shard_batches(total, *group, Some(*shard));
+        if list.len() != get(b).len() {
+            bail!("shard {shard}: {} entries for {} batches", get(b).len(), list.len());
+        }
+        for (bi, v) in list.iter().zip(get(b)) {
+            out[*bi as usize] = Some(v.clone());
+        }
+    }
+    let out: Vec<T> = out.into_iter().flatten().collect();
+    if out.len() as u64 != total {
+        bail!("{} of {total} batches were mined by no shard", total - out.len() as u64);
+    }
     Ok(out)
 }
 

@@ -22,12 +22,19 @@ pub struct ValSpec {
     pub dataset: DatasetKind,
     /// Its root folder.
     pub data_root: PathBuf,
-    /// Its split.
+    /// Its split (`val` when a configuration leaves it out).
+    #[serde(default = "val_split")]
     pub split: String,
     /// The ACDC condition, if any.
+    #[serde(default)]
     pub condition: Option<String>,
     /// Validate on the first N images only.
+    #[serde(default)]
     pub limit: Option<usize>,
+}
+
+fn val_split() -> String {
+    "val".into()
 }
 
 /// Everything a run needs; written to RUN_DIR/config.json and reused on resume.
@@ -81,8 +88,14 @@ pub struct TrainConfig {
     pub augment: bool,
     /// The head.
     pub head: HeadConfig,
-    /// Validation set, if any.
+    /// Validation set, if any: chooses `best`.
     pub val: Option<ValSpec>,
+    /// Further sets evaluated at every checkpoint, by name, only to watch them (e.g. a
+    /// validation *condition* next to the source's validation split): their mIoU goes
+    /// to the log (`monitor_miou`) and the report's curves, never into the choice of
+    /// `best`.
+    #[serde(default)]
+    pub monitor: std::collections::BTreeMap<String, ValSpec>,
     /// Iterations between validations and checkpoints.
     pub val_interval: u64,
     /// Iterations between log lines.
@@ -136,6 +149,7 @@ impl TrainConfig {
             augment: true,
             head: HeadConfig::reference(19),
             val: None,
+            monitor: Default::default(),
             val_interval: 750,
             log_interval: 10,
             seed: 1,
@@ -251,6 +265,14 @@ pub fn check_config(cfg: &TrainConfig) -> Result<()> {
     }
     if cfg.val.as_ref().is_some_and(|v| v.limit == Some(0)) {
         return bad("--val-limit", "0 validates nothing; give at least 1".into());
+    }
+    for (name, v) in &cfg.monitor {
+        if name.is_empty() || name.contains(['/', '=', ',']) || name.chars().any(char::is_whitespace) {
+            return bad("monitor", format!("\"{name}\" is not a usable name (non-empty, without '/', '=', ',' or spaces)"));
+        }
+        if v.limit == Some(0) {
+            return bad("monitor", format!("{name}: a limit of 0 evaluates nothing"));
+        }
     }
     Ok(())
 }

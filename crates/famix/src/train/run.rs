@@ -29,9 +29,10 @@ use crate::model::Segmenter;
 use crate::optim::Sgd;
 use crate::progress::{Progress, Silent, Unit};
 
-use super::config::{check_config, RunOptions, TrainConfig};
+use super::config::{check_config, RunOptions, TrainConfig, ValSpec};
 use super::state::{checkpoint_tensors, restore_or_init, save_state};
 use super::step::{bank_tables, check_labels, Stepper};
+use crate::data::classes::ClassSet;
 
 /// What a `train` call did.
 #[derive(Debug, Clone, Serialize)]
@@ -51,22 +52,37 @@ pub struct TrainSummary {
     pub skipped: Vec<crate::data::Skipped>,
 }
 
-/// The source and (optional) validation datasets, both non-empty.
-fn open_datasets(cfg: &TrainConfig) -> Result<(Arc<Dataset>, Option<Dataset>)> {
+/// The datasets evaluated at checkpoints: the validation set (chooses `best`) and the
+/// monitored ones (only logged).
+#[derive(Default)]
+struct ValSets {
+    val: Option<Dataset>,
+    monitor: Vec<(String, Dataset)>,
+}
+
+impl ValSets {
+    fn all(&self) -> impl Iterator<Item = &Dataset> {
+        self.val.iter().chain(self.monitor.iter().map(|(_, d)| d))
+    }
+}
+
+/// Opens a validation (or monitored) set; refuses an empty one.
+fn open_val(v: &ValSpec, classes: &ClassSet) -> Result<Dataset> {
+    let d = Dataset::open(v.dataset, &v.data_root, &v.split, v.condition.as_deref())?.with_classes(classes)?;
+    if d.is_empty() {
+        fail!(InvalidInput, &d.root, "no validation pairs found for {}", d.describe());
+    }
+    Ok(d)
+}
+
+/// The source and the evaluated datasets, all non-empty.
+fn open_datasets(cfg: &TrainConfig) -> Result<(Arc<Dataset>, ValSets)> {
     let classes = cfg.class_set();
     let ds = Dataset::open(cfg.dataset, &cfg.data_root, &cfg.split, cfg.condition.as_deref())?.with_classes(&classes)?;
     ds.require_samples()?;
-    let val = match &cfg.val {
-        Some(v) => {
-            let d = Dataset::open(v.dataset, &v.data_root, &v.split, v.condition.as_deref())?.with_classes(&classes)?;
-            if d.is_empty() {
-                fail!(InvalidInput, &d.root, "no validation pairs found for {}", d.describe());
-            }
-            Some(d)
-        }
-        None => None,
-    };
-    Ok((Arc::new(ds), val))
+    let val = cfg.val.as_ref().map(|v| open_val(v, &classes)).transpose()?;
+    let monitor = cfg.monitor.iter().map(|(n, v)| Ok((n.clone(), open_val(v, &classes)?))).collect::<Result<_>>()?;
+    Ok((Arc::new(ds), ValSets { val, monitor }))
 }
 
 fn make_loader(cfg: &TrainConfig, ds: Arc<Dataset>, opts: &RunOptions, start: u64, end: u64) -> Result<BatchLoader> {
@@ -138,7 +154,7 @@ impl Session<'_> {
     /// Validates (when a validation set is configured), keeps `best`, writes `latest`.
     /// A checkpoint is written only when every tensor it would hold — parameters,
     /// batch-norm statistics, momentum — is finite.
-    fn checkpoint(&mut self, done: u64, model: &Segmenter, sgd: &Sgd, val: Option<&Dataset>) -> Result<()> {
+    fn checkpoint(&mut self, done: u64, model: &Segmenter, sgd: &Sgd, sets: &ValSets) -> Result<()> {
         if let Err(e) = check_finite(&checkpoint_tensors(model, sgd)) {
             fail!(
                 Diverged,
@@ -147,8 +163,11 @@ impl Session<'_> {
             );
         }
         self.state.step = done;
-        if let Some(vd) = val {
+        if let Some(vd) = &sets.val {
             self.validate(done, model, vd)?;
+        }
+        if !sets.monitor.is_empty() {
+            self.watch(done, model, &sets.monitor)?;
         }
         self.meta.step = done;
         self.meta.best_miou = self.state.best_miou;
@@ -169,20 +188,41 @@ impl Session<'_> {
             self.log_loss(done, stepper.learning_rates(done - 1), device)?;
         }
         if self.state.step != done {
-            self.checkpoint(done, stepper.model, &stepper.sgd, None)?;
+            self.checkpoint(done, stepper.model, &stepper.sgd, &ValSets::default())?;
         }
         Err(Error::Cancelled { what: format!("training at iteration {done}; continue with --resume {}", self.run.dir().display()) })
+    }
+
+    fn eval_options(&self) -> EvalOptions {
+        EvalOptions {
+            limit: self.cfg.val.as_ref().and_then(|v| v.limit),
+            predict: crate::model::PredictOptions { precision: self.cfg.precision(), ..Default::default() },
+            ..Default::default()
+        }
+    }
+
+    /// Evaluates the monitored sets at iteration `done` and logs their mIoU (one line:
+    /// `monitor_miou` and `monitor_images` by name).
+    fn watch(&mut self, done: u64, model: &Segmenter, sets: &[(String, Dataset)]) -> Result<()> {
+        let (mut mious, mut images) = (serde_json::Map::new(), serde_json::Map::new());
+        for (name, d) in sets {
+            let limit = self.cfg.monitor.get(name).and_then(|v| v.limit);
+            let rep = evaluate(model, d, &EvalOptions { limit, ..self.eval_options() }, &Silent)?;
+            mious.insert(name.clone(), json!(rep.metrics.miou));
+            images.insert(name.clone(), json!(rep.images));
+            if let Some(tb) = &mut self.tensorboard {
+                tb.scalars(done, &[(format!("monitor/{name}/miou"), rep.metrics.miou)])?;
+            }
+        }
+        let shown = mious.iter().map(|(n, m)| format!("{n} {:.2} %", m.as_f64().unwrap_or(f64::NAN) * 100.0)).collect::<Vec<_>>();
+        self.progress.notice(&format!("iteration {done}: monitored mIoU {}", shown.join(", ")));
+        self.log.write(json!({"iter": done, "monitor_miou": mious, "monitor_images": images}))
     }
 
     /// Validates at iteration `done`, logs the result and, when it is the best so far,
     /// writes `best` (and its confusion matrix).
     fn validate(&mut self, done: u64, model: &Segmenter, vd: &Dataset) -> Result<()> {
-        let opts = EvalOptions {
-            limit: self.cfg.val.as_ref().and_then(|v| v.limit),
-            predict: crate::model::PredictOptions { precision: self.cfg.precision(), ..Default::default() },
-            ..Default::default()
-        };
-        let rep = evaluate(model, vd, &opts, &Silent)?;
+        let rep = evaluate(model, vd, &self.eval_options(), &Silent)?;
         let miou = rep.metrics.miou;
         self.summary.last_miou = Some(miou);
         let names = model.config().class_names();
@@ -261,8 +301,8 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, opts: &RunOptions, pro
             t.classes_without_styles
         ));
     }
-    let (ds, val_ds) = open_datasets(cfg)?;
-    for note in std::iter::once(&*ds).chain(val_ds.as_ref()).filter_map(Dataset::issues_note) {
+    let (ds, val_sets) = open_datasets(cfg)?;
+    for note in std::iter::once(&*ds).chain(val_sets.all()).filter_map(Dataset::issues_note) {
         progress.notice(&note);
     }
     let mut loader = make_loader(cfg, ds, opts, start, end)?;
@@ -287,7 +327,7 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, opts: &RunOptions, pro
     }
     crate::device::cuda_reset_peak(device);
     progress.start("train", cfg.iters, start, Unit::Items);
-    let res = run_loop(&mut s, &mut stepper, &mut loader, val_ds.as_ref(), start, end);
+    let res = run_loop(&mut s, &mut stepper, &mut loader, &val_sets, start, end);
     progress.finish();
     res?;
     s.summary.steps = s.state.step;
@@ -295,7 +335,7 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, opts: &RunOptions, pro
     Ok(s.summary)
 }
 
-fn run_loop(s: &mut Session, stepper: &mut Stepper, loader: &mut BatchLoader, val: Option<&Dataset>, start: u64, end: u64) -> Result<()> {
+fn run_loop(s: &mut Session, stepper: &mut Stepper, loader: &mut BatchLoader, val: &ValSets, start: u64, end: u64) -> Result<()> {
     let device = stepper.model.device();
     let mut step = start;
     while let Some(batch) = loader.next() {

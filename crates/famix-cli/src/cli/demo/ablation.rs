@@ -21,7 +21,9 @@
 //! (vi) is the control without language: the same local mixing with per-patch
 //! statistics drawn at random around the source's (`StyleMode::RandomMix`), so
 //! (iv) − (vi) is what mining styles with words adds to style randomisation.
-//! Validation during training uses the source only; the final weights are evaluated.
+//! Validation during training uses the source (it chooses `best`); the validation
+//! condition is monitored at the same iterations (learning curves, never a choice);
+//! the final weights are evaluated.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -194,8 +196,19 @@ fn prompts(v: Vocabulary, tests: &[Condition]) -> PromptSet {
     }
 }
 
+/// A mined bank: its file, its PIN loss curve (mean over batches) and its styles per
+/// class.
+pub struct MinedBank {
+    /// The bank file.
+    pub path: PathBuf,
+    /// (step, mean PIN loss).
+    pub pin_curve: Vec<(usize, f64)>,
+    /// Styles per class name.
+    pub counts: BTreeMap<String, usize>,
+}
+
 /// Mines a style bank with vocabulary `v` for `seed` into `out`.
-fn mine_bank(world: &World, s: &Settings, v: Vocabulary, seed: u64, out: &Path, device: tch::Device) -> Result<PathBuf> {
+fn mine_bank(world: &World, s: &Settings, v: Vocabulary, seed: u64, out: &Path, device: tch::Device) -> Result<MinedBank> {
     let clip = famix::clip::Clip::load(&world.clip, device, famix::clip::OutputStride::Os32)?;
     let prompts = prompts(v, &s.tests);
     let pin = PinConfig { iters: s.pin_iters, ..Default::default() };
@@ -213,8 +226,15 @@ fn mine_bank(world: &World, s: &Settings, v: Vocabulary, seed: u64, out: &Path, 
     let _ = std::fs::remove_file(&bank);
     let classes = famix::data::classes::ClassSet::cityscapes();
     let identity = run_identity(&sha256_file(&world.clip)?, &src, &settings, &pin, &prompts, &classes);
-    mine(&mut Miner::new(&clip, &prompts, &pin)?, src, &settings, &bank, identity, false, &Silent)?;
-    Ok(bank)
+    let mined = mine(&mut Miner::new(&clip, &prompts, &pin)?, src, &settings, &bank, identity, false, &Silent)?;
+    Ok(MinedBank { path: bank, pin_curve: mined.summary.pin_curve(), counts: mined.summary.counts })
+}
+
+/// Validations per run: the points of each learning curve.
+const CURVE_POINTS: u64 = 5;
+
+fn val_spec(root: PathBuf) -> ValSpec {
+    ValSpec { dataset: DatasetKind::Folder, data_root: root, split: "val".into(), condition: None, limit: None }
 }
 
 fn train_config(world: &World, s: &Settings, row: Row, seed: u64, bank: Option<PathBuf>) -> Result<TrainConfig> {
@@ -228,8 +248,9 @@ fn train_config(world: &World, s: &Settings, row: Row, seed: u64, bank: Option<P
         freeze: row.freeze(),
         style_mode: row.style_mode(),
         head: HeadConfig::tiny(19),
-        val: Some(ValSpec { dataset: DatasetKind::Folder, data_root: source, split: "val".into(), condition: None, limit: None }),
-        val_interval: s.iters,
+        val: Some(val_spec(source)),
+        monitor: [(s.validation.name().to_string(), val_spec(world.root(s.validation).to_path_buf()))].into(),
+        val_interval: (s.iters / CURVE_POINTS).max(1),
         seed,
         ..reference
     })
@@ -250,7 +271,7 @@ fn evaluate_all(model: &Segmenter, world: &World, s: &Settings) -> Result<BTreeM
 
 /// Mines the style banks the rows need, once (the paper mines once per source
 /// dataset, not per training seed), into `out/styles-<vocabulary>.safetensors`.
-pub fn mine_banks(world: &World, s: &Settings, seed: u64, out: &Path, device: tch::Device) -> Result<BTreeMap<&'static str, PathBuf>> {
+pub fn mine_banks(world: &World, s: &Settings, seed: u64, out: &Path, device: tch::Device) -> Result<BTreeMap<&'static str, MinedBank>> {
     let mut banks = BTreeMap::new();
     for v in s.rows.iter().filter_map(|r| r.vocabulary()) {
         if let std::collections::btree_map::Entry::Vacant(e) = banks.entry(v.id()) {
@@ -265,7 +286,7 @@ pub fn mine_banks(world: &World, s: &Settings, seed: u64, out: &Path, device: tc
 pub fn run_seed(
     world: &World,
     s: &Settings,
-    banks: &BTreeMap<&'static str, PathBuf>,
+    banks: &BTreeMap<&'static str, MinedBank>,
     seed: u64,
     out: &Path,
     device: tch::Device,
@@ -277,7 +298,7 @@ pub fn run_seed(
     for &row in &s.rows {
         let run = dir.join(row.id());
         let _ = std::fs::remove_dir_all(&run);
-        let bank = row.vocabulary().map(|v| banks[v.id()].clone());
+        let bank = row.vocabulary().map(|v| banks[v.id()].path.clone());
         let cfg = train_config(world, s, row, seed, bank)?;
         // The tiny model is loader-bound on two cores: two decoding threads keep it fed
         // (the data order and augmentation do not depend on the thread count).

@@ -34,7 +34,7 @@ pub struct DemoArgs {
     /// Rows of the ablation to train (comma-separated)
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Row::ALL.to_vec())]
     rows: Vec<Row>,
-    /// Training iterations per run [default: 300; --quick: 20]
+    /// Training iterations per run [default: 500; --quick: 20]
     #[arg(long)]
     iters: Option<u64>,
     /// Head learning rate (the backbone's is 0.1 ×) [default: 0.1]
@@ -43,7 +43,7 @@ pub struct DemoArgs {
     /// Mining batches per style bank [default: one pass over the source's training images]
     #[arg(long)]
     mine_batches: Option<u64>,
-    /// PIN steps per mined style [default: 20; --quick: 3]
+    /// PIN steps per mined style [default: 100, as the paper; --quick: 3]
     #[arg(long)]
     pin_iters: Option<usize>,
     /// Pretraining steps of the demo CLIP [default: 200; --quick: 6]
@@ -98,14 +98,14 @@ fn world_settings(a: &DemoArgs) -> WorldSettings {
 
 fn settings(a: &DemoArgs) -> Settings {
     Settings {
-        iters: a.iters.unwrap_or(if a.quick { 20 } else { 300 }),
+        iters: a.iters.unwrap_or(if a.quick { 20 } else { 500 }),
         batch: 8,
         crop: 64,
         lr: a.lr.unwrap_or(0.1),
         mine_batches: a.mine_batches,
         mine_batch: 4,
         mine_crop: 72,
-        pin_iters: a.pin_iters.unwrap_or(if a.quick { 3 } else { 20 }),
+        pin_iters: a.pin_iters.unwrap_or(if a.quick { 3 } else { 100 }),
         rows: a.rows.clone(),
         tests: vec![Condition::Night, Condition::Fog, Condition::Rain, Condition::Snow],
         validation: Condition::Dusk,
@@ -126,6 +126,9 @@ pub fn demo(a: DemoArgs) -> Result<i32> {
     eprintln!("           CLIP: {}{}", world.clip.display(), if world.cached { " (cached)" } else { " (pretrained now)" });
     step("2/4 mining the style banks (patch-wise PIN, once for all seeds)");
     let banks = ablation::mine_banks(&world, &s, ws.seed, &a.out, a.device.device)?;
+    for (name, b) in &banks {
+        eprintln!("           {name} bank: {}", results::describe_bank(b));
+    }
     let mut all = Vec::new();
     let training = std::time::Instant::now();
     for (i, &seed) in a.seeds.iter().enumerate() {
@@ -135,14 +138,16 @@ pub fn demo(a: DemoArgs) -> Result<i32> {
         step(&format!("3/4 seed {seed} ({}/{}): training {} rows on day only, evaluating each{eta}", i + 1, a.seeds.len(), s.rows.len()));
         all.extend(ablation::run_seed(&world, &s, &banks, seed, &a.out, a.device.device, &Bars::default())?);
     }
-    step("4/4 writing results.json, results.md, results.png, comparison.png");
+    step("4/4 writing results.json, results.md, results.png, curves.png, pin.png, comparison.png");
     let json = results::write_json(&a.out, &world, &s, &all)?;
     let md = results::write_markdown(&a.out, &s, &all, &a.seeds)?;
     let chart = results::write_chart(&a.out, &s, &all)?;
+    let curves = results::write_curves(&a.out, &s, &all)?;
+    let pin = results::write_pin_curves(&a.out, &banks)?;
     let picture = results::write_comparison(&a.out, &world, &s, &all, a.device.device)?;
     print_table(&s, &all);
     println!("\nfamix demo finished in {:.1} s", t0.elapsed().as_secs_f64());
-    for p in [&json, &md, &chart, &picture] {
+    for p in [&json, &md, &chart, &curves, &picture].into_iter().chain(pin.as_ref()) {
         println!("  {}", p.display());
     }
     Ok(0)

@@ -1,7 +1,9 @@
 //! The demo's outputs: `results.json` (every row × seed × condition, for other tools),
 //! `results.md` (mean ± sample std over seeds per cell, and the paper's claims
-//! checked), `results.png` (grouped bars with ± std whiskers) and `comparison.png`
-//! (per test condition: image | ground truth | each row's prediction, titled).
+//! checked), `results.png` (grouped bars with ± std whiskers), `curves.png` (source
+//! and validation-condition mIoU over iterations per row, mean over seeds) and
+//! `comparison.png` (per test condition: image | ground truth | each row's prediction,
+//! titled).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,11 +15,11 @@ use famix::data::synth::Condition;
 use famix::data::{Dataset, DatasetKind};
 use famix::imageops::Filter;
 use famix::render::colorize;
-use famix::report::plots::{grouped_bar_chart, with_column_titles, BarSeries};
+use famix::report::plots::{grouped_bar_chart, line_panels, with_column_titles, BarSeries, Panel, Series};
 use famix::report::{panel_row, vstack};
 use famix::{PredictOptions, Segmenter};
 
-use super::ablation::{Row, RunResult, Settings};
+use super::ablation::{MinedBank, Row, RunResult, Settings};
 use super::world::World;
 
 /// The table's columns: source, the validation condition, each test condition, and
@@ -159,6 +161,81 @@ pub fn write_chart(out: &Path, s: &Settings, results: &[RunResult]) -> Result<Pa
     let path = out.join("results.png");
     grouped_bar_chart(&path, "famix demo: mIoU per condition (trained on day only)", "mIoU %", &cols, &series)?;
     Ok(path)
+}
+
+/// One row's curve on one set: the mean over seeds at each iteration every seed logged.
+fn mean_curve(curves: &[Vec<(f64, f64)>]) -> Vec<(f64, f64)> {
+    let Some(first) = curves.first() else { return Vec::new() };
+    first
+        .iter()
+        .filter_map(|&(it, _)| {
+            let v: Vec<f64> = curves.iter().filter_map(|c| c.iter().find(|p| p.0 == it).map(|p| p.1 * 100.0)).collect();
+            (v.len() == curves.len()).then(|| (it, mean_std(&v).0))
+        })
+        .collect()
+}
+
+/// curves.png: per row, the source validation mIoU (left) and the validation
+/// condition's (right) over iterations, mean over seeds, read from each run's log.
+pub fn write_curves(out: &Path, s: &Settings, results: &[RunResult]) -> Result<PathBuf> {
+    let sets = ["val".to_string(), s.validation.name().to_string()];
+    let mut per_set: Vec<Vec<Series>> = vec![Vec::new(), Vec::new()];
+    for row in &s.rows {
+        let mut curves: Vec<Vec<Vec<(f64, f64)>>> = vec![Vec::new(), Vec::new()];
+        for r in results.iter().filter(|r| r.row == *row) {
+            let run = r.checkpoint.parent().unwrap_or(Path::new("."));
+            let named = famix::report::read_history(run)?.miou_curves();
+            for (i, set) in sets.iter().enumerate() {
+                curves[i].push(named.iter().find(|(n, _)| n == set).map(|(_, c)| c.clone()).unwrap_or_default());
+            }
+        }
+        let color = ROW_COLORS[Row::ALL.iter().position(|r| r == row).unwrap_or(0)];
+        for (i, c) in curves.iter().enumerate() {
+            per_set[i].push(Series { name: short_title(*row).to_string(), points: mean_curve(c), color });
+        }
+    }
+    let titles = ["source (day) validation mIoU, mean over seeds".to_string(), format!("{} mIoU, mean over seeds", s.validation.name())];
+    let panels: Vec<Panel> = titles
+        .iter()
+        .zip(&per_set)
+        .map(|(t, series)| Panel { title: t, x_label: "iteration", y_label: "mIoU %", series, best: None })
+        .collect();
+    let path = out.join("curves.png");
+    line_panels(&path, &panels)?;
+    Ok(path)
+}
+
+/// A bank in a line: styles, classes with styles, and how far PIN's loss fell.
+pub fn describe_bank(b: &MinedBank) -> String {
+    let styles: usize = b.counts.values().sum();
+    let classes = b.counts.iter().filter(|(n, c)| **c > 0 && n.as_str() != "255").count();
+    let pin = match (b.pin_curve.first(), b.pin_curve.iter().rev().nth(b.pin_curve.len() / 4), b.pin_curve.last()) {
+        (Some(a), Some(q), Some(z)) => {
+            format!("; PIN loss {:.4} at step {} → {:.4} at step {} → {:.4} at step {}", a.1, a.0, q.1, q.0, z.1, z.0)
+        }
+        _ => String::new(),
+    };
+    format!("{styles} styles for {classes} classes{pin}")
+}
+
+/// pin.png: each bank's mean PIN loss over steps (None when no bank was mined).
+pub fn write_pin_curves(out: &Path, banks: &BTreeMap<&'static str, MinedBank>) -> Result<Option<PathBuf>> {
+    if banks.is_empty() {
+        return Ok(None);
+    }
+    let series: Vec<Series> = banks
+        .iter()
+        .enumerate()
+        .map(|(i, (name, b))| Series {
+            name: format!("{name} vocabulary"),
+            points: b.pin_curve.iter().map(|&(st, l)| (st as f64, l)).collect(),
+            color: famix::report::plots::series_color(i + 1),
+        })
+        .collect();
+    let path = out.join("pin.png");
+    let title = "PIN: mean loss (1 − cosine to the style prompt) over steps";
+    line_panels(&path, &[Panel { title, x_label: "PIN step", y_label: "loss", series: &series, best: None }])?;
+    Ok(Some(path))
 }
 
 /// comparison.png: for the first validation image of each test condition, the image,

@@ -20,7 +20,7 @@ use famix::io::run_folder::{RunFolder, RunState};
 
 /// Changes whenever the generator or the caption grammar changes what it draws, so a
 /// cached CLIP of an older world is not reused.
-const WORLD_VERSION: u32 = 4;
+const WORLD_VERSION: u32 = 5;
 /// Changes whenever pretraining computes something else for the same settings (2: the
 /// initialisation draws in a fixed order; before, a hash map's order varied by process).
 const PRETRAIN_VERSION: u32 = 2;

@@ -4,7 +4,12 @@
 //! furniture (lamps, signs, traffic lights) and traffic (cars, trucks, buses, people,
 //! cyclists), all in metres and projected by the scene's camera
 //! ([`super::scene`]). Sizes are those of the real things, so the perspective alone
-//! varies their image size; counts and positions are random per layout.
+//! varies their image size; counts and positions are random per layout — except for
+//! the thin things (poles, signs, traffic lights, people, riders, bicycles), which are
+//! drawn [`THIN`] times wider and stand nearer than they would, and the camera's longer
+//! lens: the world is a *scale model* of a 2 MP driving image at 128 × 96 pixels, so a
+//! pole is a few pixels wide rather than one and a segmenter at output stride 16 sees
+//! objects spanning cells, as the paper's at 768² crops does.
 
 use super::scene::{class, hash01, jitter, Board, Camera, Lamp, Scene, Shade, EMISSIVE, GROUND, SHADOW, TOP};
 use crate::rng::Rng;
@@ -49,12 +54,16 @@ impl Street {
     }
 }
 
+/// How many times wider than the real things the thin things are drawn (see the
+/// module's doc).
+pub const THIN: f64 = 2.5;
+
 /// A random scene of `width` × `height` pixels.
 pub fn generate(width: usize, height: usize, rng: &mut Rng) -> Scene {
     let camera = Camera {
         horizon: height as f64 * rng.uniform_range(0.36, 0.48),
         vx: width as f64 * rng.uniform_range(0.4, 0.6),
-        f: width as f64 * rng.uniform_range(0.9, 1.25),
+        f: width as f64 * rng.uniform_range(1.2, 1.6),
         height: rng.uniform_range(1.3, 1.8),
     };
     let mut scene = Scene::new(width, height, camera);
@@ -273,7 +282,7 @@ fn tree(scene: &mut Scene, x: f64, z: f64, rng: &mut Rng) {
 fn furniture(scene: &mut Scene, st: &Street, rng: &mut Rng) {
     for side in [-1.0, 1.0] {
         let mut z = rng.uniform_range(4.0, 14.0);
-        while z < 90.0 {
+        while z < 60.0 {
             let x = st.side_x(side, 0.4);
             let kind = rng.uniform();
             if kind < 0.4 {
@@ -283,7 +292,7 @@ fn furniture(scene: &mut Scene, st: &Street, rng: &mut Rng) {
             } else {
                 traffic_light(scene, x, z, rng);
             }
-            z += rng.uniform_range(9.0, 25.0);
+            z += rng.uniform_range(8.0, 20.0);
         }
     }
 }
@@ -295,9 +304,9 @@ fn pole(scene: &mut Scene, x: f64, z: f64, h: f64, w: f64) {
 
 fn street_lamp(scene: &mut Scene, x: f64, z: f64, rng: &mut Rng) {
     let h = rng.uniform_range(6.0, 8.5);
-    pole(scene, x, z, h, 0.16);
+    pole(scene, x, z, h, 0.16 * THIN);
     let id = scene.instance(class::POLE);
-    scene.board(Board { x, z: z - 0.05, w: 0.7, h: 0.25, y0: h - 0.35 }, class::POLE, id, &|_, v| {
+    scene.board(Board { x, z: z - 0.05, w: 0.7 * THIN, h: 0.5, y0: h - 0.6 }, class::POLE, id, &|_, v| {
         Some(if v < 0.5 { ([0.92, 0.9, 0.82], EMISSIVE) } else { ([0.35, 0.36, 0.38], TOP) })
     });
     scene.lamps.push(Lamp { pos: [x, h, z], color: [1.0, 0.82, 0.55], reach: 7.0 });
@@ -305,9 +314,9 @@ fn street_lamp(scene: &mut Scene, x: f64, z: f64, rng: &mut Rng) {
 
 fn sign_post(scene: &mut Scene, x: f64, z: f64, rng: &mut Rng) {
     let h = rng.uniform_range(2.2, 3.2);
-    pole(scene, x, z, h, 0.1);
+    pole(scene, x, z, h, 0.1 * THIN);
     let id = scene.instance(class::TRAFFIC_SIGN);
-    let b = Board { x, z: z - 0.05, w: 0.65, h: 0.65, y0: h - 0.1 };
+    let b = Board { x, z: z - 0.05, w: 0.65 * THIN, h: 0.65 * THIN, y0: h - 0.1 };
     match rng.below(3) {
         0 => scene.ellipse(b, class::TRAFFIC_SIGN, id, &|u, v| {
             let ring = (u - 0.5).powi(2) + (v - 0.5).powi(2) > 0.12;
@@ -326,10 +335,10 @@ fn sign_post(scene: &mut Scene, x: f64, z: f64, rng: &mut Rng) {
 
 fn traffic_light(scene: &mut Scene, x: f64, z: f64, rng: &mut Rng) {
     let h = rng.uniform_range(3.5, 5.0);
-    pole(scene, x, z, h, 0.15);
+    pole(scene, x, z, h, 0.15 * THIN);
     let id = scene.instance(class::TRAFFIC_LIGHT);
     let lit = rng.below(3) as f64;
-    scene.board(Board { x, z: z - 0.05, w: 0.38, h: 1.0, y0: h - 0.2 }, class::TRAFFIC_LIGHT, id, &move |u, v| {
+    scene.board(Board { x, z: z - 0.05, w: 0.38 * THIN, h: 1.0 * THIN, y0: h - 0.2 }, class::TRAFFIC_LIGHT, id, &move |u, v| {
         let slot = (v * 3.0).floor().min(2.0);
         let centre = (u - 0.5).powi(2) + ((v * 3.0).fract() - 0.5).powi(2) < 0.1;
         let colors = [[0.1, 0.9, 0.3], [1.0, 0.75, 0.1], [1.0, 0.15, 0.1]];
@@ -428,8 +437,8 @@ fn people(scene: &mut Scene, st: &Street, rng: &mut Rng) {
         let side = if rng.uniform() < 0.5 { -1.0 } else { 1.0 };
         let walk = if side < 0.0 { st.walk.0 } else { st.walk.1 };
         let x = st.side_x(side, rng.uniform_range(0.4, walk - 0.3));
-        let z = rng.uniform_range(4.0, 45.0);
-        let b = Board { x, z, w: 0.55, h: rng.uniform_range(1.55, 1.9), y0: 0.0 };
+        let z = rng.uniform_range(4.0, 30.0);
+        let b = Board { x, z, w: 0.55 * THIN, h: rng.uniform_range(1.55, 1.9) * THIN.sqrt(), y0: 0.0 };
         figure(scene, b, class::PERSON, rng);
     }
 }
@@ -460,12 +469,12 @@ fn cyclists(scene: &mut Scene, st: &Street, rng: &mut Rng) {
         return;
     }
     let x = st.road.1 - rng.uniform_range(0.6, 1.2);
-    let z = rng.uniform_range(6.0, 35.0);
+    let z = rng.uniform_range(6.0, 30.0);
     let id = scene.instance(class::BICYCLE);
-    scene.board(Board { x, z, w: 0.6, h: 1.05, y0: 0.0 }, class::BICYCLE, id, &|u, v| {
-        let wheel = (u - 0.5).abs() < 0.1 && v < 0.62;
+    scene.board(Board { x, z, w: 0.6 * THIN, h: 1.05 * THIN.sqrt(), y0: 0.0 }, class::BICYCLE, id, &|u, v| {
+        let wheel = (u - 0.5).abs() < 0.2 && v < 0.62;
         let bars = v > 0.88 && v < 0.97;
         (wheel || bars).then_some(([0.08, 0.08, 0.1], 0))
     });
-    figure(scene, Board { x, z: z - 0.02, w: 0.5, h: 1.0, y0: 0.75 }, class::RIDER, rng);
+    figure(scene, Board { x, z: z - 0.02, w: 0.5 * THIN, h: THIN.sqrt(), y0: 0.75 * THIN.sqrt() }, class::RIDER, rng);
 }
