@@ -63,9 +63,11 @@ pub struct BankSummary {
     pub batch_losses: Vec<f64>,
     /// Each mined batch's PIN loss curve (batch order, as `batch_losses`), sampled at
     /// [`PIN_CURVE_POINTS`] steps evenly spread from the first to the last: the evidence
-    /// that the PIN steps were enough ([`BankSummary::pin_curve`]).
+    /// that the PIN steps were enough ([`BankSummary::pin_curve`]). Stored as f32, the
+    /// precision PIN computes them in, so they read back exactly (a merged bank equals
+    /// the unsharded one byte for byte).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub pin_curves: Vec<Vec<(usize, f64)>>,
+    pub pin_curves: Vec<Vec<(usize, f32)>>,
     /// The class set the styles were mined for, when it is not Cityscapes' (banks
     /// without it hold Cityscapes' 19 classes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -77,12 +79,12 @@ pub const PIN_CURVE_POINTS: usize = 21;
 
 /// `losses[i]` is the loss after step i + 1: the points kept, as (step, loss), the
 /// first and the last always among them.
-pub fn sample_curve(losses: &[f64]) -> Vec<(usize, f64)> {
+pub fn sample_curve(losses: &[f64]) -> Vec<(usize, f32)> {
     let n = losses.len();
     let k = PIN_CURVE_POINTS.min(n);
     let mut steps: Vec<usize> = (0..k).map(|j| if k == 1 { n - 1 } else { j * (n - 1) / (k - 1) }).collect();
     steps.dedup();
-    steps.into_iter().map(|i| (i + 1, losses[i])).collect()
+    steps.into_iter().map(|i| (i + 1, losses[i] as f32)).collect()
 }
 
 impl BankSummary {
@@ -94,7 +96,7 @@ impl BankSummary {
             .iter()
             .enumerate()
             .map(|(j, &(step, _))| {
-                let v: Vec<f64> = self.pin_curves.iter().filter_map(|c| c.get(j).map(|p| p.1)).collect();
+                let v: Vec<f64> = self.pin_curves.iter().filter_map(|c| c.get(j).map(|p| p.1 as f64)).collect();
                 (step, v.iter().sum::<f64>() / v.len().max(1) as f64)
             })
             .collect()
@@ -402,10 +404,13 @@ mod tests {
         let c = sample_curve(&losses);
         assert_eq!(c.len(), PIN_CURVE_POINTS);
         assert_eq!(c.first(), Some(&(1, 1.0)));
-        assert_eq!(c.last(), Some(&(100, 0.01)));
+        assert_eq!(c.last(), Some(&(100, 0.01f32)));
         assert!(c.windows(2).all(|w| w[0].0 < w[1].0), "steps increase: {c:?}");
         // Fewer steps than points: every step once.
         assert_eq!(sample_curve(&[0.5, 0.25, 0.125]), vec![(1, 0.5), (2, 0.25), (3, 0.125)]);
+        // f32 values survive a JSON round trip exactly.
+        let c = sample_curve(&[1.0355870723724365, 0.1 + 0.2]);
+        assert_eq!(serde_json::from_str::<Vec<(usize, f32)>>(&serde_json::to_string(&c).unwrap()).unwrap(), c);
         let mut s = StyleBank::new(4, ClassSet::cityscapes()).summary;
         s.pin_curves = vec![vec![(1, 1.0), (3, 0.5)], vec![(1, 0.5), (3, 0.25)]];
         // Exact in binary: (1 + 0.5) / 2 and (0.5 + 0.25) / 2.
