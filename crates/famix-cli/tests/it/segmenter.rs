@@ -68,7 +68,7 @@ fn synthetic_training_step_matches_pytorch() {
             .filter(|(n, _)| n.starts_with("backbone.") && !n.starts_with("backbone.layer4.2."))
             .map(|(n, t)| (n, t.copy()))
             .collect();
-    let (bb, head) = m.param_groups();
+    let famix::model::ParamGroups { backbone: bb, head } = m.param_groups();
     let names: Vec<&str> = bb.iter().chain(&head).map(|(n, _)| n.as_str()).collect();
     let mut want: Vec<String> = exp.keys().filter_map(|k| k.strip_prefix("grad.").map(str::to_string)).collect();
     want.sort();
@@ -106,8 +106,8 @@ fn synthetic_training_step_matches_pytorch() {
 fn freeze_policies_select_parameters() {
     let mut m = reference_model().model;
     let count = |m: &famix::model::Segmenter| {
-        let (b, h) = m.param_groups();
-        (b.len(), h.len())
+        let g = m.param_groups();
+        (g.backbone.len(), g.head.len())
     };
     let (_, head) = count(&m);
     m.set_freeze(FreezePolicy::Layer4);
@@ -115,11 +115,11 @@ fn freeze_policies_select_parameters() {
     assert_eq!(h4, head);
     // layer4 has 3 blocks (+ downsample in the first): all train.
     assert!(b4 > 3 * 6);
-    m.set_freeze(FreezePolicy::None);
+    m.set_freeze(FreezePolicy::Nothing);
     let (ball, _) = count(&m);
     assert!(ball > b4);
     // BN running statistics are never parameters.
-    let (b, h) = m.param_groups();
+    let famix::model::ParamGroups { backbone: b, head: h } = m.param_groups();
     assert!(b.iter().chain(&h).all(|(n, _)| !n.contains("running")));
 }
 

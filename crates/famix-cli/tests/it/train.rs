@@ -55,7 +55,7 @@ fn mixing_iteration_matches_pytorch(fast: bool) {
     if fast {
         m.fold_frozen();
     }
-    let (bb, head) = m.param_groups();
+    let famix::model::ParamGroups { backbone: bb, head } = m.param_groups();
     let f = |x: &Tensor| restyle(x, &exp["style_mu"], &exp["style_sigma"], Some(&exp["s"]), 3);
     let logits = m.forward(&exp["x"], true, Some(&f));
     let loss = logits.cross_entropy_loss::<Tensor>(&exp["y"], None, tch::Reduction::Mean, 255, 0.1);

@@ -18,33 +18,42 @@ pub enum FreezePolicy {
     Synthetic,
     /// Cityscapes (real-to-real): the whole layer4 and the head train.
     Layer4,
-    /// Everything trains.
-    None,
+    /// Nothing is frozen: everything trains (`none` in files and flags).
+    #[serde(rename = "none")]
+    Nothing,
 }
 
 impl FreezePolicy {
     /// Does block `b` of stage `stage` (0-based) train?
     pub fn block_trains(self, stage: usize, block: usize, blocks_in_stage: usize) -> bool {
         match self {
-            FreezePolicy::None => true,
+            FreezePolicy::Nothing => true,
             FreezePolicy::Layer4 => stage == 3,
             FreezePolicy::Synthetic => stage == 3 && block + 1 == blocks_in_stage,
         }
     }
     /// Does the stem train?
     pub fn stem_trains(self) -> bool {
-        self == FreezePolicy::None
+        self == FreezePolicy::Nothing
     }
     /// Lower-case name.
     pub fn name(self) -> &'static str {
         match self {
             FreezePolicy::Synthetic => "synthetic",
             FreezePolicy::Layer4 => "layer4",
-            FreezePolicy::None => "none",
+            FreezePolicy::Nothing => "none",
         }
     }
 }
-crate::names::named!(FreezePolicy, [FreezePolicy::Synthetic, FreezePolicy::Layer4, FreezePolicy::None]);
+crate::names::named!(FreezePolicy, [FreezePolicy::Synthetic, FreezePolicy::Layer4, FreezePolicy::Nothing]);
+
+/// A segmenter's trainable parameters by group ([`Segmenter::param_groups`]).
+pub struct ParamGroups {
+    /// The backbone's (named `backbone.*`).
+    pub backbone: NamedTensors,
+    /// The head's (named `classifier.*`).
+    pub head: NamedTensors,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "ConfigRecord", into = "ConfigRecord")]
@@ -313,11 +322,13 @@ impl Segmenter {
         }
     }
 
-    /// Trainable parameters, split into (backbone, head) groups for their learning rates.
-    pub fn param_groups(&self) -> (NamedTensors, NamedTensors) {
+    /// Trainable parameters, split into the backbone's and the head's groups (they
+    /// train at different learning rates), each sorted by name.
+    pub fn param_groups(&self) -> ParamGroups {
         let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
-        vars.into_iter().partition(|(n, _)| n.starts_with("backbone."))
+        let (backbone, head) = vars.into_iter().partition(|(n, _)| n.starts_with("backbone."));
+        ParamGroups { backbone, head }
     }
 
     /// Logits (N, classes, H, W) at the input size. `train` uses batch statistics and

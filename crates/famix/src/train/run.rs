@@ -119,7 +119,7 @@ struct Session<'a> {
 impl Session<'_> {
     /// Logs the mean loss of the iterations since the last log line; stops on a
     /// non-finite loss, naming the last checkpoint.
-    fn log_loss(&mut self, done: u64, lrs: (f64, f64), device: Device) -> Result<()> {
+    fn log_loss(&mut self, done: u64, lrs: super::step::LearningRates, device: Device) -> Result<()> {
         let mean = self.loss_acc.double_value(&[]) / self.loss_n as f64;
         if !mean.is_finite() {
             fail!(Diverged, "the loss became {mean} by iteration {done}; training stopped. {} Try a lower --lr.", self.last_good());
@@ -127,7 +127,7 @@ impl Session<'_> {
         let secs = self.t_log.elapsed().as_secs_f64();
         let per_s = (self.loss_n as f64 * self.cfg.batch as f64) / secs;
         let mut entry = json!({
-            "iter": done, "loss": mean, "lr_head": lrs.0, "lr_backbone": lrs.1,
+            "iter": done, "loss": mean, "lr_head": lrs.head, "lr_backbone": lrs.backbone,
             "images_per_s": per_s, "step_ms": secs * 1000.0 / self.loss_n as f64,
         });
         if let Some((_, peak, _)) = crate::device::cuda_memory_mb(device) {
@@ -135,7 +135,8 @@ impl Session<'_> {
         }
         self.log.write(entry)?;
         if let Some(tb) = &mut self.tensorboard {
-            let scalars = [("train/loss", mean), ("train/lr_head", lrs.0), ("train/lr_backbone", lrs.1), ("train/images_per_s", per_s)];
+            let scalars =
+                [("train/loss", mean), ("train/lr_head", lrs.head), ("train/lr_backbone", lrs.backbone), ("train/images_per_s", per_s)];
             tb.scalars(done, &scalars.map(|(k, v)| (k.to_string(), v)))?;
         }
         self.progress.status(&format!("loss {mean:.4}"));

@@ -171,8 +171,8 @@ pub(super) fn restore_or_init(
     };
     check_head(cfg, &l)?;
     l.model.set_freeze(cfg.freeze);
-    let (bb, head) = l.model.param_groups();
-    let params: Vec<(String, Tensor)> = bb.into_iter().chain(head).collect();
+    let groups = l.model.param_groups();
+    let params: Vec<(String, Tensor)> = groups.backbone.into_iter().chain(groups.head).collect();
     let st = load_state(&l, &params, sgd, opts.reset_optimizer, progress)?;
     if !st.run_id.is_empty() && !cfg.run_id.is_empty() && st.run_id != cfg.run_id {
         fail!(

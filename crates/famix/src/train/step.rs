@@ -34,18 +34,30 @@ pub struct Stepper<'a> {
     cfg: &'a TrainConfig,
 }
 
+/// The head's and the backbone's learning rates at one iteration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LearningRates {
+    /// The head's.
+    pub head: f64,
+    /// The trainable backbone's (`lr · backbone_lr_mult`).
+    pub backbone: f64,
+}
+
 impl<'a> Stepper<'a> {
     /// A stepper over the model's trainable parameters.
     pub fn new(model: &'a Segmenter, cfg: &'a TrainConfig, tables: Option<BankTables>, sgd: Sgd) -> Self {
-        let (bb, head) = model.param_groups();
+        let crate::model::ParamGroups { backbone: bb, head } = model.param_groups();
         let all = bb.iter().chain(&head).map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
         Stepper { model, sgd, bb, head, all, tables, cfg }
     }
 
-    /// (head, backbone) learning rates of iteration `step`.
-    pub fn learning_rates(&self, step: u64) -> (f64, f64) {
+    /// The learning rates of iteration `step`.
+    pub fn learning_rates(&self, step: u64) -> LearningRates {
         let c = self.cfg;
-        (poly_lr(c.lr, step, c.iters, c.poly_power, c.min_lr), poly_lr(c.lr * c.backbone_lr_mult, step, c.iters, c.poly_power, c.min_lr))
+        LearningRates {
+            head: poly_lr(c.lr, step, c.iters, c.poly_power, c.min_lr),
+            backbone: poly_lr(c.lr * c.backbone_lr_mult, step, c.iters, c.poly_power, c.min_lr),
+        }
     }
 
     /// Runs iteration `step` (0-based) on a batch; returns the loss (on the device).
@@ -53,7 +65,7 @@ impl<'a> Stepper<'a> {
         let cfg = self.cfg;
         let device = self.model.device();
         tch::manual_seed((Rng::derive(cfg.seed, &[stream::TORCH_SEED, step]).next_u64() >> 1) as i64);
-        let (lr_head, lr_bb) = self.learning_rates(step);
+        let LearningRates { head: lr_head, backbone: lr_bb } = self.learning_rates(step);
         let x = normalize_u8(&batch.images, device);
         let y = crate::device::upload(&batch.labels, device).to_kind(Kind::Int64);
         let restyler = self.restyler(batch, step)?;

@@ -96,7 +96,7 @@ impl Row {
 
     fn freeze(self) -> FreezePolicy {
         if self == Row::FullFt {
-            FreezePolicy::None
+            FreezePolicy::Nothing
         } else {
             FreezePolicy::Synthetic
         }
