@@ -90,3 +90,14 @@ impl Clip {
 pub fn tokenize(texts: Vec<String>, context_length: usize, truncate: bool) -> PyResult<PyTensor> {
     Ok(PyTensor(Tokenizer::global().batch(&texts, context_length, truncate).map_err(to_py)?))
 }
+
+/// (N, 3, H, W) uint8 RGB → float32 normalised with CLIP's mean and standard
+/// deviation (the arithmetic of famix's own inference), on the input's device.
+#[pyfunction]
+pub fn normalize(images: PyTensor) -> PyResult<PyTensor> {
+    let x = images.0;
+    if x.kind() != tch::Kind::Uint8 || x.dim() != 4 || x.size()[1] != 3 {
+        return Err(setting("images", format!("expected uint8 (N, 3, H, W), got {:?} {:?}", x.kind(), x.size())));
+    }
+    Ok(PyTensor(famix::clip::preprocess::normalize_u8(&x, x.device())))
+}

@@ -24,6 +24,9 @@ fn _famix(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<clip::Clip>()?;
     m.add_class::<jobs::StyleBank>()?;
     m.add_function(wrap_pyfunction!(clip::tokenize, m)?)?;
+    m.add_function(wrap_pyfunction!(clip::normalize, m)?)?;
+    m.add("CLIP_MEAN", famix::clip::preprocess::CLIP_MEAN.to_vec())?;
+    m.add("CLIP_STD", famix::clip::preprocess::CLIP_STD.to_vec())?;
     m.add_function(wrap_pyfunction!(jobs::train, m)?)?;
     m.add_function(wrap_pyfunction!(jobs::train_defaults, m)?)?;
     m.add_function(wrap_pyfunction!(jobs::evaluate, m)?)?;

@@ -105,15 +105,14 @@ impl Segmenter {
         Ok((PyTensor(ids), l.map(PyTensor)))
     }
 
-    /// Logits (N, K, H, W) of normalised float images (N, 3, H, W), on libtorch.
+    /// Logits (N, K, H, W) of normalised float images (N, 3, H, W), on the model's engine.
     #[pyo3(signature = (x, scale = 1.0, ensemble = false))]
     fn logits(&self, py: Python<'_>, x: PyTensor, scale: f64, ensemble: bool) -> PyResult<PyTensor> {
         if !x.is_floating_point() || x.dim() != 4 || x.size()[1] != 3 {
             return Err(setting("x", format!("expected float (N, 3, H, W), got {:?} {:?}", x.kind(), x.size())));
         }
         let x = x.0;
-        self.with_model(py, move |m| Ok(m.predict_logits(&x.to_device(m.device()).to_kind(tch::Kind::Float), scale, ensemble)))
-            .map(PyTensor)
+        self.with_model(py, move |m| m.logits(&x.to_device(m.device()).to_kind(tch::Kind::Float), scale, ensemble)).map(PyTensor)
     }
 
     #[getter]

@@ -240,3 +240,21 @@ def test_a_bad_training_setting_is_named(tmp_path, bank):
     with pytest.raises(famix.InvalidSettingError, match="^iters: 0 trains nothing"):
         run(tmp_path / "r", bank, iters=0, progress=False)
     assert not (tmp_path / "r" / "latest.safetensors").exists()
+    # Range checks name the keyword, never a command-line flag.
+    for kw, value in [("lr", -1.0), ("backbone_lr_mult", -1.0), ("crop", 30), ("batch", 1), ("grid", 0)]:
+        with pytest.raises(famix.InvalidSettingError, match=f"^{kw}: ") as e:
+            run(tmp_path / "r", bank, progress=False, **{kw: value})
+        assert "--" not in str(e.value).split(":")[0], e.value
+    with pytest.raises(famix.InvalidSettingError, match="^device: "):
+        run(tmp_path / "r", bank, progress=False, device="tpu")
+    with pytest.raises(famix.InvalidSettingError, match="^device: expected a string or a torch.device"):
+        run(tmp_path / "r", bank, progress=False, device=0)
+
+
+def test_devices_are_auto_by_default_and_torch_devices_are_accepted(tmp_path):
+    import inspect
+    for f in (famix.train, famix.mine_styles, famix.evaluate, famix.Segmenter.load, famix.clip.load):
+        assert inspect.signature(f).parameters["device"].default == "auto", f
+    m = famix.Segmenter.load(fixture("seg_a_ref.pth"), device=torch.device("cpu"))
+    assert m.device == "cpu"
+    assert famix.clip.load(fixture("clip_a_state.pt.gz"), device=torch.device("cpu")) is not None

@@ -88,6 +88,17 @@ def test_onnxruntime_engine_gives_the_same_ids():
     pa, pb = a.predict(img, logits=True), b.predict(img, logits=True)
     assert torch.equal(pa.train_ids, pb.train_ids)
     assert (pa.logits - pb.logits).abs().max().item() <= TOL
+    # famix.clip.normalize is predict's own preprocessing: logits() of it are predict's.
+    x = famix.clip.normalize(img)
+    assert x.shape == (1, 3, *img.shape[:2]) and x.dtype == torch.float32
+    want = (torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 255 - torch.tensor(famix.clip.MEAN).view(1, 3, 1, 1)) \
+        / torch.tensor(famix.clip.STD).view(1, 3, 1, 1)
+    assert (x - want).abs().max().item() <= 1e-6
+    assert torch.equal(a.logits(x).reshape(pa.logits.shape), pa.logits)
+    with pytest.raises(famix.InvalidInputError, match="^images: expected uint8"):
+        famix.clip.normalize(img.astype(np.float32))
+    # colorize takes numpy ids as predict takes numpy images.
+    assert torch.equal(a.colorize(pa.train_ids.numpy()), a.colorize(pa.train_ids))
 
 
 def test_int8_predicts_through_a_calibration_of_the_command(tmp_path):
@@ -108,6 +119,12 @@ def test_int8_predicts_through_a_calibration_of_the_command(tmp_path):
     assert ids.shape == ref.shape and (ids == ref).double().mean().item() >= 0.90
     m.refresh()
     assert torch.equal(m.predict(rgb), ids)
+    # logits() answers from the same (int8) graph as predict(), not from libtorch's fp32.
+    x = famix.clip.normalize(rgb)
+    int8_logits, fp32_logits = m.logits(x), famix.Segmenter.load(ckpt).logits(x)
+    predicted = m.predict(rgb, logits=True).logits
+    assert torch.equal(int8_logits.reshape(predicted.shape), predicted)
+    assert (fp32_logits.reshape(predicted.shape) - predicted).abs().max().item() > 1e-3, "int8 differs from fp32"
 
 
 def test_clip_matches_pytorch():

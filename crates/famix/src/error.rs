@@ -179,7 +179,7 @@ impl fmt::Display for Error {
             | Error::Busy { problem, .. }
             | Error::Diverged { problem } => f.write_str(problem),
             Error::Cancelled { what } => write!(f, "cancelled: {what}"),
-            Error::InvalidSetting { name, problem } => write!(f, "{name}: {problem}"),
+            Error::InvalidSetting { name, problem } => write!(f, "{}: {problem}", setting_key(name)),
             Error::NonFinite { what, count } => write!(f, "{what} holds {count} non-finite (NaN or infinite) values"),
             Error::Io(e) => write!(f, "{e}"),
             Error::Json(e) => write!(f, "{e}"),
@@ -195,6 +195,19 @@ impl fmt::Display for Error {
             }
         }
     }
+}
+
+/// A setting's name as the library's settings spell it (`backbone_lr_mult`; several
+/// joined by `/`), whatever form a call site gave it (`--backbone-lr-mult`): front
+/// ends add their own spelling ([`setting_flag`] for command lines, the keyword itself
+/// in Python).
+pub fn setting_key(name: &str) -> String {
+    name.split('/').map(|p| p.trim().trim_start_matches('-').replace('-', "_")).collect::<Vec<_>>().join("/")
+}
+
+/// A setting's name as a command-line flag: `backbone_lr_mult` → `--backbone-lr-mult`.
+pub fn setting_flag(name: &str) -> String {
+    setting_key(name).split('/').map(|p| format!("--{}", p.replace('_', "-"))).collect::<Vec<_>>().join("/")
 }
 
 /// The kind of an [`Error`], to branch on ([`Error::kind`]).
@@ -368,6 +381,19 @@ pub(crate) use fail;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_are_named_by_key_and_shown_as_flags_by_the_command_line() {
+        for (given, key, flag) in [
+            ("--backbone-lr-mult", "backbone_lr_mult", "--backbone-lr-mult"),
+            ("lr", "lr", "--lr"),
+            ("--save-interval/--log-interval", "save_interval/log_interval", "--save-interval/--log-interval"),
+        ] {
+            assert_eq!((setting_key(given), setting_flag(given)), (key.to_string(), flag.to_string()));
+        }
+        let e = Error::InvalidSetting { name: "--val-limit".into(), problem: "0 validates nothing".into() };
+        assert_eq!(e.to_string(), "val_limit: 0 validates nothing");
+    }
 
     #[test]
     fn alternate_prints_the_chain_plain_prints_the_top() {

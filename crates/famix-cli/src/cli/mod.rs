@@ -107,8 +107,9 @@ pub fn main() -> i32 {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(cli.command))) {
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {
-            eprintln!("error: {e}");
-            for cause in e.chain().skip(1) {
+            let mut chain = e.chain().map(in_flags);
+            eprintln!("error: {}", chain.next().unwrap_or_default());
+            for cause in chain {
                 eprintln!("  caused by: {cause}");
             }
             1
@@ -118,6 +119,15 @@ pub fn main() -> i32 {
             eprintln!("error: internal error: {msg}\n  this is a famix bug; please report it with the command that caused it");
             101
         }
+    }
+}
+
+/// One error of a chain in the command line's words: a library setting is named by
+/// its flag (`lr: ...` → `--lr: ...`).
+fn in_flags(e: &(dyn std::error::Error + 'static)) -> String {
+    match e.downcast_ref::<famix::Error>() {
+        Some(famix::Error::InvalidSetting { name, problem }) => format!("{}: {problem}", famix::error::setting_flag(name)),
+        _ => e.to_string(),
     }
 }
 

@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import torch
 
 from . import _famix
+from ._device import DeviceLike, device_name
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: A progress callable receives one dict per event: ``{"event": "start", "task",
@@ -63,13 +64,13 @@ def _fspath(p: Optional[PathLike]) -> Optional[str]:
 
 def train(out: Optional[PathLike] = None, *, clip: Optional[PathLike] = None, dataset: Optional[str] = None,
           data_root: Optional[PathLike] = None, styles: Optional[PathLike] = None,
-          resume: Optional[PathLike] = None, force: bool = False, device: str = "cpu",
+          resume: Optional[PathLike] = None, force: bool = False, device: DeviceLike = "auto",
           workers: Optional[int] = None, stop_after: Optional[int] = None, skip_bad: bool = False,
           tensorboard: Optional[PathLike] = None, no_fold: bool = False, reset_optimizer: bool = False,
           from_best: bool = False, progress: Union[None, bool, ProgressFn] = None, **settings: Any) -> Dict[str, Any]:
     return json.loads(_famix.train(
         json.dumps(settings), _progress(progress), _fspath(clip), dataset, _fspath(data_root), _fspath(styles),
-        _fspath(out), _fspath(resume), force, device, workers, stop_after, skip_bad, _fspath(tensorboard), no_fold,
+        _fspath(out), _fspath(resume), force, device_name(device), workers, stop_after, skip_bad, _fspath(tensorboard), no_fold,
         reset_optimizer, from_best))
 
 
@@ -93,7 +94,9 @@ def _train_doc() -> str:
         data_root: its root folder.
         styles: style bank from ``famix mine-styles`` (needed unless ``no_styles``).
         resume: a run folder to continue.
-        device, workers, stop_after, skip_bad, tensorboard, no_fold, reset_optimizer,
+        device: ``"auto"`` (the first CUDA GPU if any, else the CPU), ``"cpu"``,
+            ``"cuda[:N]"`` or a :class:`torch.device`.
+        workers, stop_after, skip_bad, tensorboard, no_fold, reset_optimizer,
             from_best: as ``famix train``'s flags of the same names. A resume whose
             folder shows a committed checkpoint but lost its latest one is
             refused; ``from_best=True`` continues from the best checkpoint,
@@ -140,12 +143,12 @@ def mine_styles(out: PathLike, *, clip: PathLike, dataset: str, data_root: PathL
                 seed: Optional[int] = None, limit: Optional[int] = None, styles: Optional[PathLike] = None,
                 prompt: Optional[str] = None, group: Optional[int] = None, save_every: Optional[int] = None,
                 resume: bool = False, force: bool = False, shard: Optional[str] = None, deterministic: bool = False,
-                no_tf32: bool = False, device: str = "cpu", workers: Optional[int] = None, skip_bad: bool = False,
+                no_tf32: bool = False, device: DeviceLike = "auto", workers: Optional[int] = None, skip_bad: bool = False,
                 classes: Optional[PathLike] = None, progress: Union[None, bool, ProgressFn] = None) -> "StyleBank":
     return StyleBank(_famix.mine_styles(
         os.fspath(out), os.fspath(clip), dataset, os.fspath(data_root), _progress(progress), split, condition, batch,
         crop, iters, lr, grid, seed, limit, _fspath(styles), prompt, group, save_every, resume, force, shard,
-        deterministic, no_tf32, device, workers, skip_bad, _fspath(classes)))
+        deterministic, no_tf32, device_name(device), workers, skip_bad, _fspath(classes)))
 
 
 def _mine_doc() -> str:
@@ -186,7 +189,7 @@ mine_styles.__doc__ = _mine_doc()
 
 def evaluate(model: "Any", dataset: str, data_root: PathLike, *, split: str = "val",
              condition: Optional[str] = None, scale: float = 1.0, ensemble: bool = False, amp: str = "fp32",
-             skip_bad: bool = False, limit: Optional[int] = None, device: str = "cpu",
+             skip_bad: bool = False, limit: Optional[int] = None, device: DeviceLike = "auto",
              classes: Optional[PathLike] = None, progress: Union[None, bool, ProgressFn] = None) -> Dict[str, Any]:
     """Evaluates a segmenter on a dataset split (as ``famix eval``): the dataset's
     evaluation transform, a streaming confusion matrix.
@@ -216,7 +219,7 @@ def evaluate(model: "Any", dataset: str, data_root: PathLike, *, split: str = "v
     from ._segmenter import Segmenter
 
     if not isinstance(model, Segmenter):
-        model = Segmenter.load(model, device=device)
+        model = Segmenter.load(model, device=device_name(device))
     return json.loads(_famix.evaluate(model._m, dataset, os.fspath(data_root), _progress(progress), split, condition,
                                       scale, ensemble, amp, skip_bad, limit, _fspath(classes)))
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from . import _famix
+from ._device import DeviceLike, device_name
 
 ImageLike = Union[np.ndarray, torch.Tensor]
 PathLike = Union[str, "os.PathLike[str]"]
@@ -57,13 +58,14 @@ class Segmenter:
         self._m = native
 
     @staticmethod
-    def load(path: PathLike, device: str = "cpu", engine: str = "torch",
+    def load(path: PathLike, device: DeviceLike = "auto", engine: str = "torch",
              output_stride: Optional[int] = None, int8: Optional[PathLike] = None) -> "Segmenter":
         """Loads a checkpoint.
 
         Args:
             path: famix checkpoint or reference FAMix ``.pth``.
-            device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+            device: ``"auto"`` (the first CUDA GPU if any, else the CPU), ``"cpu"``,
+                ``"cuda"``, ``"cuda:N"`` or a :class:`torch.device`.
             engine: ``"torch"`` (libtorch, every device and precision),
                 ``"onnxruntime"`` (CPU fp32: famix's own ONNX graph in ONNX Runtime,
                 built at the first call; needs ``make setup``'s ONNX Runtime) or
@@ -78,7 +80,7 @@ class Segmenter:
             IncompatibleError: the weights do not form a famix segmenter.
         """
         cal = None if int8 is None else os.fspath(int8)
-        return Segmenter(_famix.Segmenter.load(os.fspath(path), device, engine, output_stride, cal))
+        return Segmenter(_famix.Segmenter.load(os.fspath(path), device_name(device), engine, output_stride, cal))
 
     def predict(self, image: ImageLike, logits: bool = False, scale: float = 1.0,
                 ensemble: bool = False, amp: str = "fp32") -> Union[torch.Tensor, Prediction]:
@@ -105,14 +107,16 @@ class Segmenter:
 
     def logits(self, x: torch.Tensor, scale: float = 1.0, ensemble: bool = False) -> torch.Tensor:
         """Class scores (N, K, H, W) of normalised float images (N, 3, H, W) (RGB in
-        [0, 1], minus CLIP's mean, over its std), computed by libtorch."""
+        [0, 1], minus CLIP's mean, over its std), computed by the model's engine, as
+        :meth:`predict` computes them."""
         return self._m.logits(x, scale, ensemble)
 
-    def colorize(self, train_ids: torch.Tensor) -> torch.Tensor:
-        """The palette's colours of train ids: (..., 3) uint8 (ids outside the classes: black)."""
+    def colorize(self, train_ids: ImageLike) -> torch.Tensor:
+        """The palette's colours of train ids (a tensor or a numpy array): (..., 3) uint8
+        (ids outside the classes: black)."""
         k = len(self.palette)
         palette = torch.tensor(self.palette + [[0, 0, 0]], dtype=torch.uint8)
-        ids = train_ids.cpu().long()
+        ids = torch.as_tensor(train_ids).cpu().long()
         return palette[torch.where((ids >= 0) & (ids < k), ids, k)]
 
     @property

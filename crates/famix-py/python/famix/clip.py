@@ -5,11 +5,31 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from . import _famix
+from ._device import DeviceLike, device_name
 
-__all__ = ["Clip", "load", "tokenize"]
+__all__ = ["Clip", "load", "tokenize", "normalize", "MEAN", "STD"]
+
+#: CLIP's RGB normalisation mean (of images scaled to [0, 1]).
+MEAN = tuple(_famix.CLIP_MEAN)
+#: CLIP's RGB normalisation standard deviation.
+STD = tuple(_famix.CLIP_STD)
+
+
+def normalize(images) -> torch.Tensor:
+    """uint8 RGB images — (H, W, 3) or (N, H, W, 3), numpy or torch, as
+    :meth:`famix.Segmenter.predict` takes them — as the float (N, 3, H, W) batch that
+    :meth:`famix.Segmenter.logits` and :meth:`Clip.encode_image` (after CLIP's resize
+    and centre crop) expect: ``(x / 255 - MEAN) / STD``, with famix's own arithmetic."""
+    x = torch.from_numpy(images.copy()) if isinstance(images, np.ndarray) and not images.flags.writeable else torch.as_tensor(images)
+    if x.dim() == 3:
+        x = x[None]
+    if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
+        raise _famix.InvalidInputError(f"images: expected uint8 (H, W, 3) or (N, H, W, 3), got {x.dtype} {tuple(x.shape)}")
+    return _famix.normalize(x.permute(0, 3, 1, 2).contiguous())
 
 
 class Clip:
@@ -49,14 +69,14 @@ class Clip:
         return repr(self._m)
 
 
-def load(path: Union[str, "os.PathLike[str]"], device: str = "cpu") -> Clip:
+def load(path: Union[str, "os.PathLike[str]"], device: DeviceLike = "auto") -> Clip:
     """Loads a CLIP checkpoint; the architecture is inferred from its shapes.
 
     Raises:
         InvalidInputError: missing/unreadable file, or no CLIP image tower in it.
         IncompatibleError: the weights do not form a CLIP ResNet.
     """
-    return Clip(_famix.Clip.load(os.fspath(path), device))
+    return Clip(_famix.Clip.load(os.fspath(path), device_name(device)))
 
 
 def tokenize(texts: Union[str, Sequence[str]], context_length: int = 77, truncate: bool = False) -> torch.Tensor:

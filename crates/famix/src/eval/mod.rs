@@ -55,7 +55,7 @@ pub struct EvalReport {
 /// Evaluates `model` on `ds`, decoding ahead on loader threads.
 pub fn evaluate(model: &Segmenter, ds: &Dataset, opts: &EvalOptions, progress: &dyn Progress) -> Result<EvalReport> {
     if opts.limit == Some(0) {
-        fail!(InvalidSetting, "--limit", "--limit 0 evaluates nothing; give at least 1 (or leave it out)");
+        fail!(InvalidSetting, "limit", "0 evaluates nothing; give at least 1 (or leave it out)");
     }
     ds.require_samples()?;
     if let Some(note) = ds.issues_note() {

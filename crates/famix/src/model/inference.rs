@@ -154,12 +154,20 @@ impl Segmenter {
         self.check_size(size[3], size[2], opts.scale)?;
         let x = normalize_u8(images_u8, self.device());
         let _amp = crate::device::Autocast::new(self.device(), opts.precision == Precision::Bf16);
-        let logits = match self.external() {
-            Some(net) => tch::no_grad(|| at_test_scale(&x, opts.scale, opts.ensemble, |x| net.logits(self, x)))?,
-            None => self.predict_logits(&x, opts.scale, opts.ensemble),
-        };
+        let logits = self.logits(&x, opts.scale, opts.ensemble)?;
         let ids = logits.argmax(1, false);
         Ok((ids, opts.keep_logits.then_some(logits)))
+    }
+
+    /// Inference logits (N, K, H, W) of normalised images (N, 3, H, W) at `scale` (and
+    /// averaged with scale 1 under `ensemble`), from the attached engine when there is
+    /// one ([`Segmenter::set_engine`]), else libtorch ([`Segmenter::predict_logits`]):
+    /// the graph every prediction entry point answers from.
+    pub fn logits(&self, x: &Tensor, scale: f64, ensemble: bool) -> Result<Tensor> {
+        match self.external() {
+            Some(net) => tch::no_grad(|| at_test_scale(x, scale, ensemble, |x| net.logits(self, x))),
+            None => Ok(self.predict_logits(x, scale, ensemble)),
+        }
     }
 }
 
