@@ -178,3 +178,64 @@ fn error_kinds_sort_real_failures() {
     let e = Segmenter::load(&junk, Device::Cpu).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
 }
+
+/// `famix train`'s flags follow the library's training settings: every value setting of
+/// `TrainConfig` has the flag of its name (underscores as hyphens), and every default
+/// the help prints is the reference configuration's value (numbers compared as numbers,
+/// relative tolerance 1e-12). Adding a setting without its flag, or changing a default
+/// in one place only, fails here.
+#[test]
+fn train_flags_and_printed_defaults_follow_the_config() {
+    use famix::train::TrainConfig;
+    let r = TrainConfig::reference("c.pt".into(), String::new(), famix::data::DatasetKind::Gta5, "d".into(), Some("b".into()));
+    let fields = serde_json::to_value(&r).unwrap();
+    let (code, help, err) = run_famix(&["train", "--help"]);
+    assert_eq!(code, 0, "{err}");
+    // Flag → the text of its help paragraph.
+    let mut paragraphs: Vec<(String, String)> = Vec::new();
+    for line in help.lines() {
+        let t = line.trim_start();
+        if let Some(flag) = t.strip_prefix("--").filter(|_| line.starts_with("      --")) {
+            paragraphs.push((flag.split([' ', '[']).next().unwrap().to_string(), String::new()));
+        } else if let Some((_, text)) = paragraphs.last_mut() {
+            text.push_str(t);
+            text.push(' ');
+        }
+    }
+    // Settings that are not one flag of their own name: paths and hashes given by other
+    // flags, derived or recorded state, and structured settings with flags of their own.
+    const NOT_FLAGS: [&str; 12] = [
+        "clip_sha256",
+        "dataset",
+        "styles",
+        "style_mode",
+        "augment",
+        "head",
+        "val",
+        "monitor",
+        "amp_bf16",
+        "run_id",
+        "numerics",
+        "classes",
+    ];
+    let mut compared = Vec::new();
+    for (key, value) in fields.as_object().unwrap() {
+        if NOT_FLAGS.contains(&key.as_str()) {
+            continue;
+        }
+        let flag = key.replace('_', "-");
+        let Some((_, text)) = paragraphs.iter().find(|(f, _)| *f == flag) else { panic!("setting {key} has no --{flag} flag") };
+        let Some(printed) = text.split("[default: ").nth(1).and_then(|s| s.split(']').next()) else { continue };
+        compared.push(flag.clone());
+        match value {
+            serde_json::Value::Number(n) => {
+                let (want, got) = (n.as_f64().unwrap(), printed.parse::<f64>().unwrap_or(f64::NAN));
+                assert!((want - got).abs() <= 1e-12 * want.abs().max(1.0), "--{flag}: help says {printed}, the reference is {want}");
+            }
+            serde_json::Value::String(s) => assert_eq!(printed, s, "--{flag}"),
+            other => panic!("--{flag}: unexpected {other}"),
+        }
+    }
+    // Those whose help prints a default (the others: paths, iters, condition, freeze).
+    assert_eq!(compared.len(), 16, "{compared:?}");
+}
