@@ -138,3 +138,12 @@ def test_clip_matches_pytorch():
     assert c.encode_image(torch.zeros(2, 3, c.input_resolution, c.input_resolution)).shape == (2, e.shape[1])
     with pytest.raises(famix.InvalidSettingError, match="images"):
         c.encode_image(torch.zeros(()))  # a scalar: refused, not a panic
+
+
+def test_a_segmenter_is_made_from_a_path_as_load_does():
+    a = famix.Segmenter(fixture("seg_a_ref.pth"), device="cpu")
+    b = famix.Segmenter.load(fixture("seg_a_ref.pth"), device="cpu")
+    img = np.asarray(Image.open(fixture("img_a.png")).convert("RGB"))
+    assert torch.equal(a.predict(img), b.predict(img))
+    with pytest.raises(TypeError, match="takes a checkpoint path"):
+        famix.Segmenter(42)

@@ -185,7 +185,7 @@ fn the_api_answers_like_predict_and_refuses_bad_input() {
         (png_header_only(100_000, 100_000), "", 413, "max-pixels"),
         (b"just some text, not an image".to_vec(), "", 415, "PNG"),
         (img.clone(), "?output=svg", 400, "unknown output"),
-        (img.clone(), "?scale=nan", 400, "--scale"),
+        (img.clone(), "?scale=nan", 400, "scale: NaN"),
     ];
     for (body, query, want, words) in cases {
         let (status, answer, _) = post(&server.url, query, &body);

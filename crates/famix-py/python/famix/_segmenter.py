@@ -51,10 +51,17 @@ class Segmenter:
 
     Load with :meth:`Segmenter.load` from a famix checkpoint (``.safetensors`` or its
     stem) or a reference FAMix ``.pth`` file; the architecture is inferred from the
-    weights' shapes.
+    weights' shapes. ``Segmenter(path, **options)`` is the same as
+    ``Segmenter.load(path, **options)``.
     """
 
-    def __init__(self, native: "_famix.Segmenter"):
+    def __init__(self, native: Union["_famix.Segmenter", PathLike], **options):
+        if isinstance(native, (str, os.PathLike)):
+            native = Segmenter.load(native, **options)._m
+        elif options:
+            raise TypeError(f"options {sorted(options)} go with a checkpoint path")
+        if not isinstance(native, _famix.Segmenter):
+            raise TypeError(f"Segmenter takes a checkpoint path, got {type(native).__name__}")
         self._m = native
 
     @staticmethod
