@@ -83,6 +83,12 @@ impl Progress for PyProgress {
     fn notice(&self, line: &str) {
         self.emit("notice", |d| d.set_item("text", line));
     }
+    fn metrics(&self, iteration: u64, values: &[(&str, f64)]) {
+        self.emit("metrics", |d| {
+            d.set_item("iter", iteration)?;
+            values.iter().try_for_each(|(k, v)| d.set_item(*k, *v))
+        });
+    }
     fn finish(&self) {
         self.emit("finish", |_| Ok(()));
     }

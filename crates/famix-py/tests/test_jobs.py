@@ -32,6 +32,14 @@ def test_ctrl_c_stops_training_resumably_and_resume_is_bit_exact(tmp_path, bank)
     summary = run(straight, bank, progress=events.append)
     assert summary["steps"] == 5
     assert [e["event"] for e in events][0] == "start" and sum(e.get("n", 0) for e in events) == 5
+    # Numbers, not text: the loss and learning rates at every log line (2, 4 and the
+    # last, 5), the validation mIoU at every validation — equal to the run's log.
+    metrics = [e for e in events if e["event"] == "metrics"]
+    losses = {e["iter"]: e["loss"] for e in metrics if "loss" in e}
+    log = [json.loads(l) for l in (straight / "train_log.jsonl").read_text().splitlines()]
+    assert losses == {l["iter"]: l["loss"] for l in log if "loss" in l} and sorted(losses) == [2, 4, 5]
+    assert all(isinstance(e["lr_head"], float) and e["lr_backbone"] < e["lr_head"] for e in metrics if "loss" in e)
+    assert [e["iter"] for e in metrics if "val_miou" in e] == [l["iter"] for l in log if "val_miou" in l]
 
     def interrupt_at_3(e):
         # A real SIGINT, as Ctrl-C sends it, delivered in the middle of the run.

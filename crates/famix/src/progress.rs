@@ -27,6 +27,10 @@ pub trait Progress: Sync {
     fn status(&self, _status: &str) {}
     /// A line the user should read (skipped input, a validation result, a warning).
     fn notice(&self, _line: &str) {}
+    /// Numbers measured at iteration `iteration` (training: `loss`, `lr_head`,
+    /// `lr_backbone`, `images_per_s` at each log line; `val_miou` at each validation;
+    /// `<name>_miou` for each monitored set), for callers that plot or log them.
+    fn metrics(&self, _iteration: u64, _values: &[(&str, f64)]) {}
     /// The current task ended (successfully or not).
     fn finish(&self) {}
     /// Asked between steps of long work (training and pretraining iterations, mining

@@ -13,7 +13,10 @@ from ._device import DeviceLike, device_name
 PathLike = Union[str, "os.PathLike[str]"]
 #: A progress callable receives one dict per event: ``{"event": "start", "task",
 #: "total", "position", "unit"}``, ``{"event": "advance", "n"}``, ``{"event":
-#: "status", "text"}``, ``{"event": "notice", "text"}``, ``{"event": "finish"}``.
+#: "status", "text"}``, ``{"event": "notice", "text"}``, ``{"event": "finish"}``, and
+#: from training ``{"event": "metrics", "iter", ...numbers}``: ``loss``, ``lr_head``,
+#: ``lr_backbone``, ``images_per_s`` at each log line, ``val_miou`` at each validation,
+#: ``<name>_miou`` for each monitored set.
 ProgressFn = Callable[[Dict[str, Any]], None]
 
 

@@ -140,6 +140,7 @@ impl Session<'_> {
             tb.scalars(done, &scalars.map(|(k, v)| (k.to_string(), v)))?;
         }
         self.progress.status(&format!("loss {mean:.4}"));
+        self.progress.metrics(done, &[("loss", mean), ("lr_head", lrs.head), ("lr_backbone", lrs.backbone), ("images_per_s", per_s)]);
         self.summary.last_loss = Some(mean);
         self.loss_acc = Tensor::zeros([], (Kind::Float, device));
         self.loss_n = 0;
@@ -210,6 +211,7 @@ impl Session<'_> {
             let limit = self.cfg.monitor.get(name).and_then(|v| v.limit);
             let rep = evaluate(model, d, &EvalOptions { limit, ..self.eval_options() }, &Silent)?;
             mious.insert(name.clone(), json!(rep.metrics.miou));
+            self.progress.metrics(done, &[(&format!("{name}_miou"), rep.metrics.miou)]);
             images.insert(name.clone(), json!(rep.images));
             if let Some(tb) = &mut self.tensorboard {
                 tb.scalars(done, &[(format!("monitor/{name}/miou"), rep.metrics.miou)])?;
@@ -226,6 +228,7 @@ impl Session<'_> {
         let rep = evaluate(model, vd, &self.eval_options(), &Silent)?;
         let miou = rep.metrics.miou;
         self.summary.last_miou = Some(miou);
+        self.progress.metrics(done, &[("val_miou", miou)]);
         let names = model.config().class_names();
         self.log.write(json!({
             "iter": done, "val_miou": miou, "val_images": rep.images, "val_dataset": vd.describe(),
