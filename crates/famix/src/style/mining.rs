@@ -412,19 +412,8 @@ pub fn merge_shards(parts: &[(std::path::PathBuf, StyleBank)]) -> Result<StyleBa
     if let Some(o) = out.summary.config.as_object_mut() {
         o.remove("shard");
     }
-    // Per batch: each part's losses follow its batch list.
-    let mut losses = vec![f64::NAN; total as usize];
-    for ((_, b), (shard, group)) in parts.iter().zip(&lists) {
-        let list = shard_batches(total, *group, Some(*shard));
-        if list.len() != b.summary.batch_losses.len() {
-            bail!("shard {shard}: {} batch losses for {} batches", b.summary.batch_losses.len(), list.len());
-        }
-        for (bi, l) in list.iter().zip(&b.summary.batch_losses) {
-            losses[*bi as usize] = *l;
-        }
-    }
-    out.summary.batch_losses = losses;
-    out.summary.pin_curves = in_batch_order(parts, &lists, total, |b| &b.summary.pin_curves)?;
+    out.summary.batch_losses = in_batch_order(parts, &lists, total, "batch losses", true, |b| &b.summary.batch_losses)?;
+    out.summary.pin_curves = in_batch_order(parts, &lists, total, "PIN curves", false, |b| &b.summary.pin_curves)?;
     let classes: std::collections::BTreeSet<u8> = parts.iter().flat_map(|(_, b)| b.entries.keys().copied()).collect();
     for class in classes {
         merge_class(&mut out, parts, class)?;
@@ -434,32 +423,32 @@ pub fn merge_shards(parts: &[(std::path::PathBuf, StyleBank)]) -> Result<StyleBa
     Ok(out)
 }
 
-/// A per-batch list of every part (in each part's batch order) in the run's batch
-/// order; empty when the parts recorded none (banks written before the list existed).
+/// A per-batch list of every part (each in its own batch order) in the run's batch
+/// order (the parts' batch lists partition the run's: `check_complete`). A list that is
+/// not `required` may be missing from banks written before it existed: then the merged
+/// bank has none either.
 fn in_batch_order<T: Clone>(
     parts: &[(std::path::PathBuf, StyleBank)],
     lists: &[(Shard, usize)],
     total: u64,
+    what: &str,
+    required: bool,
     get: impl Fn(&StyleBank) -> &Vec<T>,
 ) -> Result<Vec<T>> {
-    if parts.iter().any(|(_, b)| get(b).is_empty()) {
-        return Ok(Vec::new());
-    }
-    let mut out: Vec<Option<T>> = vec![None; total as usize];
+    let mut indexed = Vec::with_capacity(total as usize);
     for ((_, b), (shard, group)) in parts.iter().zip(lists) {
         let list = shard_batches(total, *group, Some(*shard));
-        if list.len() != get(b).len() {
-            bail!("shard {shard}: {} entries for {} batches", get(b).len(), list.len());
+        let values = get(b);
+        if values.is_empty() && !list.is_empty() && !required {
+            return Ok(Vec::new());
         }
-        for (bi, v) in list.iter().zip(get(b)) {
-            out[*bi as usize] = Some(v.clone());
+        if list.len() != values.len() {
+            bail!("shard {shard}: {} {what} for {} batches", values.len(), list.len());
         }
+        indexed.extend(list.into_iter().zip(values.iter().cloned()));
     }
-    let out: Vec<T> = out.into_iter().flatten().collect();
-    if out.len() as u64 != total {
-        bail!("{} of {total} batches were mined by no shard", total - out.len() as u64);
-    }
-    Ok(out)
+    indexed.sort_by_key(|(bi, _)| *bi);
+    Ok(indexed.into_iter().map(|(_, v)| v).collect())
 }
 
 /// One class's styles from all parts, in batch order (a stable sort keeps each
