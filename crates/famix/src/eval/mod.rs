@@ -57,6 +57,9 @@ pub fn evaluate(model: &Segmenter, ds: &Dataset, opts: &EvalOptions, progress: &
     if opts.limit == Some(0) {
         fail!(InvalidSetting, "limit", "0 evaluates nothing; give at least 1 (or leave it out)");
     }
+    if opts.batch == 0 {
+        fail!(InvalidSetting, "batch", "0 images per forward pass; give at least 1");
+    }
     ds.require_samples()?;
     if let Some(note) = ds.issues_note() {
         progress.notice(&note);
@@ -69,15 +72,14 @@ pub fn evaluate(model: &Segmenter, ds: &Dataset, opts: &EvalOptions, progress: &
         let (img, lbl) = ds2.load(i)?;
         Ok(eval_transform(img, lbl, transform))
     });
-    if opts.batch == 0 {
-        fail!(InvalidSetting, "batch", "0 images per forward pass; give at least 1");
-    }
     let mut conf = Confusion::new(model.config().head.num_classes as usize, model.device());
     progress.start("eval", n as u64, 0, Unit::Items);
     let mut images = 0;
     let mut skipped = Vec::new();
     let mut pending: Vec<(Image8, Image8)> = Vec::new();
+    // A running mIoU reads the matrix back: only where that costs no device sync.
     let cpu = model.device() == tch::Device::Cpu;
+    let show = |conf: &Confusion| progress.status(&format!("mIoU {:.2}", conf.metrics().miou * 100.0));
     for (i, item) in items.enumerate() {
         if progress.cancelled() {
             progress.finish();
@@ -100,15 +102,18 @@ pub fn evaluate(model: &Segmenter, ds: &Dataset, opts: &EvalOptions, progress: &
         let other_size = pending.first().is_some_and(|(p, _)| (p.width, p.height) != (pair.0.width, pair.0.height));
         let pixels = (pending.len() + 1) * pair.0.width * pair.0.height;
         if other_size || pending.len() == opts.batch || (!pending.is_empty() && pixels > BATCH_PIXELS) {
+            let before = images;
             images += add_batch(model, &mut pending, &opts.predict, &mut conf)?;
+            if cpu && images / 10 > before / 10 {
+                show(&conf);
+            }
         }
         pending.push(pair);
-        // A running mIoU reads the matrix back: only where that costs no device sync.
-        if cpu && images > 0 && images % 10 < opts.batch.min(10) {
-            progress.status(&format!("mIoU {:.2}", conf.metrics().miou * 100.0));
-        }
     }
     images += add_batch(model, &mut pending, &opts.predict, &mut conf)?;
+    if cpu && images > 0 {
+        show(&conf);
+    }
     progress.finish();
     let confusion = conf.matrix();
     let metrics = Metrics::from_matrix(&confusion, conf.classes);

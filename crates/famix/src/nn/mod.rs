@@ -230,6 +230,11 @@ impl Stamp {
     fn of(t: &Tensor) -> Self {
         Stamp { ptr: t.data_ptr() as usize, size: t.size(), version: t.internal_version() }
     }
+    /// Whether `t` is still what the stamp saw (checked on every inference forward:
+    /// no allocation).
+    fn matches(&self, t: &Tensor) -> bool {
+        self.ptr == t.data_ptr() as usize && self.version == t.internal_version() && self.size == t.size()
+    }
 }
 
 impl ConvBn {
@@ -256,18 +261,21 @@ impl ConvBn {
         self.folded = Some((f, self.stamps()));
     }
 
-    /// The stamps of every tensor the folded form is computed from.
+    /// Every tensor the folded form is computed from.
+    fn sources(&self) -> impl Iterator<Item = &Tensor> {
+        let bn = self.bn.iter().flat_map(|bn| [&bn.weight, &bn.bias, &bn.running_mean, &bn.running_var]);
+        std::iter::once(&self.conv.weight).chain(self.conv.bias.as_ref()).chain(bn)
+    }
+
     fn stamps(&self) -> Vec<Stamp> {
-        let mut t: Vec<&Tensor> = std::iter::once(&self.conv.weight).chain(self.conv.bias.as_ref()).collect();
-        if let Some(bn) = &self.bn {
-            t.extend([&bn.weight, &bn.bias, &bn.running_mean, &bn.running_var]);
-        }
-        t.into_iter().map(Stamp::of).collect()
+        self.sources().map(Stamp::of).collect()
     }
 
     /// The folded form, if there is one and it still matches the weights.
     fn fresh_folded(&self) -> Option<&FoldedConv> {
-        self.folded.as_ref().filter(|(_, stamps)| *stamps == self.stamps()).map(|(f, _)| f)
+        let (f, stamps) = self.folded.as_ref()?;
+        // The sources are fixed per layer, so the counts always agree.
+        stamps.iter().zip(self.sources()).all(|(s, t)| s.matches(t)).then_some(f)
     }
 
     /// Drops the folded form (back to convolution, then batch norm).

@@ -273,10 +273,10 @@ impl Builder<'_> {
             self.files.notes.push("no validation in this run (no validation set configured, or none reached yet)".into());
             return Ok(());
         }
-        let pts: Vec<(f64, f64)> = h.val.iter().map(|p| (p.iter as f64, p.val_miou)).collect();
-        let best = pts.iter().copied().fold(None, |b: Option<(f64, f64)>, p| if b.is_none_or(|b| p.1 > b.1) { Some(p) } else { b });
-        let s: Vec<Series> = h
-            .miou_curves()
+        let curves = h.miou_curves();
+        let val = curves.iter().find(|(name, _)| name == "val").map(|(_, pts)| pts.as_slice()).unwrap_or_default();
+        let best = val.iter().copied().fold(None, |b: Option<(f64, f64)>, p| if b.is_none_or(|b| p.1 > b.1) { Some(p) } else { b });
+        let s: Vec<Series> = curves
             .into_iter()
             .enumerate()
             .map(|(i, (name, points))| Series { name: format!("{name} mIoU"), points, color: plots::series_color(i) })

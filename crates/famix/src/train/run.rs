@@ -195,9 +195,10 @@ impl Session<'_> {
         Err(Error::Cancelled { what: format!("training at iteration {done}; continue with --resume {}", self.run.dir().display()) })
     }
 
-    fn eval_options(&self) -> EvalOptions {
+    /// How validation evaluates: the run's precision, at most `limit` images.
+    fn eval_options(&self, limit: Option<usize>) -> EvalOptions {
         EvalOptions {
-            limit: self.cfg.val.as_ref().and_then(|v| v.limit),
+            limit,
             predict: crate::model::PredictOptions { precision: self.cfg.precision(), ..Default::default() },
             ..Default::default()
         }
@@ -208,8 +209,7 @@ impl Session<'_> {
     fn watch(&mut self, done: u64, model: &Segmenter, sets: &[(String, Dataset)]) -> Result<()> {
         let (mut mious, mut images) = (serde_json::Map::new(), serde_json::Map::new());
         for (name, d) in sets {
-            let limit = self.cfg.monitor.get(name).and_then(|v| v.limit);
-            let rep = evaluate(model, d, &EvalOptions { limit, ..self.eval_options() }, &Silent)?;
+            let rep = evaluate(model, d, &self.eval_options(self.cfg.monitor.get(name).and_then(|v| v.limit)), &Silent)?;
             mious.insert(name.clone(), json!(rep.metrics.miou));
             self.progress.metrics(done, &[(&format!("{name}_miou"), rep.metrics.miou)]);
             images.insert(name.clone(), json!(rep.images));
@@ -225,7 +225,7 @@ impl Session<'_> {
     /// Validates at iteration `done`, logs the result and, when it is the best so far,
     /// writes `best` (and its confusion matrix).
     fn validate(&mut self, done: u64, model: &Segmenter, vd: &Dataset) -> Result<()> {
-        let rep = evaluate(model, vd, &self.eval_options(), &Silent)?;
+        let rep = evaluate(model, vd, &self.eval_options(self.cfg.val.as_ref().and_then(|v| v.limit)), &Silent)?;
         let miou = rep.metrics.miou;
         self.summary.last_miou = Some(miou);
         self.progress.metrics(done, &[("val_miou", miou)]);
