@@ -251,8 +251,7 @@ fn parse_monitor(s: &str) -> Result<(String, ValSpec), String> {
     let (kind, root) = rest.split_once(':').ok_or("expected NAME=DATASET:ROOT (DATASET and ROOT joined by ':')")?;
     use famix::Named;
     let dataset = DatasetKind::parse(kind).ok_or_else(|| format!("unknown dataset '{kind}' (one of {})", DatasetKind::names()))?;
-    let spec = ValSpec { dataset, data_root: root.into(), split: "val".into(), condition: None, limit: None };
-    Ok((name.to_string(), spec))
+    Ok((name.to_string(), ValSpec::val_split(dataset, root.into())))
 }
 
 /// Copies every given value flag onto the configuration.

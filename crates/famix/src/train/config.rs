@@ -37,6 +37,13 @@ fn val_split() -> String {
     "val".into()
 }
 
+impl ValSpec {
+    /// The `val` split of a dataset, all of it.
+    pub fn val_split(dataset: DatasetKind, data_root: PathBuf) -> Self {
+        ValSpec { dataset, data_root, split: val_split(), condition: None, limit: None }
+    }
+}
+
 /// Everything a run needs; written to RUN_DIR/config.json and reused on resume.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {

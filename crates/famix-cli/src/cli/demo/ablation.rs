@@ -196,15 +196,17 @@ fn prompts(v: Vocabulary, tests: &[Condition]) -> PromptSet {
     }
 }
 
-/// A mined bank: its file, its PIN loss curve (mean over batches) and its styles per
-/// class.
+/// A mined bank: its file, its PIN loss curve (mean over batches), its styles and the
+/// classes (not the ignore class) that have any.
 pub struct MinedBank {
     /// The bank file.
     pub path: PathBuf,
     /// (step, mean PIN loss).
     pub pin_curve: Vec<(usize, f64)>,
-    /// Styles per class name.
-    pub counts: BTreeMap<String, usize>,
+    /// Styles in all.
+    pub styles: usize,
+    /// Classes with styles.
+    pub classes: usize,
 }
 
 /// Mines a style bank with vocabulary `v` for `seed` into `out`.
@@ -227,15 +229,12 @@ fn mine_bank(world: &World, s: &Settings, v: Vocabulary, seed: u64, out: &Path, 
     let classes = famix::data::classes::ClassSet::cityscapes();
     let identity = run_identity(&sha256_file(&world.clip)?, &src, &settings, &pin, &prompts, &classes);
     let mined = mine(&mut Miner::new(&clip, &prompts, &pin)?, src, &settings, &bank, identity, false, &Silent)?;
-    Ok(MinedBank { path: bank, pin_curve: mined.summary.pin_curve(), counts: mined.summary.counts })
+    let classes = (0..classes.len() as u8).filter(|&c| mined.count(c) > 0).count();
+    Ok(MinedBank { path: bank, pin_curve: mined.summary.pin_curve(), styles: mined.total(), classes })
 }
 
 /// Validations per run: the points of each learning curve.
 const CURVE_POINTS: u64 = 5;
-
-fn val_spec(root: PathBuf) -> ValSpec {
-    ValSpec { dataset: DatasetKind::Folder, data_root: root, split: "val".into(), condition: None, limit: None }
-}
 
 fn train_config(world: &World, s: &Settings, row: Row, seed: u64, bank: Option<PathBuf>) -> Result<TrainConfig> {
     let source = world.root(Condition::Day).to_path_buf();
@@ -248,8 +247,9 @@ fn train_config(world: &World, s: &Settings, row: Row, seed: u64, bank: Option<P
         freeze: row.freeze(),
         style_mode: row.style_mode(),
         head: HeadConfig::tiny(19),
-        val: Some(val_spec(source)),
-        monitor: [(s.validation.name().to_string(), val_spec(world.root(s.validation).to_path_buf()))].into(),
+        val: Some(ValSpec::val_split(DatasetKind::Folder, source)),
+        monitor: [(s.validation.name().to_string(), ValSpec::val_split(DatasetKind::Folder, world.root(s.validation).to_path_buf()))]
+            .into(),
         val_interval: (s.iters / CURVE_POINTS).max(1),
         seed,
         ..reference

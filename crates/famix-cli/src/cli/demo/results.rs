@@ -207,15 +207,13 @@ pub fn write_curves(out: &Path, s: &Settings, results: &[RunResult]) -> Result<P
 
 /// A bank in a line: styles, classes with styles, and how far PIN's loss fell.
 pub fn describe_bank(b: &MinedBank) -> String {
-    let styles: usize = b.counts.values().sum();
-    let classes = b.counts.iter().filter(|(n, c)| **c > 0 && n.as_str() != "255").count();
     let pin = match (b.pin_curve.first(), b.pin_curve.iter().rev().nth(b.pin_curve.len() / 4), b.pin_curve.last()) {
         (Some(a), Some(q), Some(z)) => {
             format!("; PIN loss {:.4} at step {} → {:.4} at step {} → {:.4} at step {}", a.1, a.0, q.1, q.0, z.1, z.0)
         }
         _ => String::new(),
     };
-    format!("{styles} styles for {classes} classes{pin}")
+    format!("{} styles for {} classes{pin}", b.styles, b.classes)
 }
 
 /// pin.png: each bank's mean PIN loss over steps (None when no bank was mined).
