@@ -15,192 +15,36 @@ use famix::data::{Dataset, DatasetKind};
 use famix::eval::metrics::by_class_name;
 use famix::eval::EvalOptions;
 use famix::io::run_folder::{read_config, RunFolder};
-use famix::model::HeadConfig;
 use famix::style::mining::{mine_job, MineJob, MineSettings};
-use famix::style::mixing::StyleMode;
 use famix::style::PinConfig;
-use famix::train::{check_config, RunOptions, TrainConfig, ValSpec};
+use famix::train::{check_config, Given, RunOptions, TrainConfig, SETTINGS};
 use famix::{Precision, PredictOptions};
 
 use crate::errors::{setting, to_py};
 use crate::progress::PyProgress;
 use crate::segmenter::named;
 
-/// Settings that are not fields of [`TrainConfig`] under the same name, as `famix
-/// train` spells them.
-const FLAGS: &[&str] = &[
-    "no_mix",
-    "random_styles",
-    "no_styles",
-    "no_augment",
-    "amp",
-    "num_classes",
-    "classes",
-    "val_dataset",
-    "val_root",
-    "val_split",
-    "val_condition",
-    "val_limit",
-    "deterministic",
-    "no_tf32",
-];
-
-/// Fields that name the data and the run, given as arguments of their own.
-const NOT_SETTINGS: &[&str] =
-    &["clip", "clip_sha256", "dataset", "data_root", "styles", "style_mode", "head", "val", "run_id", "numerics", "amp_bf16"];
-
-fn take(s: &mut Map<String, Value>, k: &str) -> Option<Value> {
-    s.remove(k).filter(|v| !v.is_null())
-}
-
-fn flag(s: &mut Map<String, Value>, k: &str) -> bool {
-    take(s, k).and_then(|v| v.as_bool()).unwrap_or(false)
-}
-
-fn string(s: &mut Map<String, Value>, k: &str) -> PyResult<Option<String>> {
-    match take(s, k) {
-        None => Ok(None),
-        Some(Value::String(v)) => Ok(Some(v)),
-        Some(v) => Err(setting(k, format!("expected a string, got {v}"))),
-    }
-}
-
-/// The settings given under `famix train`'s flag names that are not config fields.
-fn apply_flags(c: &mut TrainConfig, s: &mut Map<String, Value>) -> PyResult<()> {
-    let (no_styles, no_mix, random) = (flag(s, "no_styles"), flag(s, "no_mix"), flag(s, "random_styles"));
-    c.style_mode = if no_styles {
-        StyleMode::NoStyles
-    } else if no_mix {
-        StyleMode::NoMix
-    } else if random {
-        StyleMode::RandomMix
-    } else {
-        c.style_mode
-    };
-    if c.style_mode == StyleMode::RandomMix && c.styles.is_some() {
-        return Err(setting("random_styles", "draws its statistics without a style bank: leave styles unset"));
-    }
-    if c.style_mode.needs_bank() && c.styles.is_none() {
-        return Err(setting(
-            "styles",
-            "a style bank is required (mine one with `famix mine-styles`), or pass no_styles=True or random_styles=True",
-        ));
-    }
-    c.augment = !flag(s, "no_augment");
-    if let Some(amp) = string(s, "amp")? {
-        c.amp_bf16 = named::<Precision>("amp", &amp)? == Precision::Bf16;
-    }
-    if let Some(n) = take(s, "num_classes") {
-        c.head = HeadConfig::reference(n.as_i64().ok_or_else(|| setting("num_classes", format!("expected an integer, got {n}")))?);
-        if s.contains_key("classes") {
-            return Err(setting("classes", "a class file sets the number of classes: leave num_classes unset"));
-        }
-    }
-    if let Some(p) = string(s, "classes")? {
-        c.set_classes(ClassSet::from_file(std::path::Path::new(&p)).map_err(to_py)?);
-    }
-    c.numerics = famix::device::Numerics { deterministic: flag(s, "deterministic"), tf32: !flag(s, "no_tf32") };
-    let (val_dataset, val_root) = (string(s, "val_dataset")?, string(s, "val_root")?);
-    let (split, condition) = (string(s, "val_split")?, string(s, "val_condition")?);
-    let limit =
-        take(s, "val_limit").map(|v| v.as_u64().ok_or_else(|| setting("val_limit", format!("expected a count, got {v}")))).transpose()?;
-    c.val = match (val_dataset, val_root) {
-        (Some(d), Some(r)) => Some(ValSpec {
-            dataset: named::<DatasetKind>("val_dataset", &d)?,
-            data_root: r.into(),
-            split: split.unwrap_or_else(|| "val".into()),
-            condition,
-            limit: limit.map(|l| l as usize),
-        }),
-        (None, None) => None,
-        _ => return Err(setting("val_dataset", "val_dataset and val_root go together")),
-    };
-    Ok(())
-}
-
-/// The remaining settings over the config's fields of the same name, type-checked by
-/// the config's own deserialisation (`train` dropped the null ones: not given).
-fn apply_fields(c: TrainConfig, s: Map<String, Value>) -> PyResult<TrainConfig> {
-    let mut v = serde_json::to_value(&c).map_err(|e| setting("settings", e))?;
-    let fields = v.as_object_mut().ok_or_else(|| setting("settings", "not an object"))?;
-    for (k, val) in s {
-        if NOT_SETTINGS.contains(&k.as_str()) || !fields.contains_key(&k) {
-            return Err(setting(&k, format!("unknown setting; famix.train takes {}", setting_names(&c).join(", "))));
-        }
-        // Checked one at a time, so a value of the wrong type is named by its setting.
-        fields.insert(k.clone(), val);
-        if let Err(e) = serde_json::from_value::<TrainConfig>(Value::Object(fields.clone())) {
-            return Err(setting(&k, format!("{e} (given {})", fields[&k])));
-        }
-    }
-    serde_json::from_value(v).map_err(|e| setting("settings", e))
-}
-
-/// Every training setting's name (config fields and `famix train` flags).
-fn setting_names(c: &TrainConfig) -> Vec<String> {
-    let v = serde_json::to_value(c).unwrap_or_default();
-    let mut names: Vec<String> =
-        v.as_object().map(|o| o.keys().filter(|k| !NOT_SETTINGS.contains(&k.as_str())).cloned().collect()).unwrap_or_default();
-    names.extend(FLAGS.iter().map(|s| s.to_string()));
-    names
-}
-
-fn new_config(
-    clip: PathBuf,
-    dataset: &str,
-    data_root: PathBuf,
-    styles: Option<PathBuf>,
-    mut s: Map<String, Value>,
-) -> PyResult<TrainConfig> {
-    let dataset: DatasetKind = named("dataset", dataset)?;
-    let sha = famix::io::sha256_file(&clip).map_err(to_py)?;
-    let mut c = TrainConfig::reference(clip, sha, dataset, data_root, styles);
-    apply_flags(&mut c, &mut s)?;
-    if let Some(os) = take(&mut s, "output_stride") {
-        let v = os.as_i64().ok_or_else(|| setting("output_stride", format!("expected 8, 16 or 32, got {os}")))?;
-        c.output_stride = famix::clip::OutputStride::from_int(v).map_err(to_py)?;
-    }
-    apply_fields(c, s)
-}
-
-/// A resumed run's saved settings, `iters` extending them; any other setting given
-/// (in `s`, or an argument in `given`) is refused, as `famix train --resume` does.
-fn resumed(run: &std::path::Path, mut s: Map<String, Value>, given: &[(&str, bool)]) -> PyResult<TrainConfig> {
-    let iters = take(&mut s, "iters");
-    if let Some(k) = s.keys().next().cloned().or_else(|| given.iter().find(|(_, g)| *g).map(|(n, _)| n.to_string())) {
-        return Err(setting(&k, "cannot change when resuming: a run keeps its settings in its config.json (only iters may extend it)"));
-    }
-    let mut c: TrainConfig = read_config(&RunFolder::new(run)).map_err(to_py)?;
-    if let Some(i) = iters {
-        c.iters = i.as_u64().ok_or_else(|| setting("iters", format!("expected a count, got {i}")))?;
-    }
-    Ok(c)
-}
-
 /// A new run's settings, refused when `out` already holds a run (unless `force`).
-fn new_run(
-    out: &std::path::Path,
-    clip: Option<PathBuf>,
-    dataset: Option<String>,
-    data_root: Option<PathBuf>,
-    styles: Option<PathBuf>,
-    force: bool,
-    s: Map<String, Value>,
-) -> PyResult<TrainConfig> {
-    let (Some(clip), Some(dataset), Some(root)) = (clip, dataset, data_root) else {
-        return Err(setting("clip", "clip, dataset and data_root are needed for a new run"));
-    };
+fn new_run(out: &std::path::Path, force: bool, given: &Given) -> PyResult<TrainConfig> {
     if RunFolder::new(out).latest().exists() && !force {
         return Err(setting("out", format!("{} already holds a run: continue it with resume=, or pass force=True", out.display())));
     }
-    new_config(clip, &dataset, root, styles, s)
+    given.new_config().map_err(to_py)
 }
 
-/// The library's defaults of every training setting (for the Python layer's docs).
+/// Every training setting as the library declares it (`famix::train::SETTINGS`):
+/// name, documentation, printed default, whether a new run needs it, its type, the
+/// names a choice takes (for the Python layer's docs and checks).
 #[pyfunction]
-pub fn train_defaults(py: Python<'_>) -> PyResult<PyObject> {
-    let c = TrainConfig::reference("clip".into(), String::new(), DatasetKind::Gta5, "data".into(), Some("styles".into()));
-    let v = serde_json::to_string(&c).map_err(|e| setting("settings", e))?;
+pub fn train_settings(py: Python<'_>) -> PyResult<PyObject> {
+    let list: Vec<Value> = SETTINGS
+        .iter()
+        .map(|s| {
+            serde_json::json!({"name": s.name, "doc": s.doc, "default": s.default_text(), "required": s.required,
+                "type": s.ty.name(), "choices": s.choices()})
+        })
+        .collect();
+    let v = serde_json::to_string(&list).map_err(|e| setting("settings", e))?;
     Ok(py.import("json")?.call_method1("loads", (v,))?.unbind())
 }
 
@@ -231,22 +75,26 @@ pub fn train(
     from_best: bool,
 ) -> PyResult<String> {
     let mut s: Map<String, Value> = serde_json::from_str(settings).map_err(|e| setting("settings", e))?;
-    s.retain(|_, v| !v.is_null());
+    let path = |p: Option<PathBuf>| p.map(|p| Value::String(p.to_string_lossy().into_owned()));
+    for (k, v) in [("clip", path(clip)), ("dataset", dataset.map(Value::String)), ("data_root", path(data_root)), ("styles", path(styles))]
+    {
+        if let Some(v) = v {
+            s.insert(k.into(), v);
+        }
+    }
+    let given = Given::from_map(s).map_err(to_py)?;
     let (cfg, run, resuming) = match resume {
         Some(run) => {
-            let given = [
-                ("clip", clip.is_some()),
-                ("dataset", dataset.is_some()),
-                ("data_root", data_root.is_some()),
-                ("styles", styles.is_some()),
-                ("out", out.is_some()),
-            ];
+            if out.is_some() {
+                return Err(setting("out", "names a new run: give resume= or out=, not both"));
+            }
+            given.check_resumable().map_err(to_py)?;
             // force=True with resume=: the run's saved settings, from iteration 0.
-            (resumed(&run, s, &given)?, run, !force)
+            (given.resumed(read_config(&RunFolder::new(&run)).map_err(to_py)?).map_err(to_py)?, run, !force)
         }
         None => {
             let out = out.ok_or_else(|| setting("out", "out= (a new run folder) or resume= (a run to continue) is needed"))?;
-            (new_run(&out, clip, dataset, data_root, styles, force, s)?, out, false)
+            (new_run(&out, force, &given)?, out, false)
         }
     };
     check_config(&cfg).map_err(to_py)?;

@@ -28,7 +28,7 @@ fn _famix(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CLIP_MEAN", famix::clip::preprocess::CLIP_MEAN.to_vec())?;
     m.add("CLIP_STD", famix::clip::preprocess::CLIP_STD.to_vec())?;
     m.add_function(wrap_pyfunction!(jobs::train, m)?)?;
-    m.add_function(wrap_pyfunction!(jobs::train_defaults, m)?)?;
+    m.add_function(wrap_pyfunction!(jobs::train_settings, m)?)?;
     m.add_function(wrap_pyfunction!(jobs::evaluate, m)?)?;
     m.add_function(wrap_pyfunction!(jobs::mine_styles, m)?)?;
     m.add_function(wrap_pyfunction!(jobs::mine_defaults, m)?)?;

@@ -150,9 +150,44 @@ def test_invalid_setting_error(tmp_path, bank):
         run(tmp_path / "r", bank, batch=1, progress=False)
     with pytest.raises(famix.InvalidSettingError, match="unknown setting"):
         run(tmp_path / "r", bank, learning_rate=0.1, progress=False)
+    with pytest.raises(famix.InvalidSettingError, match="^lr: nan is not a finite number"):
+        run(tmp_path / "r", bank, lr=float("nan"), progress=False)
+    with pytest.raises(famix.InvalidSettingError, match="^batch: expected a whole number"):
+        run(tmp_path / "r", bank, batch=2.5, progress=False)
     # A resumed run keeps its settings and data, as `famix train --resume` does.
     with pytest.raises(famix.InvalidSettingError, match="styles: cannot change when resuming"):
         famix.train(resume=tmp_path / "r", styles=bank, progress=False)
+
+
+def _sample(s):
+    """A value of the right type for a declared setting."""
+    return {"switch": True, "count": 16, "int": 16, "real": 0.5, "text": "x", "path": "x",
+            "choice": (s["choices"] or ["x"])[0], "sets": {"dusk": {"dataset": "folder", "data_root": "d"}}}[s["type"]]
+
+
+def test_keywords_defaults_and_resume_rules_are_the_library_declarations(tmp_path, bank):
+    """Every declared training setting is a keyword of famix.train, documented with its
+    declared default; resuming refuses each one the library declares fixed (all but
+    iters), naming the keyword, and lets iters extend the run."""
+    declared = famix._famix.train_settings()
+    assert len(declared) >= 38
+    doc = famix.train.__doc__
+    for s in declared:
+        if s["name"] in ("clip", "dataset", "data_root", "styles"):
+            assert f"{s['name']}:" in doc
+            continue
+        line = next((l.strip() for l in doc.splitlines() if l.strip().startswith(s["name"] + ":")), None)
+        assert line is not None, f"{s['name']} is not documented"
+        want = "Default False." if s["type"] == "switch" else (f"Default {s['default']}." if s["default"] is not None else None)
+        assert want is None or line.endswith(want), f"{line!r} should end with {want!r}"
+    r = tmp_path / "r"
+    run(r, bank, iters=1, val_interval=1, progress=False)
+    for s in declared:
+        if s["name"] == "iters":
+            continue
+        with pytest.raises(famix.InvalidSettingError, match=f"^{s['name']}: cannot change when resuming"):
+            famix.train(resume=r, progress=False, **{s["name"]: _sample(s)})
+    assert famix.train(resume=r, iters=2, progress=False)["steps"] == 2
 
 
 def _edited_checkpoint(tmp_path, edit):

@@ -126,9 +126,28 @@ pub fn main() -> i32 {
 /// its flag (`lr: ...` → `--lr: ...`).
 fn in_flags(e: &(dyn std::error::Error + 'static)) -> String {
     match e.downcast_ref::<famix::Error>() {
-        Some(famix::Error::InvalidSetting { name, problem }) => format!("{}: {problem}", famix::error::setting_flag(name)),
+        Some(famix::Error::InvalidSetting { name, problem }) => format!("{}: {}", famix::error::setting_flag(name), flags_in(problem)),
         _ => e.to_string(),
     }
+}
+
+/// A library text in the command line's words: a setting the library names in
+/// backticks (`` `no_styles` ``: a lowercase word with underscores) becomes its flag
+/// (`--no-styles`); other backticked text (`` `famix report` ``) stays as it is.
+pub fn flags_in(text: &str) -> String {
+    let parts: Vec<&str> = text.split('`').collect();
+    let is_setting = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    let mut out = String::with_capacity(text.len());
+    for (i, p) in parts.iter().enumerate() {
+        let quoted = i % 2 == 1 && i + 1 < parts.len();
+        match (i % 2 == 1, quoted && is_setting(p)) {
+            (_, true) => out.push_str(&famix::error::setting_flag(p)),
+            (true, false) if quoted => out.push_str(&format!("`{p}`")),
+            (true, false) => out.push_str(&format!("`{p}")),
+            (false, _) => out.push_str(p),
+        }
+    }
+    out
 }
 
 fn dispatch(command: Command) -> anyhow::Result<i32> {

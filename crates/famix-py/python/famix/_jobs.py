@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -65,20 +66,54 @@ def _fspath(p: Optional[PathLike]) -> Optional[str]:
     return None if p is None else os.fspath(p)
 
 
+def _plain(v: Any) -> Any:
+    """Settings as JSON takes them: paths as strings, in dicts and lists too."""
+    if isinstance(v, os.PathLike):
+        return os.fspath(v)
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
 def train(out: Optional[PathLike] = None, *, clip: Optional[PathLike] = None, dataset: Optional[str] = None,
           data_root: Optional[PathLike] = None, styles: Optional[PathLike] = None,
           resume: Optional[PathLike] = None, force: bool = False, device: DeviceLike = "auto",
           workers: Optional[int] = None, stop_after: Optional[int] = None, skip_bad: bool = False,
           tensorboard: Optional[PathLike] = None, no_fold: bool = False, reset_optimizer: bool = False,
           from_best: bool = False, progress: Union[None, bool, ProgressFn] = None, **settings: Any) -> Dict[str, Any]:
+    for k, v in settings.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            # JSON has no NaN or infinity: refused here, by name.
+            raise _famix.InvalidSettingError(f"{k}: {v} is not a finite number")
     return json.loads(_famix.train(
-        json.dumps(settings), _progress(progress), _fspath(clip), dataset, _fspath(data_root), _fspath(styles),
+        json.dumps(_plain(settings)), _progress(progress), _fspath(clip), dataset, _fspath(data_root), _fspath(styles),
         _fspath(out), _fspath(resume), force, device_name(device), workers, stop_after, skip_bad, _fspath(tensorboard), no_fold,
         reset_optimizer, from_best))
 
 
+_NAMED = ("clip", "dataset", "data_root", "styles")
+
+
+def _setting_lines() -> str:
+    """One line per training setting, from the library's declarations."""
+    lines = []
+    for s in _famix.train_settings():
+        if s["name"] in _NAMED:
+            continue
+        doc = s["doc"].replace("`", "``")
+        if s["type"] == "switch":
+            default = " Default False."
+        elif s["default"] is not None:
+            default = f" Default {s['default']}."
+        else:
+            default = ""
+        lines.append(f"        {s['name']}: {doc}.{default}")
+    return "\n".join(lines)
+
+
 def _train_doc() -> str:
-    d = _famix.train_defaults()
     return f"""Trains a FAMix segmenter (as ``famix train``), or resumes a run.
 
     A new run: ``train(out, clip=..., dataset=..., data_root=..., styles=...,
@@ -95,7 +130,8 @@ def _train_doc() -> str:
         clip: CLIP checkpoint whose image tower initialises the backbone.
         dataset: source dataset layout ({', '.join(_DATASETS)}).
         data_root: its root folder.
-        styles: style bank from ``famix mine-styles`` (needed unless ``no_styles``).
+        styles: style bank from ``famix mine-styles`` (needed unless ``no_styles`` or
+            ``random_styles``).
         resume: a run folder to continue.
         device: ``"auto"`` (the first CUDA GPU if any, else the CPU), ``"cpu"``,
             ``"cuda[:N]"`` or a :class:`torch.device`.
@@ -106,22 +142,11 @@ def _train_doc() -> str:
             ``force=True`` starts the run over with its saved settings.
         progress: None (a tqdm bar when tqdm is installed), False, or a callable
             taking one dict per event (see ``famix._jobs.ProgressFn``).
-        **settings: ``famix train``'s flags, with underscores. Defaults:
-            iters={d['iters']}, batch={d['batch']}, crop={d['crop']}, lr={d['lr']},
-            backbone_lr_mult={d['backbone_lr_mult']}, momentum={d['momentum']},
-            weight_decay={d['weight_decay']}, poly_power={d['poly_power']},
-            min_lr={d['min_lr']}, label_smoothing={d['label_smoothing']},
-            output_stride={d['output_stride']}, freeze (synthetic; layer4 for
-            cityscapes), grid={d['grid']}, beta={d['beta']}, split={d['split']!r},
-            condition=None, val_interval={d['val_interval']},
-            log_interval={d['log_interval']}, seed={d['seed']}, amp='fp32',
-            num_classes={d['head']['num_classes']}, classes=None (a class file:
-            names, prompt words, colours, label encoding), no_mix=False, no_styles=False, random_styles=False,
-            no_augment=False,
-            val_dataset/val_root/val_split='val'/val_condition/val_limit=None,
-            monitor={{}} (further sets evaluated at every validation, only logged,
-            e.g. ``{{"dusk": {{"dataset": "folder", "data_root": "data/dusk"}}}}``;
-            ``split`` defaults to 'val'), deterministic=False, no_tf32=False.
+        **settings: the training settings (``famix train``'s flags, with
+            underscores); ``monitor`` takes a dict, e.g. ``{{"dusk": {{"dataset":
+            "folder", "data_root": "data/dusk"}}}}`` (``split`` 'val' unless given).
+
+{_setting_lines()}
 
     Returns:
         The run's summary: steps, last_loss, best_miou, last_miou, run_dir.

@@ -1,12 +1,15 @@
 //! Training a segmenter: what a run is ([`config`]), where it starts from and what a
 //! checkpoint holds ([`state`]), one iteration ([`step`]) and the run loop with
-//! validation, logging and checkpoints ([`run`]). Read bottom-up: config → state →
-//! step → run.
+//! validation, logging and checkpoints ([`run`]); every setting a user gives a run is
+//! declared once in [`settings`]. Read bottom-up: config → settings → state → step →
+//! run.
 pub mod config;
 pub mod run;
+pub mod settings;
 pub mod state;
 pub mod step;
 
 pub use config::{check_config, RunOptions, TrainConfig, ValSpec};
 pub use run::{train, TrainSummary};
+pub use settings::{Given, Setting, SETTINGS};
 pub use step::{bank_tables, Stepper};
