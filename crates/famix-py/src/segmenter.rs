@@ -145,6 +145,7 @@ impl Segmenter {
         let engine = self.engine;
         py.allow_threads(|| {
             let mut m = self.lock()?;
+            m.check_weights().map_err(to_py)?;
             m.unfold();
             m.fold();
             attach_engine(&mut m, engine, self.int8.as_ref()).map_err(to_py)?;

@@ -73,6 +73,27 @@ def test_returned_tensors_share_storage_and_outlive_the_model():
     assert ids.shape == (32, 48) and int(ids.max()) < 5  # still valid after the model is gone
 
 
+def test_a_weight_of_another_shape_is_a_typed_error_and_the_model_survives(tmp_path):
+    """A weight replaced through state_dict() by one of another shape (or element type)
+    makes predict, logits, refresh and export raise IncompatibleError naming it (not
+    a panic); restoring it makes the model answer exactly as before."""
+    m = famix.Segmenter.load(fixture("seg_a_ref.pth"))
+    exp = load_file(str(fixture("expected_seg.safetensors")))
+    before = m.logits(exp["x"])
+    sd = m.state_dict()
+    key = "backbone.layer1.0.conv1.weight"
+    original = sd[key].detach().clone()
+    for replacement in (torch.zeros(3, 3, 1, 1), original.double()):
+        sd[key].data = replacement
+        for call in (lambda: m.logits(exp["x"]), lambda: m.predict(np.zeros((32, 48, 3), np.uint8)), m.refresh,
+                     lambda: m.export_onnx(tmp_path / "m.onnx")):
+            with pytest.raises(famix.IncompatibleError, match=f"weight {key} is now"):
+                call()
+        sd[key].data = original.clone()
+        m.refresh()
+        assert torch.equal(m.logits(exp["x"]), before)
+
+
 def test_export_onnx_writes_a_model(tmp_path):
     m = famix.Segmenter.load(fixture("seg_a_ref.pth"))
     m.export_onnx(tmp_path / "m.onnx", height=64, width=96)

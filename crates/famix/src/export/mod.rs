@@ -150,6 +150,7 @@ pub fn to_onnx_observing(model: &Segmenter, o: &ExportOptions) -> Result<(Vec<u8
 
 /// The network's nodes, and the graph's input and output.
 fn build(model: &Segmenter, o: &ExportOptions) -> Result<(Graph, ValueInfoProto, ValueInfoProto)> {
+    model.check_weights()?;
     check(model, o)?;
     let mut g = Graph::default();
     let x = if o.include_preprocessing { preprocessing(&mut g, "image")? } else { "image".to_string() };

@@ -164,6 +164,7 @@ impl Segmenter {
     /// one ([`Segmenter::set_engine`]), else libtorch ([`Segmenter::predict_logits`]):
     /// the graph every prediction entry point answers from.
     pub fn logits(&self, x: &Tensor, scale: f64, ensemble: bool) -> Result<Tensor> {
+        self.check_weights()?;
         match self.external() {
             Some(net) => tch::no_grad(|| at_test_scale(x, scale, ensemble, |x| net.logits(self, x))),
             None => Ok(self.predict_logits(x, scale, ensemble)),

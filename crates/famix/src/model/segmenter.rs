@@ -182,6 +182,9 @@ pub struct Segmenter {
     channels_last: bool,
     /// The inference engine that replaces libtorch for eval-mode forwards, if any.
     external: Option<Box<dyn ExternalNet>>,
+    /// Every variable's name, shape and element type as the network was built
+    /// ([`Segmenter::check_weights`]).
+    layout: Vec<(String, Vec<i64>, tch::Kind)>,
 }
 
 impl std::fmt::Debug for Segmenter {
@@ -204,9 +207,33 @@ impl Segmenter {
             &config.head,
             config.output_stride,
         );
-        let mut s = Segmenter { vs, backbone, head, config, folded: false, channels_last: false, external: None };
+        let mut layout: Vec<_> = vs.variables().into_iter().map(|(k, t)| (k, t.size(), t.kind())).collect();
+        layout.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut s = Segmenter { vs, backbone, head, config, folded: false, channels_last: false, external: None, layout };
         s.apply_freeze();
         Ok(s)
+    }
+
+    /// Checks that every weight still has the shape, element type and device the
+    /// network was built with. The variables are shared (Python's `state_dict()`
+    /// hands out the model's own tensors), so a weight replaced from outside with
+    /// another shape would otherwise reach a libtorch kernel and fail inside it; every
+    /// inference entry point checks first and answers with this typed error, and the
+    /// model works again once the weight is restored.
+    pub fn check_weights(&self) -> Result<()> {
+        let (vars, device) = (self.vs.variables(), self.device());
+        for (name, shape, kind) in &self.layout {
+            let Some(t) = vars.get(name) else { crate::error::fail!(Incompatible, name, "weight {name} is missing from the model") };
+            let (got, got_kind, got_device) = (t.size(), t.kind(), t.device());
+            if &got != shape || got_kind != *kind || got_device != device {
+                crate::error::fail!(
+                    Incompatible,
+                    name,
+                    "weight {name} is now {got:?} {got_kind:?} on {got_device:?}, but the network was built for {shape:?} {kind:?} on {device:?}: restore it, or load the model again"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The inference fast path (docs/src/design.md §8): every batch norm folded into its
@@ -218,6 +245,10 @@ impl Segmenter {
     /// runs the plain path from its new weights until `fold` is called again, so a
     /// prediction never comes from stale folded weights.
     pub fn fold(&mut self) {
+        if self.check_weights().is_err() {
+            // Folding reads every weight; the next prediction reports the bad one.
+            return;
+        }
         self.backbone.fold();
         self.head.fold();
         self.folded = true;
@@ -387,4 +418,33 @@ pub(crate) fn at_test_scale<E>(x: &Tensor, scale: f64, ensemble: bool, net: impl
         Some(b) if ensemble => (out + b) / 2.0,
         _ => out,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clip::ResNetConfig;
+
+    /// A weight replaced from outside by one of another shape is a typed error at the
+    /// next prediction (not a libtorch failure inside a kernel); restored, the model
+    /// predicts exactly as before (bit-exact).
+    #[test]
+    fn a_weight_of_another_shape_is_an_error_until_restored() {
+        let cfg = SegmenterConfig::new(ResNetConfig::tiny(), 5, OutputStride::Os16, FreezePolicy::Synthetic);
+        let mut m = Segmenter::new(SegmenterConfig { head: HeadConfig::tiny(5), ..cfg }, Device::Cpu).unwrap();
+        m.fold();
+        let x = Tensor::randn([1, 3, 64, 64], (tch::Kind::Float, Device::Cpu));
+        let before = m.logits(&x, 1.0, false).unwrap();
+        let key = "classifier.classifier.3.weight";
+        let mut w = m.vs.variables()[key].shallow_clone();
+        let original = w.detach().copy();
+        w.set_data(&Tensor::zeros([2, 2, 1, 1], (tch::Kind::Float, Device::Cpu)));
+        let e = m.logits(&x, 1.0, false).err().unwrap();
+        assert_eq!(e.kind(), crate::error::ErrorKind::Incompatible, "{e}");
+        assert!(e.to_string().contains(key), "{e}");
+        m.fold();
+        w.set_data(&original);
+        m.fold();
+        assert!(m.logits(&x, 1.0, false).unwrap().equal(&before));
+    }
 }
