@@ -40,7 +40,7 @@ impl Clip {
     fn encode_image(&self, py: Python<'_>, images: PyTensor) -> PyResult<PyTensor> {
         let r = self.input_resolution()?;
         if !images.is_floating_point() || images.dim() != 4 || images.size()[1..] != [3, r, r] {
-            return Err(setting(
+            return Err(crate::errors::input(
                 "images",
                 format!("expected float (N, 3, {r}, {r}) preprocessed images, got {:?} {:?}", images.kind(), images.size()),
             ));
@@ -52,7 +52,7 @@ impl Clip {
     /// Text embeddings (N, D) of token rows (N, context) from `tokenize`.
     fn encode_text(&self, py: Python<'_>, tokens: PyTensor) -> PyResult<PyTensor> {
         if tokens.dim() != 2 || tokens.is_floating_point() {
-            return Err(setting(
+            return Err(crate::errors::input(
                 "tokens",
                 format!("expected integer token rows (N, context), got {:?} {:?}", tokens.kind(), tokens.size()),
             ));
@@ -73,10 +73,11 @@ impl Clip {
         Ok(self.lock()?.text.as_ref().map(|t| t.config.context_length))
     }
 
-    /// exp(logit_scale), CLIP's inverse temperature, when the checkpoint has it.
+    /// CLIP's learnt logit scale as stored (the logarithm of the inverse temperature),
+    /// when the checkpoint has it.
     #[getter]
     fn logit_scale(&self) -> PyResult<Option<f64>> {
-        Ok(self.lock()?.logit_scale.map(f64::exp))
+        Ok(self.lock()?.logit_scale)
     }
 
     fn __repr__(&self) -> PyResult<String> {
@@ -97,7 +98,7 @@ pub fn tokenize(texts: Vec<String>, context_length: usize, truncate: bool) -> Py
 pub fn normalize(images: PyTensor) -> PyResult<PyTensor> {
     let x = images.0;
     if x.kind() != tch::Kind::Uint8 || x.dim() != 4 || x.size()[1] != 3 {
-        return Err(setting("images", format!("expected uint8 (N, 3, H, W), got {:?} {:?}", x.kind(), x.size())));
+        return Err(crate::errors::input("images", format!("expected uint8 (N, 3, H, W), got {:?} {:?}", x.kind(), x.size())));
     }
     Ok(PyTensor(famix::clip::preprocess::normalize_u8(&x, x.device())))
 }

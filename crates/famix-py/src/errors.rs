@@ -36,6 +36,11 @@ pub fn setting(name: &str, problem: impl std::fmt::Display) -> PyErr {
     to_py(famix::Error::InvalidSetting { name: name.into(), problem: problem.to_string() })
 }
 
+/// An input (an image, a text, a tensor) that cannot be used, named as its argument.
+pub fn input(name: &str, problem: impl std::fmt::Display) -> PyErr {
+    to_py(famix::Error::invalid_input(name, format!("{name}: {problem}")))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("Error", py.get_type::<Error>())?;

@@ -97,7 +97,10 @@ impl Segmenter {
     ) -> PyResult<(PyTensor, Option<PyTensor>)> {
         let precision: Precision = named("amp", amp)?;
         if images.kind() != tch::Kind::Uint8 || images.dim() != 4 || images.size()[1] != 3 {
-            return Err(setting("images", format!("expected uint8 RGB (N, 3, H, W), got {:?} {:?}", images.kind(), images.size())));
+            return Err(crate::errors::input(
+                "images",
+                format!("expected uint8 RGB (N, 3, H, W), got {:?} {:?}", images.kind(), images.size()),
+            ));
         }
         let opts = PredictOptions { scale, ensemble, precision, keep_logits: logits };
         let images = images.0;
@@ -109,7 +112,7 @@ impl Segmenter {
     #[pyo3(signature = (x, scale = 1.0, ensemble = false))]
     fn logits(&self, py: Python<'_>, x: PyTensor, scale: f64, ensemble: bool) -> PyResult<PyTensor> {
         if !x.is_floating_point() || x.dim() != 4 || x.size()[1] != 3 {
-            return Err(setting("x", format!("expected float (N, 3, H, W), got {:?} {:?}", x.kind(), x.size())));
+            return Err(crate::errors::input("x", format!("expected float (N, 3, H, W), got {:?} {:?}", x.kind(), x.size())));
         }
         let x = x.0;
         self.with_model(py, move |m| m.logits(&x.to_device(m.device()).to_kind(tch::Kind::Float), scale, ensemble)).map(PyTensor)

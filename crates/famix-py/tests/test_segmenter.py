@@ -157,8 +157,32 @@ def test_clip_matches_pytorch():
     e = c.encode_text(texts)
     assert (e - exp["clip_a.text_embedding"]).abs().max().item() <= 1e-5
     assert c.encode_image(torch.zeros(2, 3, c.input_resolution, c.input_resolution)).shape == (2, e.shape[1])
-    with pytest.raises(famix.InvalidSettingError, match="images"):
+    with pytest.raises(famix.InvalidInputError, match="^images: "):
         c.encode_image(torch.zeros(()))  # a scalar: refused, not a panic
+
+
+def test_bad_inputs_are_typed_input_errors(tmp_path):
+    """A missing file, a folder, a tiny image, an over-long text, a float image, a
+    segmenter given as a CLIP: each an InvalidInputError that says what to do."""
+    seg = fixture("seg_a_ref.pth")
+    m = famix.Segmenter.load(seg)
+    with pytest.raises(famix.InvalidInputError, match="nope.pt not found"):
+        famix.clip.load(tmp_path / "nope.pt")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "latest.safetensors").write_bytes(b"x")
+    with pytest.raises(famix.InvalidInputError, match="is a folder, not a checkpoint file .*latest.safetensors"):
+        famix.Segmenter.load(run)
+    with pytest.raises(famix.InvalidInputError, match="too small"):
+        m.predict(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(famix.InvalidInputError, match="^text is 202 tokens long, the context is 77"):
+        famix.clip.tokenize("a " * 200)
+    with pytest.raises(famix.InvalidInputError, match="^image: expected uint8"):
+        m.predict(np.zeros((64, 64, 3), np.float32))
+    with pytest.raises(famix.InvalidInputError, match="load it as a segmenter"):
+        famix.clip.load(seg)
+    # CLIP's logit scale as CLIP and open_clip store it (the logarithm).
+    assert abs(famix.clip.load(fixture("clip_a_state.pt.gz")).logit_scale - np.log(12.182493960703473)) < 1e-9
 
 
 def test_a_segmenter_is_made_from_a_path_as_load_does():

@@ -23,18 +23,18 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         _ => match s.strip_prefix("cuda:") {
             Some(n) => match n.parse::<usize>() {
                 Ok(i) => Device::Cuda(i),
-                Err(_) => fail!(InvalidSetting, "--device", "bad device {spec:?}: expected auto, cpu, cuda or cuda:N"),
+                Err(_) => fail!(InvalidSetting, "device", "bad device {spec:?}: expected auto, cpu, cuda or cuda:N"),
             },
-            None => fail!(InvalidSetting, "--device", "bad device {spec:?}: expected auto, cpu, cuda or cuda:N"),
+            None => fail!(InvalidSetting, "device", "bad device {spec:?}: expected auto, cpu, cuda or cuda:N"),
         },
     };
     if let Device::Cuda(i) = dev {
         let n = tch::Cuda::device_count() as usize;
         if n == 0 {
-            fail!(InvalidSetting, "--device", "device {spec:?} requested but CUDA is not available (no GPU, or libtorch without CUDA)");
+            fail!(InvalidSetting, "device", "device {spec:?} requested but CUDA is not available (no GPU, or libtorch without CUDA)");
         }
         if i >= n {
-            fail!(InvalidSetting, "--device", "device {spec:?} requested but only {n} CUDA device(s) exist");
+            fail!(InvalidSetting, "device", "device {spec:?} requested but only {n} CUDA device(s) exist");
         }
     }
     Ok(dev)

@@ -214,8 +214,8 @@ pub fn setting_flag(name: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
-    /// A missing, unreadable or unusable input file or folder ([`Error::InvalidInput`],
-    /// [`Error::Unreadable`], [`Error::DatasetLayout`]).
+    /// A missing, unreadable or unusable input file, folder, image or text
+    /// ([`Error::InvalidInput`], [`Error::Unreadable`], [`Error::DatasetLayout`]).
     InvalidInput,
     /// A setting out of range ([`Error::InvalidSetting`]).
     InvalidSetting,

@@ -26,7 +26,7 @@ impl fmt::Display for Shard {
 }
 
 fn bad(problem: String) -> Error {
-    Error::InvalidSetting { name: "--shard".into(), problem }
+    Error::InvalidSetting { name: "shard".into(), problem }
 }
 
 impl Shard {
@@ -51,13 +51,13 @@ impl Shard {
             let min = num("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
             let count = shards
                 .or(num("SLURM_ARRAY_TASK_COUNT")?)
-                .ok_or_else(|| bad("SLURM_ARRAY_TASK_COUNT is not set; give --shards N".into()))?;
+                .ok_or_else(|| bad("SLURM_ARRAY_TASK_COUNT is not set; give `shards` N".into()))?;
             (id.checked_sub(min).ok_or_else(|| bad(format!("SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}")))?, count)
         } else if let Some(id) = num("JOB_COMPLETION_INDEX")? {
             (
                 id,
                 shards.ok_or_else(|| {
-                    bad("JOB_COMPLETION_INDEX is set but the shard count is not: give --shards N (the Job's completions)".into())
+                    bad("JOB_COMPLETION_INDEX is set but the shard count is not: give `shards` N (the Job's completions)".into())
                 })?,
             )
         } else {
@@ -71,10 +71,10 @@ impl Shard {
     /// `--shard` as given (`I/N` or `auto`) with `--shards`; None without `--shard`.
     pub fn from_flags(shard: Option<&str>, shards: Option<usize>) -> Result<Option<Shard>> {
         match shard {
-            None if shards.is_some() => Err(Error::InvalidSetting { name: "--shards".into(), problem: "needs --shard auto".into() }),
+            None if shards.is_some() => Err(Error::InvalidSetting { name: "shards".into(), problem: "needs `shard` auto".into() }),
             None => Ok(None),
             Some("auto") => Shard::from_env(&|k| std::env::var(k).ok(), shards).map(Some),
-            Some(s) if shards.is_some() => Err(bad(format!("--shards goes with --shard auto, not {s:?}"))),
+            Some(s) if shards.is_some() => Err(bad(format!("`shards` goes with `shard` auto, not {s:?}"))),
             Some(s) => Shard::parse(s).map(Some),
         }
     }
@@ -137,7 +137,7 @@ mod tests {
         assert_eq!(Shard::from_env(&slurm, None).unwrap(), Shard { index: 2, count: 4 });
         let k8s = env(&[("JOB_COMPLETION_INDEX", "0")]);
         assert_eq!(Shard::from_env(&k8s, Some(4)).unwrap(), Shard { index: 0, count: 4 });
-        assert!(Shard::from_env(&k8s, None).unwrap_err().to_string().contains("--shards"));
+        assert!(Shard::from_env(&k8s, None).unwrap_err().to_string().contains("`shards`"));
         assert!(Shard::from_env(&env(&[]), Some(2)).is_err());
         assert!(check_complete(&[Shard { index: 1, count: 2 }, Shard { index: 0, count: 2 }]).is_ok());
         assert!(check_complete(&[Shard { index: 1, count: 2 }]).unwrap_err().to_string().contains("missing shard(s) 0/2"));

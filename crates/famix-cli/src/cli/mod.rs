@@ -123,11 +123,11 @@ pub fn main() -> i32 {
 }
 
 /// One error of a chain in the command line's words: a library setting is named by
-/// its flag (`lr: ...` → `--lr: ...`).
+/// its flag (`lr: ...` → `--lr: ...`, "a lower `lr`" → "a lower --lr").
 fn in_flags(e: &(dyn std::error::Error + 'static)) -> String {
     match e.downcast_ref::<famix::Error>() {
         Some(famix::Error::InvalidSetting { name, problem }) => format!("{}: {}", famix::error::setting_flag(name), flags_in(problem)),
-        _ => e.to_string(),
+        _ => flags_in(&e.to_string()),
     }
 }
 

@@ -45,6 +45,7 @@ impl Progress for Bars {
         self.with(|b| b.set_prefix(s.to_string()));
     }
     fn notice(&self, line: &str) {
+        let line = super::flags_in(line);
         let guard = self.bar.lock().unwrap_or_else(|p| p.into_inner());
         match guard.as_ref() {
             Some(b) => b.suspend(|| eprintln!("{line}")),

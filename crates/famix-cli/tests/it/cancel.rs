@@ -40,7 +40,7 @@ fn cancelled_training_resumes_bit_exactly() {
     train(&cfg, &straight, false, &opts, &famix::Silent).unwrap();
     let e = train(&cfg, &split, false, &opts, &CancelAfter(3, AtomicU64::new(0))).err().unwrap();
     assert_eq!(e.kind(), famix::ErrorKind::Cancelled, "{e}");
-    assert!(e.to_string().contains("iteration 3") && e.to_string().contains("--resume"), "{e}");
+    assert!(e.to_string().contains("iteration 3") && e.to_string().contains("`resume`"), "{e}");
     assert_eq!(checkpoint::load(&split.join("latest"), Device::Cpu, None).unwrap().meta.step, 3);
     let saved: TrainConfig = famix::io::run_folder::read_config(&famix::io::run_folder::RunFolder::new(&split)).unwrap();
     let summary = train(&saved, &split, true, &opts, &famix::Silent).unwrap();

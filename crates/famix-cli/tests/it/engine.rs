@@ -66,7 +66,7 @@ fn engine_settings_are_checked() {
     let mut m = Segmenter::load(checkpoint::save_random_tiny(&d.path().join("tiny"), 19).unwrap(), Device::Cpu).unwrap();
     // ONNX Runtime runs fp32: bf16 is refused when asked for, and auto stays on libtorch.
     let e = attach(&mut m, Engine::OnnxRuntime, Precision::Bf16).unwrap_err();
-    assert!(matches!(e, famix::Error::InvalidSetting { ref name, .. } if name == "--engine"), "{e}");
+    assert!(matches!(e, famix::Error::InvalidSetting { ref name, .. } if name == "engine"), "{e}");
     assert_eq!(attach(&mut m, Engine::Auto, Precision::Bf16).unwrap().0, Engine::Torch);
     assert_eq!(attach(&mut m, Engine::Auto, Precision::Fp32).unwrap().0, Engine::OnnxRuntime);
     assert_eq!(attach(&mut m, Engine::Torch, Precision::Fp32).unwrap().0, Engine::Torch);

@@ -323,7 +323,7 @@ fn resume_never_restarts_a_run_with_history_silently() {
     let log = std::fs::read_to_string(run.join("train_log.jsonl")).unwrap();
     let note: Vec<&str> = log.lines().filter(|l| l.contains("\"note\"")).collect();
     assert_eq!(note.len(), 1, "{log}");
-    assert!(note[0].contains("--from-best") && note[0].contains(&format!("\"iter\":{best_step}")), "{}", note[0]);
+    assert!(note[0].contains("(from-best)") && note[0].contains(&format!("\"iter\":{best_step}")), "{}", note[0]);
     // Start over: iteration 0 with the saved settings; the log is rewritten.
     let (code, out, err) = resume(&["--force"]);
     assert_eq!(code, 0, "{err}");

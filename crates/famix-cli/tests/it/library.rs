@@ -44,7 +44,7 @@ fn bad_test_time_inputs_are_errors_not_panics() {
     let img = Image8::new(64, 48, 3, 9);
     for scale in [f64::NAN, f64::INFINITY, 0.0, 0.001, -1.0] {
         let e = model.predict(&img, &PredictOptions { scale, ..Default::default() }).expect_err("refused");
-        assert!(matches!(e, Error::InvalidSetting { ref name, .. } if name == "--scale"), "{scale}: {e}");
+        assert!(matches!(e, Error::InvalidSetting { ref name, .. } if name == "scale"), "{scale}: {e}");
     }
     for (w, h) in [(1, 1), (3, 5), (15, 200)] {
         let e = model.predict(&Image8::new(w, h, 3, 0), &PredictOptions::default()).expect_err("refused");
@@ -126,7 +126,7 @@ fn evaluation_reports_skips_through_the_observer() {
     assert_eq!(rec.advanced.load(std::sync::atomic::Ordering::Relaxed), 3);
     // Without skip_bad the error names the option.
     let e = famix::eval::evaluate(&model, &ds, &Default::default(), &famix::Silent).err().unwrap();
-    assert!(format!("{e:#}").contains("--skip-bad"), "{e:#}");
+    assert!(format!("{e:#}").contains("`skip_bad`"), "{e:#}");
     // --limit 0 evaluates nothing and is refused.
     let zero = famix::eval::EvalOptions { limit: Some(0), ..Default::default() };
     assert!(famix::eval::evaluate(&model, &ds, &zero, &famix::Silent).is_err());
@@ -142,9 +142,9 @@ fn settings_have_one_source() {
     assert_eq!(r.freeze, famix::model::FreezePolicy::Synthetic);
     famix::train::check_config(&r).unwrap();
     for (field, bad) in [
-        ("--lr", TrainConfig { lr: f64::NAN, ..r.clone() }),
-        ("--label-smoothing", TrainConfig { label_smoothing: 2.0, ..r.clone() }),
-        ("--grid", TrainConfig { grid: 0, ..r.clone() }),
+        ("lr", TrainConfig { lr: f64::NAN, ..r.clone() }),
+        ("label_smoothing", TrainConfig { label_smoothing: 2.0, ..r.clone() }),
+        ("grid", TrainConfig { grid: 0, ..r.clone() }),
     ] {
         match famix::train::check_config(&bad) {
             Err(Error::InvalidSetting { name, .. }) => assert_eq!(name, field),

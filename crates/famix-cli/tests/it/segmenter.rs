@@ -147,7 +147,7 @@ fn famix_checkpoint_round_trips_atomically() {
     }
     // A CLIP file given as a checkpoint is a clear error.
     let err = checkpoint::load(&fixture("clip_b.safetensors"), Device::Cpu, None).err().unwrap();
-    assert!(format!("{err:#}").contains("--clip"), "{err:#}");
+    assert!(format!("{err:#}").contains("load it as a CLIP"), "{err:#}");
     let err = checkpoint::load(&dir.path().join("missing"), Device::Cpu, None).err().unwrap();
     assert!(format!("{err:#}").contains("not found"), "{err:#}");
 }

@@ -37,9 +37,9 @@ def _as_batch(image: ImageLike) -> Tuple[torch.Tensor, bool]:
     else:
         t = image
     if not isinstance(t, torch.Tensor):
-        raise _famix.InvalidSettingError(f"image: expected a numpy array or torch.Tensor, got {type(image).__name__}")
+        raise _famix.InvalidInputError(f"image: expected a numpy array or torch.Tensor, got {type(image).__name__}")
     if t.dtype != torch.uint8 or t.dim() not in (3, 4) or t.shape[-1] != 3:
-        raise _famix.InvalidSettingError(
+        raise _famix.InvalidInputError(
             f"image: expected uint8 RGB (H, W, 3) or (N, H, W, 3), got {t.dtype} {tuple(t.shape)}")
     single = t.dim() == 3
     batch = t.unsqueeze(0) if single else t

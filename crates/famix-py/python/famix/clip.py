@@ -62,7 +62,9 @@ class Clip:
 
     @property
     def logit_scale(self) -> Optional[float]:
-        """CLIP's inverse temperature exp(logit_scale), when the checkpoint has it."""
+        """CLIP's learnt logit scale as CLIP and open_clip store it: the logarithm of the
+        inverse temperature (logits are ``exp(logit_scale)`` times cosine similarities),
+        when the checkpoint has it."""
         return self._m.logit_scale
 
     def __repr__(self) -> str:

@@ -62,7 +62,7 @@ impl Clip {
         let path = &sd.path;
         if !sd.has_prefix("visual.") {
             let hint = if sd.has_prefix("backbone.") || sd.has_prefix("classifier.") {
-                " (this looks like a segmenter checkpoint: use it with --checkpoint)"
+                " (this looks like a segmenter checkpoint: load it as a segmenter)"
             } else {
                 ""
             };

@@ -32,7 +32,7 @@ impl OutputStride {
             8 => Ok(OutputStride::Os8),
             16 => Ok(OutputStride::Os16),
             32 => Ok(OutputStride::Os32),
-            _ => fail!(InvalidSetting, "--output-stride", "output stride must be 8, 16 or 32 (got {v})"),
+            _ => fail!(InvalidSetting, "output_stride", "output stride must be 8, 16 or 32 (got {v})"),
         }
     }
     /// 8, 16 or 32.

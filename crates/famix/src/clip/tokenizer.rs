@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::sync::{Mutex, OnceLock};
 
-use crate::error::{bail, Result};
+use crate::error::Result;
 use regex::Regex;
 use tch::{Kind, Tensor};
 use unicode_normalization::UnicodeNormalization;
@@ -34,7 +34,7 @@ pub const MAX_CONTEXT: usize = 4096;
 pub fn check_context(context: usize) -> Result<()> {
     if !(2..=MAX_CONTEXT).contains(&context) {
         return Err(crate::Error::InvalidSetting {
-            name: "--context-length".into(),
+            name: "context_length".into(),
             problem: format!("{context} is not in 2..={MAX_CONTEXT} (it must hold the start and end tokens)"),
         });
     }
@@ -173,7 +173,10 @@ impl Tokenizer {
         ids.push(EOT);
         if ids.len() > context {
             if !truncate {
-                bail!("text is {} tokens long, the context is {context} (use truncation): {text:?}", ids.len());
+                let short: String = text.chars().take(60).collect();
+                let more = if short.len() < text.len() { "…" } else { "" };
+                let problem = format!("text is {} tokens long, the context is {context} (truncate it to fit): {short:?}{more}", ids.len());
+                return Err(crate::error::Error::invalid_input("text", problem));
             }
             ids.truncate(context);
             ids[context - 1] = EOT;

@@ -207,7 +207,7 @@ fn list_gta5(root: &Path, split: &str, out: &mut Listing) -> Result<()> {
             .iter()
             .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .collect(),
-        other => fail!(InvalidSetting, "--split", "GTA5 split must be train, val or all (got {other:?})"),
+        other => fail!(InvalidSetting, "split", "GTA5 split must be train, val or all (got {other:?})"),
     };
     for n in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
         let img = img_dir.join(n);
@@ -224,11 +224,11 @@ fn list_gta5(root: &Path, split: &str, out: &mut Listing) -> Result<()> {
 fn list_cityscapes_like(kind: DatasetKind, root: &Path, split: &str, condition: Option<&str>, out: &mut Listing) -> Result<()> {
     let (img_dir, lbl_dir, img_suffix, lbl_suffix) = if kind == DatasetKind::Acdc {
         let cond = condition.ok_or_else(|| Error::InvalidSetting {
-            name: "--condition".into(),
-            problem: "ACDC needs --condition (night, snow, rain or fog)".into(),
+            name: "condition".into(),
+            problem: "ACDC needs `condition` (night, snow, rain or fog)".into(),
         })?;
         if !ACDC_CONDITIONS.contains(&cond) {
-            fail!(InvalidSetting, "--condition", "ACDC condition must be one of night, snow, rain, fog (got {cond:?})");
+            fail!(InvalidSetting, "condition", "ACDC condition must be one of night, snow, rain, fog (got {cond:?})");
         }
         (root.join("rgb_anon").join(cond).join(split), root.join("gt").join(cond).join(split), "_rgb_anon.png", "_gt_labelIds.png")
     } else {
@@ -278,7 +278,7 @@ fn list_mapillary(root: &Path, split: &str, out: &mut Listing) -> Result<()> {
     let sub = match split {
         "train" | "training" => "training",
         "val" | "validation" => "validation",
-        other => fail!(InvalidSetting, "--split", "Mapillary split must be train or val (got {other:?})"),
+        other => fail!(InvalidSetting, "split", "Mapillary split must be train or val (got {other:?})"),
     };
     let (img_dir, lbl_dir) = (root.join(sub).join("images"), root.join(sub).join("labels"));
     need_dir(&img_dir, "Mapillary images")?;
@@ -309,7 +309,7 @@ fn list_synthia(root: &Path, split: &str, out: &mut Listing) -> Result<()> {
     let want_val = match split {
         "val" => true,
         "train" => false,
-        other => fail!(InvalidSetting, "--split", "Synthia split must be train or val (got {other:?})"),
+        other => fail!(InvalidSetting, "split", "Synthia split must be train or val (got {other:?})"),
     };
     for img in files_with_suffix(&rgb, &[".png"], false)? {
         let n = img.file_name().unwrap_or_default().to_string_lossy().into_owned();
@@ -392,7 +392,7 @@ impl Dataset {
             fail!(
                 InvalidSetting,
                 "classes",
-                "{} labels hold Cityscapes' 19 classes; a class set of {} other classes needs a `folder` dataset",
+                "{} labels hold Cityscapes' 19 classes; a class set of {} other classes needs a \"folder\" dataset",
                 self.kind.name(),
                 classes.len()
             );

@@ -132,7 +132,7 @@ fn load_item(ds: &Dataset, cfg: &LoaderConfig, epoch: u64, index: usize, skips: 
                 }
                 index = (index + 1) % ds.len();
             }
-            Err(e) => return Err(e.context("use --skip-bad to skip unreadable samples")),
+            Err(e) => return Err(e.context("use `skip_bad` to skip unreadable samples")),
         }
     };
     let mut rng = Rng::derive(cfg.seed, &[stream::AUGMENT, epoch, index as u64]);

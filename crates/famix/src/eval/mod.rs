@@ -96,7 +96,7 @@ pub fn evaluate(model: &Segmenter, ds: &Dataset, opts: &EvalOptions, progress: &
             }
             Err(e) => {
                 progress.finish();
-                return Err(e).context("evaluation stopped (use --skip-bad to skip unreadable samples)");
+                return Err(e).context("evaluation stopped (use `skip_bad` to skip unreadable samples)");
             }
         };
         let other_size = pending.first().is_some_and(|(p, _)| (p.width, p.height) != (pair.0.width, pair.0.height));

@@ -88,9 +88,9 @@ fn ir_version(opset: i64) -> i64 {
 fn check(model: &Segmenter, o: &ExportOptions) -> Result<()> {
     let bad = |name: &str, problem: String| Err(Error::InvalidSetting { name: name.into(), problem });
     if !(13..=21).contains(&o.opset) {
-        return bad("--opset", format!("{} is not supported; famix writes opsets 13 to 21", o.opset));
+        return bad("opset", format!("{} is not supported; famix writes opsets 13 to 21", o.opset));
     }
-    for (name, v) in [("--height", o.height), ("--width", o.width)] {
+    for (name, v) in [("height", o.height), ("width", o.width)] {
         if let Some(v) = v {
             model.check_size(v.max(1), v.max(1), 1.0).or_else(|e| bad(name, format!("{v}: {e}")))?;
         }

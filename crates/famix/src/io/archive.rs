@@ -47,9 +47,30 @@ impl LoadedFile {
     }
 }
 
+/// A folder where a file was expected, with the checkpoints inside it named (a run
+/// folder holds `latest.safetensors` and `best.safetensors`).
+fn folder_given(path: &Path) -> Error {
+    let inside: Vec<String> = ["best.safetensors", "latest.safetensors", "clip.safetensors"]
+        .iter()
+        .filter(|f| path.join(f).is_file())
+        .map(|f| path.join(f).display().to_string())
+        .collect();
+    let hint = match inside.as_slice() {
+        [] => String::new(),
+        files => format!(" (it holds {}: pass one of them)", files.join(", ")),
+    };
+    Error::invalid_input(path, format!("{} is a folder, not a checkpoint file{hint}", path.display()))
+}
+
 /// Reads a file's bytes, transparently un-gzipping `.gz` content.
 pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if path.is_dir() {
+        return Err(folder_given(path));
+    }
+    let raw = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::invalid_input(path, format!("{} not found", path.display())),
+        _ => Error::from(e).context(format!("cannot read {}", path.display())),
+    })?;
     if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
         let limit = inflate_limit(raw.len());
         let mut out = Vec::new();

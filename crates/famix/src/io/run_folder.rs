@@ -166,9 +166,9 @@ pub fn last_finite_checkpoint(run: &RunFolder) -> String {
             tensors.sort_by(|a, b| a.0.cmp(&b.0));
             match crate::io::weights::check_finite(&tensors) {
                 Ok(()) => format!("The last checkpoint, {} (iteration {at}), holds only finite values.", latest.display()),
-                Err(e) => format!("{} is not usable either ({e}): no finite checkpoint exists; start over with --force.", latest.display()),
+                Err(e) => format!("{} is not usable either ({e}): no finite checkpoint exists; start over with `force`.", latest.display()),
             }
         }
-        Err(e) => format!("{} cannot be read ({e:#}): no usable checkpoint exists; start over with --force.", latest.display()),
+        Err(e) => format!("{} cannot be read ({e:#}): no usable checkpoint exists; start over with `force`.", latest.display()),
     }
 }

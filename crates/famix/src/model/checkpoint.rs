@@ -257,7 +257,7 @@ fn to_device(mut model: Segmenter, device: Device) -> Segmenter {
 pub fn import_state(sd: &StateDict, device: Device, os: OutputStride) -> Result<(Segmenter, CheckpointMeta)> {
     let path = &sd.path;
     if !sd.has_prefix("backbone.") || !sd.has_prefix("classifier.") {
-        let hint = if sd.has_prefix("visual.") { " (this is a CLIP checkpoint: use it with --clip)" } else { "" };
+        let hint = if sd.has_prefix("visual.") { " (this is a CLIP checkpoint: load it as a CLIP)" } else { "" };
         fail!(InvalidInput, path, "{}: not a segmenter checkpoint (no backbone.*/classifier.* weights){hint}", path.display());
     }
     let backbone = ResNetConfig::infer(&sd.tensors, "backbone.").with_context(|| format!("{}", path.display()))?;

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::clip::OutputStride;
-use crate::error::{bail, Error, Result};
+use crate::error::{Error, Result};
 use crate::imageops::Image8;
 use crate::model::checkpoint;
 use crate::model::segmenter::{at_test_scale, Segmenter, SegmenterConfig};
@@ -56,7 +56,7 @@ impl std::str::FromStr for Precision {
         match s.to_ascii_lowercase().as_str() {
             "fp32" => Ok(Precision::Fp32),
             "bf16" => Ok(Precision::Bf16),
-            other => Err(Error::InvalidSetting { name: "--amp".into(), problem: format!("{other:?} is not fp32 or bf16") }),
+            other => Err(Error::InvalidSetting { name: "amp".into(), problem: format!("{other:?} is not fp32 or bf16") }),
         }
     }
 }
@@ -85,7 +85,7 @@ impl PredictOptions {
     /// Checks the options: a finite scale in [0.05, 8].
     pub fn validate(&self) -> Result<()> {
         if !(self.scale.is_finite() && (0.05..=8.0).contains(&self.scale)) {
-            return Err(Error::InvalidSetting { name: "--scale".into(), problem: format!("{} is not in [0.05, 8]", self.scale) });
+            return Err(Error::InvalidSetting { name: "scale".into(), problem: format!("{} is not in [0.05, 8]", self.scale) });
         }
         Ok(())
     }
@@ -135,7 +135,7 @@ impl Segmenter {
     /// Segments one RGB image.
     pub fn predict(&self, image: &Image8, opts: &PredictOptions) -> Result<Prediction> {
         if image.channels != 3 {
-            bail!("predict needs an RGB image, got {} channels", image.channels);
+            return Err(Error::invalid_input("image", format!("predict needs an RGB image, got {} channels", image.channels)));
         }
         let x = image.to_tensor_u8().unsqueeze(0);
         let (ids, logits) = self.predict_ids(&x, opts)?;
@@ -149,7 +149,8 @@ impl Segmenter {
         opts.validate()?;
         let size = images_u8.size();
         if size.len() != 4 || size[1] != 3 || images_u8.kind() != Kind::Uint8 {
-            bail!("predict_ids needs (N, 3, H, W) u8 images, got {:?} {:?}", size, images_u8.kind());
+            let problem = format!("predict_ids needs (N, 3, H, W) u8 images, got {:?} {:?}", size, images_u8.kind());
+            return Err(Error::invalid_input("images", problem));
         }
         self.check_size(size[3], size[2], opts.scale)?;
         let x = normalize_u8(images_u8, self.device());
@@ -179,9 +180,10 @@ impl SegmenterConfig {
         let min_side = self.output_stride.value();
         let side = (width.min(height) as f64 * scale.min(1.0)).floor() as i64;
         if side < min_side {
-            bail!(
-                "image of {width}x{height} is too small for the network at scale {scale} (each side needs at least {min_side} pixels at output stride {min_side})"
-            );
+            return Err(Error::invalid_input(
+                "image",
+                format!("image of {width}x{height} is too small for the network at scale {scale} (each side needs at least {min_side} pixels at output stride {min_side})"),
+            ));
         }
         Ok(())
     }

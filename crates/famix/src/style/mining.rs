@@ -159,7 +159,7 @@ fn add_to_bank(bank: &mut StyleBank, m: MinedBatch) -> Result<f64> {
         let sv = Vec::<f32>::try_from(sigma.get(i as i64))?;
         bank.push(p.class, mv, sv, Some(StyleOrigin { batch: m.index, patch: p.patch, prompt: t, final_loss: last }));
     }
-    let diverged = |what: String| format!("PIN diverged in mining batch {} ({what}); lower --lr", m.index);
+    let diverged = |what: String| format!("PIN diverged in mining batch {} ({what}); lower `lr`", m.index);
     if !last.is_finite() {
         fail!(Diverged, "{}", diverged(format!("loss {last}")));
     }
@@ -268,7 +268,7 @@ fn mine_loop(
         }
         if progress.cancelled() && done < list.len() {
             bank.save(out)?;
-            return Err(Error::Cancelled { what: format!("mining after {done} batches; continue with --resume into {}", out.display()) });
+            return Err(Error::Cancelled { what: format!("mining after {done} batches; continue with `resume` into {}", out.display()) });
         }
     }
 }
@@ -277,19 +277,19 @@ fn mine_loop(
 pub fn check_settings(s: &MineSettings, pin: &PinConfig) -> Result<()> {
     let bad = |name: &str, problem: String| Err(Error::InvalidSetting { name: name.into(), problem });
     if s.batch == 0 {
-        return bad("--batch", "must be at least 1".into());
+        return bad("batch", "must be at least 1".into());
     }
     if pin.grid == 0 {
-        return bad("--grid", "must be at least 1".into());
+        return bad("grid", "must be at least 1".into());
     }
     if s.crop == 0 || !s.crop.is_multiple_of(4 * pin.grid) {
-        return bad("--crop", format!("{} must be positive and divisible by 4 × grid = {}", s.crop, 4 * pin.grid));
+        return bad("crop", format!("{} must be positive and divisible by 4 × grid = {}", s.crop, 4 * pin.grid));
     }
     if pin.iters == 0 {
-        return bad("--iters", "must be at least 1".into());
+        return bad("iters", "must be at least 1".into());
     }
     if !(pin.lr.is_finite() && pin.lr > 0.0) {
-        return bad("--lr", format!("{} must be a finite positive number", pin.lr));
+        return bad("lr", format!("{} must be a finite positive number", pin.lr));
     }
     Ok(())
 }
@@ -377,7 +377,7 @@ pub fn merge_shards(parts: &[(std::path::PathBuf, StyleBank)]) -> Result<StyleBa
     for (path, b) in parts {
         let sh = &b.summary.config["shard"];
         let (Some(index), Some(count), Some(group)) = (sh["index"].as_u64(), sh["count"].as_u64(), sh["group"].as_u64()) else {
-            fail!(Incompatible, path, "{}: not a shard of a mining run (mined without --shard)", path.display());
+            fail!(Incompatible, path, "{}: not a shard of a mining run (mined without `shard`)", path.display());
         };
         if common(b) != common(first)
             || sh["count"] != first.summary.config["shard"]["count"]
@@ -395,7 +395,7 @@ pub fn merge_shards(parts: &[(std::path::PathBuf, StyleBank)]) -> Result<StyleBa
             fail!(
                 Incompatible,
                 path,
-                "{}: shard {index}/{count} is incomplete ({} of {} batches); finish it with --resume",
+                "{}: shard {index}/{count} is incomplete ({} of {} batches); finish it with `resume`",
                 path.display(),
                 b.summary.batches_done,
                 b.summary.batches_total
@@ -503,7 +503,7 @@ pub struct MineJob {
 /// the dataset, and mines ([`mine`]) into `job.out`.
 pub fn mine_job(job: &MineJob, s: &MineSettings, pin: &PinConfig, progress: &dyn Progress) -> Result<StyleBank> {
     if job.out.exists() && !job.resume && !job.force {
-        fail!(InvalidSetting, "--out", "{} exists: pass --resume to continue mining into it, or --force to start over", job.out.display());
+        fail!(InvalidSetting, "out", "{} exists: pass `resume` to continue mining into it, or `force` to start over", job.out.display());
     }
     // Before loading CLIP, so a bad setting fails at once (`mine` checks again, for
     // callers that come to it directly).

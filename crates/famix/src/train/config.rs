@@ -239,26 +239,26 @@ impl RunOptions {
 pub fn check_config(cfg: &TrainConfig) -> Result<()> {
     let bad = |name: &str, problem: String| Err(Error::InvalidSetting { name: name.into(), problem });
     if cfg.batch < 2 {
-        return bad("--batch", "must be at least 2 (batch-norm statistics in the trained layers need more than one sample)".into());
+        return bad("batch", "must be at least 2 (batch-norm statistics in the trained layers need more than one sample)".into());
     }
     if cfg.iters == 0 {
         return bad("iters", "0 trains nothing; give at least 1".into());
     }
     if cfg.grid == 0 {
-        return bad("--grid", "must be at least 1".into());
+        return bad("grid", "must be at least 1".into());
     }
     if !cfg.crop.is_multiple_of(4) || cfg.crop / 4 < cfg.grid {
-        return bad("--crop", format!("{} must be divisible by 4 and at least 4 × grid (layer1 has stride 4)", cfg.crop));
+        return bad("crop", format!("{} must be divisible by 4 and at least 4 × grid (layer1 has stride 4)", cfg.crop));
     }
     for (name, v, ok) in [
-        ("--lr", cfg.lr, cfg.lr > 0.0),
-        ("--backbone-lr-mult", cfg.backbone_lr_mult, cfg.backbone_lr_mult >= 0.0),
-        ("--momentum", cfg.momentum, (0.0..1.0).contains(&cfg.momentum)),
-        ("--weight-decay", cfg.weight_decay, cfg.weight_decay >= 0.0),
-        ("--poly-power", cfg.poly_power, cfg.poly_power >= 0.0),
-        ("--min-lr", cfg.min_lr, cfg.min_lr >= 0.0),
-        ("--label-smoothing", cfg.label_smoothing, (0.0..1.0).contains(&cfg.label_smoothing)),
-        ("--beta", cfg.beta, cfg.beta > 0.0),
+        ("lr", cfg.lr, cfg.lr > 0.0),
+        ("backbone_lr_mult", cfg.backbone_lr_mult, cfg.backbone_lr_mult >= 0.0),
+        ("momentum", cfg.momentum, (0.0..1.0).contains(&cfg.momentum)),
+        ("weight_decay", cfg.weight_decay, cfg.weight_decay >= 0.0),
+        ("poly_power", cfg.poly_power, cfg.poly_power >= 0.0),
+        ("min_lr", cfg.min_lr, cfg.min_lr >= 0.0),
+        ("label_smoothing", cfg.label_smoothing, (0.0..1.0).contains(&cfg.label_smoothing)),
+        ("beta", cfg.beta, cfg.beta > 0.0),
     ] {
         if !v.is_finite() || !ok {
             return bad(name, format!("{v} is out of range"));
@@ -271,7 +271,7 @@ pub fn check_config(cfg: &TrainConfig) -> Result<()> {
         }
     }
     if cfg.val.as_ref().is_some_and(|v| v.limit == Some(0)) {
-        return bad("--val-limit", "0 validates nothing; give at least 1".into());
+        return bad("val_limit", "0 validates nothing; give at least 1".into());
     }
     for (name, v) in &cfg.monitor {
         if name.is_empty() || name.contains(['/', '=', ',']) || name.chars().any(char::is_whitespace) {

@@ -122,7 +122,7 @@ impl Session<'_> {
     fn log_loss(&mut self, done: u64, lrs: super::step::LearningRates, device: Device) -> Result<()> {
         let mean = self.loss_acc.double_value(&[]) / self.loss_n as f64;
         if !mean.is_finite() {
-            fail!(Diverged, "the loss became {mean} by iteration {done}; training stopped. {} Try a lower --lr.", self.last_good());
+            fail!(Diverged, "the loss became {mean} by iteration {done}; training stopped. {} Try a lower `lr`.", self.last_good());
         }
         let secs = self.t_log.elapsed().as_secs_f64();
         let per_s = (self.loss_n as f64 * self.cfg.batch as f64) / secs;
@@ -160,7 +160,7 @@ impl Session<'_> {
         if let Err(e) = check_finite(&checkpoint_tensors(model, sgd)) {
             fail!(
                 Diverged,
-                "{e} by iteration {done}; training stopped before writing a checkpoint. {} Try a lower --lr.",
+                "{e} by iteration {done}; training stopped before writing a checkpoint. {} Try a lower `lr`.",
                 self.last_good()
             );
         }
@@ -192,7 +192,7 @@ impl Session<'_> {
         if self.state.step != done {
             self.checkpoint(done, stepper.model, &stepper.sgd, &ValSets::default())?;
         }
-        Err(Error::Cancelled { what: format!("training at iteration {done}; continue with --resume {}", self.run.dir().display()) })
+        Err(Error::Cancelled { what: format!("training at iteration {done}; continue with `resume` {}", self.run.dir().display()) })
     }
 
     /// How validation evaluates: the run's precision, at most `limit` images.

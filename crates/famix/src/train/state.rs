@@ -60,7 +60,7 @@ pub(super) fn load_state(
     let state_json = loaded.metadata.get(STATE_KEY).ok_or_else(|| {
         Error::incompatible(
             origin,
-            format!("{}: no training state (not written by `famix train`); start the run over with --force", origin.display()),
+            format!("{}: no training state (not written by `famix train`); start the run over with `force`", origin.display()),
         )
     })?;
     let tensors: std::collections::HashMap<String, Tensor> = loaded
@@ -80,10 +80,10 @@ pub(super) fn load_state(
         );
     }
     if reset_optimizer {
-        progress.notice(&format!("--reset-optimizer: resuming {} with fresh SGD momentum", origin.display()));
+        progress.notice(&format!("`reset_optimizer`: resuming {} with fresh SGD momentum", origin.display()));
         return Ok(state);
     }
-    let hint = "pass --reset-optimizer to resume with fresh momentum anyway (the run will then differ from an uninterrupted one)";
+    let hint = "pass `reset_optimizer` to resume with fresh momentum anyway (the run will then differ from an uninterrupted one)";
     let device = params.first().map(|(_, t)| t.device()).unwrap_or(Device::Cpu);
     sgd.load_state(&tensors, params, device)
         .map_err(|e| Error::incompatible(origin, format!("{}: cannot restore the optimiser ({e}); {hint}", origin.display())))?;
@@ -251,7 +251,7 @@ fn logged_iterations(run: &RunFolder) -> Result<Vec<(u64, u64)>> {
 fn resume_from_best(cfg: &TrainConfig, run: &RunFolder, device: Device, progress: &dyn Progress) -> Result<Start> {
     let best = run.best();
     if !best.exists() {
-        fail!(InvalidInput, &best, "--from-best: {} does not exist (no validation has been run yet)", best.display());
+        fail!(InvalidInput, &best, "`from_best`: {} does not exist (no validation has been run yet)", best.display());
     }
     let mut l = checkpoint::load(&best, device, Some(cfg.output_stride))?;
     check_head(cfg, &l)?;
@@ -261,7 +261,7 @@ fn resume_from_best(cfg: &TrainConfig, run: &RunFolder, device: Device, progress
     let state =
         RunState { step, best_miou: l.meta.best_miou, best_step: Some(step), run_id: cfg.run_id.clone(), log_bytes: Some(log_bytes) };
     let note = format!(
-        "resumed from {} at iteration {step} with fresh SGD momentum (--from-best); later iterations are redone and differ from the lost ones",
+        "resumed from {} at iteration {step} with fresh SGD momentum (from-best); later iterations are redone and differ from the lost ones",
         best.display()
     );
     progress.notice(&note);

@@ -122,7 +122,7 @@ pub fn bank_tables(cfg: &TrainConfig, model: &Segmenter) -> Result<Option<BankTa
     if !cfg.style_mode.needs_bank() {
         return Ok(None);
     }
-    let p = cfg.styles.as_ref().context("--styles BANK is needed (or --no-styles)")?;
+    let p = cfg.styles.as_ref().context("`styles` BANK is needed (or `no_styles`)")?;
     let bank = StyleBank::load(p)?;
     let want = model.config().backbone.low_level_channels() as usize;
     if bank.channels != want {
@@ -142,7 +142,7 @@ pub(super) fn check_labels(batch: &Batch, num_classes: i64, iteration: u64) -> R
     if valid.all().int64_value(&[]) == 0 {
         let bad = batch.labels.masked_select(&valid.logical_not()).max().int64_value(&[]);
         bail!(
-            "label id {bad} in the batch of iteration {iteration} is not below --num-classes {num_classes} (labels must be train ids < {num_classes} or 255)"
+            "label id {bad} in the batch of iteration {iteration} is not below `num_classes` {num_classes} (labels must be train ids < {num_classes} or 255)"
         );
     }
     Ok(())

@@ -100,28 +100,28 @@ impl PretrainConfig {
     pub fn check(&self) -> Result<()> {
         let bad = |name: &str, problem: String| Err(Error::InvalidSetting { name: name.into(), problem });
         if self.iters == 0 {
-            return bad("--iters", "must be at least 1".into());
+            return bad("iters", "must be at least 1".into());
         }
         if self.batch < 2 {
-            return bad("--batch", "must be at least 2 (the loss contrasts each pair with the others)".into());
+            return bad("batch", "must be at least 2 (the loss contrasts each pair with the others)".into());
         }
         let r = self.visual.input_resolution;
         if r < 32 || r % 32 != 0 || r > 1024 {
-            return bad("--input-resolution", format!("{r} must be a multiple of 32 from 32 to 1024"));
+            return bad("input_resolution", format!("{r} must be a multiple of 32 from 32 to 1024"));
         }
         for (name, v, ok) in [
-            ("--lr", self.lr, self.lr > 0.0),
-            ("--weight-decay", self.weight_decay, self.weight_decay >= 0.0),
-            ("--beta1", self.betas.0, (0.0..1.0).contains(&self.betas.0)),
-            ("--beta2", self.betas.1, (0.0..1.0).contains(&self.betas.1)),
-            ("--eps", self.eps, self.eps > 0.0),
+            ("lr", self.lr, self.lr > 0.0),
+            ("weight_decay", self.weight_decay, self.weight_decay >= 0.0),
+            ("beta1", self.betas.0, (0.0..1.0).contains(&self.betas.0)),
+            ("beta2", self.betas.1, (0.0..1.0).contains(&self.betas.1)),
+            ("eps", self.eps, self.eps > 0.0),
         ] {
             if !v.is_finite() || !ok {
                 return bad(name, format!("{v} is out of range"));
             }
         }
         if self.save_interval == 0 || self.log_interval == 0 {
-            return bad("--save-interval/--log-interval", "must be at least 1".into());
+            return bad("save_interval/log_interval", "must be at least 1".into());
         }
         Ok(())
     }
@@ -237,14 +237,14 @@ fn restore_or_init(
     }
     let mut opt = optimiser(cfg);
     if opts.reset_optimizer {
-        progress.notice(&format!("--reset-optimizer: resuming {} with fresh AdamW moments", latest.display()));
+        progress.notice(&format!("`reset_optimizer`: resuming {} with fresh AdamW moments", latest.display()));
         return Ok((m, opt, state));
     }
     let optim: HashMap<String, Tensor> =
         file.tensors.iter().filter_map(|(k, t)| k.strip_prefix(EXTRA_PREFIX).map(|n| (n.to_string(), t.shallow_clone()))).collect();
     let (decay, no_decay) = m.param_groups();
     let params: Vec<(String, Tensor)> = decay.into_iter().chain(no_decay).collect();
-    let hint = "pass --reset-optimizer to resume with fresh AdamW moments anyway (the run will then differ from an uninterrupted one)";
+    let hint = "pass `reset_optimizer` to resume with fresh AdamW moments anyway (the run will then differ from an uninterrupted one)";
     opt.load_state(&optim, &params, device)
         .map_err(|e| e.context(format!("{}: cannot restore the optimiser; {hint}", latest.display())))?;
     if opt.len() != params.len() {
@@ -279,7 +279,7 @@ impl Session<'_> {
         let mean = self.loss_acc.double_value(&[]) / self.loss_n as f64;
         if !mean.is_finite() {
             let last = crate::io::run_folder::last_finite_checkpoint(&self.run);
-            fail!(Diverged, "the loss became {mean} by step {done}; pretraining stopped. {last} Try a lower --lr.");
+            fail!(Diverged, "the loss became {mean} by step {done}; pretraining stopped. {last} Try a lower `lr`.");
         }
         let secs = self.t_log.elapsed().as_secs_f64();
         let per_s = (self.loss_n as f64 * self.cfg.batch as f64) / secs;
@@ -301,7 +301,7 @@ impl Session<'_> {
         let optim: Vec<(String, Tensor)> = opt.state();
         if let Err(e) = crate::io::weights::check_finite(&m.state_dict()).and_then(|_| crate::io::weights::check_finite(&optim)) {
             let last = crate::io::run_folder::last_finite_checkpoint(&self.run);
-            fail!(Diverged, "{e} by step {done}; pretraining stopped before writing a checkpoint. {last} Try a lower --lr.");
+            fail!(Diverged, "{e} by step {done}; pretraining stopped before writing a checkpoint. {last} Try a lower `lr`.");
         }
         self.state.step = done;
         self.state.log_bytes = Some(self.log.sync()?);
@@ -412,7 +412,7 @@ fn run_loop(s: &mut Session, m: &TrainableClip, opt: &mut AdamW, loader: PairLoa
             if !save_now {
                 s.checkpoint(done, m, opt)?;
             }
-            return Err(Error::Cancelled { what: format!("pretraining at step {done}; continue with --resume {}", s.run.dir().display()) });
+            return Err(Error::Cancelled { what: format!("pretraining at step {done}; continue with `resume` {}", s.run.dir().display()) });
         }
     }
     Ok(())

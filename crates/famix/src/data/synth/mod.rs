@@ -134,7 +134,7 @@ impl Condition {
     /// Parses a name.
     pub fn parse(s: &str) -> Result<Self> {
         Condition::ALL.into_iter().find(|c| c.name() == s.trim()).ok_or_else(|| Error::InvalidSetting {
-            name: "--conditions".into(),
+            name: "conditions".into(),
             problem: format!("{s:?} is not one of {}", Condition::ALL.map(|c| c.name()).join(", ")),
         })
     }
@@ -238,7 +238,7 @@ pub struct CaptionLine {
 /// segmentation sets'). Returns the captions file.
 pub fn write_captioned(root: &Path, conditions: &[Condition], n: usize, size: SynthSize, seed: u64, workers: usize) -> Result<PathBuf> {
     if conditions.is_empty() {
-        return Err(Error::InvalidSetting { name: "--conditions".into(), problem: "no condition given".into() });
+        return Err(Error::InvalidSetting { name: "conditions".into(), problem: "no condition given".into() });
     }
     let lines = std::sync::Mutex::new(vec![None; n]);
     parallel(n, workers, &|i| {
