@@ -107,7 +107,7 @@ pub enum Error {
     },
     /// A setting (flag, configuration field) out of its valid range.
     InvalidSetting {
-        /// The setting's name as the user spells it (e.g. `--lr`).
+        /// The setting's key (e.g. `lr`; the CLI shows it as `--lr`).
         name: String,
         /// Why the value is refused.
         problem: String,
