@@ -37,7 +37,7 @@ check: setup
 	@# twice). The filters are ORed per binary: `tests::` selects every unit test (they
 	@# live in `mod tests`; no integration test has that in its name), $(FAST_TESTS) the
 	@# fast integration modules.
-	cargo test --release -p famix --lib -p famix-cli --test it -- tests:: $(FAST_TESTS)
+	cargo test --release -p famix --lib --test lib -p famix-cli --test it -- tests:: $(FAST_TESTS)
 
 # Everything, as .ci/run: hygiene first (formatting, lints, docs, the library free of
 # CLI/server crates), then every test (unit, integration: PyTorch-parity fixtures, CLI,

@@ -191,3 +191,55 @@ fn anchors_follow_mdbook() {
     assert_eq!(a, want);
     assert_eq!(links("see [a](x.md#y) and [b](../z.md)\n```\n[c](no.md)\n```"), vec![(1, "x.md#y".into()), (1, "../z.md".into())]);
 }
+
+/// `famix train`'s flags are the library's declared training settings
+/// (`famix::train::SETTINGS`): each setting has the flag of its name (underscores as
+/// hyphens), its help paragraph starts with the declared documentation, and the default
+/// it prints is the declared one, which for settings of the configuration is the
+/// reference configuration's value (numbers compared as numbers, relative tolerance
+/// 1e-12). A flag without its declaration, or a default printed from anywhere else,
+/// fails here.
+#[test]
+fn train_flags_and_printed_defaults_follow_the_config() {
+    use famix::train::settings::DefaultValue;
+    use famix::train::{TrainConfig, SETTINGS};
+    let r = TrainConfig::reference("c.pt".into(), String::new(), famix::data::DatasetKind::Gta5, "d".into(), None);
+    let fields = serde_json::to_value(&r).unwrap();
+    let (code, help, err) = run_famix(&["train", "--help"]);
+    assert_eq!(code, 0, "{err}");
+    // Flag → the text of its help paragraph, lines joined by spaces.
+    let mut paragraphs: Vec<(String, String)> = Vec::new();
+    for line in help.lines() {
+        let t = line.trim_start();
+        if let Some(flag) = t.strip_prefix("--").filter(|_| line.starts_with("      --")) {
+            paragraphs.push((flag.split([' ', '[']).next().unwrap().to_string(), String::new()));
+        } else if let Some((_, text)) = paragraphs.last_mut() {
+            text.push_str(t);
+            text.push(' ');
+        }
+    }
+    let mut compared = 0;
+    for s in SETTINGS {
+        let flag = s.name.replace('_', "-");
+        let Some((_, text)) = paragraphs.iter().find(|(f, _)| *f == flag) else { panic!("setting {} has no --{flag} flag", s.name) };
+        let first_words: String = s.doc.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+        assert!(text.starts_with(&first_words), "--{flag}: help '{text}' is not the declared '{}'", s.doc);
+        let printed = text.split("[default: ").nth(1).and_then(|t| t.split(']').next());
+        assert_eq!(printed.map(str::to_string), s.default_text(), "--{flag}");
+        if s.default != DefaultValue::Reference {
+            continue;
+        }
+        let Some(printed) = printed else { continue };
+        compared += 1;
+        match &fields[s.name] {
+            serde_json::Value::Number(n) => {
+                let (want, got) = (n.as_f64().unwrap(), printed.parse::<f64>().unwrap_or(f64::NAN));
+                assert!((want - got).abs() <= 1e-12 * want.abs().max(1.0), "--{flag}: help says {printed}, the reference is {want}");
+            }
+            serde_json::Value::String(v) => assert_eq!(printed, v, "--{flag}"),
+            other => panic!("--{flag}: unexpected {other}"),
+        }
+    }
+    // Those whose default is the reference's and printed (not: paths, condition, styles, monitor).
+    assert_eq!(compared, 17, "settings with a reference default printed");
+}

@@ -1,35 +1,11 @@
 //! Shared helpers for famix's integration tests.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
-use tch::Tensor;
-
-/// The repository's root (the workspace: tools/, docs/, .venv).
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures").join(name)
-}
-
-/// All tensors of a fixture file (any format famix reads).
-pub fn load(name: &str) -> HashMap<String, Tensor> {
-    famix::io::archive::load_file(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e:#}")).into_map()
-}
-
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size(), "shape mismatch");
-    (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double)).abs().max().double_value(&[])
-}
-
-#[track_caller]
-pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
-    let d = max_abs_diff(a, b);
-    assert!(d <= tol, "{what}: max abs diff {d:e} > {tol:e}");
-}
+#[path = "../../../../famix/tests/lib/common.rs"]
+mod base;
+pub use base::*;
 
 pub fn famix_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_famix"))
@@ -51,10 +27,6 @@ pub fn famix_command() -> std::process::Command {
 pub fn run_famix(args: &[&str]) -> (i32, String, String) {
     let out = famix_command().args(args).output().expect("famix runs");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-pub fn tmpdir() -> tempfile::TempDir {
-    tempfile::tempdir().expect("temp dir")
 }
 
 /// `famix COMMAND` on the mini GTA5 fixture with the tiny CLIP `clip` on the CPU:
@@ -200,21 +172,6 @@ pub fn eval_cityscapes_mini(checkpoint: &std::path::Path, extra: &[&str]) -> (i3
 pub fn predict_cpu(checkpoint: &std::path::Path, out: &std::path::Path, input: &std::path::Path, extra: &[&str]) -> (i32, String, String) {
     let base = ["predict", "--checkpoint", checkpoint.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"];
     run_famix(&base.iter().chain(extra).chain([&input.to_str().unwrap()]).copied().collect::<Vec<_>>())
-}
-
-/// Random batch-norm statistics and affine parameters, so folding has work to do.
-pub fn randomise_bn(m: &famix::Segmenter) {
-    tch::no_grad(|| {
-        for (name, mut t) in m.vs.variables() {
-            if name.ends_with("running_var") {
-                t.copy_(&(Tensor::rand_like(&t) * 2.0 + 0.1));
-            } else if name.ends_with("running_mean") || (name.contains("bn") && name.ends_with("bias")) {
-                t.copy_(&(Tensor::randn_like(&t) * 0.2));
-            } else if name.contains("bn") && name.ends_with("weight") {
-                t.copy_(&(Tensor::rand_like(&t) + 0.5));
-            }
-        }
-    });
 }
 
 /// Every file under `dir` (recursively) whose name ends in `.ext`, sorted.
