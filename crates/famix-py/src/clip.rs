@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use famix::clip::tokenizer::Tokenizer;
 use famix::clip::OutputStride;
 
-use crate::errors::{setting, to_py};
+use crate::errors::to_py;
 
 #[pyclass(module = "famix._famix")]
 pub struct Clip {

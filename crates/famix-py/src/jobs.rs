@@ -98,9 +98,9 @@ pub fn train(
         }
     };
     check_config(&cfg).map_err(to_py)?;
-    if cfg.numerics.deterministic && std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
+    if let Some((var, value)) = cfg.numerics.cublas_env() {
         // What cuBLAS needs for reproducible results (as `famix train --deterministic`).
-        std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
+        std::env::set_var(var, value);
     }
     let mut opts = RunOptions::new(crate::device(device)?);
     opts.workers = workers.unwrap_or(opts.workers);
@@ -256,6 +256,10 @@ pub fn mine_styles(
     (s.limit, s.description, s.skip_bad) = (limit, prompt, skip_bad);
     s.shard = shard.map(|v| famix::shard::Shard::parse(&v)).transpose().map_err(to_py)?;
     s.numerics = famix::device::Numerics { deterministic, tf32: !no_tf32 };
+    if let Some((var, value)) = s.numerics.cublas_env() {
+        // As for training: cuBLAS's deterministic matmuls need it before CUDA starts.
+        std::env::set_var(var, value);
+    }
     let job = MineJob {
         clip,
         device: crate::device(device)?,

@@ -154,6 +154,11 @@ def test_invalid_setting_error(tmp_path, bank):
         run(tmp_path / "r", bank, lr=float("nan"), progress=False)
     with pytest.raises(famix.InvalidSettingError, match="^batch: expected a whole number"):
         run(tmp_path / "r", bank, batch=2.5, progress=False)
+    with pytest.raises(famix.InvalidSettingError, match="^iters: expected a whole number"):
+        run(tmp_path / "r", bank, iters=-1, progress=False)
+    with pytest.raises(famix.InvalidSettingError, match="^iters: 0 trains nothing"):
+        run(tmp_path / "r", bank, iters=0, progress=False)
+    assert not (tmp_path / "r").exists(), "a refused run wrote files"
     # A resumed run keeps its settings and data, as `famix train --resume` does.
     with pytest.raises(famix.InvalidSettingError, match="styles: cannot change when resuming"):
         famix.train(resume=tmp_path / "r", styles=bank, progress=False)

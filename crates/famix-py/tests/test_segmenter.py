@@ -94,6 +94,28 @@ def test_a_weight_of_another_shape_is_a_typed_error_and_the_model_survives(tmp_p
         assert torch.equal(m.logits(exp["x"]), before)
 
 
+def test_predictions_follow_in_place_edits_without_refresh_on_both_engines():
+    """A weight edited in place through state_dict(), with no refresh(): the next
+    logits equal those of a fresh model loaded with the edited weights (the torch
+    engine's folded layers and ONNX Runtime's own graph are rebuilt; within TOL)."""
+    exp = load_file(str(fixture("expected_seg.safetensors")))
+    key = "classifier.classifier.3.bias"
+    for engine in ("torch", "onnxruntime"):
+        m = famix.Segmenter.load(fixture("seg_a_ref.pth"), engine=engine)
+        assert m.engine == engine
+        before = m.logits(exp["x"])
+        with torch.no_grad():
+            m.state_dict()[key][0] += 1.0
+            m.state_dict()["backbone.layer1.0.bn1.running_mean"].mul_(0.5)
+        fresh = famix.Segmenter.load(fixture("seg_a_ref.pth"))
+        with torch.no_grad():
+            for k, v in m.state_dict().items():
+                fresh.state_dict()[k].copy_(v)
+        after, want = m.logits(exp["x"]), fresh.logits(exp["x"])
+        assert (after - want).abs().max().item() <= TOL, engine
+        assert (after - before).abs().max().item() > 0.5, engine
+
+
 def test_export_onnx_writes_a_model(tmp_path):
     m = famix.Segmenter.load(fixture("seg_a_ref.pth"))
     m.export_onnx(tmp_path / "m.onnx", height=64, width=96)

@@ -179,10 +179,18 @@ impl Default for Numerics {
 }
 
 impl Numerics {
-    /// Applies the settings to this process. cuBLAS needs `CUBLAS_WORKSPACE_CONFIG`
-    /// (`:4096:8`) in the environment before CUDA starts for deterministic matmuls;
-    /// the `famix` binary sets it, a library caller must (std::env::set_var is unsafe
-    /// once threads run).
+    /// The environment variable cuBLAS needs for deterministic matmuls, when these
+    /// numerics ask for determinism and the environment does not set it already:
+    /// `CUBLAS_WORKSPACE_CONFIG=:4096:8`. The library does not set it (changing the
+    /// environment is unsafe once threads run); each front end sets what this returns
+    /// before it starts any (the `famix` binary, the Python package).
+    pub fn cublas_env(self) -> Option<(&'static str, &'static str)> {
+        const VAR: &str = "CUBLAS_WORKSPACE_CONFIG";
+        (self.deterministic && std::env::var_os(VAR).is_none()).then_some((VAR, ":4096:8"))
+    }
+
+    /// Applies the settings to this process (see [`Numerics::cublas_env`] for the
+    /// environment it needs first).
     pub fn apply(self) -> Result<()> {
         // SAFETY: the shim calls setters of libtorch's global context and catches exceptions.
         if !unsafe { famix_set_deterministic(self.deterministic) } {

@@ -353,8 +353,8 @@ impl NumericsArgs {
 /// exists, unless the user set it). The library applies the rest of `n` itself where
 /// its settings carry it (train, mine-styles).
 pub fn cublas_workspace_for(n: famix::device::Numerics) {
-    if n.deterministic && std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
-        std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
+    if let Some((var, value)) = n.cublas_env() {
+        std::env::set_var(var, value);
     }
 }
 

@@ -160,10 +160,12 @@ class Segmenter:
         return self._m.state_dict()
 
     def refresh(self) -> None:
-        """Rebuilds what famix derives from the weights — the inference path's copies
-        with batch norms folded in (until then, changed layers run unfused from their
-        new weights), the ONNX Runtime engine's graph (which holds its own copy) —
-        after they were changed in place through :meth:`state_dict`."""
+        """Not needed for correct answers: every prediction follows the current weights
+        (changed layers run unfused from their new weights; the ONNX Runtime engine
+        rebuilds its graph at the next call after a change). ``refresh()`` does that
+        work now — folds the batch norms in again for the fast path and rebuilds the
+        engine — and checks the weights' shapes (IncompatibleError naming the first
+        weight that no longer fits)."""
         self._m.refresh()
 
     def export_onnx(self, path: PathLike, opset: int = 17, height: Optional[int] = None,

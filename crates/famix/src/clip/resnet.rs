@@ -399,7 +399,7 @@ impl ModifiedResNet {
     }
 
     /// The stem on `x`.
-    pub fn stem(&self, x: &Tensor, train: bool) -> Tensor {
+    pub fn forward_stem(&self, x: &Tensor, train: bool) -> Tensor {
         self.run_stem(&mut Eager { train }, x)
     }
 
@@ -415,7 +415,7 @@ impl ModifiedResNet {
 
     /// Stem + layer1: the low-level features (stride 4, `width*4` channels).
     pub fn forward_low(&self, x: &Tensor, train: bool) -> Tensor {
-        let x = self.stem(x, train);
+        let x = self.forward_stem(x, train);
         self.stage(0, &x, &|_, _| train)
     }
 
@@ -443,11 +443,6 @@ impl ModifiedResNet {
         x
     }
 
-    /// layer4 features of an image batch, all BN in eval mode.
-    pub fn forward_features(&self, x: &Tensor) -> Tensor {
-        self.forward_all(x, false)
-    }
-
     /// layer4 features with every batch norm in train mode (`train`: batch
     /// statistics, running-statistics updates) or eval mode.
     pub fn forward_all(&self, x: &Tensor, train: bool) -> Tensor {
@@ -455,8 +450,8 @@ impl ModifiedResNet {
         self.forward_high(&low, &|_, _| train)
     }
 
-    /// The attention-pooled CLIP image embedding.
-    pub fn attnpool(&self, layer4: &Tensor) -> Result<Tensor> {
+    /// The attention-pooled CLIP image embedding of layer4 features.
+    pub fn embed_layer4(&self, layer4: &Tensor) -> Result<Tensor> {
         self.attnpool
             .as_ref()
             .ok_or_else(|| format_err!("this image tower has no attention pool (segmenter weights cannot embed images)"))?
@@ -465,6 +460,6 @@ impl ModifiedResNet {
 
     /// Full CLIP image encoding (at the tower's output stride; CLIP uses 32).
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
-        self.attnpool(&self.forward_features(x))
+        self.embed_layer4(&self.forward_all(x, false))
     }
 }

@@ -1,5 +1,5 @@
 //! Calibration for int8 inference (`famix calibrate`): the range of every value the
-//! int8 graph quantises ([`crate::nn::onnx::qdq`]), measured by running the fp32 graph
+//! int8 graph quantises ([`crate::export::qdq`]), measured by running the fp32 graph
 //! in ONNX Runtime on a few images of the *source* domain and keeping each value's
 //! minimum and maximum over all of them (ONNX Runtime's MinMax calibration). The
 //! ranges are saved as JSON and turned into the int8 graph when a session is built
@@ -15,10 +15,10 @@ use tch::{Device, Kind, Tensor};
 
 use super::onnxruntime::{f32_input, ort_err, session_from};
 use crate::error::{Error, Result};
+use crate::export::qdq::ActivationRanges;
 use crate::export::{to_onnx_observing, ExportOptions};
 use crate::imageops::Image8;
 use crate::model::Segmenter;
-use crate::nn::onnx::qdq::ActivationRanges;
 use crate::progress::{Progress, Unit};
 
 /// What a calibration file says it is.

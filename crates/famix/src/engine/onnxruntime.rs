@@ -18,10 +18,10 @@ use ort::value::TensorRef;
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::export::qdq::ActivationRanges;
 use crate::export::{to_onnx, ExportOptions};
 use crate::model::segmenter::ExternalNet;
-use crate::model::Segmenter;
-use crate::nn::onnx::qdq::ActivationRanges;
+use crate::model::{ModelStamp, Segmenter};
 
 /// How to install it, for error messages.
 const INSTALL: &str = "run `make setup` (installs onnxruntime==1.32.0 from PyPI into famix's per-user cache), \
@@ -80,7 +80,8 @@ pub(crate) fn ort_err(what: &str) -> impl Fn(ort::Error) -> Error + '_ {
 }
 
 /// A segmenter's eval-mode network in ONNX Runtime sessions, built at the first
-/// call: one for the first input size, whose resizes and broadcasts have constant
+/// call, and again after the model's weights or output stride changed: one for the
+/// first input size, whose resizes and broadcasts have constant
 /// shapes (they then stay in ONNX Runtime's blocked layout and its convolutions fuse
 /// their residual additions), and one more for every other size (dynamic shapes),
 /// built when a second size comes. Each costs ~2 s and ~0.3 GB for RN50.
@@ -93,6 +94,9 @@ pub struct OrtNet {
 
 #[derive(Default)]
 struct Sessions {
+    /// The model's weights and output stride the sessions were built from; a model
+    /// that differs now (weights written, another stride) gets new sessions.
+    built_from: Option<ModelStamp>,
     /// The first size and its session.
     first: Option<((i64, i64), Session)>,
     /// The session for every other size.
@@ -134,14 +138,14 @@ pub(crate) fn f32_input(x: &Tensor) -> Result<TensorRef<'_, f32>> {
 
 impl OrtNet {
     /// An engine for the segmenter it is attached to (the graphs are built from its
-    /// weights and output stride at the calls that need them: attach after they are
-    /// final). Fails when ONNX Runtime cannot be loaded.
+    /// weights and output stride at the calls that need them, and rebuilt when those
+    /// change). Fails when ONNX Runtime cannot be loaded.
     pub fn new() -> Result<Self> {
         environment()?;
         Ok(OrtNet { sessions: Mutex::new(Sessions::default()), int8: None })
     }
 
-    /// The same engine with int8 convolutions ([`crate::nn::onnx::qdq`]) quantised
+    /// The same engine with int8 convolutions ([`crate::export::qdq`]) quantised
     /// with `ranges` (from [`super::calibration`]).
     pub fn int8(ranges: ActivationRanges) -> Result<Self> {
         Ok(OrtNet { int8: Some(ranges), ..Self::new()? })
@@ -180,7 +184,11 @@ impl ExternalNet for OrtNet {
         let x = x.to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous();
         let shape: Vec<i64> = x.size();
         let input = f32_input(&x)?;
+        let stamp = model.stamp();
         let mut sessions = self.sessions.lock()?;
+        if sessions.built_from.as_ref() != Some(&stamp) {
+            *sessions = Sessions { built_from: Some(stamp), ..Sessions::default() };
+        }
         let session = sessions.for_size(model, (shape[2], shape[3]), self.int8.as_ref())?;
         let outputs = session.run(ort::inputs!["image" => input]).map_err(ort_err("run"))?;
         let (out_shape, values) = outputs["logits"].try_extract_tensor::<f32>().map_err(ort_err("output"))?;

@@ -15,6 +15,8 @@
 //! them eagerly ([`crate::nn::ops`]), and encoded with prost from ONNX's schema
 //! ([`crate::nn::onnx::proto`]).
 
+pub mod qdq;
+
 use std::path::Path;
 
 use prost::Message;
@@ -27,8 +29,8 @@ use crate::nn::onnx::proto::{
     self, data_type, DimValue, Dimension, ModelProto, OperatorSetIdProto, StringStringEntryProto, TensorShapeProto, TypeProto,
     TypeProtoTensor, ValueInfoProto,
 };
-use crate::nn::onnx::qdq::{observed, ActivationRanges};
 use crate::nn::onnx::{Attr, Graph};
+use qdq::{observed, ActivationRanges};
 
 /// What the exported graph returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -64,7 +66,7 @@ pub struct ExportOptions {
     pub output: ExportOutput,
     /// Take uint8 RGB (N, H, W, 3) and normalise inside the graph.
     pub include_preprocessing: bool,
-    /// int8 convolutions with these activation ranges ([`crate::nn::onnx::qdq`];
+    /// int8 convolutions with these activation ranges ([`crate::export::qdq`];
     /// from [`crate::engine::calibration`]); fp32 when None.
     pub int8: Option<ActivationRanges>,
 }
@@ -133,7 +135,7 @@ pub fn to_onnx(model: &Segmenter, o: &ExportOptions) -> Result<Vec<u8>> {
 }
 
 /// The fp32 graph of [`to_onnx`] that also returns every value the int8 calibration
-/// observes ([`crate::nn::onnx::qdq::observed`], in that order, after the first
+/// observes ([`crate::export::qdq::observed`], in that order, after the first
 /// output).
 pub fn to_onnx_observing(model: &Segmenter, o: &ExportOptions) -> Result<(Vec<u8>, Vec<String>)> {
     let (g, input, output) = build(model, o)?;

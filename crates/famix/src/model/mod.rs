@@ -8,4 +8,4 @@ pub mod segmenter;
 pub use checkpoint::CheckpointMeta;
 pub use deeplab::HeadConfig;
 pub use inference::{Precision, PredictOptions, Prediction};
-pub use segmenter::{FreezePolicy, ParamGroups, Segmenter, SegmenterConfig};
+pub use segmenter::{FreezePolicy, ModelStamp, ParamGroups, Segmenter, SegmenterConfig};

@@ -165,6 +165,14 @@ pub trait ExternalNet: Send {
     fn logits(&self, model: &Segmenter, x: &Tensor) -> Result<Tensor>;
 }
 
+/// A segmenter's weights and output stride as they are at one moment
+/// ([`Segmenter::stamp`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelStamp {
+    weights: Vec<crate::nn::Stamp>,
+    output_stride: OutputStride,
+}
+
 /// The FAMix segmenter.
 pub struct Segmenter {
     /// All parameters and batch-norm buffers.
@@ -212,6 +220,16 @@ impl Segmenter {
         let mut s = Segmenter { vs, backbone, head, config, folded: false, channels_last: false, external: None, layout };
         s.apply_freeze();
         Ok(s)
+    }
+
+    /// What every weight is now (data pointer, shape, libtorch's version counter) and
+    /// the output stride: equal stamps mean the network computes the same function, so
+    /// an engine holding its own copy of the graph ([`ExternalNet`]) rebuilds it when
+    /// the stamp it was built from differs.
+    pub fn stamp(&self) -> ModelStamp {
+        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        ModelStamp { weights: vars.iter().map(|(_, t)| crate::nn::Stamp::of(t)).collect(), output_stride: self.config.output_stride }
     }
 
     /// Checks that every weight still has the shape, element type and device the
@@ -288,8 +306,9 @@ impl Segmenter {
 
     /// Runs inference (`predict`, `predict_ids`, and so `eval` and `serve`) on `net`
     /// instead of libtorch; `None` goes back to libtorch. Training forwards and
-    /// [`Segmenter::predict_logits`] always use libtorch. Attach again after changing
-    /// the weights or the output stride (the engine holds its own copy).
+    /// [`Segmenter::predict_logits`] always use libtorch. An engine that holds its own
+    /// copy of the graph rebuilds it when the weights or the output stride have changed
+    /// since ([`Segmenter::stamp`]).
     pub fn set_engine(&mut self, net: Option<Box<dyn ExternalNet>>) {
         self.external = net;
     }

@@ -220,14 +220,14 @@ pub struct ConvBn {
 /// step, `copy_` from a loaded state dict, a batch norm's running-statistics update,
 /// an edit through PyTorch's `state_dict()`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp {
+pub(crate) struct Stamp {
     ptr: usize,
     size: Vec<i64>,
     version: i64,
 }
 
 impl Stamp {
-    fn of(t: &Tensor) -> Self {
+    pub(crate) fn of(t: &Tensor) -> Self {
         Stamp { ptr: t.data_ptr() as usize, size: t.size(), version: t.internal_version() }
     }
     /// Whether `t` is still what the stamp saw (checked on every inference forward:
@@ -250,9 +250,9 @@ impl ConvBn {
 
     /// Folds the batch norm's running statistics into the convolution (or takes the
     /// convolution as it is), channels-last: inference then runs one convolution. The
-    /// folded form is used only while the tensors it came from are unchanged
-    /// ([`ConvBn::is_folded`]); after any write to them the layer runs the plain path,
-    /// from the current weights, until folded again.
+    /// folded form is used only while the tensors it came from are unchanged (their
+    /// stamps: data pointer, shape, libtorch's version counter); after any write to
+    /// them the layer runs the plain path, from the current weights, until folded again.
     pub fn fold(&mut self) {
         let f = match &self.bn {
             Some(bn) => FoldedConv::new(&self.conv, bn),
@@ -281,12 +281,6 @@ impl ConvBn {
     /// Drops the folded form (back to convolution, then batch norm).
     pub fn unfold(&mut self) {
         self.folded = None;
-    }
-
-    /// Whether [`ConvBn::fold`] is in effect: folded, and no tensor it came from has
-    /// been written since.
-    pub fn is_folded(&self) -> bool {
-        self.fresh_folded().is_some()
     }
 
     /// The layer on `x`. `train`: batch statistics (and running-statistics updates) in

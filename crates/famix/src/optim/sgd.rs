@@ -151,7 +151,10 @@ mod tests {
                 .map(|i| (format!("p{i}"), Tensor::randn([3 + i, 5], (tch::Kind::Float, tch::Device::Cpu)).set_requires_grad(true)))
                 .collect()
         };
-        let (a, b) = (make(), make());
+        // b is a copy of a (not a second draw: other tests draw from libtorch's global
+        // generator in parallel, between a seed and its draws).
+        let a = make();
+        let b: Vec<(String, Tensor)> = a.iter().map(|(n, t)| (n.clone(), t.detach().copy().set_requires_grad(true))).collect();
         let (mut sa, mut sb) = (Sgd::new(0.9, 1e-4), Sgd::new(0.9, 1e-4));
         for step in 0..4 {
             for params in [&a, &b] {

@@ -148,7 +148,7 @@ pub fn optimise(visual: &ModifiedResNet, problems: &[PinProblem], cfg: &PinConfi
         let styled = (&norm * &sigma + &mu).relu();
         let pooled = styled.adaptive_avg_pool2d([res, res]);
         let feats = visual.forward_high(&pooled, &|_, _| false);
-        let emb = visual.attnpool(&feats)?;
+        let emb = visual.embed_layer4(&feats)?;
         let emb = &emb / emb.norm_scalaropt_dim(2.0, [-1], true).detach();
         let per = Tensor::cosine_similarity(&targets, &emb, 1, 1e-8).neg() + 1.0;
         let weighted = &per * &weights;

@@ -73,3 +73,43 @@ fn a_folded_model_never_answers_from_stale_weights() {
     let diff = max_abs_diff(&logits(&folded, &x), &want);
     assert!(diff <= 1e-4, "folded again: {diff:e}");
 }
+
+/// After a first prediction, changing the output stride or a weight changes the next
+/// prediction exactly as a freshly loaded model in the same state predicts, on both
+/// engines: libtorch (folded layers run from the new weights) and ONNX Runtime (its
+/// graph is rebuilt from the model's stamp), on the reference fixture. Ids equal; logits
+/// within 1e-4 (the parity tolerance of both engines; the stride itself moves them by
+/// more than 1e-3).
+#[test]
+fn every_engine_answers_from_the_current_weights_and_stride() {
+    use famix::clip::OutputStride;
+    use famix::engine::{attach, Engine};
+    tch::manual_seed(29);
+    let tiny = fixture("seg_a_ref.pth");
+    let x = Tensor::randn([1, 3, 64, 96], (Kind::Float, Device::Cpu));
+    let edit = |m: &Segmenter| {
+        tch::no_grad(|| {
+            for (name, mut t) in m.vs.variables() {
+                if name == "classifier.classifier.3.weight" {
+                    t.copy_(&(&t * 2.0 + 0.25));
+                }
+            }
+        })
+    };
+    for (engine, tol) in [(Engine::Torch, 1e-4), (Engine::OnnxRuntime, 1e-4)] {
+        let mut m = Segmenter::load(&tiny, Device::Cpu).unwrap();
+        assert_eq!(attach(&mut m, engine, famix::Precision::Fp32).unwrap().0, engine);
+        let first = m.logits(&x, 1.0, false).unwrap();
+        m.set_output_stride(OutputStride::Os8);
+        let fresh = Segmenter::load_with_stride(&tiny, Device::Cpu, OutputStride::Os8).unwrap();
+        let (got, want) = (m.logits(&x, 1.0, false).unwrap(), logits(&fresh, &x));
+        assert!(max_abs_diff(&first, &want) > 1e-3, "{engine:?}: the stride changes the logits: {:e}", max_abs_diff(&first, &want));
+        assert!(max_abs_diff(&got, &want) <= tol, "{engine:?} at OS8: {:e}", max_abs_diff(&got, &want));
+        assert!(got.argmax(1, false).equal(&want.argmax(1, false)), "{engine:?} at OS8: ids differ");
+        edit(&m);
+        edit(&fresh);
+        let (got, want) = (m.logits(&x, 1.0, false).unwrap(), logits(&fresh, &x));
+        assert!(max_abs_diff(&got, &want) <= tol, "{engine:?} after an edit: {:e}", max_abs_diff(&got, &want));
+        assert!(got.argmax(1, false).equal(&want.argmax(1, false)), "{engine:?} after an edit: ids differ");
+    }
+}

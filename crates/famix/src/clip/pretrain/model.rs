@@ -114,7 +114,7 @@ impl TrainableClip {
     /// The CLIP loss of a batch: images (N, 3, R, R) normalised with CLIP's
     /// statistics, token rows (N, context). Batch norms run in train mode.
     pub fn loss(&self, images: &Tensor, tokens: &Tensor) -> Result<Tensor> {
-        let img = l2_normalize(&self.visual.attnpool(&self.visual.forward_all(images, true))?);
+        let img = l2_normalize(&self.visual.embed_layer4(&self.visual.forward_all(images, true))?);
         let txt = l2_normalize(&self.text.encode(tokens)?);
         let logits = img.matmul(&txt.tr()) * self.logit_scale.exp();
         let n = logits.size()[0];

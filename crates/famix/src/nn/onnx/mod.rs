@@ -5,7 +5,6 @@
 //! the field numbers of ONNX's published schema ([`proto`]).
 
 pub mod proto;
-pub mod qdq;
 
 use tch::{Kind, Tensor};
 
@@ -56,7 +55,7 @@ fn attribute(name: &str, a: Attr) -> AttributeProto {
 }
 
 /// The node `op(inputs)` with attributes, called `name`, whose one output is `out`.
-fn proto_node(name: String, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>, out: &str) -> NodeProto {
+pub(crate) fn proto_node(name: String, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>, out: &str) -> NodeProto {
     NodeProto {
         input: inputs.iter().map(|s| s.to_string()).collect(),
         output: vec![out.to_string()],
@@ -67,7 +66,7 @@ fn proto_node(name: String, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>,
 }
 
 impl Graph {
-    fn fresh(&mut self, hint: &str) -> String {
+    pub(crate) fn fresh(&mut self, hint: &str) -> String {
         self.counter += 1;
         format!("{hint}_{}", self.counter)
     }
@@ -95,7 +94,7 @@ impl Graph {
     }
 
     /// A 1-D float32 initialiser.
-    fn floats(&mut self, hint: &str, v: &[f32]) -> String {
+    pub(crate) fn floats(&mut self, hint: &str, v: &[f32]) -> String {
         let name = self.fresh(hint);
         let raw = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         self.initializers.push(TensorProto { dims: vec![v.len() as i64], data_type: data_type::FLOAT, name: name.clone(), raw_data: raw });

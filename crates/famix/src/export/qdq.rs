@@ -1,4 +1,5 @@
-//! int8 convolutions for ONNX Runtime: a pass over a finished fp32 [`Graph`] that
+//! int8 convolutions for ONNX Runtime: a pass over a finished fp32 [`Graph`] (written
+//! by the network's blocks, [`crate::nn::onnx`]) that
 //! puts `QuantizeLinear → DequantizeLinear` pairs ("QDQ") around the convolutions, in
 //! the form ONNX Runtime's CPU provider fuses into integer kernels (`QLinearConv`, u8
 //! activations × s8 weights, VNNI where the CPU has it).
@@ -26,9 +27,9 @@
 
 use std::collections::HashMap;
 
-use super::proto::{data_type, NodeProto, TensorProto};
-use super::{proto_node, Attr, Graph};
 use crate::error::{Error, Result};
+use crate::nn::onnx::proto::{data_type, NodeProto, TensorProto};
+use crate::nn::onnx::{proto_node, Attr, Graph};
 
 /// The range (min, max) of each observed value over a calibration set, in the order
 /// of [`observed`].
