@@ -287,7 +287,7 @@ pub fn bench_train(cfg: &BenchConfig, tmp: &Path) -> Result<BenchResult> {
         batch: cfg.batch,
         crop: cfg.crop,
         head: cfg.arch.head(),
-        amp_bf16: cfg.precision == Precision::Bf16,
+        precision: cfg.precision,
         ..TrainConfig::reference("random".into(), String::new(), DatasetKind::Gta5, "synthetic".into(), Some(bank))
     };
     let tables = famix::train::bank_tables(&tc, &model)?;

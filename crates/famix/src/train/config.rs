@@ -109,8 +109,10 @@ pub struct TrainConfig {
     pub log_interval: u64,
     /// Seed of every random choice.
     pub seed: u64,
-    /// bf16 autocast (see [`TrainConfig::precision`]).
-    pub amp_bf16: bool,
+    /// The forward pass's precision: fp32 (the reference's) or bf16 autocast. Stored
+    /// in config.json as `"amp_bf16": true|false`, as every famix version wrote it.
+    #[serde(rename = "amp_bf16", with = "bf16_flag")]
+    pub precision: Precision,
     /// A random id given to the run when it starts; its checkpoints carry it, and
     /// resume refuses a checkpoint of another run.
     #[serde(default)]
@@ -160,7 +162,7 @@ impl TrainConfig {
             val_interval: 750,
             log_interval: 10,
             seed: 1,
-            amp_bf16: false,
+            precision: Precision::Fp32,
             run_id: String::new(),
             numerics: crate::device::Numerics::default(),
             classes: None,
@@ -178,21 +180,26 @@ impl TrainConfig {
         self.classes = Some(classes);
     }
 
-    /// The forward pass's precision.
-    pub fn precision(&self) -> Precision {
-        if self.amp_bf16 {
-            Precision::Bf16
-        } else {
-            Precision::Fp32
-        }
-    }
-
     /// The reference's freeze policy for a source dataset.
     pub fn default_freeze(d: DatasetKind) -> FreezePolicy {
         match d {
             DatasetKind::Cityscapes => FreezePolicy::Layer4,
             _ => FreezePolicy::Synthetic,
         }
+    }
+}
+
+/// [`Precision`] as config.json's `amp_bf16` flag (bf16 autocast on or off).
+mod bf16_flag {
+    use crate::model::Precision;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(p: &Precision, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bool(*p == Precision::Bf16)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Precision, D::Error> {
+        Ok(if bool::deserialize(d)? { Precision::Bf16 } else { Precision::Fp32 })
     }
 }
 
@@ -282,4 +289,23 @@ pub fn check_config(cfg: &TrainConfig) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The precision is stored as config.json's `amp_bf16` flag, both ways, so run
+    /// folders of every famix version read as they were written.
+    #[test]
+    fn precision_is_stored_as_the_amp_bf16_flag() {
+        let c = TrainConfig::reference("c".into(), String::new(), DatasetKind::Gta5, "d".into(), None);
+        let mut v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["amp_bf16"], serde_json::Value::Bool(false));
+        assert!(v.get("precision").is_none());
+        v["amp_bf16"] = true.into();
+        let back: TrainConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(back.precision, Precision::Bf16);
+        assert_eq!(serde_json::to_value(&back).unwrap()["amp_bf16"], serde_json::Value::Bool(true));
+    }
 }

@@ -199,7 +199,7 @@ impl Session<'_> {
     fn eval_options(&self, limit: Option<usize>) -> EvalOptions {
         EvalOptions {
             limit,
-            predict: crate::model::PredictOptions { precision: self.cfg.precision(), ..Default::default() },
+            predict: crate::model::PredictOptions { precision: self.cfg.precision, ..Default::default() },
             ..Default::default()
         }
     }

@@ -439,7 +439,7 @@ impl Given {
         self.set_fields(&mut c, &fields)?;
         c.style_mode = self.style_mode(&c)?;
         c.augment = !self.on("no_augment");
-        c.amp_bf16 = self.text("amp").as_deref() == Some(Precision::Bf16.name());
+        c.precision = self.text("amp").and_then(|a| Precision::parse(&a)).unwrap_or(Precision::Fp32);
         c.numerics = crate::device::Numerics { deterministic: self.on("deterministic"), tf32: !self.on("no_tf32") };
         c.val = self.validation()?;
         self.set_classes(&mut c)?;

@@ -73,7 +73,7 @@ impl<'a> Stepper<'a> {
         let restyle_ref = restyle.as_ref().map(|f| f as &dyn Fn(&Tensor) -> Tensor);
         Sgd::zero_grad(&self.all);
         let loss = {
-            let _amp = crate::device::Autocast::new(device, cfg.amp_bf16);
+            let _amp = crate::device::Autocast::new(device, cfg.precision == crate::model::Precision::Bf16);
             let logits = self.model.forward(&x, true, restyle_ref);
             logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, 255, cfg.label_smoothing)
         };
