@@ -108,7 +108,7 @@ impl Autocast {
     }
 
     /// Whether bf16 autocast is on for `d`'s device type on this thread.
-    pub fn is_enabled(d: Device) -> bool {
+    pub(crate) fn is_enabled(d: Device) -> bool {
         // SAFETY: a read of thread-local state; the shim catches exceptions.
         unsafe { famix_autocast_enabled(if matches!(d, Device::Cuda(_)) { 1 } else { 0 }) }
     }
@@ -228,7 +228,7 @@ pub fn tune_for_repeated_sizes(d: Device) {
 /// Pinning goes through `at::_pin_memory` (tch's `internal_pin_memory`): the public
 /// `Tensor.pin_memory(device)` is deprecated in PyTorch 2.11 and prints a warning
 /// (and another from `is_pinned`) on every call.
-pub fn upload(t: &tch::Tensor, device: Device) -> tch::Tensor {
+pub(crate) fn upload(t: &tch::Tensor, device: Device) -> tch::Tensor {
     match device {
         Device::Cuda(_) if t.device() == Device::Cpu => t.internal_pin_memory(device).to_device_(device, t.kind(), true, false),
         _ => t.to_device(device),

@@ -201,7 +201,7 @@ impl fmt::Display for Error {
 /// joined by `/`), whatever form a call site gave it (`--backbone-lr-mult`): front
 /// ends add their own spelling ([`setting_flag`] for command lines, the keyword itself
 /// in Python).
-pub fn setting_key(name: &str) -> String {
+pub(crate) fn setting_key(name: &str) -> String {
     name.split('/').map(|p| p.trim().trim_start_matches('-').replace('-', "_")).collect::<Vec<_>>().join("/")
 }
 
@@ -272,7 +272,7 @@ impl Error {
     }
 
     /// An [`Error::Incompatible`] for `path`; `problem` is the whole message.
-    pub fn incompatible(path: impl Into<PathBuf>, problem: impl fmt::Display) -> Self {
+    pub(crate) fn incompatible(path: impl Into<PathBuf>, problem: impl fmt::Display) -> Self {
         Error::Incompatible { path: path.into(), problem: problem.to_string() }
     }
 

@@ -125,7 +125,7 @@ impl Image8 {
     }
 
     /// Mirrored left-right.
-    pub fn hflip(&self) -> Image8 {
+    pub(crate) fn hflip(&self) -> Image8 {
         let mut out = self.clone();
         let c = self.channels;
         for y in 0..self.height {
@@ -323,6 +323,6 @@ pub(crate) fn py_round(x: f64) -> i64 {
 }
 
 /// torchvision `F.center_crop` offsets for a crop of (th, tw) from (h, w).
-pub fn center_crop_offsets(h: usize, w: usize, th: usize, tw: usize) -> (i64, i64) {
+pub(crate) fn center_crop_offsets(h: usize, w: usize, th: usize, tw: usize) -> (i64, i64) {
     (py_round((h as f64 - th as f64) / 2.0), py_round((w as f64 - tw as f64) / 2.0))
 }

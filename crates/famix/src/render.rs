@@ -49,7 +49,7 @@ impl IdFormat {
 crate::names::named!(IdFormat, [IdFormat::Trainid, IdFormat::Labelid]);
 
 /// Train ids → Cityscapes label ids (ids without a label id become 0, "unlabeled").
-pub fn to_label_ids(train_ids: &Image8) -> Image8 {
+pub(crate) fn to_label_ids(train_ids: &Image8) -> Image8 {
     let map = crate::data::labels::CITYSCAPES_LABEL_IDS;
     Image8 { data: train_ids.data.iter().map(|&t| map.get(t as usize).copied().unwrap_or(0)).collect(), ..train_ids.clone() }
 }

@@ -1,12 +1,13 @@
 //! Source-level rules of the code base that a compiler does not check: the library
 //! never reaches into the command line, never prints, depends on no command-line or
 //! server crate, its modules import each other in one direction only, and the sources
-//! cite the design document that is in the repository (docs/src/design.md).
+//! cite the design document that is in the repository (docs/src/design.md), and its
+//! public functions are the ones used from outside it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use crate::common::files_with_extension;
+use crate::common::{files_with_extension, repo_root};
 
 fn library_src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../famix/src")
@@ -154,4 +155,36 @@ fn the_python_package_builds_the_library_with_the_main_features() {
         .filter_map(|(p, f)| main.get(p).filter(|m| *m != f).map(|m| format!("{p}: {f:?} for famix-py, {m:?} in the main build")))
         .collect();
     assert!(differ.is_empty(), "align these in crates/famix-py/Cargo.toml:\n{}", differ.join("\n"));
+}
+
+/// The library's public functions are its API: each `pub fn` is called from outside
+/// the library (the command, its tests and examples, the Python package, the library's own
+/// integration tests, its example, the fuzz targets) or named in the library's documentation as part of
+/// the method (an intra-doc link); everything else is `pub(crate)`. A public function
+/// nobody outside uses fails here.
+#[test]
+fn every_public_library_function_is_used_outside_the_library() {
+    let crates = repo_root().join("crates");
+    let mut outside = String::new();
+    let users =
+        ["famix-cli/src", "famix-cli/tests", "famix-cli/examples", "famix-py/src", "famix/tests", "famix/examples"].map(|d| crates.join(d));
+    for dir in users.into_iter().chain([repo_root().join("fuzz")]) {
+        for f in files_with_extension(&dir, "rs") {
+            outside.push_str(&std::fs::read_to_string(f).unwrap());
+        }
+    }
+    let words: BTreeSet<&str> = outside.split(|c: char| !(c.is_alphanumeric() || c == '_')).collect();
+    let sources = library_sources();
+    let linked = |name: &str| sources.iter().any(|(_, t)| t.contains(&format!("{name}`]")));
+    let mut unused = Vec::new();
+    for (path, text) in &sources {
+        for line in code(text).lines() {
+            let Some(rest) = line.trim_start().strip_prefix("pub fn ") else { continue };
+            let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            if !words.contains(name.as_str()) && !linked(&name) {
+                unused.push(format!("{}: {name}", path.display()));
+            }
+        }
+    }
+    assert!(unused.is_empty(), "public library functions used nowhere outside the library (make them pub(crate)): {unused:#?}");
 }

@@ -58,7 +58,7 @@ impl Clip {
     }
 
     /// Builds a CLIP from already-loaded tensors (architecture inferred from shapes).
-    pub fn from_state_dict(sd: &StateDict, device: Device, os: OutputStride) -> Result<Self> {
+    pub(crate) fn from_state_dict(sd: &StateDict, device: Device, os: OutputStride) -> Result<Self> {
         let path = &sd.path;
         if !sd.has_prefix("visual.") {
             let hint = if sd.has_prefix("backbone.") || sd.has_prefix("classifier.") {

@@ -12,7 +12,7 @@ pub const CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
 pub const CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
 
 /// torchvision's output size for `Resize(size)` with an int size (shorter side).
-pub fn resize_shorter(w: usize, h: usize, size: usize) -> (usize, usize) {
+pub(crate) fn resize_shorter(w: usize, h: usize, size: usize) -> (usize, usize) {
     if w <= h {
         (size, (size as f64 * h as f64 / w as f64) as usize)
     } else {

@@ -101,7 +101,7 @@ impl ResNetConfig {
         self.width * 4
     }
     /// Channels of layer4's output.
-    pub fn high_level_channels(&self) -> i64 {
+    pub(crate) fn high_level_channels(&self) -> i64 {
         self.width * 32
     }
 
@@ -391,7 +391,7 @@ impl ModifiedResNet {
 
     /// The stem, written once for every backend: three 3×3 convolutions (the first
     /// strided), each with batch norm and ReLU, then a 2×2 average pool: stride 4.
-    pub fn run_stem<O: Ops>(&self, o: &mut O, x: &O::V) -> O::V {
+    pub(crate) fn run_stem<O: Ops>(&self, o: &mut O, x: &O::V) -> O::V {
         let x = o.conv(x, &self.stem[0], ConvCall { stride: 2, ..ConvCall::relu(1, 1) });
         let x = o.conv(&x, &self.stem[1], ConvCall::relu(1, 1));
         let x = o.conv(&x, &self.stem[2], ConvCall::relu(1, 1));
@@ -399,7 +399,7 @@ impl ModifiedResNet {
     }
 
     /// The stem on `x`.
-    pub fn forward_stem(&self, x: &Tensor, train: bool) -> Tensor {
+    pub(crate) fn forward_stem(&self, x: &Tensor, train: bool) -> Tensor {
         self.run_stem(&mut Eager { train }, x)
     }
 
@@ -445,13 +445,13 @@ impl ModifiedResNet {
 
     /// layer4 features with every batch norm in train mode (`train`: batch
     /// statistics, running-statistics updates) or eval mode.
-    pub fn forward_all(&self, x: &Tensor, train: bool) -> Tensor {
+    pub(crate) fn forward_all(&self, x: &Tensor, train: bool) -> Tensor {
         let low = self.forward_low(x, train);
         self.forward_high(&low, &|_, _| train)
     }
 
     /// The attention-pooled CLIP image embedding of layer4 features.
-    pub fn embed_layer4(&self, layer4: &Tensor) -> Result<Tensor> {
+    pub(crate) fn embed_layer4(&self, layer4: &Tensor) -> Result<Tensor> {
         self.attnpool
             .as_ref()
             .ok_or_else(|| format_err!("this image tower has no attention pool (segmenter weights cannot embed images)"))?

@@ -45,7 +45,7 @@ impl TextConfig {
     /// CLIP's head rule is width / 64. Real CLIP text towers are ≥ 512 wide; for
     /// narrower (test-sized) towers famix uses 16-wide heads so multi-head attention
     /// stays exercised.
-    pub fn heads_for_width(width: i64) -> i64 {
+    pub(crate) fn heads_for_width(width: i64) -> i64 {
         if width >= 64 {
             width / 64
         } else {

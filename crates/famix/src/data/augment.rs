@@ -119,13 +119,13 @@ pub(crate) fn luma(r: u8, g: u8, b: u8) -> u8 {
 }
 
 /// torchvision's `adjust_brightness` (blend with black), Pillow-exact.
-pub fn adjust_brightness(img: &Image8, f: f64) -> Image8 {
+pub(crate) fn adjust_brightness(img: &Image8, f: f64) -> Image8 {
     let a = f as f32;
     Image8 { data: img.data.iter().map(|&v| blend_px(0, v, a)).collect(), ..img.clone() }
 }
 
 /// torchvision's `adjust_contrast` (blend with the mean grey), Pillow-exact.
-pub fn adjust_contrast(img: &Image8, f: f64) -> Image8 {
+pub(crate) fn adjust_contrast(img: &Image8, f: f64) -> Image8 {
     let a = f as f32;
     let sum: u64 = img.data.chunks_exact(3).map(|p| luma(p[0], p[1], p[2]) as u64).sum();
     let n = (img.width * img.height).max(1) as f64;
@@ -134,7 +134,7 @@ pub fn adjust_contrast(img: &Image8, f: f64) -> Image8 {
 }
 
 /// torchvision's `adjust_saturation` (blend with the grey image), Pillow-exact.
-pub fn adjust_saturation(img: &Image8, f: f64) -> Image8 {
+pub(crate) fn adjust_saturation(img: &Image8, f: f64) -> Image8 {
     let a = f as f32;
     let mut out = img.clone();
     for (o, p) in out.data.chunks_exact_mut(3).zip(img.data.chunks_exact(3)) {

@@ -119,7 +119,7 @@ impl ClassSet {
     }
 
     /// Id-encoded classes `0..n` with these names and colours; undeclared values ignored.
-    pub fn from_names(names: Vec<String>, palette: Vec<[u8; 3]>) -> Self {
+    pub(crate) fn from_names(names: Vec<String>, palette: Vec<[u8; 3]>) -> Self {
         ClassSet {
             format: FORMAT.into(),
             classes: names.into_iter().zip(palette).map(|(name, color)| ClassDef { name, prompt: None, color, id: None }).collect(),
@@ -139,7 +139,7 @@ impl ClassSet {
 
     /// This set when it is not Cityscapes' built-in one: what banks and mining runs
     /// record (a bank without a class set holds Cityscapes' classes).
-    pub fn unless_cityscapes(&self) -> Option<&ClassSet> {
+    pub(crate) fn unless_cityscapes(&self) -> Option<&ClassSet> {
         (*self != ClassSet::cityscapes()).then_some(self)
     }
 
@@ -238,7 +238,7 @@ impl ClassSet {
     }
 
     /// What the prompts say for each class: its prompt, else its name.
-    pub fn prompt_words(&self) -> Vec<String> {
+    pub(crate) fn prompt_words(&self) -> Vec<String> {
         self.classes.iter().map(|c| c.prompt.clone().unwrap_or_else(|| c.name.clone())).collect()
     }
 
@@ -252,7 +252,7 @@ impl ClassSet {
     /// Do two sets name, colour and prompt the same classes in the same order? Label
     /// encoding may differ (the same classes stored differently by another dataset).
     /// The error lists the differences.
-    pub fn same_classes(&self, other: &ClassSet) -> std::result::Result<(), String> {
+    pub(crate) fn same_classes(&self, other: &ClassSet) -> std::result::Result<(), String> {
         let mut diffs = Vec::new();
         if self.len() != other.len() {
             diffs.push(format!("{} classes vs {}", self.len(), other.len()));
@@ -371,7 +371,7 @@ impl LabelCodec {
     }
 
     /// Are labels colour images?
-    pub fn is_rgb(&self) -> bool {
+    pub(crate) fn is_rgb(&self) -> bool {
         matches!(self, LabelCodec::Rgb { .. })
     }
 

@@ -412,7 +412,7 @@ impl Dataset {
 
     /// An error naming the folder when the dataset has no image/label pair (every job
     /// over a dataset checks this first).
-    pub fn require_samples(&self) -> Result<()> {
+    pub(crate) fn require_samples(&self) -> Result<()> {
         if self.is_empty() {
             fail!(InvalidInput, &self.root, "no image/label pairs found for {} (run `famix data check`)", self.describe());
         }
@@ -421,7 +421,7 @@ impl Dataset {
 
     /// A note about pairs the listing could not make (images without labels, labels
     /// without images), or None when every file paired up.
-    pub fn issues_note(&self) -> Option<String> {
+    pub(crate) fn issues_note(&self) -> Option<String> {
         (!self.issues.is_empty()).then(|| {
             format!(
                 "note: {}: {} files did not pair up (e.g. {}: {}); `famix data check` lists them",
@@ -548,7 +548,7 @@ pub fn read_label_ids(path: &Path, synthia: bool) -> Result<Image8> {
 
 impl DatasetKind {
     /// Raw label ids this dataset defines (others are reported by `data check`).
-    pub fn known_raw_id(self, v: u8) -> bool {
+    pub(crate) fn known_raw_id(self, v: u8) -> bool {
         match self {
             DatasetKind::Gta5 | DatasetKind::Cityscapes | DatasetKind::Acdc => v <= 33,
             DatasetKind::Mapillary => v <= 65,

@@ -91,7 +91,7 @@ pub fn cityscapes_map() -> LabelMap {
 }
 
 /// Mapillary Vistas v1.2 (66 classes) → Cityscapes train ids.
-pub fn mapillary_map() -> LabelMap {
+pub(crate) fn mapillary_map() -> LabelMap {
     table(&[
         (13, 0),
         (24, 0),
@@ -122,7 +122,7 @@ pub fn mapillary_map() -> LabelMap {
 }
 
 /// Synthia RAND-CITYSCAPES class ids (channel 0 of the 16-bit GT) → train ids.
-pub fn synthia_map() -> LabelMap {
+pub(crate) fn synthia_map() -> LabelMap {
     table(&[
         (1, 10),
         (2, 2),
@@ -147,7 +147,7 @@ pub fn synthia_map() -> LabelMap {
 }
 
 /// Labels that are already train ids (BDD100K, the generic folder dataset).
-pub fn identity_map() -> LabelMap {
+pub(crate) fn identity_map() -> LabelMap {
     let mut t = [IGNORE; 256];
     for (i, v) in t.iter_mut().enumerate().take(19) {
         *v = i as u8;
@@ -161,7 +161,7 @@ pub fn default_class_names(n: usize) -> Vec<String> {
 }
 
 /// Cityscapes colours for the first 19 classes, then a deterministic spread.
-pub fn default_palette(n: usize) -> Vec<[u8; 3]> {
+pub(crate) fn default_palette(n: usize) -> Vec<[u8; 3]> {
     (0..n)
         .map(|i| {
             CITYSCAPES_PALETTE.get(i).copied().unwrap_or_else(|| {

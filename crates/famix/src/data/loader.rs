@@ -88,7 +88,7 @@ impl EpochOrder {
 }
 
 /// Batches per epoch (incomplete last batches are dropped, as the reference).
-pub fn batches_per_epoch(n: usize, batch: usize) -> u64 {
+pub(crate) fn batches_per_epoch(n: usize, batch: usize) -> u64 {
     (n / batch) as u64
 }
 
@@ -157,7 +157,7 @@ impl BatchLoader {
 
     /// Starts loading the batches of the given steps, in that order (a shard's steps);
     /// each batch is the one step `s` has in the whole run.
-    pub fn for_steps(ds: Arc<Dataset>, cfg: LoaderConfig, step_list: Vec<u64>) -> Result<Self> {
+    pub(crate) fn for_steps(ds: Arc<Dataset>, cfg: LoaderConfig, step_list: Vec<u64>) -> Result<Self> {
         let n = ds.len();
         if n < cfg.batch || cfg.batch == 0 {
             fail!(InvalidInput, &ds.root, "{} has {n} samples, fewer than one batch of {}", ds.describe(), cfg.batch);
@@ -179,7 +179,7 @@ impl BatchLoader {
     }
 
     /// Samples skipped (with `skip_bad`) since the last call, each file once.
-    pub fn take_skipped(&self) -> Vec<Skipped> {
+    pub(crate) fn take_skipped(&self) -> Vec<Skipped> {
         std::mem::take(&mut self.skips.lock().unwrap_or_else(|p| p.into_inner()).fresh)
     }
 }

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{fail, Context, Result};
 
 /// A .png/.jpg/.jpeg file name (case-insensitive)?
-pub fn is_image_file(p: &Path) -> bool {
+pub(crate) fn is_image_file(p: &Path) -> bool {
     matches!(p.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(), Some("png" | "jpg" | "jpeg"))
 }
 
@@ -62,7 +62,7 @@ pub(crate) fn walk_files(dir: &Path, recursive: bool, keep: &dyn Fn(&str) -> boo
 }
 
 /// All PNG/JPEG files under `dir`, recursively, sorted.
-pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     walk_files(dir, true, &|n| is_image_file(Path::new(n)))
 }
 

@@ -34,7 +34,7 @@ fn wheel_dir() -> Option<PathBuf> {
 }
 
 /// The library file to load, or why there is none.
-pub fn library_path() -> Result<PathBuf> {
+pub(crate) fn library_path() -> Result<PathBuf> {
     for var in ["FAMIX_ONNXRUNTIME", "ORT_DYLIB_PATH"] {
         if let Some(p) = std::env::var_os(var) {
             let p = PathBuf::from(p);

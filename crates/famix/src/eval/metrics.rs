@@ -57,7 +57,7 @@ pub const SYNTHIA_13: [usize; 13] = [0, 1, 2, 6, 7, 8, 10, 11, 12, 13, 15, 17, 1
 /// Mean IoU over `classes` of a k × k row-major confusion matrix, leaving out
 /// classes absent from both ground truth and prediction (as [`Metrics::miou`]);
 /// None when none of them is present.
-pub fn subset_miou(m: &[u64], k: usize, classes: &[usize]) -> Option<f64> {
+pub(crate) fn subset_miou(m: &[u64], k: usize, classes: &[usize]) -> Option<f64> {
     let ious: Vec<f64> = classes
         .iter()
         .filter(|&&c| c < k)

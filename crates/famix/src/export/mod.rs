@@ -137,7 +137,7 @@ pub fn to_onnx(model: &Segmenter, o: &ExportOptions) -> Result<Vec<u8>> {
 /// The fp32 graph of [`to_onnx`] that also returns every value the int8 calibration
 /// observes ([`crate::export::qdq::observed`], in that order, after the first
 /// output).
-pub fn to_onnx_observing(model: &Segmenter, o: &ExportOptions) -> Result<(Vec<u8>, Vec<String>)> {
+pub(crate) fn to_onnx_observing(model: &Segmenter, o: &ExportOptions) -> Result<(Vec<u8>, Vec<String>)> {
     let (g, input, output) = build(model, o)?;
     let values = observed(&g.nodes);
     let mut outputs = vec![output];

@@ -107,7 +107,7 @@ impl Graph {
     /// Rewrites this fp32 graph with int8 convolutions from `ranges` (see the module
     /// docs). Fails when the ranges do not fit this graph (another network) or are
     /// not finite.
-    pub fn quantize(&mut self, ranges: &ActivationRanges) -> Result<()> {
+    pub(crate) fn quantize(&mut self, ranges: &ActivationRanges) -> Result<()> {
         let values = observed(&self.nodes);
         if values.len() != ranges.ranges.len() {
             return Err(Error::msg(format!(

@@ -7,7 +7,8 @@ pub mod tensorboard;
 pub mod weights;
 
 pub use hash::{sha256_file, sha256_hex};
-pub use weights::{load_vars, StateDict};
+pub(crate) use weights::load_vars;
+pub use weights::StateDict;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -56,7 +56,7 @@ impl StorageDtype {
     }
 
     /// From a storage class name (`FloatStorage`) or a `torch.<dtype>` name (`float32`).
-    pub fn from_name(name: &str) -> Option<Self> {
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
         Some(match name {
             "DoubleStorage" | "float64" | "double" => StorageDtype::F64,
             "FloatStorage" | "float32" | "float" => StorageDtype::F32,
@@ -922,7 +922,7 @@ const LEGACY_PLACEHOLDER: &str = "\u{0}famix-storage:";
 
 /// Reads the legacy (pre-zip) `torch.save` stream: magic, protocol, sys info, the
 /// object pickle, the storage keys, then each storage's raw bytes.
-pub fn legacy_load(data: &[u8]) -> Result<Value> {
+pub(crate) fn legacy_load(data: &[u8]) -> Result<Value> {
     let mut pos = 0;
     let magic = load_plain_at(data, &mut pos)?;
     if magic.as_int().is_none() {

@@ -66,7 +66,7 @@ impl RunFolder {
     /// Creates the folder, takes its writer lock (a second writer fails at once) and
     /// removes temporary files a killed writer left. `what` names the job in the
     /// lock message.
-    pub fn open_writer(&self, what: &str) -> Result<FolderLock> {
+    pub(crate) fn open_writer(&self, what: &str) -> Result<FolderLock> {
         std::fs::create_dir_all(&self.dir).with_context(|| format!("cannot create run folder {}", self.dir.display()))?;
         let lock = FolderLock::acquire(&self.dir, what)?;
         crate::io::clean_temp_files(&self.dir)?;
@@ -132,7 +132,7 @@ impl RunLog {
 }
 
 /// A fresh id for a new run (time and process, hashed).
-pub fn new_run_id() -> String {
+pub(crate) fn new_run_id() -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let mut r = crate::rng::Rng::derive(nanos as u64, &[std::process::id() as u64, (nanos >> 64) as u64]);
     format!("{:016x}", r.next_u64())
@@ -151,7 +151,7 @@ pub fn read_config<T: serde::de::DeserializeOwned>(run: &RunFolder) -> Result<T>
 /// Where a diverged run can be continued from, in words: the run's latest checkpoint
 /// if every tensor in it is finite (famix never writes one that is not, but an older
 /// famix or a damaged disk might have), else that no finite checkpoint exists.
-pub fn last_finite_checkpoint(run: &RunFolder) -> String {
+pub(crate) fn last_finite_checkpoint(run: &RunFolder) -> String {
     let latest = run.latest();
     if !latest.exists() {
         return "No checkpoint was written yet.".into();

@@ -53,7 +53,7 @@ pub(crate) fn is_bookkeeping_key(k: &str) -> bool {
 /// Copies `src[src_prefix + name]` into every variable `dst_prefix + name` of `vs`.
 /// Keys under `src_prefix` that match no variable are errors unless `ignore` says
 /// otherwise. `what` names the model in messages.
-pub fn load_vars(
+pub(crate) fn load_vars(
     vs: &nn::VarStore,
     dst_prefix: &str,
     src: &HashMap<String, Tensor>,

@@ -64,7 +64,7 @@ impl CheckpointMeta {
 }
 
 /// `run/latest` → `run/latest.safetensors`, `run/latest.json` → `.safetensors`.
-pub fn weights_path(path: &Path) -> PathBuf {
+pub(crate) fn weights_path(path: &Path) -> PathBuf {
     match path.extension().and_then(|e| e.to_str()) {
         Some("safetensors") => path.to_path_buf(),
         Some("json") => path.with_extension("safetensors"),
@@ -90,7 +90,7 @@ pub use crate::io::run_folder::EXTRA_PREFIX;
 /// [`save`] with extra tensors (named under [`EXTRA_PREFIX`]) and metadata entries
 /// in the same file, so everything becomes visible in one rename: a training
 /// checkpoint's weights, optimiser state and step cannot disagree after a crash.
-pub fn save_with(
+pub(crate) fn save_with(
     seg: &Segmenter,
     meta: &CheckpointMeta,
     extra: Vec<(String, Tensor)>,

@@ -40,7 +40,7 @@ impl HeadConfig {
 }
 
 /// ASPP atrous rates for an output stride (the reference: 12/24/36 at OS8, else 6/12/18).
-pub fn aspp_rates(os: OutputStride) -> [i64; 3] {
+pub(crate) fn aspp_rates(os: OutputStride) -> [i64; 3] {
     match os {
         OutputStride::Os8 => [12, 24, 36],
         _ => [6, 12, 18],

@@ -25,7 +25,7 @@ pub enum FreezePolicy {
 
 impl FreezePolicy {
     /// Does block `b` of stage `stage` (0-based) train?
-    pub fn block_trains(self, stage: usize, block: usize, blocks_in_stage: usize) -> bool {
+    pub(crate) fn block_trains(self, stage: usize, block: usize, blocks_in_stage: usize) -> bool {
         match self {
             FreezePolicy::Nothing => true,
             FreezePolicy::Layer4 => stage == 3,
@@ -33,7 +33,7 @@ impl FreezePolicy {
         }
     }
     /// Does the stem train?
-    pub fn stem_trains(self) -> bool {
+    pub(crate) fn stem_trains(self) -> bool {
         self == FreezePolicy::Nothing
     }
     /// Lower-case name.

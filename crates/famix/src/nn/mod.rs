@@ -188,7 +188,7 @@ impl ConvCall {
         ConvCall { stride: 1, padding, dilation, relu: true, fp32: false }
     }
     /// A 1×1 convolution (stride 1, no padding) without ReLU.
-    pub fn linear() -> Self {
+    pub(crate) fn linear() -> Self {
         ConvCall { stride: 1, padding: 0, dilation: 1, relu: false, fp32: false }
     }
 }

@@ -6,7 +6,7 @@ mod schedule;
 mod sgd;
 
 pub use adamw::AdamW;
-pub use schedule::{cosine_lr, poly_lr};
+pub(crate) use schedule::{cosine_lr, poly_lr};
 pub use sgd::Sgd;
 
 use std::collections::HashMap;

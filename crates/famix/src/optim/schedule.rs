@@ -2,14 +2,14 @@
 //! open_clip's linear warm-up + cosine decay (CLIP pretraining).
 
 /// Poly learning rate: lr·(1 − it/max_it)^power, never below `min_lr` (the reference's PolyLR).
-pub fn poly_lr(base: f64, it: u64, max_it: u64, power: f64, min_lr: f64) -> f64 {
+pub(crate) fn poly_lr(base: f64, it: u64, max_it: u64, power: f64, min_lr: f64) -> f64 {
     let frac = 1.0 - it as f64 / max_it.max(1) as f64;
     (base * frac.max(0.0).powf(power)).max(min_lr)
 }
 
 /// open_clip's `cosine_lr`: linear warm-up to `base` over `warmup` steps
 /// (lr = base·(step + 1)/warmup), then a half cosine from `base` to 0 at `total`.
-pub fn cosine_lr(base: f64, step: u64, total: u64, warmup: u64) -> f64 {
+pub(crate) fn cosine_lr(base: f64, step: u64, total: u64, warmup: u64) -> f64 {
     if step < warmup {
         return base * (step + 1) as f64 / warmup as f64;
     }

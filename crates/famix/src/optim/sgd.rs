@@ -102,7 +102,7 @@ impl Sgd {
     }
 
     /// Clears the parameters' gradients.
-    pub fn zero_grad(params: &[(String, Tensor)]) {
+    pub(crate) fn zero_grad(params: &[(String, Tensor)]) {
         for (_, p) in params {
             let mut g = p.grad();
             if g.defined() {

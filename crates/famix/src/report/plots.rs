@@ -97,7 +97,14 @@ pub struct Panel<'a> {
 
 /// A line chart of `series` over a shared x axis; `best` marks one point (e.g. the
 /// best validation) with a circle and its value.
-pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series], best: Option<(f64, f64)>) -> Result<()> {
+pub(crate) fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    best: Option<(f64, f64)>,
+) -> Result<()> {
     line_panels(path, &[Panel { title, x_label, y_label, series, best }])
 }
 
@@ -169,7 +176,7 @@ fn draw_lines(area: &DrawingArea<BitMapBackend, Shift>, p: &Panel) -> Result<()>
 
 /// Horizontal bars of one value in [0, 1] per class (NaN = absent, drawn as no bar
 /// and labelled "n/a").
-pub fn bar_chart(path: &Path, title: &str, names: &[String], values: &[f64]) -> Result<()> {
+pub(crate) fn bar_chart(path: &Path, title: &str, names: &[String], values: &[f64]) -> Result<()> {
     if names.is_empty() || values.len() != names.len() {
         return Err(format_err!("{title}: {} values for {} class names", values.len(), names.len()));
     }
@@ -211,7 +218,7 @@ pub fn bar_chart(path: &Path, title: &str, names: &[String], values: &[f64]) -> 
 
 /// A heat map of a K × K row-major confusion matrix (row = ground truth),
 /// normalised per row; rows without pixels stay white.
-pub fn confusion_heatmap(path: &Path, title: &str, names: &[String], matrix: &[u64]) -> Result<()> {
+pub(crate) fn confusion_heatmap(path: &Path, title: &str, names: &[String], matrix: &[u64]) -> Result<()> {
     let k = names.len();
     if matrix.len() != k * k {
         return Err(format_err!("{title}: the matrix has {} entries, not {k}×{k}", matrix.len()));

@@ -79,7 +79,7 @@ pub const PIN_CURVE_POINTS: usize = 21;
 
 /// `losses[i]` is the loss after step i + 1: the points kept, as (step, loss), the
 /// first and the last always among them.
-pub fn sample_curve(losses: &[f64]) -> Vec<(usize, f32)> {
+pub(crate) fn sample_curve(losses: &[f64]) -> Vec<(usize, f32)> {
     let n = losses.len();
     let k = PIN_CURVE_POINTS.min(n);
     let mut steps: Vec<usize> = (0..k).map(|j| if k == 1 { n - 1 } else { j * (n - 1) / (k - 1) }).collect();
@@ -165,7 +165,7 @@ impl StyleBank {
     /// Checks a class's styles: finite means and deviations. (A deviation may be
     /// negative: PIN optimises σ freely and ReLU(norm·σ + μ) is defined for either
     /// sign; the reference keeps such styles, and so does famix.)
-    pub fn check_values(&self, class: u8) -> Result<()> {
+    pub(crate) fn check_values(&self, class: u8) -> Result<()> {
         let Some((mu, sigma)) = self.entries.get(&class) else { return Ok(()) };
         for (i, (m, s)) in mu.iter().zip(sigma).enumerate() {
             if let Some(v) = m.iter().chain(s).find(|v| !v.is_finite()) {

@@ -274,7 +274,7 @@ fn mine_loop(
 }
 
 /// Checks the settings a run cannot work with.
-pub fn check_settings(s: &MineSettings, pin: &PinConfig) -> Result<()> {
+pub(crate) fn check_settings(s: &MineSettings, pin: &PinConfig) -> Result<()> {
     let bad = |name: &str, problem: String| Err(Error::InvalidSetting { name: name.into(), problem });
     if s.batch == 0 {
         return bad("batch", "must be at least 1".into());

@@ -50,7 +50,7 @@ impl StyleMode {
     }
 
     /// Whether the mode samples a style bank.
-    pub fn needs_bank(self) -> bool {
+    pub(crate) fn needs_bank(self) -> bool {
         matches!(self, StyleMode::Mix | StyleMode::NoMix)
     }
 }
@@ -83,7 +83,7 @@ pub fn draw(tables: &BankTables, dominant: &[Vec<u8>], mode: StyleMode, alpha: f
 }
 
 /// The (B, C, 1, 1) Beta(α, α) mixing weights of iteration `step`, on `device`.
-pub fn beta_weights(images: usize, channels: usize, alpha: f64, seed: u64, step: u64, device: tch::Device) -> Result<Tensor> {
+pub(crate) fn beta_weights(images: usize, channels: usize, alpha: f64, seed: u64, step: u64, device: tch::Device) -> Result<Tensor> {
     let beta = Beta::new(alpha, alpha)?;
     let mut rng = Rng::derive(seed, &[stream::MIX_BETA, step]);
     let v: Vec<f32> = (0..images * channels).map(|_| beta.sample(&mut rng) as f32).collect();
@@ -138,7 +138,7 @@ pub fn random_targets(f1: &Tensor, grid: usize, seed: u64, step: u64) -> (Tensor
 
 /// Restyles layer1 features with the random-style control's targets and the
 /// iteration's Beta weights `s` (B, C, 1, 1).
-pub fn restyle_random(f1: &Tensor, s: &Tensor, grid: usize, seed: u64, step: u64) -> Tensor {
+pub(crate) fn restyle_random(f1: &Tensor, s: &Tensor, grid: usize, seed: u64, step: u64) -> Tensor {
     let (mu_t, sigma_t) = random_targets(f1, grid, seed, step);
     restyle(f1, &mu_t, &sigma_t, Some(s), grid)
 }
@@ -203,7 +203,7 @@ fn restyle_uneven(f1: &Tensor, style_mu: &Tensor, style_sigma: &Tensor, s: Optio
 }
 
 /// `restyle` with the draw's bank rows looked up in `tables`.
-pub fn restyle_with(f1: &Tensor, tables: &BankTables, d: &StyleDraw, grid: usize) -> Tensor {
+pub(crate) fn restyle_with(f1: &Tensor, tables: &BankTables, d: &StyleDraw, grid: usize) -> Tensor {
     let (b, c) = (f1.size()[0], f1.size()[1]);
     let cells = (grid * grid) as i64;
     let mu = tables.mu.index_select(0, &d.rows).view([b, cells, c]);

@@ -57,7 +57,7 @@ pub struct Selection {
 
 /// The first patch of each distinct dominant class, in patch order
 /// (grid-cell-major, then image). `dominant[b][cell]`.
-pub fn select_patches(dominant: &[Vec<u8>], grid: usize) -> Vec<Selection> {
+pub(crate) fn select_patches(dominant: &[Vec<u8>], grid: usize) -> Vec<Selection> {
     let b = dominant.len();
     let mut seen = [false; 256];
     let mut out = Vec::new();
@@ -84,7 +84,7 @@ pub fn mean_std(x: &Tensor) -> (Tensor, Tensor) {
 }
 
 /// Cuts the selected patches out of layer1 features (B, C, H, W) → (n, C, H/g, W/g).
-pub fn gather_patches(f1: &Tensor, sel: &[Selection], grid: usize) -> Tensor {
+pub(crate) fn gather_patches(f1: &Tensor, sel: &[Selection], grid: usize) -> Tensor {
     let (_, _, h, w) = f1.size4().unwrap();
     let (ph, pw) = (h / grid as i64, w / grid as i64);
     let patches: Vec<Tensor> = sel
@@ -117,7 +117,7 @@ pub struct PinResult {
 
 /// Optimises μ, σ for several batches at once (see the module docs); returns one
 /// result per problem, in order.
-pub fn optimise(visual: &ModifiedResNet, problems: &[PinProblem], cfg: &PinConfig) -> Result<Vec<PinResult>> {
+pub(crate) fn optimise(visual: &ModifiedResNet, problems: &[PinProblem], cfg: &PinConfig) -> Result<Vec<PinResult>> {
     if problems.is_empty() {
         return Ok(vec![]);
     }

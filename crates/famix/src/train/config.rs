@@ -175,13 +175,13 @@ impl TrainConfig {
     }
 
     /// Uses `classes` (and a head that predicts as many).
-    pub fn set_classes(&mut self, classes: ClassSet) {
+    pub(crate) fn set_classes(&mut self, classes: ClassSet) {
         self.head.num_classes = classes.len() as i64;
         self.classes = Some(classes);
     }
 
     /// The reference's freeze policy for a source dataset.
-    pub fn default_freeze(d: DatasetKind) -> FreezePolicy {
+    pub(crate) fn default_freeze(d: DatasetKind) -> FreezePolicy {
         match d {
             DatasetKind::Cityscapes => FreezePolicy::Layer4,
             _ => FreezePolicy::Synthetic,
@@ -194,11 +194,11 @@ mod bf16_flag {
     use crate::model::Precision;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(p: &Precision, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(p: &Precision, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bool(*p == Precision::Bf16)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Precision, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Precision, D::Error> {
         Ok(if bool::deserialize(d)? { Precision::Bf16 } else { Precision::Fp32 })
     }
 }

@@ -376,7 +376,8 @@ impl Given {
     }
 
     /// Gives `name` the value written as `text`.
-    pub fn set_text(&mut self, name: &str, text: &str) -> Result<()> {
+    #[cfg(test)]
+    fn set_text(&mut self, name: &str, text: &str) -> Result<()> {
         let v = Self::declared(name)?.parse(text)?;
         self.set(name, v)
     }

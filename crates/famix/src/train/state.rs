@@ -21,7 +21,7 @@ use crate::rng::{stream, Rng};
 use super::config::{RunOptions, TrainConfig};
 
 /// A fresh segmenter: CLIP image-tower weights for the backbone, Kaiming head.
-pub fn initial_model(cfg: &TrainConfig, device: Device) -> Result<Segmenter> {
+pub(crate) fn initial_model(cfg: &TrainConfig, device: Device) -> Result<Segmenter> {
     let sd = StateDict::load(&cfg.clip)?;
     let backbone = ResNetConfig::infer(&sd.tensors, "visual.").with_context(|| format!("{}", cfg.clip.display()))?;
     let mut scfg = SegmenterConfig::new(backbone, cfg.head.num_classes, cfg.output_stride, cfg.freeze);

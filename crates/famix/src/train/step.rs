@@ -52,7 +52,7 @@ impl<'a> Stepper<'a> {
     }
 
     /// The learning rates of iteration `step`.
-    pub fn learning_rates(&self, step: u64) -> LearningRates {
+    pub(crate) fn learning_rates(&self, step: u64) -> LearningRates {
         let c = self.cfg;
         LearningRates {
             head: poly_lr(c.lr, step, c.iters, c.poly_power, c.min_lr),

@@ -55,7 +55,7 @@ pub struct PairLoader {
 }
 
 /// Token rows of every caption (truncated to the context, end token kept).
-pub fn tokenize_all(set: &CaptionSet, context: usize) -> Result<Tensor> {
+pub(crate) fn tokenize_all(set: &CaptionSet, context: usize) -> Result<Tensor> {
     let texts: Vec<String> = set.items.iter().map(|(_, t)| t.clone()).collect();
     Tokenizer::global().batch(&texts, context, true)
 }

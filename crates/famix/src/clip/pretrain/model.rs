@@ -17,12 +17,12 @@ use crate::error::Result;
 use crate::nn::NamedTensors;
 
 /// log(1/0.07): CLIP's initial logit scale.
-pub fn initial_logit_scale() -> f64 {
+pub(crate) fn initial_logit_scale() -> f64 {
     (1.0f64 / 0.07).ln()
 }
 
 /// The upper clamp of the logit scale: log 100.
-pub fn max_logit_scale() -> f64 {
+pub(crate) fn max_logit_scale() -> f64 {
     100f64.ln()
 }
 
@@ -60,7 +60,7 @@ impl TrainableClip {
     }
 
     /// [`TrainableClip::load`] from already-read tensors.
-    pub fn from_state_dict(sd: &crate::io::StateDict, device: Device) -> Result<Self> {
+    pub(crate) fn from_state_dict(sd: &crate::io::StateDict, device: Device) -> Result<Self> {
         let path = &sd.path;
         let frozen = crate::clip::Clip::from_state_dict(sd, Device::Cpu, OutputStride::Os32)?;
         let text = frozen.text()?.config.clone();
@@ -124,7 +124,7 @@ impl TrainableClip {
     }
 
     /// Clamps the logit scale to [0, log 100] (after each optimiser step).
-    pub fn clamp_logit_scale(&self) {
+    pub(crate) fn clamp_logit_scale(&self) {
         tch::no_grad(|| {
             let _ = self.logit_scale.shallow_clone().clamp_(0.0, max_logit_scale());
         });

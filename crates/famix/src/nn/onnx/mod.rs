@@ -135,7 +135,7 @@ impl Graph {
     /// Declares the spatial size of `x` (the input's, for a fixed-size graph); sizes
     /// then follow through every [`Ops`] node, and resizes and broadcasts become
     /// constant-shaped (see [`Graph::resize_like`]).
-    pub fn fix_size(&mut self, x: &str, height: i64, width: i64) {
+    pub(crate) fn fix_size(&mut self, x: &str, height: i64, width: i64) {
         self.sizes.insert(x.to_string(), (height, width));
     }
 
@@ -160,7 +160,7 @@ impl Graph {
     /// exact here, and differs from `half_pixel` only for outputs of length 1) — a
     /// form ONNX Runtime runs in its blocked (NCHWc) layout: 5.5 ms instead of 12.5
     /// for RN50's two resizes at 512² (ORT 1.32 profile, 2 threads).
-    pub fn resize_like(&mut self, x: &str, like: &str) -> String {
+    pub(crate) fn resize_like(&mut self, x: &str, like: &str) -> String {
         let out = match (self.size_of(x), self.size_of(like)) {
             (Some((h, w)), Some((lh, lw))) if h > 0 && w > 0 && lh > 1 && lw > 1 && lh % h == 0 && lw % w == 0 => {
                 let scales = self.floats("scales", &[1.0, 1.0, (lh / h) as f32, (lw / w) as f32]);
