@@ -74,9 +74,9 @@ fn a_folded_model_never_answers_from_stale_weights() {
     assert!(diff <= 1e-4, "folded again: {diff:e}");
 }
 
-/// After a first prediction, changing the output stride or a weight changes the next
-/// prediction exactly as a freshly loaded model in the same state predicts, on both
-/// engines: libtorch (folded layers run from the new weights) and ONNX Runtime (its
+/// After a first prediction, changing the output stride, a weight or the engine
+/// changes the next prediction exactly as a freshly loaded model in the same state
+/// predicts, on both engines: libtorch (folded layers run from the new weights) and ONNX Runtime (its
 /// graph is rebuilt from the model's stamp), on the reference fixture. Ids equal; logits
 /// within 1e-4 (the parity tolerance of both engines; the stride itself moves them by
 /// more than 1e-3).
@@ -111,5 +111,14 @@ fn every_engine_answers_from_the_current_weights_and_stride() {
         let (got, want) = (m.logits(&x, 1.0, false).unwrap(), logits(&fresh, &x));
         assert!(max_abs_diff(&got, &want) <= tol, "{engine:?} after an edit: {:e}", max_abs_diff(&got, &want));
         assert!(got.argmax(1, false).equal(&want.argmax(1, false)), "{engine:?} after an edit: ids differ");
+        // Switching the engine (and asking bf16, which ONNX Runtime refuses and the
+        // automatic choice answers with libtorch) keeps answering from this state.
+        let other = if engine == Engine::Torch { Engine::OnnxRuntime } else { Engine::Torch };
+        assert_eq!(attach(&mut m, other, famix::Precision::Fp32).unwrap().0, other);
+        let got = m.logits(&x, 1.0, false).unwrap();
+        assert!(max_abs_diff(&got, &want) <= tol, "{other:?} after switching: {:e}", max_abs_diff(&got, &want));
+        assert_eq!(attach(&mut m, Engine::Auto, famix::Precision::Bf16).unwrap().0, Engine::Torch);
+        let got = m.logits(&x, 1.0, false).unwrap();
+        assert!(max_abs_diff(&got, &want) <= tol, "auto for bf16: {:e}", max_abs_diff(&got, &want));
     }
 }
