@@ -14,7 +14,7 @@ use famix::data::classes::ClassSet;
 use famix::data::{Dataset, DatasetKind};
 use famix::eval::metrics::by_class_name;
 use famix::eval::EvalOptions;
-use famix::io::run_folder::{read_config, RunFolder};
+use famix::io::run_folder::RunFolder;
 use famix::style::mining::{mine_job, MineJob, MineSettings};
 use famix::style::PinConfig;
 use famix::train::{check_config, Given, RunOptions, TrainConfig, SETTINGS};
@@ -88,9 +88,8 @@ pub fn train(
             if out.is_some() {
                 return Err(setting("out", "names a new run: give resume= or out=, not both"));
             }
-            given.check_resumable().map_err(to_py)?;
             // force=True with resume=: the run's saved settings, from iteration 0.
-            (given.resumed(read_config(&RunFolder::new(&run)).map_err(to_py)?).map_err(to_py)?, run, !force)
+            (given.resume(&run).map_err(to_py)?, run, !force)
         }
         None => {
             let out = out.ok_or_else(|| setting("out", "out= (a new run folder) or resume= (a run to continue) is needed"))?;

@@ -177,7 +177,7 @@ fn new_config(a: &PretrainArgs) -> Result<PretrainConfig> {
 }
 
 pub fn clip_pretrain(a: PretrainArgs) -> Result<i32> {
-    let extend = |c: &mut PretrainConfig| c.iters = a.iters.unwrap_or(c.iters);
+    let extend = |c: PretrainConfig| Ok(PretrainConfig { iters: a.iters.unwrap_or(c.iters), ..c });
     let (cfg, run, resume) =
         super::run_target(a.resume.as_ref(), a.out.as_ref(), a.force, &fixed_on_resume(&a), extend, || new_config(&a))?;
     cfg.check()?;

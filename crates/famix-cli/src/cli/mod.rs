@@ -378,16 +378,16 @@ impl ShardArgs {
 
 /// Where a resumable job writes and with which settings: with `--resume RUN`, the
 /// run's saved configuration (`fixed`: the flags given that define a run, refused by
-/// name; `extend` may change what `--iters` extends); else a new run into `out` with
-/// `new()`'s configuration, refused if `out` already holds a checkpoint unless
-/// `--force`; `--resume RUN --force` starts RUN over with its saved configuration.
+/// name; `extend` turns it into the resumed one, e.g. with `--iters` applied); else a
+/// new run into `out` with `new()`'s configuration, refused if `out` already holds a
+/// checkpoint unless `--force`; `--resume RUN --force` starts RUN over with its saved configuration.
 /// Returns (configuration, run folder, resume).
 pub fn run_target<C: serde::de::DeserializeOwned>(
     resume: Option<&std::path::PathBuf>,
     out: Option<&std::path::PathBuf>,
     force: bool,
     fixed: &[&str],
-    extend: impl FnOnce(&mut C),
+    extend: impl FnOnce(C) -> anyhow::Result<C>,
     new: impl FnOnce() -> anyhow::Result<C>,
 ) -> anyhow::Result<(C, std::path::PathBuf, bool)> {
     use famix::io::run_folder::{read_config, RunFolder};
@@ -399,8 +399,7 @@ pub fn run_target<C: serde::de::DeserializeOwned>(
                 RunFolder::new(run).config().display()
             );
         }
-        let mut cfg: C = read_config(&RunFolder::new(run))?;
-        extend(&mut cfg);
+        let cfg = extend(read_config(&RunFolder::new(run))?)?;
         // --resume with --force: the same settings, from the start.
         return Ok((cfg, run.clone(), !force));
     }

@@ -119,12 +119,8 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         fixed.insert(0, "--out".into());
     }
     let fixed: Vec<&str> = fixed.iter().map(String::as_str).collect();
-    let mut resumed = None;
-    let extend = |c: &mut TrainConfig| resumed = Some(given.resumed(c.clone()));
-    let (mut cfg, run, resume) = super::run_target(a.resume.as_ref(), a.out.as_ref(), a.force, &fixed, extend, || Ok(given.new_config()?))?;
-    if let Some(r) = resumed {
-        cfg = r?;
-    }
+    let extend = |saved: TrainConfig| Ok(given.resumed(saved)?);
+    let (cfg, run, resume) = super::run_target(a.resume.as_ref(), a.out.as_ref(), a.force, &fixed, extend, || Ok(given.new_config()?))?;
     check_config(&cfg)?;
     // The library applies the run's numerics; the binary adds cuBLAS's environment setting.
     super::cublas_workspace_for(cfg.numerics);

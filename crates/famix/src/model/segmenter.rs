@@ -190,9 +190,11 @@ pub struct Segmenter {
     channels_last: bool,
     /// The inference engine that replaces libtorch for eval-mode forwards, if any.
     external: Option<Box<dyn ExternalNet>>,
-    /// Every variable's name, shape and element type as the network was built
-    /// ([`Segmenter::check_weights`]).
-    layout: Vec<(String, Vec<i64>, tch::Kind)>,
+    /// Every variable, sorted by name: a handle sharing the variable's tensor (as the
+    /// layers' own handles do: writes and `set_data` show through), with the shape
+    /// and element type the network was built with ([`Segmenter::stamp`],
+    /// [`Segmenter::check_weights`]).
+    built: Vec<(String, Tensor, Vec<i64>, tch::Kind)>,
 }
 
 impl std::fmt::Debug for Segmenter {
@@ -215,9 +217,16 @@ impl Segmenter {
             &config.head,
             config.output_stride,
         );
-        let mut layout: Vec<_> = vs.variables().into_iter().map(|(k, t)| (k, t.size(), t.kind())).collect();
-        layout.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut s = Segmenter { vs, backbone, head, config, folded: false, channels_last: false, external: None, layout };
+        let mut built: Vec<_> = vs
+            .variables()
+            .into_iter()
+            .map(|(name, t)| {
+                let (size, kind) = (t.size(), t.kind());
+                (name, t, size, kind)
+            })
+            .collect();
+        built.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut s = Segmenter { vs, backbone, head, config, folded: false, channels_last: false, external: None, built };
         s.apply_freeze();
         Ok(s)
     }
@@ -227,9 +236,8 @@ impl Segmenter {
     /// an engine holding its own copy of the graph ([`ExternalNet`]) rebuilds it when
     /// the stamp it was built from differs.
     pub fn stamp(&self) -> ModelStamp {
-        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        ModelStamp { weights: vars.iter().map(|(_, t)| crate::nn::Stamp::of(t)).collect(), output_stride: self.config.output_stride }
+        let weights = self.built.iter().map(|(_, t, _, _)| crate::nn::Stamp::of(t)).collect();
+        ModelStamp { weights, output_stride: self.config.output_stride }
     }
 
     /// Checks that every weight still has the shape, element type and device the
@@ -239,9 +247,8 @@ impl Segmenter {
     /// inference entry point checks first and answers with this typed error, and the
     /// model works again once the weight is restored.
     pub fn check_weights(&self) -> Result<()> {
-        let (vars, device) = (self.vs.variables(), self.device());
-        for (name, shape, kind) in &self.layout {
-            let Some(t) = vars.get(name) else { crate::error::fail!(Incompatible, name, "weight {name} is missing from the model") };
+        let device = self.device();
+        for (name, t, shape, kind) in &self.built {
             let (got, got_kind, got_device) = (t.size(), t.kind(), t.device());
             if &got != shape || got_kind != *kind || got_device != device {
                 crate::error::fail!(

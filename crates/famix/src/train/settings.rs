@@ -18,7 +18,7 @@
 //! the class file, precision and numerics) are combined here, with the rules on which
 //! go together.
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
@@ -26,6 +26,7 @@ use super::config::{TrainConfig, ValSpec};
 use crate::data::classes::ClassSet;
 use crate::data::DatasetKind;
 use crate::error::{Error, Result};
+use crate::io::run_folder::{read_config, RunFolder};
 use crate::model::{FreezePolicy, HeadConfig, Precision};
 use crate::names::Named;
 use crate::style::mixing::StyleMode;
@@ -115,20 +116,15 @@ const fn named_value(s: Setting, value_name: &'static str) -> Setting {
     Setting { value_name: Some(value_name), ..s }
 }
 
-fn datasets() -> Vec<&'static str> {
-    DatasetKind::ALL.iter().map(|d| d.name()).collect()
-}
-fn freeze_policies() -> Vec<&'static str> {
-    FreezePolicy::ALL.iter().map(|d| d.name()).collect()
-}
-fn precisions() -> Vec<&'static str> {
-    Precision::ALL.iter().map(|d| d.name()).collect()
+/// The names a [`Named`] choice takes (a [`Ty::Choice`]).
+fn choices<T: Named>() -> Vec<&'static str> {
+    T::ALL.iter().map(|v| v.name()).collect()
 }
 
 /// Every training setting, in the order help texts list them.
 pub const SETTINGS: &[Setting] = &[
     required(field("clip", Ty::Path, "CLIP checkpoint whose image tower initialises the backbone")),
-    required(field("dataset", Ty::Choice(datasets), "Source dataset")),
+    required(field("dataset", Ty::Choice(choices::<DatasetKind>), "Source dataset")),
     required(field("data_root", Ty::Path, "Source dataset root folder")),
     field("split", Ty::Text, "Source split"),
     field("condition", Ty::Text, "ACDC condition, when training on ACDC"),
@@ -147,7 +143,7 @@ pub const SETTINGS: &[Setting] = &[
     note(
         field(
             "freeze",
-            Ty::Choice(freeze_policies),
+            Ty::Choice(choices::<FreezePolicy>),
             "What trains: synthetic (layer4's last block and the head), layer4 (layer4 and the head), none (everything)",
         ),
         "synthetic; layer4 for cityscapes",
@@ -174,7 +170,7 @@ pub const SETTINGS: &[Setting] = &[
         ),
         "FILE",
     ),
-    other("val_dataset", Ty::Choice(datasets), "Validation dataset (e.g. cityscapes): enables best checkpoints"),
+    other("val_dataset", Ty::Choice(choices::<DatasetKind>), "Validation dataset (e.g. cityscapes): enables best checkpoints"),
     other("val_root", Ty::Path, "Validation dataset root folder"),
     note(other("val_split", Ty::Text, "Validation split"), "val"),
     other("val_condition", Ty::Text, "Validation ACDC condition"),
@@ -190,7 +186,7 @@ pub const SETTINGS: &[Setting] = &[
     field("val_interval", Ty::Count, "Validate and checkpoint every N iterations"),
     field("log_interval", Ty::Count, "Log every N iterations"),
     field("seed", Ty::Count, "Seed of every random choice: data order, augmentation, styles, dropout, head init"),
-    note(other("amp", Ty::Choice(precisions), "Mixed precision: bf16 autocast; fp32 is the reference's"), "fp32"),
+    note(other("amp", Ty::Choice(choices::<Precision>), "Mixed precision: bf16 autocast; fp32 is the reference's"), "fp32"),
     other(
         "deterministic",
         Ty::Switch,
@@ -405,15 +401,22 @@ impl Given {
         SETTINGS.iter().filter(|s| s.on_resume == OnResume::Fixed && self.values.contains_key(s.name)).map(|s| s.name).collect()
     }
 
-    /// Refuses the settings given that a resumed run keeps (check before reading the
-    /// run, so the message is about what was given).
-    pub fn check_resumable(&self) -> Result<()> {
+    /// Refuses the settings given that a resumed run keeps.
+    fn check_resumable(&self) -> Result<()> {
         match self.fixed_on_resume().first() {
             Some(name) => {
                 Err(bad(name, "cannot change when resuming: a run keeps its settings in its config.json (only `iters` may extend it)"))
             }
             None => Ok(()),
         }
+    }
+
+    /// The configuration of the run in `run` resumed with these settings: refused
+    /// before the run is read when a setting it keeps was given, so the message is
+    /// about what was given.
+    pub fn resume(&self, run: &Path) -> Result<TrainConfig> {
+        self.check_resumable()?;
+        self.resumed(read_config(&RunFolder::new(run))?)
     }
 
     /// A resumed run's configuration: the saved one with the settings that may change
