@@ -203,6 +203,11 @@ def test_bad_inputs_are_typed_input_errors(tmp_path):
         m.predict(np.zeros((64, 64, 3), np.float32))
     with pytest.raises(famix.InvalidInputError, match="load it as a segmenter"):
         famix.clip.load(seg)
+    # Token ids outside the vocabulary reach libtorch's embedding only through a check.
+    clip = famix.clip.load(fixture("clip_a_state.pt.gz"))
+    for bad in (10**7, -1):
+        with pytest.raises(famix.InvalidInputError, match="token ids must be in 0"):
+            clip.encode_text(torch.full((1, clip.context_length), bad, dtype=torch.int64))
     # CLIP's logit scale as CLIP and open_clip store it (the logarithm).
     assert abs(famix.clip.load(fixture("clip_a_state.pt.gz")).logit_scale - np.log(12.182493960703473)) < 1e-9
 

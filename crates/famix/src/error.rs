@@ -276,6 +276,12 @@ impl Error {
         Error::Incompatible { path: path.into(), problem: problem.to_string() }
     }
 
+    /// Wraps `self`, found while reading `path`, as [`Error::Unreadable`] with `reason`
+    /// (a malformed file is an input problem whatever the reader's message was).
+    pub(crate) fn unreadable(self, path: impl Into<PathBuf>, reason: impl fmt::Display) -> Self {
+        Error::Unreadable { path: path.into(), reason: reason.to_string(), source: Box::new(self) }
+    }
+
     /// The innermost error (the root cause).
     pub fn root(&self) -> &Error {
         match self {

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::error::{bail, Context, Result};
+use crate::error::{fail, Context, Result};
 use tch::{Kind, Tensor};
 
 /// An interleaved 8-bit image (RGB: 3 channels, labels: 1 channel).
@@ -51,15 +51,19 @@ impl Image8 {
     /// Wraps raw bytes, checking their length.
     pub fn from_raw(width: usize, height: usize, channels: usize, data: Vec<u8>) -> Result<Self> {
         if data.len() != width * height * channels {
-            bail!("raw image buffer has {} bytes, {}x{}x{} expected", data.len(), width, height, channels);
+            let problem = format!("raw image buffer has {} bytes, {}x{}x{} expected", data.len(), width, height, channels);
+            return Err(crate::Error::invalid_input("image", problem));
         }
         Ok(Image8 { width, height, channels, data })
     }
 
     /// Decodes any PNG/JPEG to RGB (as PIL's `.convert('RGB')`).
     pub fn open_rgb(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot open image {}", path.display()))?;
-        Self::decode_rgb(&bytes).with_context(|| format!("corrupt or unsupported image {}", path.display()))
+        let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => crate::Error::invalid_input(path, format!("image {} not found", path.display())),
+            _ => crate::Error::from(e).context(format!("cannot open image {}", path.display())),
+        })?;
+        Self::decode_rgb(&bytes).map_err(|e| e.unreadable(path, "corrupt or unsupported image"))
     }
 
     /// Decodes PNG/JPEG bytes strictly: a JPEG without its end marker is truncated and
@@ -67,9 +71,15 @@ impl Image8 {
     /// limits bound the memory a header may ask for.
     pub fn decode_rgb(bytes: &[u8]) -> Result<Self> {
         if bytes.starts_with(&[0xff, 0xd8]) && !jpeg_has_end(bytes) {
-            bail!("truncated JPEG (no end-of-image marker)");
+            fail!(InvalidInput, "image", "truncated JPEG (no end-of-image marker)");
         }
-        let img = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?.decode()?;
+        let undecodable = |e: std::io::Error| crate::Error::invalid_input("image", format!("not a decodable image: {e}"));
+        // Decoding reads from memory: every failure (an I/O error is data cut short) is the bytes'.
+        let img = image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(undecodable)?
+            .decode()
+            .map_err(|e| crate::Error::invalid_input("image", format!("not a decodable PNG or JPEG image: {e}")))?;
         let rgb = img.to_rgb8();
         let (w, h) = rgb.dimensions();
         Ok(Image8 { width: w as usize, height: h as usize, channels: 3, data: rgb.into_raw() })
@@ -87,7 +97,7 @@ impl Image8 {
             1 => image::ExtendedColorType::L8,
             3 => image::ExtendedColorType::Rgb8,
             4 => image::ExtendedColorType::Rgba8,
-            c => bail!("cannot save a {c}-channel image"),
+            c => fail!(InvalidInput, "image", "cannot save a {c}-channel image"),
         };
         use image::ImageEncoder;
         let mut buf = Vec::new();

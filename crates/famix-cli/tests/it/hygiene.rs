@@ -188,3 +188,44 @@ fn every_public_library_function_is_used_outside_the_library() {
     }
     assert!(unused.is_empty(), "public library functions used nowhere outside the library (make them pub(crate)): {unused:#?}");
 }
+
+/// Library files allowed to raise plain-message errors (`bail!`, `format_err!`,
+/// `Error::msg`), and why: every other problem is a typed error a caller can branch on.
+const PLAIN_MESSAGE_FILES: &[(&str, &str)] = &[
+    ("io/pickle.rs", "a parser: load_file/load_bytes/import_reference make its errors Unreadable"),
+    ("io/archive.rs", "a parser: load_file/load_bytes make its errors Unreadable"),
+    ("model/checkpoint.rs", "header and shape checks: checkpoint::load makes them Unreadable"),
+    ("clip/resnet.rs", "architecture inference: the loaders make its errors Unreadable"),
+    ("clip/text.rs", "architecture inference: Clip::load makes its errors Unreadable"),
+    ("clip/download.rs", "the network (HTTP failures, a download that does not verify)"),
+    ("engine/onnxruntime.rs", "the environment (ONNX Runtime's shared library and its own errors)"),
+    ("device.rs", "the environment (libtorch refusing a global mode)"),
+    ("report/plots.rs", "the drawing backend's own errors"),
+    ("error.rs", "the definitions"),
+];
+
+/// Every input or setting problem the library reports is a typed error: plain messages
+/// appear only in the files above (each with its reason) or as `internal:` invariants.
+#[test]
+fn library_errors_are_typed_outside_parsers_and_the_environment() {
+    let mut plain = Vec::new();
+    for (path, text) in library_sources() {
+        let rel = path.strip_prefix(library_src()).unwrap().to_string_lossy().replace('\\', "/");
+        if PLAIN_MESSAGE_FILES.iter().any(|(f, _)| *f == rel) {
+            continue;
+        }
+        // Unit tests (after `#[cfg(test)]`) may use any error.
+        let code = code(text.split("#[cfg(test)]").next().unwrap());
+        let lines: Vec<&str> = code.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if ["bail!(", "format_err!(", "Error::msg(", "Error::Msg("].iter().any(|m| line.contains(m)) {
+                // The message may start on the next line (a long format string).
+                let site = lines[i..(i + 2).min(lines.len())].join(" ");
+                if !site.contains("\"internal: ") {
+                    plain.push(format!("{rel}:{}: {}", i + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(plain.is_empty(), "plain-message errors outside parsers and the environment (use a typed Error): {plain:#?}");
+}

@@ -7,7 +7,7 @@ use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::error::{bail, format_err, Context, Result};
+use crate::error::{bail, Context, Result};
 use crate::io::sha256_file;
 use crate::progress::{Progress, Unit};
 
@@ -35,7 +35,7 @@ pub(crate) fn lookup(name: &str) -> Result<(&'static str, &'static str, &'static
         .iter()
         .find(|(n, _, _)| n.eq_ignore_ascii_case(name))
         .copied()
-        .ok_or_else(|| format_err!("unknown CLIP model {name:?}; choose one of {}", names().join(", ")))
+        .ok_or_else(|| crate::Error::invalid_input("model", format!("unknown CLIP model {name:?}; choose one of {}", names().join(", "))))
 }
 
 /// The supported model names.

@@ -10,7 +10,7 @@ pub mod tokenizer;
 
 use std::path::Path;
 
-use crate::error::{format_err, Context, Error, Result};
+use crate::error::{Error, Result};
 use tch::{nn, Device, Tensor};
 
 pub use crate::io::StateDict;
@@ -71,14 +71,21 @@ impl Clip {
                 format!("{}: no CLIP image tower ('visual.*' keys) in this file{hint}", path.display()),
             ));
         }
-        let vcfg = ResNetConfig::infer(&sd.tensors, "visual.").with_context(|| format!("{}", path.display()))?;
-        let tcfg = TextConfig::infer(&sd.tensors).with_context(|| format!("{}", path.display()))?;
+        let not_clip = "not the weights of a CLIP ResNet";
+        let vcfg = ResNetConfig::infer(&sd.tensors, "visual.").map_err(|e| e.unreadable(path, not_clip))?;
+        let tcfg = TextConfig::infer(&sd.tensors).map_err(|e| e.unreadable(path, not_clip))?;
         let mut clip = Self::random(&vcfg, tcfg.as_ref(), Device::Cpu, os);
         let has_text = tcfg.is_some();
         // A pretraining checkpoint's optimiser state (optim.*) is not part of the model.
         let ignore = |k: &str| (!has_text && k == "text_projection") || k.starts_with(crate::io::run_folder::EXTRA_PREFIX);
         crate::io::load_vars(&clip.vs, "", &sd.tensors, "", &ignore, path, "CLIP model")?;
-        clip.logit_scale = sd.tensors.get("logit_scale").map(|t| t.double_value(&[]));
+        clip.logit_scale = match sd.tensors.get("logit_scale") {
+            Some(t) if t.numel() == 1 => Some(t.f_double_value(&[])?),
+            Some(t) => {
+                return Err(Error::invalid_input(path, format!("{}: logit_scale has shape {:?}, not one number", path.display(), t.size())))
+            }
+            None => None,
+        };
         clip.vs.set_device(device);
         Ok(clip)
     }
@@ -90,12 +97,12 @@ impl Clip {
 
     /// Image embeddings (N, embed) of preprocessed images (N, 3, R, R), R = input resolution.
     pub fn encode_image(&self, images: &Tensor) -> Result<Tensor> {
-        tch::no_grad(|| self.visual.encode(images))
+        tch::no_grad(|| self.visual.encode(&crate::device::upload(images, self.device())))
     }
 
     /// The text tower, or an error naming the missing tower.
     pub fn text(&self) -> Result<&TextTransformer> {
-        self.text.as_ref().ok_or_else(|| format_err!("this checkpoint has no CLIP text tower (image-only weights)"))
+        self.text.as_ref().ok_or_else(|| Error::incompatible("clip", "this CLIP checkpoint has no text tower (image-only weights)"))
     }
 
     /// Text embeddings (N, embed) of token rows (N, context).

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::error::{bail, fail, format_err, Result};
+use crate::error::{bail, fail, format_err, Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
@@ -107,7 +107,10 @@ impl ResNetConfig {
 
     /// Infers the architecture from a state dict's keys under `prefix` (e.g. "visual."
     /// for CLIP checkpoints, "backbone." for segmenters), exactly as CLIP's loader does.
-    pub fn infer(weights: &HashMap<String, Tensor>, prefix: &str) -> Result<Self> {
+    /// Sizes beyond any CLIP's (RN50x64: width 128, embedding 1024, 14² grid) by far are
+    /// refused before anything is allocated from them: a crafted file with an empty
+    /// tensor of a huge shape cannot make famix build a huge network.
+    pub(crate) fn infer(weights: &HashMap<String, Tensor>, prefix: &str) -> Result<Self> {
         let mut layers = [0i64; 4];
         for (b, slot) in layers.iter_mut().enumerate() {
             let lp = format!("{prefix}layer{}.", b + 1);
@@ -127,8 +130,8 @@ impl ResNetConfig {
             .size()
             .first()
             .copied()
-            .filter(|&w| w > 0)
-            .ok_or_else(|| format_err!("{prefix}layer1.0.conv1.weight has no channels"))?;
+            .filter(|&w| (1..=MAX_WIDTH).contains(&w))
+            .ok_or_else(|| format_err!("{prefix}layer1.0.conv1.weight's width is not in 1..={MAX_WIDTH}"))?;
         let (output_dim, input_resolution) = match weights.get(&format!("{prefix}attnpool.positional_embedding")) {
             Some(pe) => {
                 let n = pe.size().first().copied().unwrap_or(0);
@@ -136,8 +139,8 @@ impl ResNetConfig {
                     bail!("{prefix}attnpool.positional_embedding has {n} rows");
                 }
                 let grid = (((n - 1) as f64).sqrt()).round() as i64;
-                if grid * grid + 1 != n {
-                    bail!("{prefix}attnpool.positional_embedding has {n} rows, not a square grid + 1");
+                if grid * grid + 1 != n || grid > MAX_GRID {
+                    bail!("{prefix}attnpool.positional_embedding has {n} rows, not a square grid (at most {MAX_GRID}²) + 1");
                 }
                 let out = weights
                     .get(&format!("{prefix}attnpool.c_proj.weight"))
@@ -146,6 +149,9 @@ impl ResNetConfig {
                     .first()
                     .copied()
                     .unwrap_or(0);
+                if !(1..=MAX_EMBED).contains(&out) {
+                    bail!("{prefix}attnpool.c_proj.weight's output size {out} is not in 1..={MAX_EMBED}");
+                }
                 (Some(out), grid * 32)
             }
             None => (None, 224),
@@ -153,6 +159,13 @@ impl ResNetConfig {
         Ok(ResNetConfig { layers, width, output_dim, heads: (width * 32 / 64).max(1), input_resolution })
     }
 }
+
+/// The largest stem width [`ResNetConfig::infer`] accepts.
+const MAX_WIDTH: i64 = 1024;
+/// The largest attention-pool grid side it accepts.
+const MAX_GRID: i64 = 128;
+/// The largest embedding size it accepts.
+const MAX_EMBED: i64 = 16384;
 
 #[derive(Debug)]
 /// CLIP's bottleneck block (anti-aliased: the stride is an average pool after the 3×3 convolution).
@@ -252,11 +265,9 @@ impl AttentionPool2d {
         let (n, c, h, w) = x.size4()?;
         let len = self.positional_embedding.size()[0];
         if h * w + 1 != len {
-            bail!(
-                "attention pool expects a {g}x{g} layer4 grid (input {r}x{r}), got {h}x{w}",
-                g = ((len - 1) as f64).sqrt() as i64,
-                r = ((len - 1) as f64).sqrt() as i64 * 32
-            );
+            let g = ((len - 1) as f64).sqrt() as i64;
+            let problem = format!("the attention pool expects a {g}x{g} layer4 grid (images of {r}x{r}), got {h}x{w}", r = g * 32);
+            return Err(Error::invalid_input("images", problem));
         }
         let x = x.flatten(2, 3).permute([2, 0, 1]); // (HW, N, C)
         let x = Tensor::cat(&[x.mean_dim(0, true, Kind::Float), x], 0);
@@ -454,12 +465,19 @@ impl ModifiedResNet {
     pub(crate) fn embed_layer4(&self, layer4: &Tensor) -> Result<Tensor> {
         self.attnpool
             .as_ref()
-            .ok_or_else(|| format_err!("this image tower has no attention pool (segmenter weights cannot embed images)"))?
+            .ok_or_else(|| Error::incompatible("clip", "this image tower has no attention pool (segmenter weights cannot embed images)"))?
             .forward(layer4)
     }
 
     /// Full CLIP image encoding (at the tower's output stride; CLIP uses 32).
+    /// `x` must be (N, 3, R, R) float32 images, R the tower's input resolution.
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        let r = self.config.input_resolution;
+        let size = x.size();
+        if size.len() != 4 || size[1..] != [3, r, r] || x.kind() != Kind::Float {
+            let problem = format!("expected (N, 3, {r}, {r}) float32 images, got {:?} {:?}", x.kind(), size);
+            return Err(Error::invalid_input("images", problem));
+        }
         self.embed_layer4(&self.forward_all(x, false))
     }
 }

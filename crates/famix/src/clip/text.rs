@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::error::{bail, format_err, Result};
+use crate::error::{bail, format_err, Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
@@ -54,7 +54,7 @@ impl TextConfig {
     }
 
     /// Infers the text tower from a CLIP state dict; None if it has none.
-    pub fn infer(w: &HashMap<String, Tensor>) -> Result<Option<Self>> {
+    pub(crate) fn infer(w: &HashMap<String, Tensor>) -> Result<Option<Self>> {
         let Some(tok) = w.get("token_embedding.weight") else { return Ok(None) };
         let pos = w.get("positional_embedding").ok_or_else(|| format_err!("text tower without positional_embedding"))?;
         let proj = w.get("text_projection").ok_or_else(|| format_err!("text tower without text_projection"))?;
@@ -63,14 +63,21 @@ impl TextConfig {
         if layers.is_empty() {
             bail!("text tower without transformer.resblocks");
         }
-        let width = tok.size()[1];
+        let plausible = |what: &str, t: &Tensor, dims: usize, axis: usize, max: i64| -> Result<i64> {
+            let size = t.size();
+            match size.get(axis) {
+                Some(&n) if size.len() == dims && (1..=max).contains(&n) => Ok(n),
+                _ => bail!("{what} has shape {size:?} (expected {dims} dimensions, the used one in 1..={max})"),
+            }
+        };
+        let width = plausible("token_embedding.weight", tok, 2, 1, 16384)?;
         Ok(Some(TextConfig {
-            vocab_size: tok.size()[0],
-            context_length: pos.size()[0],
+            vocab_size: plausible("token_embedding.weight", tok, 2, 0, 1 << 20)?,
+            context_length: plausible("positional_embedding", pos, 2, 0, 4096)?,
             width,
             heads: Self::heads_for_width(width),
             layers: layers.len() as i64,
-            embed_dim: proj.size()[1],
+            embed_dim: plausible("text_projection", proj, 2, 1, 16384)?,
         }))
     }
 }
@@ -154,7 +161,19 @@ impl TextTransformer {
     pub fn encode(&self, tokens: &Tensor) -> Result<Tensor> {
         let (n, l) = tokens.size2()?;
         if l != self.config.context_length {
-            bail!("token rows are {l} long, the text tower's context is {}", self.config.context_length);
+            return Err(Error::invalid_input(
+                "tokens",
+                format!("token rows are {l} long, the text tower's context is {}", self.config.context_length),
+            ));
+        }
+        if tokens.kind() != Kind::Int64 {
+            return Err(Error::invalid_input("tokens", format!("tokens must be int64 ids, not {:?}", tokens.kind())));
+        }
+        if n > 0 {
+            let (lo, hi) = (tokens.f_min()?.f_int64_value(&[])?, tokens.f_max()?.f_int64_value(&[])?);
+            if lo < 0 || hi >= self.config.vocab_size {
+                return Err(Error::invalid_input("tokens", format!("token ids must be in 0..{}, got {lo}..={hi}", self.config.vocab_size)));
+            }
         }
         let mut x = Tensor::embedding(&self.token_embedding, tokens, -1, false, false) + &self.positional_embedding;
         for b in &self.blocks {

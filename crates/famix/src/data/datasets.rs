@@ -6,7 +6,7 @@
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use crate::error::{fail, format_err, Context, Error, Result};
+use crate::error::{fail, Context, Error, Result};
 use serde::Serialize;
 
 use super::classes::{ClassSet, LabelCodec};
@@ -482,7 +482,7 @@ pub fn read_label_ids(path: &Path, synthia: bool) -> Result<Image8> {
     let mut dec = png::Decoder::new(BufReader::new(f));
     dec.set_transformations(png::Transformations::IDENTITY);
     let mut reader = dec.read_info().with_context(|| format!("corrupt or non-PNG label {}", path.display()))?;
-    let size = reader.output_buffer_size().ok_or_else(|| format_err!("label {} is too large", path.display()))?;
+    let size = reader.output_buffer_size().ok_or_else(|| Error::invalid_input(path, format!("label {} is too large", path.display())))?;
     let mut buf = vec![0u8; size];
     let info = reader.next_frame(&mut buf).with_context(|| format!("corrupt or truncated label PNG {}", path.display()))?;
     let (w, h) = (info.width as usize, info.height as usize);

@@ -128,7 +128,7 @@ fn load_item(ds: &Dataset, cfg: &LoaderConfig, epoch: u64, index: usize, skips: 
                 SkipLog::record(skips, &ds.samples[index].image, &e);
                 attempts += 1;
                 if attempts >= ds.len() {
-                    crate::error::bail!("no readable sample in {}", ds.describe());
+                    crate::error::fail!(InvalidInput, &ds.root, "no readable sample in {}", ds.describe());
                 }
                 index = (index + 1) % ds.len();
             }

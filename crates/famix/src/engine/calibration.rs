@@ -150,7 +150,7 @@ impl Calibrator {
     /// The calibration of what was observed (`checkpoint`: a label).
     pub fn finish(self, model: &Segmenter, checkpoint: &str) -> Result<Calibration> {
         if self.images == 0 {
-            return Err(Error::msg("calibration: no image was observed"));
+            return Err(Error::invalid_input("calibration images", "calibration: no image was observed"));
         }
         Ok(Calibration {
             format: FORMAT.into(),

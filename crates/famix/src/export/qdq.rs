@@ -110,14 +110,17 @@ impl Graph {
     pub(crate) fn quantize(&mut self, ranges: &ActivationRanges) -> Result<()> {
         let values = observed(&self.nodes);
         if values.len() != ranges.ranges.len() {
-            return Err(Error::msg(format!(
-                "the calibration has {} activation ranges, this network {} (calibrated for another architecture?)",
-                ranges.ranges.len(),
-                values.len()
-            )));
+            return Err(Error::incompatible(
+                "calibration",
+                format!(
+                    "the calibration has {} activation ranges, this network {} (calibrated for another architecture?)",
+                    ranges.ranges.len(),
+                    values.len()
+                ),
+            ));
         }
         if let Some(r) = ranges.invalid() {
-            return Err(Error::msg(format!("the calibration holds an invalid activation range {r:?}")));
+            return Err(Error::invalid_input("calibration", format!("the calibration holds an invalid activation range {r:?}")));
         }
         // Each quantised convolution by its output's name (node indices shift as
         // nodes are inserted) with the value it reads.

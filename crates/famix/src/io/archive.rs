@@ -9,7 +9,7 @@ use std::io::{Cursor, Read};
 use std::path::Path;
 use std::rc::Rc;
 
-use crate::error::{bail, format_err, Context, Error, Result};
+use crate::error::{bail, fail, format_err, Context, Error, Result};
 use tch::{Kind, Tensor};
 
 use super::pickle::{self, Storage, StorageDtype, TensorRef, Value};
@@ -77,9 +77,11 @@ pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
         flate2::read::MultiGzDecoder::new(&raw[..])
             .take(limit + 1)
             .read_to_end(&mut out)
-            .with_context(|| format!("{}: corrupt gzip data", path.display()))?;
+            .map_err(|e| Error::from(e).unreadable(path, "corrupt gzip data"))?;
         if out.len() as u64 > limit {
-            bail!(
+            fail!(
+                InvalidInput,
+                path,
                 "{}: gzip data expands to more than {limit} bytes ({} compressed): refusing a decompression bomb",
                 path.display(),
                 raw.len()
@@ -99,15 +101,18 @@ pub(crate) fn inflate_limit(compressed: usize) -> u64 {
 /// Loads every tensor of a checkpoint file. Errors name the file and the problem.
 pub fn load_file(path: &Path) -> Result<LoadedFile> {
     let bytes = read_bytes(path)?;
-    load_bytes(&bytes).map_err(|e| Error::Unreadable {
-        path: path.to_path_buf(),
-        reason: "not a readable checkpoint".into(),
-        source: Box::new(e),
-    })
+    parse(&bytes).map_err(|e| e.unreadable(path, "not a readable checkpoint"))
 }
 
-/// Reads a checkpoint from memory (format detected from the bytes).
+/// Reads a checkpoint from memory (format detected from the bytes); a malformed one
+/// is [`Error::Unreadable`] (the parser's message is its source).
 pub fn load_bytes(bytes: &[u8]) -> Result<LoadedFile> {
+    parse(bytes).map_err(|e| e.unreadable("checkpoint bytes", "not a readable checkpoint"))
+}
+
+/// The parsers behind [`load_file`] and [`load_bytes`]: their messages say what is
+/// malformed; the two entry points make every such error [`Error::Unreadable`].
+fn parse(bytes: &[u8]) -> Result<LoadedFile> {
     if bytes.len() < 8 {
         bail!("file is empty or truncated ({} bytes)", bytes.len());
     }

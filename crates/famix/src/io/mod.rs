@@ -108,12 +108,15 @@ pub fn atomic_write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<
 /// Reads a JSON file into `T`, naming the file in any error. Files above 256 MiB are
 /// refused before reading (famix's JSON files are metadata, far smaller).
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let len = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.len();
-    if len > 256 << 20 {
-        crate::error::fail!(InvalidInput, path, "{}: {len} bytes is too large for a famix JSON file", path.display());
+    let meta = match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => crate::error::fail!(InvalidInput, path, "{} not found", path.display()),
+        r => r.with_context(|| format!("cannot read {}", path.display()))?,
+    };
+    if meta.len() > 256 << 20 {
+        crate::error::fail!(InvalidInput, path, "{}: {} bytes is too large for a famix JSON file", path.display(), meta.len());
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: unreadable", path.display()))
+    serde_json::from_str(&text).map_err(|e| crate::Error::from(e).unreadable(path, "unreadable JSON"))
 }
 
 /// An advisory lock on a folder (a `.lock` file inside it, held until drop), so two

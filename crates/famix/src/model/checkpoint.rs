@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::error::{bail, fail, format_err, Context, Error, Result};
+use crate::error::{bail, fail, format_err, Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
@@ -25,7 +25,7 @@ use crate::model::segmenter::{FreezePolicy, Segmenter, SegmenterConfig};
 pub const FORMAT: &str = "famix-segmenter";
 /// The newest checkpoint format this famix reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
-const META_KEY: &str = "famix";
+pub(crate) const META_KEY: &str = "famix";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 /// A famix checkpoint's header.
@@ -99,12 +99,12 @@ pub(crate) fn save_with(
 ) -> Result<PathBuf> {
     let path = weights_path(path);
     if !meta.best_miou.is_none_or(f64::is_finite) {
-        bail!("{}: refusing to write a non-finite best mIoU", path.display());
+        return Err(Error::NonFinite { what: format!("the best mIoU to write into {}", path.display()), count: 1 });
     }
     let mut tensors: Vec<(String, Tensor)> = seg.vs.variables().into_iter().collect();
     for (k, t) in extra {
         if !k.starts_with(EXTRA_PREFIX) {
-            bail!("extra checkpoint tensor {k:?} must be named {EXTRA_PREFIX}*");
+            bail!("internal: extra checkpoint tensor {k:?} must be named {EXTRA_PREFIX}*");
         }
         tensors.push((k, t));
     }
@@ -160,7 +160,7 @@ pub fn load(path: &Path, device: Device, output_stride: Option<OutputStride>) ->
     let sd = StateDict::load(&src)?;
     if sd.format == Format::Safetensors && sd.metadata.contains_key(META_KEY) {
         let meta: CheckpointMeta =
-            serde_json::from_str(&sd.metadata[META_KEY]).with_context(|| format!("{}: unreadable famix header", src.display()))?;
+            serde_json::from_str(&sd.metadata[META_KEY]).map_err(|e| Error::from(e).unreadable(&src, "unreadable famix header"))?;
         if meta.format != FORMAT {
             fail!(InvalidInput, &src, "{}: format {:?}, expected {FORMAT:?}", src.display(), meta.format);
         }
@@ -171,8 +171,8 @@ pub fn load(path: &Path, device: Device, output_stride: Option<OutputStride>) ->
         if let Some(os) = output_stride {
             cfg.output_stride = os;
         }
-        check_header(&cfg, &sd).with_context(|| format!("{}: the header does not describe the weights", src.display()))?;
-        let model = Segmenter::new(cfg, Device::Cpu).with_context(|| format!("{}", src.display()))?;
+        check_header(&cfg, &sd).map_err(|e| e.unreadable(&src, "the header does not describe the weights"))?;
+        let model = Segmenter::new(cfg, Device::Cpu).map_err(|e| e.unreadable(&src, "the header describes no valid segmenter"))?;
         let extra_key = |k: &str| k.starts_with(EXTRA_PREFIX);
         load_vars(&model.vs, "", &sd.tensors, "", &extra_key, &src, "segmenter described by its header")?;
         check_model_finite(&model, &src)?;
@@ -190,8 +190,8 @@ pub fn load(path: &Path, device: Device, output_stride: Option<OutputStride>) ->
 /// The head a state dict's shapes describe (dropout: the reference's 0.1).
 fn infer_head(sd: &StateDict) -> Result<HeadConfig> {
     let get = |k: &str| -> Result<i64> {
-        let size = sd.tensors.get(k).map(|t| t.size()).ok_or_else(|| format_err!("{}: missing {k}", sd.path.display()))?;
-        size.first().copied().filter(|&n| n > 0).ok_or_else(|| format_err!("{}: {k} has shape {size:?}", sd.path.display()))
+        let size = sd.tensors.get(k).map(|t| t.size()).ok_or_else(|| format_err!("missing {k}"))?;
+        size.first().copied().filter(|&n| n > 0).ok_or_else(|| format_err!("{k} has shape {size:?}"))
     };
     Ok(HeadConfig {
         num_classes: get("classifier.classifier.3.weight")?,
@@ -260,8 +260,9 @@ pub fn import_state(sd: &StateDict, device: Device, os: OutputStride) -> Result<
         let hint = if sd.has_prefix("visual.") { " (this is a CLIP checkpoint: load it as a CLIP)" } else { "" };
         fail!(InvalidInput, path, "{}: not a segmenter checkpoint (no backbone.*/classifier.* weights){hint}", path.display());
     }
-    let backbone = ResNetConfig::infer(&sd.tensors, "backbone.").with_context(|| format!("{}", path.display()))?;
-    let head = infer_head(sd)?;
+    let not_famix = "not the weights of a FAMix segmenter";
+    let backbone = ResNetConfig::infer(&sd.tensors, "backbone.").map_err(|e| e.unreadable(path, not_famix))?;
+    let head = infer_head(sd).map_err(|e| e.unreadable(path, not_famix))?;
     let num_classes = head.num_classes;
     let cfg = SegmenterConfig {
         backbone: ResNetConfig { output_dim: None, ..backbone },

@@ -2,7 +2,7 @@
 //! The forward exposes the layer1 features (`restyle`) so local style mixing can
 //! replace them before layer2 and the head's low-level branch.
 
-use crate::error::{bail, Error, Result};
+use crate::error::{fail, Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
@@ -146,9 +146,9 @@ impl SegmenterConfig {
     pub fn validate(&self) -> Result<()> {
         let n = self.head.num_classes;
         if self.classes.len() as i64 != n {
-            bail!("the head predicts {n} classes but the class set has {}", self.classes.len());
+            fail!(InvalidSetting, "classes", "the head predicts {n} classes but the class set has {}", self.classes.len());
         }
-        self.classes.validate().map_err(Error::msg)
+        self.classes.validate().map_err(|problem| Error::InvalidSetting { name: "classes".into(), problem })
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use crate::error::{bail, Result};
+use crate::error::Result;
 use tch::{Kind, Tensor};
 
 /// A parameter group: learning rate, weight decay, parameters.
@@ -92,17 +92,17 @@ impl AdamW {
             let Some(name) = k.strip_prefix("exp_avg.") else { continue };
             super::check_state_tensor(k, "exp_avg", t, &shapes)?;
             let sq_key = format!("exp_avg_sq.{name}");
-            let sq = tensors.get(&sq_key).ok_or_else(|| crate::error::format_err!("optimiser state {sq_key} is missing"))?;
+            let sq = tensors.get(&sq_key).ok_or_else(|| super::bad_state(format!("optimiser state {sq_key} is missing")))?;
             super::check_state_tensor(&sq_key, "exp_avg_sq", sq, &shapes)?;
-            let step = tensors.get(&format!("step.{name}")).map(|s| s.int64_value(&[0])).unwrap_or(-1);
+            let step = tensors.get(&format!("step.{name}")).and_then(|s| s.f_int64_value(&[0]).ok()).unwrap_or(-1);
             if step < 1 {
-                bail!("optimiser state step.{name} is missing or not positive");
+                return Err(super::bad_state(format!("optimiser state step.{name} is missing, not one number or not positive")));
             }
             let m = Moments { exp_avg: t.to_device(device), exp_avg_sq: sq.to_device(device), step: step as u64 };
             state.insert(name.to_string(), m);
         }
         if let Some(k) = tensors.keys().find(|k| k.starts_with("exp_avg_sq.") && !state.contains_key(&k["exp_avg_sq.".len()..])) {
-            bail!("optimiser state {k} has no exp_avg partner");
+            return Err(super::bad_state(format!("optimiser state {k} has no exp_avg partner")));
         }
         self.state = state;
         Ok(())

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::data::Dataset;
-use crate::error::{bail, Context, Result};
+use crate::error::{fail, Context, Error, Result};
 use crate::imageops::{Filter, Image8};
 use crate::model::{PredictOptions, Segmenter};
 use crate::render::{colorize, overlay};
@@ -91,21 +91,25 @@ impl History {
 /// unreadable line is an error naming its number.
 pub fn read_history(run: &Path) -> Result<History> {
     let p = crate::io::run_folder::RunFolder::new(run).log();
-    let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    if !p.is_file() {
+        return Err(Error::invalid_input(&p, format!("{} not found: not a training run folder", p.display())));
+    }
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::from(e).unreadable(&p, "cannot read the training log"))?;
     let lines: Vec<&str> = text.lines().collect();
     let mut h = History::default();
     for (i, line) in lines.iter().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let v: serde_json::Value = match serde_json::from_str(line) {
             Ok(v) => v,
             Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => break,
-            Err(e) => bail!("{} line {}: not JSON ({e})", p.display(), i + 1),
+            Err(e) => return Err(Error::from(e).unreadable(&p, format!("line {} is not JSON", i + 1))),
         };
+        let bad_line = |e: serde_json::Error| Error::from(e).unreadable(&p, format!("line {}", i + 1));
         if v.get("val_miou").is_some() {
-            h.val.push(serde_json::from_value(v).with_context(|| format!("{} line {}", p.display(), i + 1))?);
+            h.val.push(serde_json::from_value(v).map_err(bad_line)?);
         } else if v.get("monitor_miou").is_some() {
-            h.monitor.push(serde_json::from_value(v).with_context(|| format!("{} line {}", p.display(), i + 1))?);
+            h.monitor.push(serde_json::from_value(v).map_err(bad_line)?);
         } else if v.get("loss").is_some() {
-            h.train.push(serde_json::from_value(v).with_context(|| format!("{} line {}", p.display(), i + 1))?);
+            h.train.push(serde_json::from_value(v).map_err(bad_line)?);
         }
     }
     Ok(h)
@@ -134,7 +138,7 @@ impl BestValidation {
         let b: BestValidation = crate::io::read_json(path)?;
         let k = b.class_names.len();
         if b.confusion_matrix.len() != k || b.confusion_matrix.iter().any(|r| r.len() != k) || b.per_class_iou.len() != k {
-            bail!("{}: the confusion matrix or per-class IoU does not match its {k} class names", path.display());
+            fail!(InvalidInput, path, "{}: the confusion matrix or per-class IoU does not match its {k} class names", path.display());
         }
         Ok(b)
     }

@@ -178,7 +178,7 @@ fn draw_lines(area: &DrawingArea<BitMapBackend, Shift>, p: &Panel) -> Result<()>
 /// and labelled "n/a").
 pub(crate) fn bar_chart(path: &Path, title: &str, names: &[String], values: &[f64]) -> Result<()> {
     if names.is_empty() || values.len() != names.len() {
-        return Err(format_err!("{title}: {} values for {} class names", values.len(), names.len()));
+        return Err(crate::Error::invalid_input("plot data", format!("{title}: {} values for {} class names", values.len(), names.len())));
     }
     let k = names.len() as u32;
     render(path, 800, 120 + 26 * k, |root| {
@@ -221,7 +221,7 @@ pub(crate) fn bar_chart(path: &Path, title: &str, names: &[String], values: &[f6
 pub(crate) fn confusion_heatmap(path: &Path, title: &str, names: &[String], matrix: &[u64]) -> Result<()> {
     let k = names.len();
     if matrix.len() != k * k {
-        return Err(format_err!("{title}: the matrix has {} entries, not {k}×{k}", matrix.len()));
+        return Err(crate::Error::invalid_input("plot data", format!("{title}: the matrix has {} entries, not {k}×{k}", matrix.len())));
     }
     let kk = k.max(1) as u32;
     let side = 120 + 30 * kk;
@@ -297,7 +297,7 @@ pub struct BarSeries {
 /// ± spread whiskers and a legend.
 pub fn grouped_bar_chart(path: &Path, title: &str, y_label: &str, groups: &[String], series: &[BarSeries]) -> Result<()> {
     if groups.is_empty() || series.is_empty() || series.iter().any(|s| s.values.len() != groups.len()) {
-        return Err(format_err!("{title}: every series needs one value per group"));
+        return Err(crate::Error::invalid_input("plot data", format!("{title}: every series needs one value per group")));
     }
     let top = series.iter().flat_map(|s| s.values.iter().map(|(m, e)| m + e)).filter(|v| v.is_finite()).fold(1.0f64, f64::max) * 1.12;
     let (g, n) = (groups.len() as f64, series.len() as f64);

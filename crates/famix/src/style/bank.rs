@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::error::{bail, fail, Context, Error, Result};
+use crate::error::{fail, Context, Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -169,7 +169,12 @@ impl StyleBank {
         let Some((mu, sigma)) = self.entries.get(&class) else { return Ok(()) };
         for (i, (m, s)) in mu.iter().zip(sigma).enumerate() {
             if let Some(v) = m.iter().chain(s).find(|v| !v.is_finite()) {
-                bail!("class {} style {i} holds a non-finite value ({v}); styles must be finite", self.key(class));
+                fail!(
+                    InvalidInput,
+                    "style bank",
+                    "class {} style {i} holds a non-finite value ({v}); styles must be finite",
+                    self.key(class)
+                );
             }
         }
         Ok(())
@@ -222,7 +227,7 @@ impl StyleBank {
             tensors.push((format!("{key}/sigma"), flat(sigma)));
         }
         if self.summary.batch_losses.iter().any(|l| !l.is_finite()) {
-            bail!("{}: refusing to save a bank with non-finite mining losses", path.display());
+            return Err(Error::NonFinite { what: format!("the mining losses to save into {}", path.display()), count: 1 });
         }
         // The summary (with the mining progress a resume continues from) lives in the
         // tensors' file, so one rename commits both; the .json beside it is a copy.
@@ -237,11 +242,14 @@ impl StyleBank {
             fail!(InvalidInput, path, "style bank {} not found", path.display());
         }
         let f = load_file(path)?;
+        if !f.metadata.contains_key(SUMMARY_KEY) && f.metadata.contains_key(crate::model::checkpoint::META_KEY) {
+            fail!(InvalidInput, path, "{} is a segmenter checkpoint, not a style bank", path.display());
+        }
         let summary: BankSummary = match f.metadata.get(SUMMARY_KEY) {
-            Some(s) => serde_json::from_str(s).with_context(|| format!("{}: unreadable summary", path.display()))?,
+            Some(s) => serde_json::from_str(s).map_err(|e| Error::from(e).unreadable(path, "unreadable summary"))?,
             // Banks of older famix versions kept the summary only beside the tensors.
             None => match std::fs::read_to_string(sidecar(path)) {
-                Ok(s) => serde_json::from_str(&s).with_context(|| format!("{}: unreadable summary", sidecar(path).display()))?,
+                Ok(s) => serde_json::from_str(&s).map_err(|e| Error::from(e).unreadable(sidecar(path), "unreadable summary"))?,
                 Err(_) => BankSummary::default(),
             },
         };
@@ -278,7 +286,7 @@ impl StyleBank {
     /// lists of (C,1,1) tensors).
     pub fn import_reference(path: &Path) -> Result<Self> {
         let bytes = crate::io::archive::read_bytes(path)?;
-        let top = crate::io::pickle::load_plain(&bytes).with_context(|| format!("{}: not a readable pickle", path.display()))?;
+        let top = crate::io::pickle::load_plain(&bytes).map_err(|e| e.unreadable(path, "not a readable pickle"))?;
         let items =
             top.dict_items().ok_or_else(|| Error::invalid_input(path, format!("{}: expected a dict of style lists", path.display())))?;
         let mut bank = StyleBank::new(0, ClassSet::cityscapes());
@@ -298,8 +306,9 @@ impl StyleBank {
                 let crate::io::pickle::Value::Tensor(r) = &t else {
                     fail!(InvalidInput, path, "{}: {k} holds a {}", path.display(), t.type_name());
                 };
-                let lf = crate::io::archive::tensor_from_ref(r)?;
-                let row = Vec::<f32>::try_from(lf.to_kind(Kind::Float).flatten(0, -1))?;
+                let row = crate::io::archive::tensor_from_ref(r)
+                    .and_then(|t| Ok(Vec::<f32>::try_from(t.f_to_kind(Kind::Float)?.f_flatten(0, -1)?)?))
+                    .map_err(|e| e.unreadable(path, format!("{k}: unreadable tensor")))?;
                 if bank.channels == 0 {
                     bank.channels = row.len();
                 } else if bank.channels != row.len() {
@@ -327,7 +336,7 @@ impl StyleBank {
     pub fn device_tables(&self, num_classes: usize, device: Device) -> Result<BankTables> {
         let ignore = self.count(IGNORE);
         if self.total() == 0 {
-            bail!("the style bank is empty: mine styles first (famix mine-styles)");
+            fail!(InvalidInput, "style bank", "the style bank is empty: mine styles first (famix mine-styles)");
         }
         let mut mus = Vec::new();
         let mut sigmas = Vec::new();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tch::Tensor;
 
-use crate::error::{bail, fail, Context, Error, Result};
+use crate::error::{fail, Context, Error, Result};
 use crate::progress::{Progress, Unit};
 use crate::style::pin::{gather_patches, optimise, select_patches, PinConfig, PinProblem, PinResult, Selection};
 
@@ -370,7 +370,7 @@ impl<'a> Miner<'a> {
 /// their order), batch losses in batch order, the run's settings without the shard.
 /// Every part must be complete and agree on the settings (the data root aside).
 pub fn merge_shards(parts: &[(std::path::PathBuf, StyleBank)]) -> Result<StyleBank> {
-    let Some((first_path, first)) = parts.first() else { bail!("no banks to merge") };
+    let Some((first_path, first)) = parts.first() else { fail!(InvalidInput, "shards", "no banks to merge") };
     let mut shards = Vec::new();
     let mut lists = Vec::new();
     let common = |b: &StyleBank| settings_without(&b.summary.config, &["shard"]);
@@ -443,7 +443,7 @@ fn in_batch_order<T: Clone>(
             return Ok(Vec::new());
         }
         if list.len() != values.len() {
-            bail!("shard {shard}: {} {what} for {} batches", values.len(), list.len());
+            fail!(Incompatible, "shards", "shard {shard}: {} {what} for {} batches", values.len(), list.len());
         }
         indexed.extend(list.into_iter().zip(values.iter().cloned()));
     }

@@ -16,7 +16,7 @@
 //! Comparing it with FAMix separates what any style randomisation buys from what
 //! styles mined with words buy.
 
-use crate::error::{bail, Result};
+use crate::error::Result;
 use rand_distr::{Beta, Distribution};
 use tch::{Kind, Tensor};
 
@@ -74,7 +74,11 @@ pub fn draw(tables: &BankTables, dominant: &[Vec<u8>], mode: StyleMode, alpha: f
         for &class in d {
             match tables.pick(class, pick.uniform()) {
                 Some(r) => rows.push(r as i64),
-                None => bail!("the style bank has no styles for class {class} and no ignore-class (255) styles to fall back on"),
+                None => crate::error::fail!(
+                    Incompatible,
+                    "style bank",
+                    "the style bank has no styles for class {class} and no ignore-class (255) styles to fall back on"
+                ),
             }
         }
     }

@@ -125,7 +125,7 @@ pub(crate) fn optimise(visual: &ModifiedResNet, problems: &[PinProblem], cfg: &P
     let res = visual.config.input_resolution / 4;
     let counts: Vec<i64> = problems.iter().map(|p| p.patches.size()[0]).collect();
     if counts.contains(&0) {
-        bail!("a mining batch has no patches");
+        bail!("internal: a mining batch has no patches");
     }
     let patches = Tensor::cat(&problems.iter().map(|p| p.patches.shallow_clone()).collect::<Vec<_>>(), 0);
     let targets = Tensor::cat(&problems.iter().map(|p| p.targets.shallow_clone()).collect::<Vec<_>>(), 0);

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::error::{bail, Context, Result};
+use crate::error::{fail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -65,17 +65,17 @@ impl PromptSet {
                 set.random_styles = v;
             }
         }
-        set.validate().with_context(|| format!("{}", path.display()))?;
+        set.validate().map_err(|e| crate::Error::invalid_input(path, format!("{}: {e}", path.display())))?;
         Ok(set)
     }
 
     /// Checks that every list is non-empty and every template has a slot.
     pub fn validate(&self) -> Result<()> {
         if self.random_styles.is_empty() {
-            bail!("the style list is empty");
+            fail!(InvalidInput, "prompt list", "the style list is empty");
         }
         if self.templates.iter().any(|t| !t.contains("{}")) {
-            bail!("every template needs a '{{}}' placeholder");
+            fail!(InvalidInput, "prompt list", "every template needs a '{{}}' placeholder");
         }
         Ok(())
     }

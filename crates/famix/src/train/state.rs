@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::error::{bail, fail, Context, Error, Result};
+use crate::error::{fail, Context, Error, Result};
 
 use tch::{Device, Tensor};
 
@@ -38,7 +38,7 @@ pub(crate) fn initial_model(cfg: &TrainConfig, device: Device) -> Result<Segment
 /// in one file, made visible by one rename (see `checkpoint::save_with`).
 pub(super) fn save_state(run: &RunFolder, model: &Segmenter, meta: &CheckpointMeta, sgd: &Sgd, state: &RunState) -> Result<()> {
     if !state.best_miou.is_none_or(f64::is_finite) {
-        bail!("refusing to checkpoint a non-finite best mIoU");
+        return Err(Error::NonFinite { what: "the best mIoU to checkpoint".into(), count: 1 });
     }
     let extra = sgd.state().into_iter().map(|(k, t)| (format!("{}{k}", checkpoint::EXTRA_PREFIX), t)).collect();
     let md = [(STATE_KEY.to_string(), serde_json::to_string(state)?)].into_iter().collect();

@@ -5,7 +5,7 @@
 //! Every random choice of iteration `t` (style picks, Beta weights, dropout) is
 //! derived from (seed, t), so the step is a function of the weights, the batch and `t`.
 
-use crate::error::{bail, fail, Context, Result};
+use crate::error::{fail, Context, Result};
 
 use tch::{Kind, Tensor};
 
@@ -141,9 +141,10 @@ pub(super) fn check_labels(batch: &Batch, num_classes: i64, iteration: u64) -> R
     let valid = batch.labels.lt(num_classes).logical_or(&batch.labels.eq(255));
     if valid.all().int64_value(&[]) == 0 {
         let bad = batch.labels.masked_select(&valid.logical_not()).max().int64_value(&[]);
-        bail!(
+        let problem = format!(
             "label id {bad} in the batch of iteration {iteration} is not below `num_classes` {num_classes} (labels must be train ids < {num_classes} or 255)"
         );
+        return Err(crate::Error::invalid_input("labels", problem));
     }
     Ok(())
 }

@@ -178,3 +178,104 @@ fn error_kinds_sort_real_failures() {
     let e = Segmenter::load(&junk, Device::Cpu).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
 }
+
+/// A list of bad inputs and settings given through the library: each is refused with
+/// the typed kind a caller can branch on, its message names the input or the setting,
+/// and none panics (each call runs under `catch_unwind`, which must never trip).
+#[test]
+fn bad_inputs_and_settings_are_typed_errors_and_never_panic() {
+    use famix::clip::{Clip, OutputStride, ResNetConfig, TextConfig};
+    use famix::ErrorKind::{Incompatible, InvalidInput, InvalidSetting};
+    let d = tmpdir();
+    let ckpt = tiny_checkpoint(d.path());
+    let model = Segmenter::load(&ckpt, Device::Cpu).unwrap();
+    tch::manual_seed(1);
+    let clip = Clip::random(
+        &ResNetConfig { input_resolution: 64, ..ResNetConfig::tiny() },
+        Some(&TextConfig::tiny()),
+        Device::Cpu,
+        OutputStride::Os32,
+    );
+    let save = |name: &str, tensors: Vec<(&str, Tensor)>| -> std::path::PathBuf {
+        let p = d.path().join(name);
+        let t: Vec<(String, Tensor)> = tensors.into_iter().map(|(k, t)| (k.to_string(), t)).collect();
+        famix::io::archive::save_safetensors(&p, &t, None).unwrap();
+        p
+    };
+    // A crafted CLIP: an empty tensor announcing a huge width, a 1-D token table.
+    let huge =
+        save("huge.safetensors", vec![("visual.layer1.0.conv1.weight", Tensor::zeros([1 << 30, 0, 1, 1], (Kind::Float, Device::Cpu)))]);
+    let zeros = |shape: &[i64]| Tensor::zeros(shape, (Kind::Float, Device::Cpu));
+    let mut crafted: Vec<(&str, Tensor)> = ["layer1", "layer2", "layer3", "layer4"]
+        .iter()
+        .map(|l| (Box::leak(format!("visual.{l}.0.conv1.weight").into_boxed_str()) as &str, zeros(&[4, 4, 1, 1])))
+        .collect();
+    crafted.push(("token_embedding.weight", zeros(&[8])));
+    crafted.push(("positional_embedding", zeros(&[4, 8])));
+    crafted.push(("text_projection", zeros(&[8, 8])));
+    crafted.push(("transformer.resblocks.0.ln_1.weight", zeros(&[8])));
+    let one_d_tokens = save("tokens.safetensors", crafted);
+    let junk = d.path().join("junk.pth");
+    std::fs::write(&junk, b"\x80\x02 not really a pickle at all").unwrap();
+    let tokens = |t: Tensor| clip.encode_text(&t).map(|_| ());
+    let cases: Vec<(&str, famix::ErrorKind, Call)> = vec![
+        ("missing", InvalidInput, Box::new(|| Segmenter::load(d.path().join("missing.safetensors"), Device::Cpu).map(|_| ()))),
+        ("a folder", InvalidInput, Box::new(|| Segmenter::load(d.path(), Device::Cpu).map(|_| ()))),
+        ("junk.pth", InvalidInput, Box::new(|| Segmenter::load(&junk, Device::Cpu).map(|_| ()))),
+        ("huge.safetensors", InvalidInput, Box::new(|| Clip::load(&huge, Device::Cpu, OutputStride::Os32).map(|_| ()))),
+        ("tokens.safetensors", InvalidInput, Box::new(|| Clip::load(&one_d_tokens, Device::Cpu, OutputStride::Os32).map(|_| ()))),
+        ("segmenter", InvalidInput, Box::new(|| Clip::load(&ckpt, Device::Cpu, OutputStride::Os32).map(|_| ()))),
+        ("images", InvalidInput, Box::new(|| clip.encode_image(&Tensor::zeros([1, 3, 32, 32], (Kind::Float, Device::Cpu))).map(|_| ()))),
+        ("images", InvalidInput, Box::new(|| clip.encode_image(&Tensor::zeros([3, 64, 64], (Kind::Float, Device::Cpu))).map(|_| ()))),
+        ("images", InvalidInput, Box::new(|| clip.encode_image(&Tensor::zeros([1, 3, 64, 64], (Kind::Uint8, Device::Cpu))).map(|_| ()))),
+        ("token ids", InvalidInput, Box::new(move || tokens(Tensor::full([1, 77], 1 << 20, (Kind::Int64, Device::Cpu))))),
+        ("token ids", InvalidInput, Box::new(move || tokens(Tensor::full([1, 77], -3, (Kind::Int64, Device::Cpu))))),
+        ("int64", InvalidInput, Box::new(move || tokens(Tensor::zeros([1, 77], (Kind::Float, Device::Cpu))))),
+        ("context", InvalidInput, Box::new(move || tokens(Tensor::zeros([1, 5], (Kind::Int64, Device::Cpu))))),
+        (
+            "text",
+            InvalidInput,
+            Box::new(|| famix::clip::tokenizer::Tokenizer::global().tokenize(&"word ".repeat(200), 77, false).map(|_| ())),
+        ),
+        ("too small", InvalidInput, Box::new(|| model.predict(&Image8::new(3, 5, 3, 0), &PredictOptions::default()).map(|_| ()))),
+        ("RGB", InvalidInput, Box::new(|| model.predict(&Image8::new(64, 64, 4, 0), &PredictOptions::default()).map(|_| ()))),
+        (
+            "scale",
+            InvalidSetting,
+            Box::new(|| model.predict(&Image8::new(64, 64, 3, 0), &PredictOptions { scale: -1.0, ..Default::default() }).map(|_| ())),
+        ),
+        ("image", InvalidInput, Box::new(|| Image8::decode_rgb(b"\x89PNG\r\n\x1a\n broken").map(|_| ()))),
+        ("image", InvalidInput, Box::new(|| Image8::from_raw(4, 4, 3, vec![0; 5]).map(|_| ()))),
+        ("style bank", InvalidInput, Box::new(|| famix::style::bank::StyleBank::load(&d.path().join("none.safetensors")).map(|_| ()))),
+        ("style bank", InvalidInput, Box::new(|| famix::style::bank::StyleBank::load(&ckpt).map(|_| ()))),
+        ("device", InvalidSetting, Box::new(|| famix::device::parse_device("cuda:x").map(|_| ()))),
+        (
+            "text tower",
+            Incompatible,
+            Box::new(|| {
+                let image_only = Clip::random(&ResNetConfig::tiny(), None, Device::Cpu, OutputStride::Os32);
+                image_only.encode_text(&Tensor::zeros([1, 77], (Kind::Int64, Device::Cpu))).map(|_| ())
+            }),
+        ),
+    ];
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut problems = Vec::new();
+    for (named, want, call) in &cases {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
+            Err(_) => problems.push(format!("{named}: PANICKED")),
+            Ok(Ok(())) => problems.push(format!("{named}: accepted")),
+            Ok(Err(e)) => {
+                let text = format!("{e:#}");
+                if e.kind() != *want || !text.contains(named) {
+                    problems.push(format!("{named}: {:?} (want {want:?}): {text}", e.kind()));
+                }
+            }
+        }
+    }
+    std::panic::set_hook(quiet);
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// One library call of a table of cases.
+type Call<'a> = Box<dyn Fn() -> famix::Result<()> + 'a>;
