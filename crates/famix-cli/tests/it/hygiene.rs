@@ -229,3 +229,55 @@ fn library_errors_are_typed_outside_parsers_and_the_environment() {
     }
     assert!(plain.is_empty(), "plain-message errors outside parsers and the environment (use a typed Error): {plain:#?}");
 }
+
+/// Every public module of the library is reached from outside it (the command, the
+/// Python package, the library's tests and examples, the fuzz targets); the others
+/// are `pub(crate)`, so the public API is the one the front ends and users need.
+#[test]
+fn every_public_library_module_is_used_outside_the_library() {
+    let crates = repo_root().join("crates");
+    let mut outside = String::new();
+    let users =
+        ["famix-cli/src", "famix-cli/tests", "famix-cli/examples", "famix-py/src", "famix/tests", "famix/examples"].map(|d| crates.join(d));
+    for dir in users.into_iter().chain([repo_root().join("fuzz")]) {
+        for f in files_with_extension(&dir, "rs") {
+            outside.push_str(&code(&std::fs::read_to_string(f).unwrap()));
+        }
+    }
+    let outside: String = outside.split_whitespace().collect();
+    // (parent module, declared public module) of every `pub mod`: a module inside a
+    // `pub(crate)` one is private whatever it says.
+    let mut declared = Vec::new();
+    for (path, text) in library_sources() {
+        let rel = path.strip_prefix(library_src()).unwrap().to_string_lossy().replace('\\', "/");
+        // The module path of the file's own module: "" for lib.rs, "clip" for clip/mod.rs.
+        let parent = rel.trim_end_matches(".rs").trim_end_matches("/mod").trim_end_matches("lib").replace('/', "::");
+        for line in code(&text).lines() {
+            if let Some(name) = line.trim().strip_prefix("pub mod ").and_then(|r| r.strip_suffix(';')) {
+                declared.push((parent.clone(), name.to_string()));
+            }
+        }
+    }
+    let public: BTreeSet<String> = declared.iter().map(|(p, n)| if p.is_empty() { n.clone() } else { format!("{p}::{n}") }).collect();
+    let mut unused = Vec::new();
+    for (parent, name) in &declared {
+        {
+            let prefixes = parent.match_indices("::").map(|(i, _)| &parent[..i]).chain([parent.as_str()]);
+            if !parent.is_empty() && !prefixes.into_iter().all(|p| public.contains(p)) {
+                continue;
+            }
+            let full = if parent.is_empty() { name.to_string() } else { format!("{parent}::{name}") };
+            // `famix::clip::download`, or `download` in a `use famix::clip::{...}` group.
+            let named = outside.contains(&format!("famix::{full}"))
+                || outside.match_indices(&format!("famix::{parent}::{{")).any(|(i, m)| {
+                    let group = &outside[i + m.len()..];
+                    let group = &group[..group.find('}').unwrap_or(group.len())];
+                    group.split(',').any(|g| g == name || g.starts_with(&format!("{name}::")))
+                });
+            if !named {
+                unused.push(full);
+            }
+        }
+    }
+    assert!(unused.is_empty(), "public library modules used nowhere outside the library (make them pub(crate)): {unused:#?}");
+}

@@ -4,8 +4,8 @@
 pub mod download;
 pub mod preprocess;
 pub mod pretrain;
-pub mod resnet;
-pub mod text;
+pub(crate) mod resnet;
+pub(crate) mod text;
 pub mod tokenizer;
 
 use std::path::Path;

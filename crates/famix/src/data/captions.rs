@@ -63,11 +63,6 @@ impl CaptionSet {
     pub fn len(&self) -> usize {
         self.items.len()
     }
-
-    /// Whether the set is empty (never, once opened).
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
 }
 
 fn parse_line(raw: &str, root: &Path) -> std::result::Result<(PathBuf, String), String> {

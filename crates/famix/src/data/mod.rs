@@ -1,6 +1,6 @@
 //! Datasets, label conversion, augmentation and the threaded loader.
 pub mod augment;
-pub mod captions;
+pub(crate) mod captions;
 pub mod classes;
 pub mod datasets;
 pub mod labels;

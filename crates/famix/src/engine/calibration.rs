@@ -1,5 +1,5 @@
 //! Calibration for int8 inference (`famix calibrate`): the range of every value the
-//! int8 graph quantises ([`crate::export::qdq`]), measured by running the fp32 graph
+//! int8 graph quantises (`export::qdq`), measured by running the fp32 graph
 //! in ONNX Runtime on a few images of the *source* domain and keeping each value's
 //! minimum and maximum over all of them (ONNX Runtime's MinMax calibration). The
 //! ranges are saved as JSON and turned into the int8 graph when a session is built

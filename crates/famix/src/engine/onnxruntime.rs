@@ -145,7 +145,7 @@ impl OrtNet {
         Ok(OrtNet { sessions: Mutex::new(Sessions::default()), int8: None })
     }
 
-    /// The same engine with int8 convolutions ([`crate::export::qdq`]) quantised
+    /// The same engine with int8 convolutions (`export::qdq`) quantised
     /// with `ranges` (from [`super::calibration`]).
     pub fn int8(ranges: ActivationRanges) -> Result<Self> {
         Ok(OrtNet { int8: Some(ranges), ..Self::new()? })

@@ -12,10 +12,10 @@
 //! `train_ids` (N, H, W) int64 (the argmax over classes).
 //!
 //! The graph is built by the network blocks themselves, through the same code that runs
-//! them eagerly ([`crate::nn::ops`]), and encoded with prost from ONNX's schema
-//! ([`crate::nn::onnx::proto`]).
+//! them eagerly (`nn::ops`), and encoded with prost from ONNX's schema
+//! (`nn::onnx::proto`).
 
-pub mod qdq;
+pub(crate) mod qdq;
 
 use std::path::Path;
 
@@ -66,7 +66,7 @@ pub struct ExportOptions {
     pub output: ExportOutput,
     /// Take uint8 RGB (N, H, W, 3) and normalise inside the graph.
     pub include_preprocessing: bool,
-    /// int8 convolutions with these activation ranges ([`crate::export::qdq`];
+    /// int8 convolutions with these activation ranges (`export::qdq`;
     /// from [`crate::engine::calibration`]); fp32 when None.
     pub int8: Option<ActivationRanges>,
 }

@@ -3,7 +3,7 @@ pub mod archive;
 mod hash;
 pub mod pickle;
 pub mod run_folder;
-pub mod tensorboard;
+pub(crate) mod tensorboard;
 pub mod weights;
 
 pub use hash::{sha256_file, sha256_hex};

@@ -118,11 +118,6 @@ impl EventWriter {
         Ok(w)
     }
 
-    /// The event file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn event(&mut self, e: Event) -> Result<()> {
         self.out.write_all(&record(&e.encode_to_vec())).with_context(|| format!("cannot write {}", self.path.display()))
     }

@@ -1,9 +1,9 @@
 //! The FAMix segmenter (CLIP ResNet + DeepLabv3+), freeze policies, checkpoints and
 //! the inference API.
 pub mod checkpoint;
-pub mod deeplab;
+pub(crate) mod deeplab;
 pub mod inference;
-pub mod segmenter;
+pub(crate) mod segmenter;
 
 pub use checkpoint::CheckpointMeta;
 pub use deeplab::HeadConfig;

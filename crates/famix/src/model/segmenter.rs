@@ -233,7 +233,7 @@ impl Segmenter {
 
     /// What every weight is now (data pointer, shape, libtorch's version counter) and
     /// the output stride: equal stamps mean the network computes the same function, so
-    /// an engine holding its own copy of the graph ([`ExternalNet`]) rebuilds it when
+    /// an engine holding its own copy of the graph (`ExternalNet`) rebuilds it when
     /// the stamp it was built from differs.
     pub fn stamp(&self) -> ModelStamp {
         let weights = self.built.iter().map(|(_, t, _, _)| crate::nn::Stamp::of(t)).collect();

@@ -1,6 +1,6 @@
 //! The style-mining run (docs/src/design.md, "Style mining"): streams crops of the source
 //! dataset, selects one patch per dominant class in each batch, picks a prompt per
-//! patch (seeded by the batch index), runs patch-wise PIN ([`crate::style::pin`]) and
+//! patch (seeded by the batch index), runs patch-wise PIN (`style::pin`) and
 //! appends the learnt μ, σ to the style bank, saving it every few batches so an
 //! interrupted run resumes exactly where it stopped.
 

@@ -3,7 +3,7 @@
 pub mod bank;
 pub mod mining;
 pub mod mixing;
-pub mod pin;
+pub(crate) mod pin;
 pub mod prompts;
 
 pub use pin::PinConfig;

@@ -35,8 +35,6 @@ pub struct PairLoaderConfig {
     pub batch: usize,
     /// Input resolution R.
     pub resolution: usize,
-    /// Text context length.
-    pub context: usize,
     /// Random crops instead of CLIP's centre crop.
     pub augment: bool,
     /// Seed of the order and crops.

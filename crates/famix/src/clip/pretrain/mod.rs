@@ -1,7 +1,7 @@
 //! `famix clip-pretrain`: contrastive image–text pretraining (or fine-tuning) of a
 //! CLIP ResNet on an image–caption set, as OpenAI's CLIP and open_clip train:
 //! symmetric cross-entropy over the batch's similarity matrix with a learnt
-//! temperature ([`model`]), AdamW with decoupled weight decay on matrices only,
+//! temperature (`model`), AdamW with decoupled weight decay on matrices only,
 //! linear warm-up then cosine decay, CLIP's initialisation.
 //!
 //! Runs have the guarantees of segmenter training (the shared run folder,
@@ -12,8 +12,8 @@
 //! checkpoint continues bit-exactly. After every checkpoint the CLIP alone is
 //! written to `RUN/clip.safetensors`, a checkpoint every `--clip` flag accepts.
 
-pub mod data;
-pub mod model;
+pub(crate) mod data;
+pub(crate) mod model;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -351,7 +351,6 @@ pub fn pretrain(
     let lc = PairLoaderConfig {
         batch: cfg.batch,
         resolution: cfg.visual.input_resolution as usize,
-        context: cfg.text.context_length as usize,
         augment: cfg.augment,
         seed: cfg.seed,
         workers: opts.workers,

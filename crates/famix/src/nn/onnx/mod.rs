@@ -19,8 +19,6 @@ pub enum Attr {
     Int(i64),
     /// Integers.
     Ints(Vec<i64>),
-    /// A float.
-    Float(f32),
     /// A string.
     Str(String),
 }
@@ -48,7 +46,6 @@ fn attribute(name: &str, a: Attr) -> AttributeProto {
     match a {
         Attr::Int(i) => (p.r#type, p.i) = (attribute_type::INT, i),
         Attr::Ints(v) => (p.r#type, p.ints) = (attribute_type::INTS, v),
-        Attr::Float(f) => (p.r#type, p.f) = (attribute_type::FLOAT, f),
         Attr::Str(s) => (p.r#type, p.s) = (attribute_type::STRING, s.into_bytes()),
     }
     p

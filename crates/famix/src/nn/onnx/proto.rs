@@ -74,7 +74,6 @@ pub struct NodeProto {
 
 /// `onnx.AttributeProto.AttributeType` values famix uses.
 pub mod attribute_type {
-    pub const FLOAT: i32 = 1;
     pub const INT: i32 = 2;
     pub const STRING: i32 = 3;
     pub const INTS: i32 = 7;
