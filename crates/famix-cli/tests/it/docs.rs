@@ -205,19 +205,7 @@ fn train_flags_and_printed_defaults_follow_the_config() {
     use famix::train::{TrainConfig, SETTINGS};
     let r = TrainConfig::reference("c.pt".into(), String::new(), famix::data::DatasetKind::Gta5, "d".into(), None);
     let fields = serde_json::to_value(&r).unwrap();
-    let (code, help, err) = run_famix(&["train", "--help"]);
-    assert_eq!(code, 0, "{err}");
-    // Flag → the text of its help paragraph, lines joined by spaces.
-    let mut paragraphs: Vec<(String, String)> = Vec::new();
-    for line in help.lines() {
-        let t = line.trim_start();
-        if let Some(flag) = t.strip_prefix("--").filter(|_| line.starts_with("      --")) {
-            paragraphs.push((flag.split([' ', '[']).next().unwrap().to_string(), String::new()));
-        } else if let Some((_, text)) = paragraphs.last_mut() {
-            text.push_str(t);
-            text.push(' ');
-        }
-    }
+    let paragraphs = help_paragraphs("train");
     let mut compared = 0;
     for s in SETTINGS {
         let flag = s.name.replace('_', "-");
@@ -242,4 +230,78 @@ fn train_flags_and_printed_defaults_follow_the_config() {
     }
     // Those whose default is the reference's and printed (not: paths, condition, styles, monitor).
     assert_eq!(compared, 17, "settings with a reference default printed");
+}
+
+/// `famix CMD --help` as (flag, the text of its help paragraph, lines joined by spaces).
+fn help_paragraphs(cmd: &str) -> Vec<(String, String)> {
+    let (code, help, err) = run_famix(&[cmd, "--help"]);
+    assert_eq!(code, 0, "{err}");
+    let mut paragraphs: Vec<(String, String)> = Vec::new();
+    for line in help.lines() {
+        let t = line.trim_start();
+        if let Some(flag) = t.strip_prefix("--").filter(|_| line.starts_with("      --")) {
+            let name = flag.split([' ', '[']).next().unwrap().to_string();
+            // A short help shares the flag's line: keep what follows the value name.
+            let rest = flag.split_once("> ").map(|(_, r)| r.trim_start()).unwrap_or("");
+            paragraphs.push((name, if rest.is_empty() { String::new() } else { format!("{rest} ") }));
+        } else if let Some((_, text)) = paragraphs.last_mut() {
+            text.push_str(t);
+            text.push(' ');
+        }
+    }
+    paragraphs
+}
+
+/// The default `famix CMD --help` prints for `--flag`, as a number.
+fn printed_default(paragraphs: &[(String, String)], flag: &str) -> f64 {
+    let text = &paragraphs.iter().find(|(f, _)| f == flag).unwrap_or_else(|| panic!("no --{flag}")).1;
+    let printed = text.split("[default: ").nth(1).and_then(|t| t.split(']').next()).unwrap_or_else(|| panic!("--{flag}: {text}"));
+    printed.trim().parse().unwrap_or_else(|_| panic!("--{flag}: default {printed:?} is not a number"))
+}
+
+/// The defaults `famix mine-styles --help` and `famix clip-pretrain --help` print are
+/// the library's (`MineSettings::reference`, `PinConfig::default`,
+/// `PretrainConfig::new`), compared numerically (relative 1e-12): the help restates
+/// them, and this fails when either side changes alone.
+#[test]
+fn mining_and_pretraining_printed_defaults_are_the_library_defaults() {
+    use famix::clip::pretrain::PretrainConfig;
+    use famix::clip::{ResNetConfig, TextConfig};
+    let close = |flag: &str, printed: f64, want: f64| {
+        assert!((printed - want).abs() <= 1e-12 * want.abs().max(1.0), "--{flag}: help says {printed}, the library {want}");
+    };
+    let mine = help_paragraphs("mine-styles");
+    let (m, pin) = (famix::style::mining::MineSettings::reference(1), famix::style::PinConfig::default());
+    for (flag, want) in [
+        ("batch", m.batch as f64),
+        ("crop", m.crop as f64),
+        ("seed", m.seed as f64),
+        ("group", m.group as f64),
+        ("save-every", m.save_every as f64),
+        ("iters", pin.iters as f64),
+        ("lr", pin.lr),
+        ("grid", pin.grid as f64),
+    ] {
+        close(flag, printed_default(&mine, flag), want);
+    }
+    let lr_help = &mine.iter().find(|(f, _)| f == "lr").unwrap().1;
+    assert!(lr_help.contains(&format!("momentum {}, weight decay {:e}", pin.momentum, pin.weight_decay)), "{lr_help}");
+    let pre = help_paragraphs("clip-pretrain");
+    let p = PretrainConfig::new("c".into(), ResNetConfig::tiny(), TextConfig::tiny(), 100);
+    for (flag, want) in [
+        ("batch", p.batch as f64),
+        ("lr", p.lr),
+        ("weight-decay", p.weight_decay),
+        ("beta1", p.betas.0),
+        ("beta2", p.betas.1),
+        ("eps", p.eps),
+        ("seed", p.seed as f64),
+        ("log-interval", p.log_interval as f64),
+        ("save-interval", p.save_interval as f64),
+    ] {
+        close(flag, printed_default(&pre, flag), want);
+    }
+    let warmup = &pre.iter().find(|(f, _)| f == "warmup").unwrap().1;
+    assert_eq!(p.warmup * 10, p.iters, "the library's warm-up is 10 % of the steps");
+    assert!(warmup.contains("[default: 10 % of --iters]"), "{warmup}");
 }

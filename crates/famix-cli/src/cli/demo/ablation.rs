@@ -156,6 +156,8 @@ pub struct Settings {
     pub crop: usize,
     /// Head learning rate.
     pub lr: f64,
+    /// The reference's augmentation (colour jitter, flip).
+    pub augment: bool,
     /// Mining batches (None: one pass over the source's training images, as the paper
     /// mines every image).
     pub mine_batches: Option<u64>,
@@ -244,6 +246,7 @@ fn train_config(world: &World, s: &Settings, row: Row, seed: u64, bank: Option<P
         batch: s.batch,
         crop: s.crop,
         lr: s.lr,
+        augment: s.augment,
         freeze: row.freeze(),
         style_mode: row.style_mode(),
         head: HeadConfig::tiny(19),
