@@ -332,7 +332,8 @@ impl<T> From<std::sync::PoisonError<T>> for Error {
     }
 }
 
-/// Adds context to errors (and turns `None` into an error), like `anyhow::Context`.
+/// Adds context to errors, like `anyhow::Context` (not to `Option`: a missing value is
+/// a typed error, made where it is known what is missing).
 pub trait Context<T> {
     /// Wraps the error with `c`.
     fn context<C: fmt::Display>(self, c: C) -> Result<T>;
@@ -346,15 +347,6 @@ impl<T, E: Into<Error>> Context<T> for std::result::Result<T, E> {
     }
     fn with_context<C: fmt::Display, F: FnOnce() -> C>(self, f: F) -> Result<T> {
         self.map_err(|e| e.into().context(f()))
-    }
-}
-
-impl<T> Context<T> for Option<T> {
-    fn context<C: fmt::Display>(self, c: C) -> Result<T> {
-        self.ok_or_else(|| Error::msg(c))
-    }
-    fn with_context<C: fmt::Display, F: FnOnce() -> C>(self, f: F) -> Result<T> {
-        self.ok_or_else(|| Error::msg(f()))
     }
 }
 

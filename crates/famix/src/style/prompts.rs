@@ -87,10 +87,9 @@ impl PromptSet {
             // Target-aware mining describes the whole target domain, ignore class included.
             return Ok(description.map(str::to_string).unwrap_or_else(|| self.ignore_class_prompt.clone()));
         }
-        let name = self
-            .class_names
-            .get(class as usize)
-            .with_context(|| format!("class id {class} has no name (only {} classes)", self.class_names.len()))?;
+        let name = self.class_names.get(class as usize).ok_or_else(|| {
+            crate::Error::invalid_input("class", format!("class id {class} has no name (only {} classes)", self.class_names.len()))
+        })?;
         let style = match description {
             Some(d) => d.to_string(),
             None => self.random_styles[rng.below(self.random_styles.len() as u64) as usize].clone(),

@@ -5,7 +5,7 @@
 //! Every random choice of iteration `t` (style picks, Beta weights, dropout) is
 //! derived from (seed, t), so the step is a function of the weights, the batch and `t`.
 
-use crate::error::{fail, Context, Result};
+use crate::error::{fail, Context, Error, Result};
 
 use tch::{Kind, Tensor};
 
@@ -122,7 +122,10 @@ pub fn bank_tables(cfg: &TrainConfig, model: &Segmenter) -> Result<Option<BankTa
     if !cfg.style_mode.needs_bank() {
         return Ok(None);
     }
-    let p = cfg.styles.as_ref().context("`styles` BANK is needed (or `no_styles`)")?;
+    let p = cfg
+        .styles
+        .as_ref()
+        .ok_or_else(|| Error::InvalidSetting { name: "styles".into(), problem: "a style bank is needed (or `no_styles`)".into() })?;
     let bank = StyleBank::load(p)?;
     let want = model.config().backbone.low_level_channels() as usize;
     if bank.channels != want {

@@ -223,8 +223,9 @@ fn restore_or_init(
         .metadata
         .get(STATE_KEY)
         .map(|j| serde_json::from_str(j))
-        .transpose()?
-        .with_context(|| format!("{}: no training state (not a clip-pretrain checkpoint)", latest.display()))?;
+        .transpose()
+        .map_err(|e| Error::from(e).unreadable(&latest, "unreadable training state"))?
+        .ok_or_else(|| Error::incompatible(&latest, format!("{}: no training state (not a clip-pretrain checkpoint)", latest.display())))?;
     if state.run_id != cfg.run_id {
         fail!(
             Incompatible,
