@@ -69,8 +69,14 @@ def test_ctrl_c_stops_training_resumably_and_resume_is_bit_exact(tmp_path, bank)
 
 def test_a_resume_that_lost_its_latest_checkpoint_is_refused_and_continues_from_best(tmp_path, bank):
     r = tmp_path / "r"
+    events = []
     run(r, bank, iters=2, val_interval=1, val_dataset="cityscapes", val_root=str(fixture("cityscapes_mini")), val_limit=1,
-        progress=False)
+        progress=events.append)
+    # The validation notice counts the images validated, as the log does (val_limit=1).
+    notices = [e["text"] for e in events if e["event"] == "notice" and "val mIoU" in e["text"]]
+    log = [json.loads(l) for l in (r / "train_log.jsonl").read_text().splitlines()]
+    assert [l["val_images"] for l in log if "val_miou" in l] == [1, 1]
+    assert len(notices) == 2 and all("(1 of its images)" in n for n in notices), notices
     (r / "latest.safetensors").unlink()
     with pytest.raises(famix.InvalidInputError, match="latest.safetensors is missing"):
         famix.train(resume=r, iters=3, progress=False)
