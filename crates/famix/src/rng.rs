@@ -45,7 +45,7 @@ pub mod stream {
 
 /// A stateless hash of three numbers, uniform in [0, 1): for values that must be a
 /// function of position (textures), without a generator per call.
-pub(crate) fn hash_unit(seed: u64, a: u64, b: u64) -> f64 {
+pub fn hash_unit(seed: u64, a: u64, b: u64) -> f64 {
     let h = mix(mix(seed.wrapping_add(GOLDEN) ^ a.wrapping_mul(0xD1B5_4A32_D192_ED03)) ^ b.wrapping_mul(0xABC9_8388_FB8E_AC03));
     (h >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
@@ -72,7 +72,7 @@ impl Rng {
     }
 
     /// The next 64 random bits.
-    pub(crate) fn next_u64(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(GOLDEN);
         mix(self.state)
     }
@@ -83,7 +83,7 @@ impl Rng {
     }
 
     /// Uniform in [lo, hi).
-    pub(crate) fn uniform_range(&mut self, lo: f64, hi: f64) -> f64 {
+    pub fn uniform_range(&mut self, lo: f64, hi: f64) -> f64 {
         lo + (hi - lo) * self.uniform()
     }
 
@@ -94,7 +94,7 @@ impl Rng {
     }
 
     /// Fisher–Yates, from the back.
-    pub(crate) fn shuffle<T>(&mut self, v: &mut [T]) {
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
         for i in (1..v.len()).rev() {
             let j = self.below(i as u64 + 1) as usize;
             v.swap(i, j);

@@ -416,7 +416,7 @@ async fn sample(State(app): State<Arc<App>>) -> Response {
 /// A built-in street scene (the procedural world's day look), so the page works with
 /// no file at hand.
 fn sample_png() -> Result<Vec<u8>> {
-    use famix::data::synth::{scene_image, Condition, SynthSize};
+    use famix_synth::{scene_image, Condition, SynthSize};
     let mut layout = famix::rng::Rng::derive(1, &[famix::rng::stream::SYNTH_LAYOUT, 999]);
     let mut render = famix::rng::Rng::derive(1, &[famix::rng::stream::SYNTH_RENDER, 999]);
     let (img, _) = scene_image(&mut layout, &mut render, SynthSize { width: 512, height: 256 }, Condition::Day);

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use famix::data::synth::{write_captioned, write_segmentation, Condition, SynthSize};
+use famix_synth::{write_captioned, write_segmentation, Condition, SynthSize};
 
 #[derive(Args)]
 pub struct SynthArgs {

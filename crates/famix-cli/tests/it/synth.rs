@@ -7,9 +7,9 @@ use crate::common;
 use std::collections::BTreeMap;
 
 use common::*;
-use famix::data::synth::{caption, layout, scene::CLASSES, Condition};
 use famix::rng::Rng;
 use famix::Image8;
+use famix_synth::{caption, layout, scene::CLASSES, Condition};
 
 #[test]
 fn same_layout_same_labels_under_every_condition() {
@@ -44,7 +44,7 @@ fn mean_colors(n: u64) -> BTreeMap<u8, [f64; 3]> {
     let mut acc: BTreeMap<u8, ([f64; 3], f64)> = BTreeMap::new();
     for i in 0..n {
         let scene = layout::generate(128, 96, &mut Rng::derive(5, &[i]));
-        let img = famix::data::synth::look::render(&scene, Condition::Day, &mut Rng::derive(6, &[i]));
+        let img = famix_synth::look::render(&scene, Condition::Day, &mut Rng::derive(6, &[i]));
         for (k, p) in scene.pixels.iter().enumerate() {
             let e = acc.entry(p.class).or_insert(([0.0; 3], 0.0));
             for c in 0..3 {

@@ -7,7 +7,6 @@ pub mod labels;
 pub mod loader;
 pub mod prefetch;
 pub mod staging;
-pub mod synth;
 
 pub use datasets::{Dataset, DatasetKind};
 

@@ -13,7 +13,7 @@
 //!
 //! The generic vocabulary is the demo world's stand-in for the paper's twenty random
 //! styles: the ten photographic styles the demo CLIP learnt from its captions, each
-//! mapped a priori to a style of the paper's list (see `famix::data::synth::Condition`:
+//! mapped a priori to a style of the paper's list (see `famix_synth::Condition`:
 //! sepia ↔ Rustic Charm, misty ↔ Ethereal Mist, noir ↔ Dystopian Noir, neon ↔
 //! Cyberpunk Cityscape, ...). It names no driving condition;
 //! (v) is the contrast that *does* name them (PØDA's premise: the target is
@@ -32,7 +32,6 @@ use std::sync::Arc;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use famix::data::synth::Condition;
 use famix::data::{Dataset, DatasetKind};
 use famix::eval::{evaluate, EvalOptions};
 use famix::io::run_folder::RunFolder;
@@ -45,6 +44,7 @@ use famix::style::prompts::PromptSet;
 use famix::style::PinConfig;
 use famix::train::{train, RunOptions, TrainConfig, ValSpec};
 use famix::{Progress, Segmenter, Silent};
+use famix_synth::Condition;
 
 use super::world::World;
 

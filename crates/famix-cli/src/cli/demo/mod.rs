@@ -1,5 +1,5 @@
 //! `famix demo`: the FAMix paper's ablation in miniature, on a procedural driving
-//! world (see `famix::data::synth`) with a CLIP pretrained on captioned images of
+//! world (see `famix_synth`) with a CLIP pretrained on captioned images of
 //! that world under every condition ([`world`]). Six training recipes ([`ablation`])
 //! on day-only data, three seeds, evaluated on the source and on unseen night, fog,
 //! rain and snow; results as JSON, Markdown, a bar chart and a comparison picture
@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use famix::data::synth::{Condition, SynthSize};
+use famix_synth::{Condition, SynthSize};
 
 use super::progress::Bars;
 use ablation::{Row, Settings};

@@ -11,13 +11,13 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde_json::json;
 
-use famix::data::synth::Condition;
 use famix::data::{Dataset, DatasetKind};
 use famix::imageops::Filter;
 use famix::render::colorize;
 use famix::report::plots::{grouped_bar_chart, line_panels, with_column_titles, BarSeries, Panel, Series};
 use famix::report::{panel_row, vstack};
 use famix::{PredictOptions, Segmenter};
+use famix_synth::Condition;
 
 use super::ablation::{MinedBank, Row, RunResult, Settings};
 use super::world::World;

@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use famix::clip::pretrain::{clip_path, pretrain, PretrainConfig, PretrainOptions};
 use famix::clip::{ResNetConfig, TextConfig};
-use famix::data::synth::{write_captioned, write_segmentation, Condition, SynthSize};
 use famix::io::run_folder::{RunFolder, RunState};
+use famix_synth::{write_captioned, write_segmentation, Condition, SynthSize};
 
 /// Changes whenever the generator or the caption grammar changes what it draws, so a
 /// cached CLIP of an older world is not reused.

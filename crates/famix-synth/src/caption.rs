@@ -5,7 +5,7 @@
 
 use super::scene::{class, Scene};
 use super::Condition;
-use crate::rng::Rng;
+use famix::rng::Rng;
 
 /// Thing classes: (train id, singular, plural).
 const THINGS: [(u8, &str, &str); 9] = [

@@ -25,9 +25,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Context, Error, Result};
-use crate::imageops::Image8;
-use crate::rng::{stream, Rng};
+use famix::error::{Context, Error, Result};
+use famix::imageops::Image8;
+use famix::rng::{stream, Rng};
 
 /// A way the world can look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -218,7 +218,7 @@ pub fn write_segmentation(
     }
     let names: Vec<&str> = conditions.iter().map(|c| c.name()).collect();
     let about = serde_json::json!({"conditions": names, "splits": splits, "size": size, "seed": seed});
-    crate::io::atomic_write_json(&root.join("synth.json"), &about)
+    famix::io::atomic_write_json(&root.join("synth.json"), &about)
 }
 
 /// One line of a captions file.
@@ -259,6 +259,6 @@ pub fn write_captioned(root: &Path, conditions: &[Condition], n: usize, size: Sy
         text.push('\n');
     }
     let path = root.join("captions.jsonl");
-    crate::io::atomic_write(&path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    famix::io::atomic_write(&path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
 }

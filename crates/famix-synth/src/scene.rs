@@ -17,7 +17,7 @@
 //! contact shadows. Labels are Cityscapes train ids; the same layout gives the same
 //! labels under every condition.
 
-use crate::rng::Rng;
+use famix::rng::Rng;
 
 /// Depth of the sky (metres): "infinitely" far for fog.
 pub const SKY_DEPTH: f32 = 1.0e4;
@@ -254,9 +254,9 @@ impl Scene {
     }
 
     /// Train ids as a one-channel image.
-    pub fn labels(&self) -> crate::imageops::Image8 {
+    pub fn labels(&self) -> famix::imageops::Image8 {
         let data = self.pixels.iter().map(|p| p.class).collect();
-        crate::imageops::Image8 { width: self.width, height: self.height, channels: 1, data }
+        famix::imageops::Image8 { width: self.width, height: self.height, channels: 1, data }
     }
 
     /// Visible pixels per instance.
@@ -286,5 +286,5 @@ pub fn jitter(c: [f32; 3], amount: f64, tint: bool, rng: &mut Rng) -> [f32; 3] {
 /// Deterministic value noise in [0, 1) at integer lattice point (i, j) for a texture
 /// `seed` (textures must not consume the layout's random stream per pixel).
 pub(crate) fn hash01(seed: u64, i: i64, j: i64) -> f32 {
-    crate::rng::hash_unit(seed, i as u64, j as u64) as f32
+    famix::rng::hash_unit(seed, i as u64, j as u64) as f32
 }

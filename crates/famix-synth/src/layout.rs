@@ -12,7 +12,7 @@
 //! objects spanning cells, as the paper's at 768² crops does.
 
 use super::scene::{class, hash01, jitter, Board, Camera, Lamp, Scene, Shade, EMISSIVE, GROUND, SHADOW, TOP};
-use crate::rng::Rng;
+use famix::rng::Rng;
 
 /// The street's cross-section (lateral positions in metres, 0 under the camera).
 #[derive(Debug, Clone, Copy)]

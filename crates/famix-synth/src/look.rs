@@ -26,8 +26,8 @@ use rand_distr::{Distribution, Normal};
 
 use super::scene::{class, Scene, EMISSIVE, GROUND, SHADOW, TOP};
 use super::Condition;
-use crate::imageops::Image8;
-use crate::rng::Rng;
+use famix::imageops::Image8;
+use famix::rng::Rng;
 
 /// An RGB float image (0..1 nominal), row-major.
 #[derive(Clone)]
