@@ -5,9 +5,10 @@
 //! in the blocks; only how each step is carried out differs, and nothing a block does
 //! can be missing from its export.
 //!
-//! Each eager operation is exactly the tensor call the blocks made before the trait
-//! existed (e.g. the pooled ASPP branch is upsampled with `upsample_bilinear2d`, which
-//! ONNX writes as a broadcast), so results are bit-identical to them.
+//! Each eager operation is one plain libtorch call, the one PyTorch's reference makes
+//! (e.g. the pooled ASPP branch is upsampled with `upsample_bilinear2d`, which the ONNX
+//! backend writes as a broadcast); the parity tests against PyTorch's numbers pin the
+//! eager path, and the export tests pin the graph to it.
 
 use tch::Tensor;
 
