@@ -2,6 +2,7 @@
 style banks, and one real bad input for every exception class."""
 import fcntl
 import json
+import re
 import os
 import signal
 
@@ -132,6 +133,23 @@ def test_mine_styles_equals_the_command(tmp_path):
     assert sum(e.get("n", 0) for e in events) == 2
     with pytest.raises(famix.InvalidSettingError, match="exists"):
         famix.mine_styles(tmp_path / "py.safetensors", progress=False, **args)
+
+
+def _flags(command):
+    """The flags `famix COMMAND --help` lists, as keyword spellings."""
+    r = famix_cli(command, "--help")
+    assert r.returncode == 0, r.stderr
+    flags = re.findall(r"^\s+(?:-\w, )?--([a-z0-9-]+)", r.stdout, re.M)
+    return {f.replace("-", "_") for f in flags} - {"help"}
+
+
+def test_mine_styles_takes_the_command_s_settings_by_the_same_names():
+    """Every `famix mine-styles` flag is a `famix.mine_styles` keyword and the reverse,
+    except the command's `--shards` (the Kubernetes shard count of `--shard auto`) and
+    Python's `progress` and positional `out` (the command's `--out`)."""
+    import inspect
+    keywords = set(inspect.signature(famix.mine_styles).parameters) - {"progress"}
+    assert keywords == _flags("mine-styles") - {"shards"}, keywords ^ (_flags("mine-styles") - {"shards"})
 
 
 def test_style_bank(bank):
