@@ -43,41 +43,31 @@ pub struct PretrainArgs {
     /// Text context length in tokens (longer captions are cut, keeping the end token) [default: 77]
     #[arg(long)]
     context_length: Option<i64>,
-    /// Optimiser steps (with --resume: extends the run) [default: 2000]
-    #[arg(long)]
+    #[arg(long, help = format!("Optimiser steps (with --resume: extends the run) [default: {DEFAULT_ITERS}]"))]
     iters: Option<u64>,
-    /// Image–caption pairs per step [default: 128]
-    #[arg(long)]
+    #[arg(long, help = library_default("Image–caption pairs per step", |c| c.batch as f64))]
     batch: Option<usize>,
-    /// Peak learning rate (AdamW) [default: 0.0005]
-    #[arg(long)]
+    #[arg(long, help = library_default("Peak learning rate (AdamW)", |c| c.lr))]
     lr: Option<f64>,
-    /// AdamW weight decay on weight matrices and convolutions [default: 0.2]
-    #[arg(long)]
+    #[arg(long, help = library_default("AdamW weight decay on weight matrices and convolutions", |c| c.weight_decay))]
     weight_decay: Option<f64>,
     /// Linear warm-up steps before the cosine decay [default: 10 % of --iters]
     #[arg(long)]
     warmup: Option<u64>,
-    /// AdamW β₁ [default: 0.9]
-    #[arg(long)]
+    #[arg(long, help = library_default("AdamW β₁", |c| c.betas.0))]
     beta1: Option<f64>,
-    /// AdamW β₂ [default: 0.999]
-    #[arg(long)]
+    #[arg(long, help = library_default("AdamW β₂", |c| c.betas.1))]
     beta2: Option<f64>,
-    /// AdamW ε [default: 1e-8]
-    #[arg(long)]
+    #[arg(long, help = library_default("AdamW ε", |c| c.eps))]
     eps: Option<f64>,
     /// CLIP's centre crop instead of random crops of 80–100 % of the shorter side
     #[arg(long)]
     no_augment: bool,
-    /// Seed of the initialisation, data order and crops [default: 1]
-    #[arg(long)]
+    #[arg(long, help = library_default("Seed of the initialisation, data order and crops", |c| c.seed as f64))]
     seed: Option<u64>,
-    /// Log every N steps [default: 10]
-    #[arg(long)]
+    #[arg(long, help = library_default("Log every N steps", |c| c.log_interval as f64))]
     log_interval: Option<u64>,
-    /// Checkpoint every N steps (and at the end) [default: 250]
-    #[arg(long)]
+    #[arg(long, help = library_default("Checkpoint every N steps (and at the end)", |c| c.save_interval as f64))]
     save_interval: Option<u64>,
     /// Stop after N steps in this invocation (checkpointed; continue with --resume)
     #[arg(long)]
@@ -97,6 +87,16 @@ pub struct PretrainArgs {
     #[command(flatten)]
     device: super::DeviceArgs,
 }
+
+/// `text` and the default the library gives the setting (`PretrainConfig::new`): the
+/// help prints the library's value instead of restating it.
+fn library_default(text: &str, pick: fn(&PretrainConfig) -> f64) -> String {
+    let c = PretrainConfig::new(PathBuf::new(), ResNetConfig::tiny(), TextConfig::tiny(), DEFAULT_ITERS);
+    format!("{text} [default: {}]", super::number(pick(&c)))
+}
+
+/// `--iters` when not given (the command's choice: the library takes it as an argument).
+const DEFAULT_ITERS: u64 = 2000;
 
 fn fixed_on_resume(a: &PretrainArgs) -> Vec<&'static str> {
     let given = [
@@ -154,7 +154,7 @@ fn architecture(a: &PretrainArgs) -> Result<(ResNetConfig, TextConfig)> {
 fn new_config(a: &PretrainArgs) -> Result<PretrainConfig> {
     let data = a.data.clone().context("--data is needed for a new run")?;
     let (visual, text) = architecture(a)?;
-    let iters = a.iters.unwrap_or(2000);
+    let iters = a.iters.unwrap_or(DEFAULT_ITERS);
     let mut c = PretrainConfig::new(data, visual, text, iters);
     c.init = a.init.clone();
     c.augment = !a.no_augment;

@@ -175,6 +175,16 @@ fn dispatch(command: Command) -> anyhow::Result<i32> {
     }
 }
 
+/// A default for help text: plain below a million and above a thousandth, else in
+/// exponent form (`0.0005`, `1e-8`).
+pub fn number(v: f64) -> String {
+    if v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e6) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
 /// `--device` help shared by the subcommands that compute.
 pub const DEVICE_HELP: &str = "Device: auto (first CUDA GPU if any, else CPU), cpu, cuda or cuda:N";
 

@@ -10,6 +10,18 @@ use famix::style::bank::StyleBank;
 use famix::style::mining::{mine_job, MineJob, MineSettings};
 use famix::style::PinConfig;
 
+/// `text` and the default the library gives the setting (`MineSettings::reference`,
+/// `PinConfig::default`): the help prints the library's value instead of restating it.
+fn mining_default(text: &str, pick: fn(&MineSettings, &PinConfig) -> f64) -> String {
+    format!("{text} [default: {}]", super::number(pick(&MineSettings::reference(1), &PinConfig::default())))
+}
+
+fn pin_lr_help() -> String {
+    let p = PinConfig::default();
+    let text = format!("PIN learning rate (SGD, momentum {}, weight decay {})", super::number(p.momentum), super::number(p.weight_decay));
+    mining_default(&text, |_, p| p.lr)
+}
+
 #[derive(Args)]
 pub struct MineArgs {
     /// CLIP checkpoint with both towers (e.g. RN50.pt)
@@ -30,23 +42,17 @@ pub struct MineArgs {
     /// Output style bank (.safetensors; a .json summary is written beside it)
     #[arg(long)]
     out: PathBuf,
-    /// Crops per batch [default: 16]
-    #[arg(long)]
+    #[arg(long, help = mining_default("Crops per batch", |m, _| m.batch as f64))]
     batch: Option<usize>,
-    /// Random crop size, divisible by 4 × grid [default: 768]
-    #[arg(long)]
+    #[arg(long, help = mining_default("Random crop size, divisible by 4 × grid", |m, _| m.crop as f64))]
     crop: Option<usize>,
-    /// PIN iterations per batch [default: 100]
-    #[arg(long)]
+    #[arg(long, help = mining_default("PIN iterations per batch", |_, p| p.iters as f64))]
     iters: Option<usize>,
-    /// PIN learning rate (SGD, momentum 0.9, weight decay 1e-4) [default: 1]
-    #[arg(long)]
+    #[arg(long, help = pin_lr_help())]
     lr: Option<f64>,
-    /// Patches per side [default: 3]
-    #[arg(long)]
+    #[arg(long, help = mining_default("Patches per side", |_, p| p.grid as f64))]
     grid: Option<usize>,
-    /// Seed for data order, crops and style choice [default: 1]
-    #[arg(long)]
+    #[arg(long, help = mining_default("Seed for data order, crops and style choice", |m, _| m.seed as f64))]
     seed: Option<u64>,
     /// Mine only the first N batches
     #[arg(long)]
@@ -60,11 +66,9 @@ pub struct MineArgs {
     /// Target-aware mining (PØDA-style): this description instead of random styles, e.g. "driving at night"
     #[arg(long)]
     prompt: Option<String>,
-    /// Batches optimised together in one launch (same result as one by one; faster on GPUs) [default: 1]
-    #[arg(long)]
+    #[arg(long, help = mining_default("Batches optimised together in one launch (same result as one by one; faster on GPUs)", |m, _| m.group as f64))]
     group: Option<usize>,
-    /// Write the bank every N batches (it is always written at the end) [default: 10]
-    #[arg(long)]
+    #[arg(long, help = mining_default("Write the bank every N batches (it is always written at the end)", |m, _| m.save_every as f64))]
     save_every: Option<u64>,
     /// Continue an interrupted run from the bank at --out
     #[arg(long)]
