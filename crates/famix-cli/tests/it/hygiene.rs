@@ -157,6 +157,24 @@ fn the_python_package_builds_the_library_with_the_main_features() {
     assert!(differ.is_empty(), "align these in crates/famix-py/Cargo.toml:\n{}", differ.join("\n"));
 }
 
+/// The Rust sources that use the library from outside, concatenated: the command (with
+/// its tests and examples), the Python package, the demo's world, the library's own
+/// integration tests and example, the fuzz targets.
+fn outside_sources() -> String {
+    let crates = repo_root().join("crates");
+    let users =
+        ["famix-cli/src", "famix-cli/tests", "famix-cli/examples", "famix-py/src", "famix-synth/src", "famix/tests", "famix/examples"]
+            .map(|d| crates.join(d));
+    let mut outside = String::new();
+    for dir in users.into_iter().chain([repo_root().join("fuzz")]) {
+        for f in files_with_extension(&dir, "rs") {
+            outside.push_str(&std::fs::read_to_string(f).unwrap());
+            outside.push('\n');
+        }
+    }
+    outside
+}
+
 /// The library's public functions are its API: each `pub fn` is called from outside
 /// the library (the command, its tests and examples, the Python package, the library's own
 /// integration tests, its example, the fuzz targets) or named in the library's documentation as part of
@@ -164,16 +182,7 @@ fn the_python_package_builds_the_library_with_the_main_features() {
 /// nobody outside uses fails here.
 #[test]
 fn every_public_library_function_is_used_outside_the_library() {
-    let crates = repo_root().join("crates");
-    let mut outside = String::new();
-    let users =
-        ["famix-cli/src", "famix-cli/tests", "famix-cli/examples", "famix-py/src", "famix-synth/src", "famix/tests", "famix/examples"]
-            .map(|d| crates.join(d));
-    for dir in users.into_iter().chain([repo_root().join("fuzz")]) {
-        for f in files_with_extension(&dir, "rs") {
-            outside.push_str(&std::fs::read_to_string(f).unwrap());
-        }
-    }
+    let outside = outside_sources();
     let words: BTreeSet<&str> = outside.split(|c: char| !(c.is_alphanumeric() || c == '_')).collect();
     let sources = library_sources();
     let linked = |name: &str| sources.iter().any(|(_, t)| t.contains(&format!("{name}`]")));
@@ -236,17 +245,7 @@ fn library_errors_are_typed_outside_parsers_and_the_environment() {
 /// are `pub(crate)`, so the public API is the one the front ends and users need.
 #[test]
 fn every_public_library_module_is_used_outside_the_library() {
-    let crates = repo_root().join("crates");
-    let mut outside = String::new();
-    let users =
-        ["famix-cli/src", "famix-cli/tests", "famix-cli/examples", "famix-py/src", "famix-synth/src", "famix/tests", "famix/examples"]
-            .map(|d| crates.join(d));
-    for dir in users.into_iter().chain([repo_root().join("fuzz")]) {
-        for f in files_with_extension(&dir, "rs") {
-            outside.push_str(&code(&std::fs::read_to_string(f).unwrap()));
-        }
-    }
-    let outside: String = outside.split_whitespace().collect();
+    let outside: String = code(&outside_sources()).split_whitespace().collect();
     // (parent module, declared public module) of every `pub mod`: a module inside a
     // `pub(crate)` one is private whatever it says.
     let mut declared = Vec::new();
