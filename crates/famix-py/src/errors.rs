@@ -33,7 +33,7 @@ pub fn to_py(e: famix::Error) -> PyErr {
 
 /// A bad argument, as the library reports settings.
 pub fn setting(name: &str, problem: impl std::fmt::Display) -> PyErr {
-    to_py(famix::Error::InvalidSetting { name: name.into(), problem: problem.to_string() })
+    to_py(famix::Error::invalid_setting(name, problem))
 }
 
 /// An input (an image, a text, a tensor) that cannot be used, named as its argument.

@@ -271,6 +271,11 @@ impl Error {
         Error::InvalidInput { path: path.into(), problem: problem.to_string() }
     }
 
+    /// An [`Error::InvalidSetting`] for the setting `name` (its key: `lr`).
+    pub fn invalid_setting(name: impl Into<String>, problem: impl fmt::Display) -> Self {
+        Error::InvalidSetting { name: name.into(), problem: problem.to_string() }
+    }
+
     /// An [`Error::Incompatible`] for `path`; `problem` is the whole message.
     pub(crate) fn incompatible(path: impl Into<PathBuf>, problem: impl fmt::Display) -> Self {
         Error::Incompatible { path: path.into(), problem: problem.to_string() }
@@ -370,7 +375,7 @@ macro_rules! fail {
     (InvalidInput, $path:expr, $($arg:tt)*) => { return Err($crate::error::Error::invalid_input($path, format!($($arg)*))) };
     (Incompatible, $path:expr, $($arg:tt)*) => { return Err($crate::error::Error::incompatible($path, format!($($arg)*))) };
     (InvalidSetting, $name:expr, $($arg:tt)*) => {
-        return Err($crate::error::Error::InvalidSetting { name: ($name).into(), problem: format!($($arg)*) })
+        return Err($crate::error::Error::invalid_setting($name, format!($($arg)*)))
     };
     (Diverged, $($arg:tt)*) => { return Err($crate::error::Error::Diverged { problem: format!($($arg)*) }) };
 }

@@ -26,7 +26,7 @@ impl fmt::Display for Shard {
 }
 
 fn bad(problem: String) -> Error {
-    Error::InvalidSetting { name: "shard".into(), problem }
+    Error::invalid_setting("shard", problem)
 }
 
 impl Shard {
@@ -71,7 +71,7 @@ impl Shard {
     /// `--shard` as given (`I/N` or `auto`) with `--shards`; None without `--shard`.
     pub fn from_flags(shard: Option<&str>, shards: Option<usize>) -> Result<Option<Shard>> {
         match shard {
-            None if shards.is_some() => Err(Error::InvalidSetting { name: "shards".into(), problem: "needs `shard` auto".into() }),
+            None if shards.is_some() => Err(Error::invalid_setting("shards", "needs `shard` auto")),
             None => Ok(None),
             Some("auto") => Shard::from_env(&|k| std::env::var(k).ok(), shards).map(Some),
             Some(s) if shards.is_some() => Err(bad(format!("`shards` goes with `shard` auto, not {s:?}"))),

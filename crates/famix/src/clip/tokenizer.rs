@@ -33,10 +33,10 @@ pub const MAX_CONTEXT: usize = 4096;
 /// Checks a context length for padded token tables: 2..=[`MAX_CONTEXT`].
 pub fn check_context(context: usize) -> Result<()> {
     if !(2..=MAX_CONTEXT).contains(&context) {
-        return Err(crate::Error::InvalidSetting {
-            name: "context_length".into(),
-            problem: format!("{context} is not in 2..={MAX_CONTEXT} (it must hold the start and end tokens)"),
-        });
+        return Err(crate::Error::invalid_setting(
+            "context_length",
+            format!("{context} is not in 2..={MAX_CONTEXT} (it must hold the start and end tokens)"),
+        ));
     }
     Ok(())
 }

@@ -223,10 +223,7 @@ fn list_gta5(root: &Path, split: &str, out: &mut Listing) -> Result<()> {
 /// Cityscapes (`leftImg8bit/`, `gtFine/`) and ACDC (`rgb_anon/`, `gt/` per condition).
 fn list_cityscapes_like(kind: DatasetKind, root: &Path, split: &str, condition: Option<&str>, out: &mut Listing) -> Result<()> {
     let (img_dir, lbl_dir, img_suffix, lbl_suffix) = if kind == DatasetKind::Acdc {
-        let cond = condition.ok_or_else(|| Error::InvalidSetting {
-            name: "condition".into(),
-            problem: "ACDC needs `condition` (night, snow, rain or fog)".into(),
-        })?;
+        let cond = condition.ok_or_else(|| Error::invalid_setting("condition", "ACDC needs `condition` (night, snow, rain or fog)"))?;
         if !ACDC_CONDITIONS.contains(&cond) {
             fail!(InvalidSetting, "condition", "ACDC condition must be one of night, snow, rain, fog (got {cond:?})");
         }

@@ -95,7 +95,7 @@ impl Calibration {
 /// and records each quantised value's range; `checkpoint` is stored as a label.
 pub fn calibrate(model: &Segmenter, images: &[PathBuf], checkpoint: &str, progress: &dyn Progress) -> Result<Calibration> {
     if images.is_empty() {
-        return Err(Error::InvalidSetting { name: "images".into(), problem: "no calibration images".into() });
+        return Err(Error::invalid_setting("images", "no calibration images"));
     }
     let mut c = Calibrator::new(model)?;
     progress.start("calibrating int8 ranges", images.len() as u64, 0, Unit::Items);

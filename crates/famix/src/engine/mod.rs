@@ -56,10 +56,9 @@ pub fn attach(model: &mut Segmenter, engine: Engine, precision: Precision) -> Re
             model.set_engine(None);
             Ok((Engine::Torch, None))
         }
-        Engine::OnnxRuntime if !fits => Err(Error::InvalidSetting {
-            name: "engine".into(),
-            problem: "onnxruntime runs fp32 on the CPU; use `engine` torch (or auto) for CUDA or `amp` bf16".into(),
-        }),
+        Engine::OnnxRuntime if !fits => {
+            Err(Error::invalid_setting("engine", "onnxruntime runs fp32 on the CPU; use `engine` torch (or auto) for CUDA or `amp` bf16"))
+        }
         Engine::OnnxRuntime => {
             model.set_engine(Some(Box::new(onnxruntime::OrtNet::new()?)));
             Ok((Engine::OnnxRuntime, None))
@@ -85,7 +84,7 @@ pub fn attach(model: &mut Segmenter, engine: Engine, precision: Precision) -> Re
 /// calibration's ranges (CPU only). Call after the weights and output stride are final.
 pub fn attach_int8(model: &mut Segmenter, calibration: &calibration::Calibration) -> Result<()> {
     if model.device() != Device::Cpu {
-        return Err(Error::InvalidSetting { name: "int8".into(), problem: "int8 inference runs on the CPU (ONNX Runtime)".into() });
+        return Err(Error::invalid_setting("int8", "int8 inference runs on the CPU (ONNX Runtime)"));
     }
     calibration.check_fits(model)?;
     model.set_engine(Some(Box::new(onnxruntime::OrtNet::int8(calibration.ranges.clone())?)));

@@ -57,14 +57,14 @@ impl ClassProtocol {
     pub fn check(self, names: &[String], whose: &str) -> Result<()> {
         let k = names.len();
         match self.classes() {
-            Some(c) if names != crate::data::labels::CITYSCAPES_CLASSES => Err(Error::InvalidSetting {
-                name: "protocol".into(),
-                problem: format!(
+            Some(c) if names != crate::data::labels::CITYSCAPES_CLASSES => Err(Error::invalid_setting(
+                "protocol",
+                format!(
                     "{} is a protocol on the 19 Cityscapes classes; {whose} has {k}{}",
                     c.len(),
                     if k == 19 { " other classes" } else { "" }
                 ),
-            }),
+            )),
             _ => Ok(()),
         }
     }

@@ -88,7 +88,7 @@ fn ir_version(opset: i64) -> i64 {
 }
 
 fn check(model: &Segmenter, o: &ExportOptions) -> Result<()> {
-    let bad = |name: &str, problem: String| Err(Error::InvalidSetting { name: name.into(), problem });
+    let bad = |name: &str, problem: String| Err(Error::invalid_setting(name, problem));
     if !(13..=21).contains(&o.opset) {
         return bad("opset", format!("{} is not supported; famix writes opsets 13 to 21", o.opset));
     }

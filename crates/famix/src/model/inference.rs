@@ -56,7 +56,7 @@ impl std::str::FromStr for Precision {
         match s.to_ascii_lowercase().as_str() {
             "fp32" => Ok(Precision::Fp32),
             "bf16" => Ok(Precision::Bf16),
-            other => Err(Error::InvalidSetting { name: "amp".into(), problem: format!("{other:?} is not fp32 or bf16") }),
+            other => Err(Error::invalid_setting("amp", format!("{other:?} is not fp32 or bf16"))),
         }
     }
 }
@@ -85,7 +85,7 @@ impl PredictOptions {
     /// Checks the options: a finite scale in [0.05, 8].
     pub fn validate(&self) -> Result<()> {
         if !(self.scale.is_finite() && (0.05..=8.0).contains(&self.scale)) {
-            return Err(Error::InvalidSetting { name: "scale".into(), problem: format!("{} is not in [0.05, 8]", self.scale) });
+            return Err(Error::invalid_setting("scale", format!("{} is not in [0.05, 8]", self.scale)));
         }
         Ok(())
     }

@@ -148,7 +148,7 @@ impl SegmenterConfig {
         if self.classes.len() as i64 != n {
             fail!(InvalidSetting, "classes", "the head predicts {n} classes but the class set has {}", self.classes.len());
         }
-        self.classes.validate().map_err(|problem| Error::InvalidSetting { name: "classes".into(), problem })
+        self.classes.validate().map_err(|problem| Error::invalid_setting("classes", problem))
     }
 }
 
@@ -338,7 +338,7 @@ impl Segmenter {
     /// Sets the head's dropout probability (used by training forwards only).
     pub fn set_dropout(&mut self, p: f64) -> Result<()> {
         if !(p.is_finite() && (0.0..1.0).contains(&p)) {
-            return Err(Error::InvalidSetting { name: "dropout".into(), problem: format!("{p} is not in [0, 1)") });
+            return Err(Error::invalid_setting("dropout", format!("{p} is not in [0, 1)")));
         }
         self.config.head.dropout = p;
         Ok(())

@@ -275,7 +275,7 @@ fn mine_loop(
 
 /// Checks the settings a run cannot work with.
 pub(crate) fn check_settings(s: &MineSettings, pin: &PinConfig) -> Result<()> {
-    let bad = |name: &str, problem: String| Err(Error::InvalidSetting { name: name.into(), problem });
+    let bad = |name: &str, problem: String| Err(Error::invalid_setting(name, problem));
     if s.batch == 0 {
         return bad("batch", "must be at least 1".into());
     }

@@ -244,7 +244,7 @@ impl RunOptions {
 
 /// Checks what `train` cannot work with, before any file is touched.
 pub fn check_config(cfg: &TrainConfig) -> Result<()> {
-    let bad = |name: &str, problem: String| Err(Error::InvalidSetting { name: name.into(), problem });
+    let bad = |name: &str, problem: String| Err(Error::invalid_setting(name, problem));
     if cfg.batch < 2 {
         return bad("batch", "must be at least 2 (batch-norm statistics in the trained layers need more than one sample)".into());
     }

@@ -204,10 +204,6 @@ pub fn setting(name: &str) -> Option<&'static Setting> {
     SETTINGS.iter().find(|s| s.name == name)
 }
 
-fn bad(name: &str, problem: impl Into<String>) -> Error {
-    Error::InvalidSetting { name: name.into(), problem: problem.into() }
-}
-
 impl Setting {
     /// The default as help texts print it, if it has one.
     pub fn default_text(&self) -> Option<String> {
@@ -233,7 +229,7 @@ impl Setting {
 
     /// The value written as text (a flag's argument), checked.
     pub fn parse(&self, text: &str) -> Result<Value> {
-        let number = |v: std::result::Result<Value, String>| v.map_err(|e| bad(self.name, format!("'{text}': {e}")));
+        let number = |v: std::result::Result<Value, String>| v.map_err(|e| Error::invalid_setting(self.name, format!("'{text}': {e}")));
         match self.ty {
             Ty::Switch => number(text.parse::<bool>().map(Value::Bool).map_err(|_| "expected true or false".into())),
             Ty::Count => number(text.parse::<u64>().map(Value::from).map_err(|_| "expected a whole number ≥ 0".into())),
@@ -243,7 +239,7 @@ impl Setting {
                 number(text.parse::<f64>().ok().filter(|v| v.is_finite()).map(Value::from).ok_or_else(|| "expected a finite number".into()))
             }
             Ty::Text | Ty::Path | Ty::Choice(_) => self.check(Value::String(text.to_string())),
-            Ty::Sets => parse_set(text).map_err(|e| bad(self.name, e)),
+            Ty::Sets => parse_set(text).map_err(|e| Error::invalid_setting(self.name, e)),
         }
     }
 
@@ -258,13 +254,14 @@ impl Setting {
             (Ty::Text | Ty::Path, Value::String(_)) => true,
             (Ty::Choice(names), Value::String(s)) => {
                 if !names().contains(&s.as_str()) {
-                    return Err(bad(self.name, format!("'{s}' is not one of {}", names().join(", "))));
+                    return Err(Error::invalid_setting(self.name, format!("'{s}' is not one of {}", names().join(", "))));
                 }
                 true
             }
             (Ty::Sets, Value::Object(o)) => {
                 for (name, spec) in o {
-                    serde_json::from_value::<ValSpec>(spec.clone()).map_err(|e| bad(self.name, format!("{name}: {e}")))?;
+                    serde_json::from_value::<ValSpec>(spec.clone())
+                        .map_err(|e| Error::invalid_setting(self.name, format!("{name}: {e}")))?;
                 }
                 true
             }
@@ -273,7 +270,7 @@ impl Setting {
         if ok {
             Ok(v)
         } else {
-            Err(bad(self.name, format!("expected {}, got {v}", self.ty.expected())))
+            Err(Error::invalid_setting(self.name, format!("expected {}, got {v}", self.ty.expected())))
         }
     }
 }
@@ -350,7 +347,7 @@ impl Given {
     fn declared(name: &str) -> Result<&'static Setting> {
         setting(name).ok_or_else(|| {
             let names: Vec<&str> = SETTINGS.iter().map(|s| s.name).collect();
-            bad(name, format!("unknown setting (a training run takes {})", names.join(", ")))
+            Error::invalid_setting(name, format!("unknown setting (a training run takes {})", names.join(", ")))
         })
     }
 
@@ -404,9 +401,10 @@ impl Given {
     /// Refuses the settings given that a resumed run keeps.
     fn check_resumable(&self) -> Result<()> {
         match self.fixed_on_resume().first() {
-            Some(name) => {
-                Err(bad(name, "cannot change when resuming: a run keeps its settings in its config.json (only `iters` may extend it)"))
-            }
+            Some(name) => Err(Error::invalid_setting(
+                *name,
+                "cannot change when resuming: a run keeps its settings in its config.json (only `iters` may extend it)",
+            )),
             None => Ok(()),
         }
     }
@@ -433,11 +431,12 @@ impl Given {
     pub fn new_config(&self) -> Result<TrainConfig> {
         let need = ["clip", "dataset", "data_root"];
         if let Some(missing) = need.iter().find(|n| self.get(n).is_none()) {
-            return Err(bad(missing, "`clip`, `dataset` and `data_root` are needed for a new run"));
+            return Err(Error::invalid_setting(*missing, "`clip`, `dataset` and `data_root` are needed for a new run"));
         }
         let clip = PathBuf::from(self.text("clip").unwrap_or_default());
         let sha = crate::io::sha256_file(&clip)?;
-        let dataset = DatasetKind::parse(&self.text("dataset").unwrap_or_default()).ok_or_else(|| bad("dataset", "unknown"))?;
+        let dataset =
+            DatasetKind::parse(&self.text("dataset").unwrap_or_default()).ok_or_else(|| Error::invalid_setting("dataset", "unknown"))?;
         let mut c = TrainConfig::reference(clip, sha, dataset, PathBuf::new(), None);
         let fields: Vec<&Setting> = SETTINGS.iter().filter(|s| s.field).collect();
         self.set_fields(&mut c, &fields)?;
@@ -453,17 +452,17 @@ impl Given {
     /// Copies the given values of `settings` (fields of the configuration) through the
     /// configuration's own deserialisation, one at a time so a bad value is named.
     fn set_fields(&self, c: &mut TrainConfig, settings: &[&Setting]) -> Result<()> {
-        let mut v = serde_json::to_value(&*c).map_err(|e| bad("settings", e.to_string()))?;
+        let mut v = serde_json::to_value(&*c).map_err(|e| Error::invalid_setting("settings", e.to_string()))?;
         for s in settings {
             let Some(value) = self.get(s.name) else { continue };
             if let Some(o) = v.as_object_mut() {
                 o.insert(s.name.to_string(), value.clone());
             }
             if let Err(e) = serde_json::from_value::<TrainConfig>(v.clone()) {
-                return Err(bad(s.name, format!("{e} (given {value})")));
+                return Err(Error::invalid_setting(s.name, format!("{e} (given {value})")));
             }
         }
-        *c = serde_json::from_value(v).map_err(|e| bad("settings", e.to_string()))?;
+        *c = serde_json::from_value(v).map_err(|e| Error::invalid_setting("settings", e.to_string()))?;
         Ok(())
     }
 
@@ -471,10 +470,10 @@ impl Given {
     fn style_mode(&self, c: &TrainConfig) -> Result<StyleMode> {
         let (no_styles, no_mix, random) = (self.on("no_styles"), self.on("no_mix"), self.on("random_styles"));
         if no_styles && no_mix {
-            return Err(bad("no_mix", "and `no_styles` exclude each other"));
+            return Err(Error::invalid_setting("no_mix", "and `no_styles` exclude each other"));
         }
         if random && (no_styles || no_mix || c.styles.is_some()) {
-            return Err(bad(
+            return Err(Error::invalid_setting(
                 "random_styles",
                 "draws its statistics without a style bank: give none of `styles`, `no_mix`, `no_styles` with it",
             ));
@@ -486,7 +485,7 @@ impl Given {
             _ => StyleMode::Mix,
         };
         if mode.needs_bank() && c.styles.is_none() {
-            return Err(bad(
+            return Err(Error::invalid_setting(
                 "styles",
                 "a style bank is required (mine one with `famix mine-styles`), or set `no_styles` or `random_styles`",
             ));
@@ -498,7 +497,7 @@ impl Given {
     fn validation(&self) -> Result<Option<ValSpec>> {
         match (self.text("val_dataset"), self.text("val_root")) {
             (Some(d), Some(r)) => {
-                let dataset = DatasetKind::parse(&d).ok_or_else(|| bad("val_dataset", "unknown"))?;
+                let dataset = DatasetKind::parse(&d).ok_or_else(|| Error::invalid_setting("val_dataset", "unknown"))?;
                 let mut v = ValSpec::val_split(dataset, r.into());
                 v.split = self.text("val_split").unwrap_or(v.split);
                 v.condition = self.text("val_condition");
@@ -508,12 +507,12 @@ impl Given {
             (None, None) => {
                 let stray = ["val_split", "val_condition", "val_limit"].into_iter().find(|n| self.get(n).is_some());
                 match stray {
-                    Some(n) => Err(bad(n, "describes the validation set: give `val_dataset` and `val_root` too")),
+                    Some(n) => Err(Error::invalid_setting(n, "describes the validation set: give `val_dataset` and `val_root` too")),
                     None => Ok(None),
                 }
             }
-            (Some(_), None) => Err(bad("val_root", "is needed with `val_dataset`")),
-            (None, Some(_)) => Err(bad("val_dataset", "is needed with `val_root`")),
+            (Some(_), None) => Err(Error::invalid_setting("val_root", "is needed with `val_dataset`")),
+            (None, Some(_)) => Err(Error::invalid_setting("val_dataset", "is needed with `val_root`")),
         }
     }
 
@@ -521,7 +520,7 @@ impl Given {
     fn set_classes(&self, c: &mut TrainConfig) -> Result<()> {
         if let Some(n) = self.get("num_classes").and_then(Value::as_i64) {
             if self.get("classes").is_some() {
-                return Err(bad("num_classes", "a class file (`classes`) sets the number of classes: give one of them"));
+                return Err(Error::invalid_setting("num_classes", "a class file (`classes`) sets the number of classes: give one of them"));
             }
             c.head = HeadConfig::reference(n);
         }

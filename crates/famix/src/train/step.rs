@@ -122,10 +122,7 @@ pub fn bank_tables(cfg: &TrainConfig, model: &Segmenter) -> Result<Option<BankTa
     if !cfg.style_mode.needs_bank() {
         return Ok(None);
     }
-    let p = cfg
-        .styles
-        .as_ref()
-        .ok_or_else(|| Error::InvalidSetting { name: "styles".into(), problem: "a style bank is needed (or `no_styles`)".into() })?;
+    let p = cfg.styles.as_ref().ok_or_else(|| Error::invalid_setting("styles", "a style bank is needed (or `no_styles`)"))?;
     let bank = StyleBank::load(p)?;
     let want = model.config().backbone.low_level_channels() as usize;
     if bank.channels != want {

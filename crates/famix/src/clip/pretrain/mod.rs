@@ -98,7 +98,7 @@ impl PretrainConfig {
 
     /// Refuses settings out of range, by flag name.
     pub fn check(&self) -> Result<()> {
-        let bad = |name: &str, problem: String| Err(Error::InvalidSetting { name: name.into(), problem });
+        let bad = |name: &str, problem: String| Err(Error::invalid_setting(name, problem));
         if self.iters == 0 {
             return bad("iters", "must be at least 1".into());
         }
