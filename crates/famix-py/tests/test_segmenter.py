@@ -197,6 +197,11 @@ def test_bad_inputs_are_typed_input_errors(tmp_path):
         famix.Segmenter.load(run)
     with pytest.raises(famix.InvalidInputError, match="too small"):
         m.predict(np.zeros((8, 8, 3), np.uint8))
+    # logits() of a tensor too small for the network: checked, not a libtorch panic that
+    # poisons the model.
+    with pytest.raises(famix.InvalidInputError, match="too small"):
+        m.logits(torch.zeros(1, 3, 4, 4))
+    assert m.predict(np.zeros((64, 64, 3), np.uint8)).shape == (64, 64)
     with pytest.raises(famix.InvalidInputError, match="^text is 202 tokens long, the context is 77"):
         famix.clip.tokenize("a " * 200)
     with pytest.raises(famix.InvalidInputError, match="^image: expected uint8"):

@@ -164,8 +164,18 @@ impl Segmenter {
     /// averaged with scale 1 under `ensemble`), from the attached engine when there is
     /// one ([`Segmenter::set_engine`]), else libtorch ([`Segmenter::predict_logits`]):
     /// the graph every prediction entry point answers from.
+    /// `x` is checked before libtorch sees it (shape, a floating type, each side large
+    /// enough for the network at `scale`) and moved to the model's device as float32.
     pub fn logits(&self, x: &Tensor, scale: f64, ensemble: bool) -> Result<Tensor> {
         self.check_weights()?;
+        PredictOptions { scale, ..Default::default() }.validate()?;
+        let size = x.size();
+        if size.len() != 4 || size[1] != 3 || !x.is_floating_point() {
+            let problem = format!("logits need normalised (N, 3, H, W) float images, got {:?} {:?}", x.kind(), size);
+            return Err(Error::invalid_input("images", problem));
+        }
+        self.check_size(size[3], size[2], scale)?;
+        let x = &crate::device::upload(x, self.device()).to_kind(Kind::Float);
         match self.external() {
             Some(net) => tch::no_grad(|| at_test_scale(x, scale, ensemble, |x| net.logits(self, x))),
             None => Ok(self.predict_logits(x, scale, ensemble)),

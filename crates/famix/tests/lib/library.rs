@@ -244,6 +244,21 @@ fn bad_inputs_and_settings_are_typed_errors_and_never_panic() {
             InvalidSetting,
             Box::new(|| model.predict(&Image8::new(64, 64, 3, 0), &PredictOptions { scale: -1.0, ..Default::default() }).map(|_| ())),
         ),
+        (
+            "too small",
+            InvalidInput,
+            Box::new(|| model.logits(&Tensor::zeros([1, 3, 4, 4], (Kind::Float, Device::Cpu)), 1.0, false).map(|_| ())),
+        ),
+        (
+            "float images",
+            InvalidInput,
+            Box::new(|| model.logits(&Tensor::zeros([1, 2, 64, 64], (Kind::Float, Device::Cpu)), 1.0, false).map(|_| ())),
+        ),
+        (
+            "scale",
+            InvalidSetting,
+            Box::new(|| model.logits(&Tensor::zeros([1, 3, 64, 64], (Kind::Float, Device::Cpu)), f64::NAN, false).map(|_| ())),
+        ),
         ("image", InvalidInput, Box::new(|| Image8::decode_rgb(b"\x89PNG\r\n\x1a\n broken").map(|_| ()))),
         ("image", InvalidInput, Box::new(|| Image8::from_raw(4, 4, 3, vec![0; 5]).map(|_| ()))),
         ("style bank", InvalidInput, Box::new(|| famix::style::bank::StyleBank::load(&d.path().join("none.safetensors")).map(|_| ()))),
