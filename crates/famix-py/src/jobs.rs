@@ -328,9 +328,10 @@ impl StyleBank {
     }
 
     /// The (μ, σ) rows of a class: two (count, channels) float32 tensors.
-    fn styles(&self, class_id: u8) -> PyResult<(PyTensor, PyTensor)> {
-        let (mu, sigma) =
-            self.inner.entries.get(&class_id).ok_or_else(|| setting("class_id", format!("the bank has no styles for class {class_id}")))?;
+    fn styles(&self, class_id: i64) -> PyResult<(PyTensor, PyTensor)> {
+        let no_styles = || setting("class_id", format!("the bank has no styles for class {class_id}"));
+        let id = u8::try_from(class_id).map_err(|_| no_styles())?;
+        let (mu, sigma) = self.inner.entries.get(&id).ok_or_else(no_styles)?;
         let t = |rows: &Vec<Vec<f32>>| tch::Tensor::from_slice(&rows.concat()).view([rows.len() as i64, self.inner.channels as i64]);
         Ok((PyTensor(t(mu)), PyTensor(t(sigma))))
     }

@@ -135,6 +135,25 @@ def test_mine_styles_equals_the_command(tmp_path):
         famix.mine_styles(tmp_path / "py.safetensors", progress=False, **args)
 
 
+def test_bad_counts_class_ids_and_folders_are_typed_errors_naming_the_argument(tmp_path, bank):
+    """Negative counts, a class id outside 0..255 and a folder given as the file to
+    write: typed famix errors naming the keyword, not OverflowError or an OS error."""
+    m = famix.Segmenter.load(fixture("seg_a_ref.pth"))
+    with pytest.raises(famix.InvalidSettingError, match="^limit: expected a whole number"):
+        famix.evaluate(m, dataset="cityscapes", data_root=fixture("cityscapes_mini"), limit=-1, progress=False)
+    with pytest.raises(famix.InvalidSettingError, match="^batch: expected a whole number"):
+        famix.mine_styles(tmp_path / "b.safetensors", clip=fixture("clip_a.safetensors.gz"), dataset="gta5",
+                          data_root=fixture("gta5_mini"), batch=-2, progress=False)
+    b = famix.StyleBank.load(bank)
+    for bad in (999, -1):
+        with pytest.raises(famix.InvalidSettingError, match="^class_id: the bank has no styles"):
+            b.styles(bad)
+    with pytest.raises(famix.InvalidInputError, match="is a folder"):
+        m.export_onnx(tmp_path)
+    with pytest.raises(famix.InvalidInputError, match="is a folder"):
+        b.save(tmp_path)
+
+
 def _flags(command):
     """The flags `famix COMMAND --help` lists, as keyword spellings."""
     r = famix_cli(command, "--help")

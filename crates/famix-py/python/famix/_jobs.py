@@ -12,6 +12,15 @@ from . import _famix
 from ._device import DeviceLike, device_name
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _counts(**values: Optional[int]) -> None:
+    """Refuses a count that is not a whole number ≥ 0 by its keyword, as the library
+    refuses its settings (``InvalidSettingError``), before the native call would raise
+    a bare ``OverflowError``/``TypeError``."""
+    for name, v in values.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise _famix.InvalidSettingError(f"{name}: expected a whole number ≥ 0, got {v!r}")
 #: A progress callable receives one dict per event: ``{"event": "start", "task",
 #: "total", "position", "unit"}``, ``{"event": "advance", "n"}``, ``{"event":
 #: "status", "text"}``, ``{"event": "notice", "text"}``, ``{"event": "finish"}``, and
@@ -173,6 +182,8 @@ def mine_styles(out: PathLike, *, clip: PathLike, dataset: str, data_root: PathL
                 resume: bool = False, force: bool = False, shard: Optional[str] = None, deterministic: bool = False,
                 no_tf32: bool = False, device: DeviceLike = "auto", workers: Optional[int] = None, skip_bad: bool = False,
                 classes: Optional[PathLike] = None, progress: Union[None, bool, ProgressFn] = None) -> "StyleBank":
+    _counts(batch=batch, crop=crop, iters=iters, grid=grid, seed=seed, limit=limit, group=group, save_every=save_every,
+            workers=workers)
     return StyleBank(_famix.mine_styles(
         os.fspath(out), os.fspath(clip), dataset, os.fspath(data_root), _progress(progress), split, condition, batch,
         crop, iters, lr, grid, seed, limit, _fspath(styles), prompt, group, save_every, resume, force, shard,
@@ -248,6 +259,7 @@ def evaluate(model: "Any", dataset: str, data_root: PathLike, *, split: str = "v
 
     if not isinstance(model, Segmenter):
         model = Segmenter.load(model, device=device_name(device))
+    _counts(limit=limit)
     return json.loads(_famix.evaluate(model._m, dataset, os.fspath(data_root), _progress(progress), split, condition,
                                       scale, ensemble, amp, skip_bad, limit, _fspath(classes)))
 

@@ -78,6 +78,9 @@ pub(crate) fn crash_point() {
 /// fsync, rename, fsync of the folder. A crash at any point leaves either the old
 /// file or the new one, never a torn one.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    if path.is_dir() {
+        crate::error::fail!(InvalidInput, path, "{} is a folder: give the path of the file to write", path.display());
+    }
     let dir = path.parent().unwrap_or(Path::new(""));
     if !dir.as_os_str().is_empty() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
