@@ -119,6 +119,11 @@ pub fn data(cmd: DataCommand) -> Result<i32> {
             problems += n;
         }
     }
+    // Default splits may be missing one by one, but not all of them: then the root is wrong.
+    if report.iter().all(|e| e.get("error").is_some()) && problems == 0 {
+        println!("no split of {} found under {}", a.dataset.name(), a.data_root.display());
+        problems += 1;
+    }
     if let Some(p) = &a.json {
         famix::io::atomic_write_json(p, &json!({"dataset": a.dataset.name(), "root": a.data_root, "splits": report}))?;
     }

@@ -284,6 +284,13 @@ fn bad_input_is_reported_clearly() {
     // printing a NaN mIoU.
     assert_ne!(code, 0, "{out}");
     assert!(err.contains("5 skipped") && err.contains("no labelled pixel"), "{err}");
+
+    // A root that is a file: every default split is missing, which `data check` reports
+    // as a failure (exit 2) naming the file as a file, not as missing.
+    let file = fixture("img_a.png");
+    let (code, out, err) = run_famix(&["data", "check", "--dataset", "cityscapes", "--data-root", file.to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.contains("is a file, not a folder") && out.contains("no split of cityscapes found"), "{out}");
 }
 
 #[test]

@@ -145,7 +145,12 @@ pub const ACDC_CONDITIONS: [&str; 4] = ["night", "snow", "rain", "fog"];
 
 fn need_dir(p: &Path, what: &str) -> Result<()> {
     if !p.is_dir() {
-        return Err(Error::DatasetLayout { path: p.to_path_buf(), problem: format!("{what} folder {} not found", p.display()) });
+        let problem = if p.exists() {
+            format!("{what} {} is a file, not a folder", p.display())
+        } else {
+            format!("{what} folder {} not found", p.display())
+        };
+        return Err(Error::DatasetLayout { path: p.to_path_buf(), problem });
     }
     Ok(())
 }
