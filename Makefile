@@ -30,6 +30,8 @@ build: setup
 # The inner loop (a few minutes with a warm target/): formatting, lints, the library's
 # unit tests and the fast integration tests.
 check: setup
+	@# Every member's crates (the Python package's too: tests/hygiene.rs resolves them offline).
+	cargo fetch --locked >/dev/null
 	cargo fmt --all --check
 	cargo clippy --release --all-targets -- -D warnings
 	@# One cargo call builds the library's unit tests and the integration tests with the

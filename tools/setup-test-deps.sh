@@ -5,7 +5,10 @@
 #   ffmpeg (Debian package) — tests/video.rs makes and reads videos;
 #   tools/requirements-test.txt (PyPI, exact versions, into the project venv) — the real
 #     clients famix is checked against: TensorBoard's event reader, ONNX Runtime,
-#     safetensors (tensors to and from PyTorch).
+#     safetensors (tensors to and from PyTorch);
+#   the sources of every workspace member's crates (crates.io, `cargo fetch --locked`):
+#     the Python package is not a default member, so a build leaves its crates
+#     unfetched, and tests/hygiene.rs resolves its features offline.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 sudo=""
@@ -24,3 +27,4 @@ if ! "$here/.venv/bin/python" -c "import tensorboard, onnxruntime, safetensors" 
     echo "famix: installing the test clients (tools/requirements-test.txt) into .venv" >&2
     "$here/.venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$here/tools/requirements-test.txt"
 fi
+cargo fetch --locked --manifest-path "$here/Cargo.toml" >/dev/null 2>&1 || cargo fetch --locked --manifest-path "$here/Cargo.toml"

@@ -178,6 +178,7 @@ pub fn mine_defaults(py: Python<'_>) -> PyResult<PyObject> {
     d.set_item("batch", s.batch)?;
     d.set_item("crop", s.crop)?;
     d.set_item("seed", s.seed)?;
+    d.set_item("passes", s.passes)?;
     d.set_item("group", s.group)?;
     d.set_item("save_every", s.save_every)?;
     d.set_item("iters", pin.iters)?;
@@ -205,7 +206,7 @@ pub fn choices(name: &str) -> PyResult<Vec<&'static str>> {
 /// Mines a style bank (as `famix mine-styles`); returns it.
 #[pyfunction]
 #[pyo3(signature = (out, clip, dataset, data_root, progress, split = "train", condition = None, batch = None, crop = None,
-    iters = None, lr = None, grid = None, seed = None, limit = None, styles = None, prompt = None, group = None,
+    iters = None, lr = None, grid = None, seed = None, passes = None, limit = None, styles = None, prompt = None, group = None,
     save_every = None, resume = false, force = false, shard = None, deterministic = false, no_tf32 = false, device = "cpu",
     workers = None, skip_bad = false, classes = None))]
 #[allow(clippy::too_many_arguments)] // one per keyword argument of famix.mine_styles
@@ -224,6 +225,7 @@ pub fn mine_styles(
     lr: Option<f64>,
     grid: Option<usize>,
     seed: Option<u64>,
+    passes: Option<u64>,
     limit: Option<u64>,
     styles: Option<PathBuf>,
     prompt: Option<String>,
@@ -250,6 +252,7 @@ pub fn mine_styles(
     s.batch = batch.unwrap_or(s.batch);
     s.crop = crop.unwrap_or(s.crop);
     s.seed = seed.unwrap_or(s.seed);
+    s.passes = passes.unwrap_or(s.passes);
     s.group = group.unwrap_or(s.group);
     s.save_every = save_every.unwrap_or(s.save_every);
     (s.limit, s.description, s.skip_bad) = (limit, prompt, skip_bad);

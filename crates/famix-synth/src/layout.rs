@@ -1,4 +1,4 @@
-//! Random street layouts: the street's cross-section (road, lanes, sidewalks,
+//! Random street layouts: the street's cross-section (road, lanes, grass verges, sidewalks,
 //! set-backs), what lines it (buildings with windows, walls, fences, hedges, trees, a
 //! second row of buildings or woods behind, the far end of the street), street
 //! furniture (lamps, signs, traffic lights) and traffic (cars, trucks, buses, people,
@@ -19,6 +19,8 @@ use famix::rng::Rng;
 struct Street {
     /// Left and right road edges.
     road: (f64, f64),
+    /// Grass verges between the kerb and the sidewalk, left and right (0: none).
+    verge: (f64, f64),
     /// Sidewalk widths, left and right.
     walk: (f64, f64),
     /// Façade planes, left and right (beyond sidewalk and set-back).
@@ -33,10 +35,12 @@ impl Street {
     fn random(rng: &mut Rng) -> Self {
         let road = (-rng.uniform_range(3.0, 6.5), rng.uniform_range(3.0, 6.5));
         let walk = (rng.uniform_range(1.8, 3.5), rng.uniform_range(1.8, 3.5));
+        let mut verge = || if rng.uniform() < VERGE_CHANCE { rng.uniform_range(1.2, 3.0) } else { 0.0 };
+        let verge = (verge(), verge());
         let mut setback = || if rng.uniform() < 0.4 { rng.uniform_range(1.0, 4.0) } else { 0.0 };
-        let facade = (road.0 - walk.0 - setback(), road.1 + walk.1 + setback());
+        let facade = (road.0 - verge.0 - walk.0 - setback(), road.1 + verge.1 + walk.1 + setback());
         let lanes = (((road.1 - road.0) / 3.2).floor() as usize).max(2);
-        Street { road, walk, facade, lanes, tex: rng.next_u64() }
+        Street { road, verge, walk, facade, lanes, tex: rng.next_u64() }
     }
     fn lane_width(&self) -> f64 {
         (self.road.1 - self.road.0) / self.lanes as f64
@@ -57,6 +61,15 @@ impl Street {
 /// How many times wider than the real things the thin things are drawn (see the
 /// module's doc).
 pub const THIN: f64 = 2.5;
+
+/// The chance that a side of the street has a grass verge between its kerb and its
+/// sidewalk (as suburban streets do). Without verges, terrain lay only in the set-backs
+/// before the façades, a strip too thin and too far to be the dominant class of any
+/// 24-pixel mining patch, so no style could be mined for it.
+const VERGE_CHANCE: f64 = 0.35;
+
+/// Width of the kerb stone at the road's edge (sidewalk, as Cityscapes labels it).
+const KERB: f64 = 0.2;
 
 /// A random scene of `width` × `height` pixels.
 pub fn generate(width: usize, height: usize, rng: &mut Rng) -> Scene {
@@ -79,6 +92,7 @@ pub fn generate(width: usize, height: usize, rng: &mut Rng) -> Scene {
     vehicles(&mut scene, &street, rng);
     people(&mut scene, &street, rng);
     cyclists(&mut scene, &street, rng);
+    parked_bicycles(&mut scene, &street, rng);
     scene
 }
 
@@ -137,9 +151,14 @@ fn ground_point(st: &Street, x: f64, z: f64, road_grey: f32) -> (u8, [f32; 3]) {
         let g = if line { 0.85 } else { road_grey + grain * 0.06 };
         return (class::ROAD, [g, g, g * 1.02]);
     }
-    let (walk_in, walk_out) = if x <= st.road.0 { (st.road.0 - x, st.walk.0) } else { (x - st.road.1, st.walk.1) };
-    if walk_in < walk_out {
-        let kerb = walk_in < 0.2;
+    let (from_road, verge, walk) =
+        if x <= st.road.0 { (st.road.0 - x, st.verge.0, st.walk.0) } else { (x - st.road.1, st.verge.1, st.walk.1) };
+    if from_road >= KERB && from_road < verge {
+        return terrain(st, x, z);
+    }
+    if from_road < verge + walk {
+        let walk_in = if from_road < KERB { from_road } else { from_road - verge };
+        let kerb = from_road < KERB;
         let seam = (z / 1.2).fract() < 0.06 || ((walk_in / 1.2).fract() < 0.06);
         let base = if kerb {
             0.72
@@ -150,6 +169,11 @@ fn ground_point(st: &Street, x: f64, z: f64, road_grey: f32) -> (u8, [f32; 3]) {
         };
         return (class::SIDEWALK, [base, base * 0.97, base * 0.92]);
     }
+    terrain(st, x, z)
+}
+
+/// Grass: verges and set-backs.
+fn terrain(st: &Street, x: f64, z: f64) -> (u8, [f32; 3]) {
     let t = smooth(st.tex ^ 0x71, x * 2.0, z * 2.0, 1.0);
     (class::TERRAIN, [0.38 + t * 0.12, 0.5 + t * 0.1, 0.2 + t * 0.06])
 }
@@ -334,7 +358,10 @@ fn sign_post(scene: &mut Scene, x: f64, z: f64, rng: &mut Rng) {
 }
 
 fn traffic_light(scene: &mut Scene, x: f64, z: f64, rng: &mut Rng) {
-    let h = rng.uniform_range(3.5, 5.0);
+    // Signal heads at a pedestrian's eye level and above, as most European signals are
+    // mounted: higher ones (the head is drawn THIN times taller than real) lie above the
+    // frame at the distances where the kerb comes into view.
+    let h = rng.uniform_range(2.8, 3.6);
     pole(scene, x, z, h, 0.15 * THIN);
     let id = scene.instance(class::TRAFFIC_LIGHT);
     let lit = rng.below(3) as f64;
@@ -435,8 +462,8 @@ fn contact_shadow(scene: &mut Scene, b: Board) {
 fn people(scene: &mut Scene, st: &Street, rng: &mut Rng) {
     for _ in 0..rng.below(6) {
         let side = if rng.uniform() < 0.5 { -1.0 } else { 1.0 };
-        let walk = if side < 0.0 { st.walk.0 } else { st.walk.1 };
-        let x = st.side_x(side, rng.uniform_range(0.4, walk - 0.3));
+        let (verge, walk) = if side < 0.0 { (st.verge.0, st.walk.0) } else { (st.verge.1, st.walk.1) };
+        let x = st.side_x(side, verge + rng.uniform_range(0.4, walk - 0.3));
         let z = rng.uniform_range(4.0, 30.0);
         let b = Board { x, z, w: 0.55 * THIN, h: rng.uniform_range(1.55, 1.9) * THIN.sqrt(), y0: 0.0 };
         figure(scene, b, class::PERSON, rng);
@@ -477,4 +504,40 @@ fn cyclists(scene: &mut Scene, st: &Street, rng: &mut Rng) {
         (wheel || bars).then_some(([0.08, 0.08, 0.1], 0))
     });
     figure(scene, Board { x, z: z - 0.02, w: 0.5 * THIN, h: THIN.sqrt(), y0: 0.75 * THIN.sqrt() }, class::RIDER, rng);
+}
+
+/// A row of bicycles parked across a sidewalk (as in a rack), seen side-on. Labelled
+/// as Cityscapes' polygons label them: the whole outline, wheels included (seen from
+/// behind, a ridden bicycle is a thin strip under its rider).
+fn parked_bicycles(scene: &mut Scene, st: &Street, rng: &mut Rng) {
+    if rng.uniform() > 0.7 {
+        return;
+    }
+    let side = if rng.uniform() < 0.5 { -1.0 } else { 1.0 };
+    let (verge, walk) = if side < 0.0 { (st.verge.0, st.walk.0) } else { (st.verge.1, st.walk.1) };
+    let x = st.side_x(side, verge + walk * rng.uniform_range(0.35, 0.65));
+    let mut z = rng.uniform_range(10.0, 30.0);
+    for _ in 0..rng.below(4) + 2 {
+        let paint = jitter([0.45, 0.2, 0.15], 0.3, true, rng);
+        let id = scene.instance(class::BICYCLE);
+        scene.board(Board { x, z, w: 1.75, h: 1.05, y0: 0.0 }, class::BICYCLE, id, &move |u, v| side_view(u, v, paint));
+        z += rng.uniform_range(0.7, 1.0);
+    }
+}
+
+/// A bicycle's side view on a 1.75 × 1.05 m board: two wheels (tyre, and the spokes
+/// with the background behind them, in one grey), the frame between them, saddle and
+/// handlebar on top.
+fn side_view(u: f64, v: f64, paint: [f32; 3]) -> Option<Shade> {
+    let (x, y) = (u * 1.75, v * 1.05);
+    for cx in [0.38, 1.37] {
+        let r = ((x - cx).powi(2) + (y - 0.35).powi(2)).sqrt();
+        if r < 0.35 {
+            return Some((if r > 0.29 { [0.08, 0.08, 0.1] } else { [0.4, 0.4, 0.42] }, 0));
+        }
+    }
+    let frame =
+        (0.5..1.3).contains(&x) && (0.35..0.8).contains(&y) && ((y - 0.75).abs() < 0.06 || (x - 0.38 - (y - 0.35) * 0.9).abs() < 0.07);
+    let top = (y > 0.8 && y < 0.95) && ((0.45..0.7).contains(&x) || (1.15..1.35).contains(&x));
+    (frame || top).then_some((paint, if top { TOP } else { 0 }))
 }

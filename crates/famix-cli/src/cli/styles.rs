@@ -54,6 +54,8 @@ pub struct MineArgs {
     grid: Option<usize>,
     #[arg(long, help = mining_default("Seed for data order, crops and style choice", |m, _| m.seed as f64))]
     seed: Option<u64>,
+    #[arg(long, help = mining_default("Passes over the dataset, each with a new order and new random crops (more than one gives a small dataset's rare classes more chances to dominate a patch)", |m, _| m.passes as f64))]
+    passes: Option<u64>,
     /// Mine only the first N batches
     #[arg(long)]
     limit: Option<u64>,
@@ -98,6 +100,7 @@ pub fn mine_styles(a: MineArgs) -> Result<i32> {
     settings.seed = a.seed.unwrap_or(settings.seed);
     settings.group = a.group.unwrap_or(settings.group);
     settings.save_every = a.save_every.unwrap_or(settings.save_every);
+    settings.passes = a.passes.unwrap_or(settings.passes);
     settings.limit = a.limit;
     settings.description = a.prompt.clone();
     settings.skip_bad = a.job.skip_bad;

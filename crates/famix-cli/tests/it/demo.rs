@@ -89,6 +89,7 @@ fn quick_demo_writes_results_that_famix_eval_reproduces() {
     // --quick mines with 3 PIN steps: every step is kept.
     assert!(curves.iter().all(|c| c.as_array().unwrap().iter().map(|p| p[0].as_u64().unwrap()).eq(1..=3)), "{curves:?}");
     assert!(demo_err.contains("generic bank: ") && demo_err.contains("PIN loss"), "{demo_err}");
+    banks_are_recorded_with_their_classes(&out, &doc);
     bf16_agrees_with_fp32(&out, &roots[2]);
     onnxruntime_equals_libtorch(&out, &roots[2]);
     int8_agrees_with_fp32(&out, &roots[0], d.path());
@@ -113,6 +114,24 @@ fn quick_demo_writes_results_that_famix_eval_reproduces() {
 
 /// Every run validates on the source and monitors dusk at the same iterations (every
 /// 20 / 5 = 4 under --quick), and curves.png has the two panels.
+/// results.json names each bank (relative path), its classes with styles, the classes of
+/// the source's training labels and those without a style — as the bank file says.
+fn banks_are_recorded_with_their_classes(out: &Path, doc: &serde_json::Value) {
+    let names = |v: &serde_json::Value| -> Vec<String> { v.as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect() };
+    for (name, b) in doc["banks"].as_object().unwrap() {
+        let file = famix::style::bank::StyleBank::load(&out.join(b["path"].as_str().unwrap())).unwrap();
+        let with = names(&b["classes_with_styles"]);
+        let counted: Vec<&String> = file.summary.counts.keys().filter(|k| k.as_str() != "255").collect();
+        assert_eq!(with.iter().collect::<std::collections::BTreeSet<_>>(), counted.into_iter().collect(), "{name}");
+        assert_eq!(b["styles"].as_u64(), Some(file.total() as u64), "{name}");
+        let source = names(&b["source_classes"]);
+        assert!(source.len() >= 10 && source.contains(&"road".to_string()), "{name}: {source:?}");
+        let missing: Vec<String> = source.iter().filter(|c| !with.contains(c)).cloned().collect();
+        assert_eq!(names(&b["source_classes_without_styles"]), missing, "{name}");
+    }
+    assert_eq!(doc["banks"].as_object().unwrap().len(), 2, "the generic and the test-condition banks");
+}
+
 fn learning_curves_are_logged_and_drawn(out: &Path, runs: &[serde_json::Value]) {
     for r in runs {
         let run = out.join(r["checkpoint"].as_str().unwrap()).parent().unwrap().to_path_buf();

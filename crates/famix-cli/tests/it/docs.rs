@@ -276,6 +276,7 @@ fn mining_and_pretraining_printed_defaults_are_the_library_defaults() {
         ("batch", m.batch as f64),
         ("crop", m.crop as f64),
         ("seed", m.seed as f64),
+        ("passes", m.passes as f64),
         ("group", m.group as f64),
         ("save-every", m.save_every as f64),
         ("iters", pin.iters as f64),

@@ -1,6 +1,7 @@
 //! Style mining parity (the whole `famix mine-styles` pipeline replayed in PyTorch:
 //! data order, crops, dominant classes, prompts, PIN; μ/σ and loss trajectories
-//! within 1e-4), grouped launches, exact resume, bank files, reference import.
+//! within 1e-4), grouped launches, further passes, exact resume, bank files, reference
+//! import.
 use crate::common;
 
 use std::collections::BTreeMap;
@@ -112,6 +113,34 @@ fn grouped_launch_gives_the_same_bank() {
     let (code, _, err) = mine(&out, &["--group", "2"]);
     assert_eq!(code, 0, "{err}");
     check_bank(&StyleBank::load(&out).unwrap());
+}
+
+#[test]
+fn further_passes_draw_new_orders_and_crops() {
+    let d = tmpdir();
+    let one = d.path().join("one.safetensors");
+    assert_eq!(mine(&one, &[]).0, 0);
+    let two = d.path().join("two.safetensors");
+    let (code, _, err) = mine(&two, &["--passes", "2"]);
+    assert_eq!(code, 0, "{err}");
+    let (a, b) = (StyleBank::load(&one).unwrap(), StyleBank::load(&two).unwrap());
+    let n = a.summary.batches_done as usize;
+    assert_eq!(b.summary.batches_done as usize, 2 * n, "two passes mine twice the batches");
+    // The first pass is the one-pass run, exactly; the second is not a repeat of it.
+    assert_eq!(b.summary.batch_losses[..n], a.summary.batch_losses[..], "first pass");
+    assert_ne!(b.summary.batch_losses[n..], a.summary.batch_losses[..], "the second pass repeats the first");
+    for (c, (mu, _)) in &a.entries {
+        assert_eq!(&b.entries[c].0[..mu.len()], &mu[..], "{}: the first pass's styles", a.key(*c));
+    }
+    assert_eq!(b.summary.config["passes"], 2, "the bank records its passes");
+    assert!(a.summary.config.get("passes").is_none(), "one pass (the reference) is not written");
+    // Resuming with another number of passes is refused; none at all is a named error.
+    let (code, _, err) = mine(&two, &["--passes", "3", "--resume"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("other settings"), "{err}");
+    let (code, _, err) = mine(&d.path().join("zero.safetensors"), &["--passes", "0"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--passes") && err.contains("at least 1"), "{err}");
 }
 
 #[test]

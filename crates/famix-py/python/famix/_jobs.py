@@ -177,16 +177,17 @@ train.__doc__ = _train_doc()
 def mine_styles(out: PathLike, *, clip: PathLike, dataset: str, data_root: PathLike, split: str = "train",
                 condition: Optional[str] = None, batch: Optional[int] = None, crop: Optional[int] = None,
                 iters: Optional[int] = None, lr: Optional[float] = None, grid: Optional[int] = None,
-                seed: Optional[int] = None, limit: Optional[int] = None, styles: Optional[PathLike] = None,
-                prompt: Optional[str] = None, group: Optional[int] = None, save_every: Optional[int] = None,
+                seed: Optional[int] = None, passes: Optional[int] = None, limit: Optional[int] = None,
+                styles: Optional[PathLike] = None, prompt: Optional[str] = None, group: Optional[int] = None,
+                save_every: Optional[int] = None,
                 resume: bool = False, force: bool = False, shard: Optional[str] = None, deterministic: bool = False,
                 no_tf32: bool = False, device: DeviceLike = "auto", workers: Optional[int] = None, skip_bad: bool = False,
                 classes: Optional[PathLike] = None, progress: Union[None, bool, ProgressFn] = None) -> "StyleBank":
-    _counts(batch=batch, crop=crop, iters=iters, grid=grid, seed=seed, limit=limit, group=group, save_every=save_every,
-            workers=workers)
+    _counts(batch=batch, crop=crop, iters=iters, grid=grid, seed=seed, passes=passes, limit=limit, group=group,
+            save_every=save_every, workers=workers)
     return StyleBank(_famix.mine_styles(
         os.fspath(out), os.fspath(clip), dataset, os.fspath(data_root), _progress(progress), split, condition, batch,
-        crop, iters, lr, grid, seed, limit, _fspath(styles), prompt, group, save_every, resume, force, shard,
+        crop, iters, lr, grid, seed, passes, limit, _fspath(styles), prompt, group, save_every, resume, force, shard,
         deterministic, no_tf32, device_name(device), workers, skip_bad, _fspath(classes)))
 
 
@@ -209,7 +210,10 @@ def _mine_doc() -> str:
             batches per launch, save interval.
         iters={d['iters']}, lr={d['lr']}, grid={d['grid']}: PIN's iterations,
             learning rate, patches per side.
-        limit: mine at most this many batches (default: one pass).
+        passes={d['passes']}: passes over the dataset, each with a new order and new
+            random crops (more give a small dataset's rare classes more chances to
+            dominate a patch).
+        limit: mine at most this many batches (default: every batch of ``passes``).
         styles: a prompt vocabulary file; prompt: one target description instead of
             random styles.
         shard: ``"I/N"``, part I of an N-way split (merge with :meth:`StyleBank.merge`).

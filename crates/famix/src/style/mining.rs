@@ -33,7 +33,11 @@ pub struct MineSettings {
     pub crop: usize,
     /// Seed of data order, crops and prompt choice.
     pub seed: u64,
-    /// Mine at most this many batches (default: one pass over the dataset).
+    /// Passes over the dataset (the reference: 1). Each pass shuffles the images again
+    /// and draws new random crops (the loader seeds crops by pass and image), so a small
+    /// dataset's rare classes get more chances to be the dominant class of a patch.
+    pub passes: u64,
+    /// Mine at most this many batches (default: every batch of `passes` passes).
     pub limit: Option<u64>,
     /// Batches optimised together in one launch.
     pub group: usize,
@@ -60,6 +64,7 @@ impl MineSettings {
             batch: 16,
             crop: 768,
             seed: 1,
+            passes: 1,
             limit: None,
             group: 1,
             save_every: 10,
@@ -93,6 +98,11 @@ pub fn run_identity(
     let mut v = identity_fields(clip_sha, ds, s, pin, prompts);
     if let Some(c) = classes.unless_cityscapes() {
         v["classes"] = serde_json::json!(c);
+    }
+    if s.passes != 1 {
+        // Only when not the reference's one pass, so banks written before the setting
+        // existed keep their identity (and can be resumed).
+        v["passes"] = serde_json::json!(s.passes);
     }
     if let Some(sh) = s.shard {
         v["shard"] = serde_json::json!({"index": sh.index, "count": sh.count, "group": s.group.max(1)});
@@ -173,7 +183,7 @@ fn add_to_bank(bank: &mut StyleBank, m: MinedBatch) -> Result<f64> {
     Ok(last)
 }
 
-/// Mines a whole dataset pass into the bank at `out`, resuming from its saved
+/// Mines `s.passes` dataset passes (or `s.limit` batches) into the bank at `out`, resuming from its saved
 /// progress when `resume` is set. Returns the finished bank.
 pub fn mine(
     miner: &mut Miner,
@@ -194,7 +204,8 @@ pub fn mine(
     if per_epoch == 0 {
         fail!(InvalidInput, &ds.root, "{} has fewer samples than one batch of {}", ds.describe(), s.batch);
     }
-    let total = s.limit.map(|l| l.min(per_epoch)).unwrap_or(per_epoch);
+    let all = per_epoch.saturating_mul(s.passes);
+    let total = s.limit.map(|l| l.min(all)).unwrap_or(all);
     let channels = clip.visual.config.low_level_channels() as usize;
     let mut bank = open_bank(out, resume, identity, channels, &miner.classes)?;
     let list = shard_batches(total, s.group, s.shard);
@@ -278,6 +289,9 @@ pub(crate) fn check_settings(s: &MineSettings, pin: &PinConfig) -> Result<()> {
     let bad = |name: &str, problem: String| Err(Error::invalid_setting(name, problem));
     if s.batch == 0 {
         return bad("batch", "must be at least 1".into());
+    }
+    if s.passes == 0 {
+        return bad("passes", "must be at least 1".into());
     }
     if pin.grid == 0 {
         return bad("grid", "must be at least 1".into());

@@ -25,7 +25,7 @@
 //! condition is monitored at the same iterations (learning curves, never a choice);
 //! the final weights are evaluated.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -158,10 +158,14 @@ pub struct Settings {
     pub lr: f64,
     /// The reference's augmentation (colour jitter, flip).
     pub augment: bool,
-    /// Mining batches (None: one pass over the source's training images, as the paper
-    /// mines every image).
+    /// Mining batches (None: every batch of `mine_passes` passes).
     pub mine_batches: Option<u64>,
-    /// Crops per mining batch.
+    /// Passes over the source's training images, each with new random crops: the paper
+    /// mines 25,000 GTA5 images, enough for every class to be the dominant class of
+    /// some patch; the miniature's 200 need several crops each for the rarest classes
+    /// (traffic lights, poles, bicycles) to dominate one.
+    pub mine_passes: u64,
+    /// Crops per mining batch (the paper's 16).
     pub mine_batch: usize,
     /// Mining crop size (divisible by 4 × the 3×3 grid).
     pub mine_crop: usize,
@@ -198,8 +202,8 @@ fn prompts(v: Vocabulary, tests: &[Condition]) -> PromptSet {
     }
 }
 
-/// A mined bank: its file, its PIN loss curve (mean over batches), its styles and the
-/// classes (not the ignore class) that have any.
+/// A mined bank: its file, its PIN loss curve (mean over batches), its styles, the
+/// classes (not the ignore class) that have any and those the source's labels hold.
 pub struct MinedBank {
     /// The bank file.
     pub path: PathBuf,
@@ -207,8 +211,26 @@ pub struct MinedBank {
     pub pin_curve: Vec<(usize, f64)>,
     /// Styles in all.
     pub styles: usize,
-    /// Classes with styles.
-    pub classes: usize,
+    /// Names of the classes with styles.
+    pub with_styles: Vec<String>,
+    /// Names of the classes that occur in the source's training labels.
+    pub in_source: Vec<String>,
+}
+
+impl MinedBank {
+    /// Classes of the source's training labels that have no style.
+    pub fn missing(&self) -> Vec<&str> {
+        self.in_source.iter().filter(|c| !self.with_styles.contains(c)).map(String::as_str).collect()
+    }
+}
+
+/// The classes (train ids, not the ignore class) that occur in a dataset's labels.
+fn classes_in_labels(ds: &Dataset) -> Result<BTreeSet<u8>> {
+    let mut seen = [false; 256];
+    for i in 0..ds.len() {
+        ds.load(i)?.1.data.iter().for_each(|&v| seen[v as usize] = true);
+    }
+    Ok((0..255u8).filter(|&c| seen[c as usize]).collect())
 }
 
 /// Mines a style bank with vocabulary `v` for `seed` into `out`.
@@ -220,6 +242,7 @@ fn mine_bank(world: &World, s: &Settings, v: Vocabulary, seed: u64, out: &Path, 
         batch: s.mine_batch,
         crop: s.mine_crop,
         seed,
+        passes: s.mine_passes,
         limit: s.mine_batches,
         group: 2,
         save_every: 1000,
@@ -230,9 +253,17 @@ fn mine_bank(world: &World, s: &Settings, v: Vocabulary, seed: u64, out: &Path, 
     let _ = std::fs::remove_file(&bank);
     let classes = famix::data::classes::ClassSet::cityscapes();
     let identity = run_identity(&sha256_file(&world.clip)?, &src, &settings, &pin, &prompts, &classes);
+    let in_source = classes_in_labels(&src)?;
     let mined = mine(&mut Miner::new(&clip, &prompts, &pin)?, src, &settings, &bank, identity, false, &Silent)?;
-    let classes = (0..classes.len() as u8).filter(|&c| mined.count(c) > 0).count();
-    Ok(MinedBank { path: bank, pin_curve: mined.summary.pin_curve(), styles: mined.total(), classes })
+    let names = classes.names();
+    let name = |c: u8| names.get(c as usize).cloned().unwrap_or_else(|| c.to_string());
+    Ok(MinedBank {
+        path: bank,
+        pin_curve: mined.summary.pin_curve(),
+        styles: mined.total(),
+        with_styles: (0..classes.len() as u8).filter(|&c| mined.count(c) > 0).map(name).collect(),
+        in_source: in_source.into_iter().map(name).collect(),
+    })
 }
 
 /// Validations per run: the points of each learning curve.
@@ -312,4 +343,34 @@ pub fn run_seed(
         results.push(RunResult { row, seed, checkpoint, miou: evaluate_all(&model, world, s)? });
     }
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        demo: super::super::DemoArgs,
+    }
+
+    /// `famix demo`'s bank has a style for every class of the source's training labels:
+    /// the demo's world and mining settings, one PIN step per style. Which patches are
+    /// mined (their dominant classes) does not depend on the CLIP's weights, so a test
+    /// CLIP stands in for the pretrained one.
+    #[test]
+    fn the_demo_bank_has_styles_for_every_class_of_the_source() {
+        let args = Cli::parse_from(["demo"]).demo;
+        let (ws, s) = (super::super::world_settings(&args), super::super::settings(&args));
+        let dir = tempfile::tempdir().unwrap();
+        let sets = super::super::world::segmentation_sets(dir.path(), &ws).unwrap();
+        let clip = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip_a.safetensors.gz");
+        let world = World { sets, clip, cached: true };
+        let s = Settings { pin_iters: 1, ..s };
+        let bank = mine_bank(&world, &s, Vocabulary::Generic, ws.seed, dir.path(), tch::Device::Cpu).unwrap();
+        assert_eq!(bank.in_source.len(), 17, "the world draws 17 of Cityscapes' classes: {:?}", bank.in_source);
+        assert!(bank.missing().is_empty(), "no style for {:?} (styles for {:?})", bank.missing(), bank.with_styles);
+    }
 }

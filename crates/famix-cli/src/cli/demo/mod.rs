@@ -20,6 +20,11 @@ use super::progress::Bars;
 use ablation::{Row, Settings};
 use world::WorldSettings;
 
+/// Passes of style mining over the source's training images (see
+/// [`Settings::mine_passes`]): with four, every class of the demo's labels is the
+/// dominant class of some mining patch.
+const MINE_PASSES: u64 = 4;
+
 #[derive(Args)]
 pub struct DemoArgs {
     /// Output folder (data, runs with their reports, results.json/.md/.png, comparison.png)
@@ -43,9 +48,11 @@ pub struct DemoArgs {
     /// Train without the reference's augmentation (colour jitter 0.8, horizontal flip): better on the source and dusk, far worse on the test conditions (see the miniature's tutorial)
     #[arg(long)]
     no_augment: bool,
-    /// Mining batches per style bank [default: one pass over the source's training images]
+    /// Mining batches per style bank [default: every batch of --mine-passes passes]
     #[arg(long)]
     mine_batches: Option<u64>,
+    #[arg(long, help = format!("Passes of style mining over the source's training images, each with new random crops of 72² in batches of 16 [default: {MINE_PASSES}; --quick: 1]"))]
+    mine_passes: Option<u64>,
     /// PIN steps per mined style [default: 100, as the paper; --quick: 3]
     #[arg(long)]
     pin_iters: Option<usize>,
@@ -107,7 +114,8 @@ fn settings(a: &DemoArgs) -> Settings {
         lr: a.lr.unwrap_or(0.1),
         augment: !a.no_augment,
         mine_batches: a.mine_batches,
-        mine_batch: 4,
+        mine_passes: a.mine_passes.unwrap_or(if a.quick { 1 } else { MINE_PASSES }),
+        mine_batch: 16,
         mine_crop: 72,
         pin_iters: a.pin_iters.unwrap_or(if a.quick { 3 } else { 100 }),
         rows: a.rows.clone(),
@@ -143,7 +151,7 @@ pub fn demo(a: DemoArgs) -> Result<i32> {
         all.extend(ablation::run_seed(&world, &s, &banks, seed, &a.out, a.device.device, &Bars::default())?);
     }
     step("4/4 writing results.json, results.md, results.png, curves.png, pin.png, comparison.png");
-    let json = results::write_json(&a.out, &world, &s, &all)?;
+    let json = results::write_json(&a.out, &world, &s, &banks, &all)?;
     let md = results::write_markdown(&a.out, &s, &all, &a.seeds)?;
     let chart = results::write_chart(&a.out, &s, &all)?;
     let curves = results::write_curves(&a.out, &s, &all)?;

@@ -68,7 +68,13 @@ fn relative(path: &Path, base: &Path) -> String {
 }
 
 /// results.json: every path relative to `out`, the folder that holds it.
-pub fn write_json(out: &Path, world: &World, s: &Settings, results: &[RunResult]) -> Result<PathBuf> {
+pub fn write_json(
+    out: &Path,
+    world: &World,
+    s: &Settings,
+    banks: &BTreeMap<&'static str, MinedBank>,
+    results: &[RunResult],
+) -> Result<PathBuf> {
     let conditions: serde_json::Map<String, serde_json::Value> = std::iter::once(s.validation)
         .chain(s.tests.iter().copied())
         .map(|c| (c.name().to_string(), json!(relative(world.root(c), out))))
@@ -80,11 +86,21 @@ pub fn write_json(out: &Path, world: &World, s: &Settings, results: &[RunResult]
     let doc = json!({
         "source_root": relative(world.root(Condition::Day), out), "conditions": conditions, "runs": runs,
         "validation": s.validation.name(), "test_conditions": s.tests.iter().map(|t| t.name()).collect::<Vec<_>>(),
-        "settings": s, "clip": relative(&world.clip, out),
+        "settings": s, "clip": relative(&world.clip, out), "banks": banks_json(out, banks),
     });
     let path = out.join("results.json");
     famix::io::atomic_write_json(&path, &doc)?;
     Ok(path)
+}
+
+/// Each bank: its file, styles, the classes with styles, the classes of the source's
+/// training labels and those of them without a style.
+fn banks_json(out: &Path, banks: &BTreeMap<&'static str, MinedBank>) -> serde_json::Value {
+    let one = |b: &MinedBank| {
+        json!({"path": relative(&b.path, out), "styles": b.styles, "classes_with_styles": b.with_styles,
+               "source_classes": b.in_source, "source_classes_without_styles": b.missing()})
+    };
+    json!(banks.iter().map(|(name, b)| (name.to_string(), one(b))).collect::<serde_json::Map<_, _>>())
 }
 
 /// The paper's claims, checked on the means: (iv) − (ii) on the test mean, (ii) − (i)
@@ -213,7 +229,13 @@ pub fn describe_bank(b: &MinedBank) -> String {
         }
         _ => String::new(),
     };
-    format!("{} styles for {} classes{pin}", b.styles, b.classes)
+    let missing = b.missing();
+    let cover = if missing.is_empty() {
+        format!("all {} classes of the source's labels", b.in_source.len())
+    } else {
+        format!("{} of the source's {} classes (none for {})", b.in_source.len() - missing.len(), b.in_source.len(), missing.join(", "))
+    };
+    format!("{} styles for {cover}{pin}", b.styles)
 }
 
 /// pin.png: each bank's mean PIN loss over steps (None when no bank was mined).

@@ -20,7 +20,7 @@ use famix_synth::{write_captioned, write_segmentation, Condition, SynthSize};
 
 /// Changes whenever the generator or the caption grammar changes what it draws, so a
 /// cached CLIP of an older world is not reused.
-const WORLD_VERSION: u32 = 5;
+const WORLD_VERSION: u32 = 6;
 /// Changes whenever pretraining computes something else for the same settings (2: the
 /// initialisation draws in a fixed order; before, a hash map's order varied by process).
 const PRETRAIN_VERSION: u32 = 2;
@@ -70,7 +70,7 @@ fn workers() -> usize {
 }
 
 /// Generates the segmentation sets under `out/data` (unless already there).
-fn segmentation_sets(out: &Path, s: &WorldSettings) -> Result<Vec<(Condition, PathBuf)>> {
+pub(super) fn segmentation_sets(out: &Path, s: &WorldSettings) -> Result<Vec<(Condition, PathBuf)>> {
     let root = out.join("data");
     let stamp = root.join("world.json");
     let want = serde_json::json!({"version": WORLD_VERSION, "size": s.size, "train": s.train, "val": s.val, "seed": s.seed});
