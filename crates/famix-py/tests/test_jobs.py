@@ -144,6 +144,10 @@ def test_bad_counts_class_ids_and_folders_are_typed_errors_naming_the_argument(t
     with pytest.raises(famix.InvalidSettingError, match="^batch: expected a whole number"):
         famix.mine_styles(tmp_path / "b.safetensors", clip=fixture("clip_a.safetensors.gz"), dataset="gta5",
                           data_root=fixture("gta5_mini"), batch=-2, progress=False)
+    for passes, message in ((-1, "expected a whole number"), (0, "must be at least 1")):
+        with pytest.raises(famix.InvalidSettingError, match=f"^passes: {message}"):
+            famix.mine_styles(tmp_path / "b.safetensors", clip=fixture("clip_a.safetensors.gz"), dataset="gta5",
+                              data_root=fixture("gta5_mini"), passes=passes, progress=False)
     b = famix.StyleBank.load(bank)
     for bad in (999, -1):
         with pytest.raises(famix.InvalidSettingError, match="^class_id: the bank has no styles"):
