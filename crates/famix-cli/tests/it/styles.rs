@@ -141,6 +141,10 @@ fn further_passes_draw_new_orders_and_crops() {
     let (code, _, err) = mine(&d.path().join("zero.safetensors"), &["--passes", "0"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("--passes") && err.contains("at least 1"), "{err}");
+    // A huge number is refused before any batch list is built.
+    let (code, _, err) = mine(&d.path().join("huge.safetensors"), &["--passes", "100000000000"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--passes") && err.contains("more than the 10000000 batches"), "{err}");
 }
 
 #[test]

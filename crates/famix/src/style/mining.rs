@@ -77,6 +77,9 @@ impl MineSettings {
     }
 }
 
+/// The most batches one run mines (its list of batches is held in memory).
+const MAX_BATCHES: u64 = 10_000_000;
+
 /// The batches of a run of `total` batches that `shard` mines, in order: whole launch
 /// groups (`group` batches) `g` with `g mod N = I`, so every group is optimised exactly
 /// as in the unsharded run. Without a shard: all of them.
@@ -206,6 +209,10 @@ pub fn mine(
     }
     let all = per_epoch.saturating_mul(s.passes);
     let total = s.limit.map(|l| l.min(all)).unwrap_or(all);
+    if total > MAX_BATCHES {
+        let problem = format!("{} passes of {per_epoch} batches are more than the {MAX_BATCHES} batches one run mines", s.passes);
+        return Err(Error::invalid_setting("passes", problem));
+    }
     let channels = clip.visual.config.low_level_channels() as usize;
     let mut bank = open_bank(out, resume, identity, channels, &miner.classes)?;
     let list = shard_batches(total, s.group, s.shard);
