@@ -81,6 +81,7 @@ fn quick_demo_writes_results_that_famix_eval_reproduces() {
     let cmp = famix::Image8::open_rgb(&out.join("comparison.png")).unwrap();
     assert_eq!(cmp.width, 8 * 192 + 7 * 4, "image | ground truth | six rows");
     learning_curves_are_logged_and_drawn(&out, runs);
+    mean_curves_are_recorded(&out, &doc, &stdout);
     let pin = famix::Image8::open_rgb(&out.join("pin.png")).unwrap();
     assert_eq!((pin.width, pin.height), (800, 420), "one PIN loss panel");
     let bank: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("styles-generic.json")).unwrap()).unwrap();
@@ -148,6 +149,40 @@ fn learning_curves_are_logged_and_drawn(out: &Path, runs: &[serde_json::Value]) 
     }
     let curves = famix::Image8::open_rgb(&out.join("curves.png")).unwrap();
     assert_eq!((curves.width, curves.height), (1600, 420), "source and dusk panels side by side");
+}
+
+/// results.json's `curves` are, per row, the mean over seeds of the runs' logged source
+/// and dusk mIoU (in %, within 1e-9); results.md tabulates them and the demo prints each
+/// row's source gain over the last interval.
+fn mean_curves_are_recorded(out: &Path, doc: &serde_json::Value, stdout: &str) {
+    for row in ROWS {
+        let logs: Vec<_> = doc["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["row"] == row)
+            .map(|r| famix::report::read_history(out.join(r["checkpoint"].as_str().unwrap()).parent().unwrap()).unwrap())
+            .collect();
+        let curve = |set: &str| -> Vec<(u64, f64)> {
+            doc["curves"][row][set]
+                .as_array()
+                .unwrap_or_else(|| panic!("no {set} curve for {row}"))
+                .iter()
+                .map(|p| (p[0].as_f64().unwrap() as u64, p[1].as_f64().unwrap()))
+                .collect()
+        };
+        for (k, (it, m)) in curve("source").into_iter().enumerate() {
+            let want = logs.iter().map(|h| h.val[k].val_miou * 100.0).sum::<f64>() / logs.len() as f64;
+            assert!(logs.iter().all(|h| h.val[k].iter == it) && (m - want).abs() <= 1e-9, "{row} source @{it}: {m} vs {want}");
+        }
+        for (k, (it, m)) in curve("dusk").into_iter().enumerate() {
+            let want = logs.iter().map(|h| h.monitor[k].monitor_miou["dusk"] * 100.0).sum::<f64>() / logs.len() as f64;
+            assert!((m - want).abs() <= 1e-9, "{row} dusk @{it}: {m} vs {want}");
+        }
+    }
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains("## Learning curves") && md.contains("source @20") && md.contains("dusk @4"), "{md}");
+    assert!(stdout.contains("source mIoU over the last 4 iterations") && stdout.contains("minimal FT "), "{stdout}");
 }
 
 /// On the demo's FAMix model and the night images, bf16 autocast inference (fast

@@ -151,15 +151,19 @@ pub fn demo(a: DemoArgs) -> Result<i32> {
         all.extend(ablation::run_seed(&world, &s, &banks, seed, &a.out, a.device.device, &Bars::default())?);
     }
     step("4/4 writing results.json, results.md, results.png, curves.png, pin.png, comparison.png");
-    let json = results::write_json(&a.out, &world, &s, &banks, &all)?;
-    let md = results::write_markdown(&a.out, &s, &all, &a.seeds)?;
+    let curves = results::row_curves(&s, &all)?;
+    let json = results::write_json(&a.out, &world, &s, &banks, &all, &curves)?;
+    let md = results::write_markdown(&a.out, &s, &all, &curves, &a.seeds)?;
     let chart = results::write_chart(&a.out, &s, &all)?;
-    let curves = results::write_curves(&a.out, &s, &all)?;
+    let curve_plot = results::write_curves(&a.out, &s, &curves)?;
     let pin = results::write_pin_curves(&a.out, &banks)?;
     let picture = results::write_comparison(&a.out, &world, &s, &all, a.device.device)?;
     print_table(&s, &all);
+    if let Some(line) = results::describe_convergence(&curves) {
+        println!("{line}");
+    }
     println!("\nfamix demo finished in {:.1} s", t0.elapsed().as_secs_f64());
-    for p in [&json, &md, &chart, &curves, &picture].into_iter().chain(pin.as_ref()) {
+    for p in [&json, &md, &chart, &curve_plot, &picture].into_iter().chain(pin.as_ref()) {
         println!("  {}", p.display());
     }
     Ok(0)

@@ -74,6 +74,7 @@ pub fn write_json(
     s: &Settings,
     banks: &BTreeMap<&'static str, MinedBank>,
     results: &[RunResult],
+    curves: &[RowCurves],
 ) -> Result<PathBuf> {
     let conditions: serde_json::Map<String, serde_json::Value> = std::iter::once(s.validation)
         .chain(s.tests.iter().copied())
@@ -87,6 +88,8 @@ pub fn write_json(
         "source_root": relative(world.root(Condition::Day), out), "conditions": conditions, "runs": runs,
         "validation": s.validation.name(), "test_conditions": s.tests.iter().map(|t| t.name()).collect::<Vec<_>>(),
         "settings": s, "clip": relative(&world.clip, out), "banks": banks_json(out, banks),
+        "curves": curves.iter().map(|c| (c.row.id().to_string(), json!({"source": c.source, s.validation.name(): c.validation})))
+            .collect::<serde_json::Map<_, _>>(),
     });
     let path = out.join("results.json");
     famix::io::atomic_write_json(&path, &doc)?;
@@ -129,7 +132,7 @@ pub fn claims(sum: &BTreeMap<(usize, String), (f64, f64)>, s: &Settings) -> Vec<
 }
 
 /// results.md: the mean ± std table, the per-seed values and the claims.
-pub fn write_markdown(out: &Path, s: &Settings, results: &[RunResult], seeds: &[u64]) -> Result<PathBuf> {
+pub fn write_markdown(out: &Path, s: &Settings, results: &[RunResult], curves: &[RowCurves], seeds: &[u64]) -> Result<PathBuf> {
     let cols = columns(s);
     let sum = summary(results, s);
     let mut md = format!(
@@ -153,9 +156,29 @@ pub fn write_markdown(out: &Path, s: &Settings, results: &[RunResult], seeds: &[
     for c in claims(&sum, s) {
         md.push_str(&format!("- {c}\n"));
     }
+    md.push_str(&curves_markdown(s, curves));
     let path = out.join("results.md");
     famix::io::atomic_write(&path, md.as_bytes())?;
     Ok(path)
+}
+
+/// results.md's learning-curve table: each row's source and validation-condition mIoU
+/// at every validation (mean over seeds), and the convergence line.
+fn curves_markdown(s: &Settings, curves: &[RowCurves]) -> String {
+    let Some(first) = curves.first() else { return String::new() };
+    let its: Vec<String> = first.source.iter().map(|p| format!("{:.0}", p.0)).collect();
+    let head: Vec<String> =
+        its.iter().map(|i| format!("source @{i}")).chain(its.iter().map(|i| format!("{} @{i}", s.validation.name()))).collect();
+    let mut md =
+        format!("\n## Learning curves (mIoU %, mean over seeds)\n\n| row | {} |\n|---|{}\n", head.join(" | "), "---:|".repeat(head.len()));
+    for c in curves {
+        let cells: Vec<String> = c.source.iter().chain(&c.validation).map(|p| format!("{:.2}", p.1)).collect();
+        md.push_str(&format!("| {} | {} |\n", c.row.title(), cells.join(" | ")));
+    }
+    if let Some(line) = describe_convergence(curves) {
+        md.push_str(&format!("\n{line}.\n"));
+    }
+    md
 }
 
 const ROW_COLORS: [[u8; 3]; 6] = [[150, 150, 150], [80, 120, 200], [240, 160, 60], [200, 50, 50], [90, 170, 90], [150, 90, 190]];
@@ -191,11 +214,30 @@ fn mean_curve(curves: &[Vec<(f64, f64)>]) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// curves.png: per row, the source validation mIoU (left) and the validation
-/// condition's (right) over iterations, mean over seeds, read from each run's log.
-pub fn write_curves(out: &Path, s: &Settings, results: &[RunResult]) -> Result<PathBuf> {
+/// Each row's learning curves, mean over seeds: (iteration, mIoU %) on the source's
+/// validation split and on the validation condition, read from each run's log.
+pub struct RowCurves {
+    /// The row.
+    pub row: Row,
+    /// Source validation mIoU over iterations.
+    pub source: Vec<(f64, f64)>,
+    /// The validation condition's mIoU over iterations.
+    pub validation: Vec<(f64, f64)>,
+}
+
+impl RowCurves {
+    /// The source mIoU's change over the last validation interval (None with fewer
+    /// than two validations): a row still gaining has not converged.
+    pub fn last_gain(&self) -> Option<(f64, f64)> {
+        let n = self.source.len();
+        (n >= 2).then(|| (self.source[n - 1].0 - self.source[n - 2].0, self.source[n - 1].1 - self.source[n - 2].1))
+    }
+}
+
+/// Every row's [`RowCurves`].
+pub fn row_curves(s: &Settings, results: &[RunResult]) -> Result<Vec<RowCurves>> {
     let sets = ["val".to_string(), s.validation.name().to_string()];
-    let mut per_set: Vec<Vec<Series>> = vec![Vec::new(), Vec::new()];
+    let mut rows = Vec::new();
     for row in &s.rows {
         let mut curves: Vec<Vec<Vec<(f64, f64)>>> = vec![Vec::new(), Vec::new()];
         for r in results.iter().filter(|r| r.row == *row) {
@@ -205,10 +247,31 @@ pub fn write_curves(out: &Path, s: &Settings, results: &[RunResult]) -> Result<P
                 curves[i].push(named.iter().find(|(n, _)| n == set).map(|(_, c)| c.clone()).unwrap_or_default());
             }
         }
-        let color = ROW_COLORS[Row::ALL.iter().position(|r| r == row).unwrap_or(0)];
-        for (i, c) in curves.iter().enumerate() {
-            per_set[i].push(Series { name: short_title(*row).to_string(), points: mean_curve(c), color });
-        }
+        rows.push(RowCurves { row: *row, source: mean_curve(&curves[0]), validation: mean_curve(&curves[1]) });
+    }
+    Ok(rows)
+}
+
+/// One line: each row's source gain over the last validation interval.
+pub fn describe_convergence(curves: &[RowCurves]) -> Option<String> {
+    let gains: Vec<(String, f64, f64)> =
+        curves.iter().filter_map(|c| c.last_gain().map(|(di, dm)| (short_title(c.row).to_string(), di, dm))).collect();
+    let span = gains.first()?.1;
+    let each: Vec<String> = gains.iter().map(|(name, _, dm)| format!("{name} {dm:+.2}")).collect();
+    Some(format!(
+        "source mIoU over the last {span:.0} iterations (mean over seeds; a row still gaining has not converged): {}",
+        each.join(", ")
+    ))
+}
+
+/// curves.png: per row, the source validation mIoU (left) and the validation
+/// condition's (right) over iterations, mean over seeds.
+pub fn write_curves(out: &Path, s: &Settings, curves: &[RowCurves]) -> Result<PathBuf> {
+    let mut per_set: Vec<Vec<Series>> = vec![Vec::new(), Vec::new()];
+    for c in curves {
+        let color = ROW_COLORS[Row::ALL.iter().position(|r| *r == c.row).unwrap_or(0)];
+        per_set[0].push(Series { name: short_title(c.row).to_string(), points: c.source.clone(), color });
+        per_set[1].push(Series { name: short_title(c.row).to_string(), points: c.validation.clone(), color });
     }
     let titles = ["source (day) validation mIoU, mean over seeds".to_string(), format!("{} mIoU, mean over seeds", s.validation.name())];
     let panels: Vec<Panel> = titles
