@@ -14,6 +14,29 @@ use tch::{Device, Kind, Tensor};
 const ROWS: [&str; 6] = ["full-ft", "minimal", "styles-no-mix", "famix", "poda", "random-styles"];
 const COLUMNS: [&str; 6] = ["source", "dusk", "night", "fog", "rain", "snow"];
 
+/// Counts of zero and a CLIP resolution the network cannot take are refused by the flag
+/// that was given, before anything is generated (with --quick too, which honours the
+/// pretraining flags rather than ignoring them).
+#[test]
+fn bad_demo_flags_are_refused_by_name_before_any_work() {
+    let d = tmpdir();
+    let out = d.path().join("demo");
+    for (flag, value, says) in [
+        ("--mine-passes", "0", "must be at least 1"),
+        ("--mine-batches", "0", "must be at least 1"),
+        ("--pin-iters", "0", "must be at least 1"),
+        ("--pretrain-iters", "0", "must be at least 1"),
+        ("--pin-iters", "many", "\"many\" is not a whole number"),
+        ("--clip-resolution", "31", "not a multiple of 32 from 32 to 512"),
+        ("--clip-resolution", "1024", "not a multiple of 32 from 32 to 512"),
+    ] {
+        let (code, _, err) = run_famix(&["demo", "--quick", "--out", out.to_str().unwrap(), flag, value]);
+        assert_eq!(code, 2, "{flag} {value}: {err}");
+        assert!(err.contains(&format!("'{value}' for '{flag}")) && err.contains(says), "{flag} {value}: {err}");
+        assert!(!out.exists(), "{flag} {value}: the demo started");
+    }
+}
+
 fn demo(out: &Path, cache: &Path) -> (i32, String, String) {
     run_famix(&["demo", "--quick", "--seeds", "1,2", "--out", out.to_str().unwrap(), "--cache", cache.to_str().unwrap(), "--device", "cpu"])
 }

@@ -49,24 +49,42 @@ pub struct DemoArgs {
     #[arg(long)]
     no_augment: bool,
     /// Mining batches per style bank [default: every batch of --mine-passes passes]
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     mine_batches: Option<u64>,
-    #[arg(long, help = format!("Passes of style mining over the source's training images, each with new random crops of 72² in batches of 16 [default: {MINE_PASSES}; --quick: 1]"))]
+    #[arg(long, value_parser = at_least_one, help = format!("Passes of style mining over the source's training images, each with new random crops of 72² in batches of 16 [default: {MINE_PASSES}; --quick: 1]"))]
     mine_passes: Option<u64>,
     /// PIN steps per mined style [default: 100, as the paper; --quick: 3]
-    #[arg(long)]
-    pin_iters: Option<usize>,
+    #[arg(long, value_parser = at_least_one)]
+    pin_iters: Option<u64>,
     /// Pretraining steps of the demo CLIP [default: 200; --quick: 6]
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pretrain_iters: Option<u64>,
-    /// Input resolution of the demo CLIP (a multiple of 32) [default: 64]
-    #[arg(long)]
+    /// Input resolution of the demo CLIP (a multiple of 32, 32 to 512) [default: 64]
+    #[arg(long, value_parser = clip_resolution)]
     clip_resolution: Option<i64>,
     /// Where the pretrained demo CLIP is cached [default: $XDG_CACHE_HOME/famix or ~/.cache/famix]
     #[arg(long)]
     cache: Option<PathBuf>,
     #[command(flatten)]
     device: super::DeviceArgs,
+}
+
+/// A count flag of the demo: a whole number, at least 1.
+fn at_least_one(v: &str) -> std::result::Result<u64, String> {
+    match v.parse::<u64>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{v:?} is not a whole number")),
+    }
+}
+
+/// `--clip-resolution`: a multiple of 32 (the CLIP ResNet's total stride), 32 to 512.
+fn clip_resolution(v: &str) -> std::result::Result<i64, String> {
+    let r: i64 = v.parse().map_err(|_| format!("{v:?} is not a whole number"))?;
+    if r % 32 != 0 || !(32..=512).contains(&r) {
+        return Err(format!("{r} is not a multiple of 32 from 32 to 512"));
+    }
+    Ok(r)
 }
 
 /// The per-user cache folder.
@@ -86,9 +104,9 @@ fn world_settings(a: &DemoArgs) -> WorldSettings {
             train: 24,
             val: 6,
             captioned: 96,
-            pretrain_iters: 6,
+            pretrain_iters: a.pretrain_iters.unwrap_or(6),
             pretrain_batch: 16,
-            resolution: 64,
+            resolution: a.clip_resolution.unwrap_or(64),
             context: 32,
             seed: 1,
         };
@@ -117,7 +135,7 @@ fn settings(a: &DemoArgs) -> Settings {
         mine_passes: a.mine_passes.unwrap_or(if a.quick { 1 } else { MINE_PASSES }),
         mine_batch: 16,
         mine_crop: 72,
-        pin_iters: a.pin_iters.unwrap_or(if a.quick { 3 } else { 100 }),
+        pin_iters: a.pin_iters.map_or(if a.quick { 3 } else { 100 }, |v| usize::try_from(v).unwrap_or(usize::MAX)),
         rows: a.rows.clone(),
         tests: vec![Condition::Night, Condition::Fog, Condition::Rain, Condition::Snow],
         validation: Condition::Dusk,
