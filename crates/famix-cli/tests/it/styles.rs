@@ -141,10 +141,27 @@ fn further_passes_draw_new_orders_and_crops() {
     let (code, _, err) = mine(&d.path().join("zero.safetensors"), &["--passes", "0"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("--passes") && err.contains("at least 1"), "{err}");
+    let (code, _, err) = mine(&d.path().join("none.safetensors"), &["--limit", "0"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--limit: 0 mines nothing"), "{err}");
     // A huge number is refused before any batch list is built.
     let (code, _, err) = mine(&d.path().join("huge.safetensors"), &["--passes", "100000000000"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("--passes") && err.contains("more than the 10000000 batches"), "{err}");
+}
+
+/// A bank that holds no styles (the part of a shard that got no batch) is refused by
+/// training as such, not as a bank of the wrong width.
+#[test]
+fn training_refuses_a_bank_without_styles() {
+    let d = tmpdir();
+    let part = d.path().join("part.safetensors");
+    let (code, _, err) = mine(&part, &["--batch", "8", "--shard", "1/2"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(StyleBank::load(&part).unwrap().total(), 0, "one batch of 8: shard 1/2 gets none");
+    let (code, _, err) = run_args(&common::train_args(&d.path().join("run"), &part, &["--iters", "2"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("part.safetensors: the bank holds no styles"), "{err}");
 }
 
 #[test]

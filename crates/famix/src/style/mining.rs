@@ -300,6 +300,9 @@ pub(crate) fn check_settings(s: &MineSettings, pin: &PinConfig) -> Result<()> {
     if s.passes == 0 {
         return bad("passes", "must be at least 1".into());
     }
+    if s.limit == Some(0) {
+        return bad("limit", "0 mines nothing; give at least 1".into());
+    }
     if pin.grid == 0 {
         return bad("grid", "must be at least 1".into());
     }

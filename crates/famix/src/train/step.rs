@@ -124,6 +124,9 @@ pub fn bank_tables(cfg: &TrainConfig, model: &Segmenter) -> Result<Option<BankTa
     }
     let p = cfg.styles.as_ref().ok_or_else(|| Error::invalid_setting("styles", "a style bank is needed (or `no_styles`)"))?;
     let bank = StyleBank::load(p)?;
+    if bank.total() == 0 {
+        fail!(InvalidInput, p, "{}: the bank holds no styles (it was mined from no batch)", p.display());
+    }
     let want = model.config().backbone.low_level_channels() as usize;
     if bank.channels != want {
         fail!(Incompatible, p, "{}: styles have {} channels, the backbone's layer1 has {want}", p.display(), bank.channels);
