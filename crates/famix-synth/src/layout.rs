@@ -48,6 +48,14 @@ impl Street {
     fn lane_center(&self, i: usize) -> f64 {
         self.road.0 + (i as f64 + 0.5) * self.lane_width()
     }
+    /// A side's (verge, sidewalk) widths: -1 left, 1 right.
+    fn kerbside(&self, side: f64) -> (f64, f64) {
+        if side < 0.0 {
+            (self.verge.0, self.walk.0)
+        } else {
+            (self.verge.1, self.walk.1)
+        }
+    }
     /// Which side a lateral position is on: -1 left, 1 right.
     fn side_x(&self, side: f64, from_road: f64) -> f64 {
         if side < 0.0 {
@@ -151,8 +159,8 @@ fn ground_point(st: &Street, x: f64, z: f64, road_grey: f32) -> (u8, [f32; 3]) {
         let g = if line { 0.85 } else { road_grey + grain * 0.06 };
         return (class::ROAD, [g, g, g * 1.02]);
     }
-    let (from_road, verge, walk) =
-        if x <= st.road.0 { (st.road.0 - x, st.verge.0, st.walk.0) } else { (x - st.road.1, st.verge.1, st.walk.1) };
+    let (side, from_road) = if x <= st.road.0 { (-1.0, st.road.0 - x) } else { (1.0, x - st.road.1) };
+    let (verge, walk) = st.kerbside(side);
     if from_road >= KERB && from_road < verge {
         return terrain(st, x, z);
     }
@@ -462,7 +470,7 @@ fn contact_shadow(scene: &mut Scene, b: Board) {
 fn people(scene: &mut Scene, st: &Street, rng: &mut Rng) {
     for _ in 0..rng.below(6) {
         let side = if rng.uniform() < 0.5 { -1.0 } else { 1.0 };
-        let (verge, walk) = if side < 0.0 { (st.verge.0, st.walk.0) } else { (st.verge.1, st.walk.1) };
+        let (verge, walk) = st.kerbside(side);
         let x = st.side_x(side, verge + rng.uniform_range(0.4, walk - 0.3));
         let z = rng.uniform_range(4.0, 30.0);
         let b = Board { x, z, w: 0.55 * THIN, h: rng.uniform_range(1.55, 1.9) * THIN.sqrt(), y0: 0.0 };
@@ -514,7 +522,7 @@ fn parked_bicycles(scene: &mut Scene, st: &Street, rng: &mut Rng) {
         return;
     }
     let side = if rng.uniform() < 0.5 { -1.0 } else { 1.0 };
-    let (verge, walk) = if side < 0.0 { (st.verge.0, st.walk.0) } else { (st.verge.1, st.walk.1) };
+    let (verge, walk) = st.kerbside(side);
     let x = st.side_x(side, verge + walk * rng.uniform_range(0.35, 0.65));
     let mut z = rng.uniform_range(10.0, 30.0);
     for _ in 0..rng.below(4) + 2 {

@@ -186,8 +186,8 @@ fn add_to_bank(bank: &mut StyleBank, m: MinedBatch) -> Result<f64> {
     Ok(last)
 }
 
-/// Mines `s.passes` dataset passes (or `s.limit` batches) into the bank at `out`, resuming from its saved
-/// progress when `resume` is set. Returns the finished bank.
+/// Mines `s.passes` dataset passes (or `s.limit` batches) into the bank at `out`,
+/// resuming from its saved progress when `resume` is set. Returns the finished bank.
 pub fn mine(
     miner: &mut Miner,
     ds: Arc<Dataset>,

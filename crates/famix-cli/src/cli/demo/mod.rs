@@ -49,15 +49,15 @@ pub struct DemoArgs {
     #[arg(long)]
     no_augment: bool,
     /// Mining batches per style bank [default: every batch of --mine-passes passes]
-    #[arg(long, value_parser = at_least_one)]
+    #[arg(long, value_parser = at_least_one::<u64>)]
     mine_batches: Option<u64>,
-    #[arg(long, value_parser = at_least_one, help = format!("Passes of style mining over the source's training images, each with new random crops of 72² in batches of 16 [default: {MINE_PASSES}; --quick: 1]"))]
+    #[arg(long, value_parser = at_least_one::<u64>, help = format!("Passes of style mining over the source's training images, each with new random crops of 72² in batches of 16 [default: {MINE_PASSES}; --quick: 1]"))]
     mine_passes: Option<u64>,
     /// PIN steps per mined style [default: 100, as the paper; --quick: 3]
-    #[arg(long, value_parser = at_least_one)]
-    pin_iters: Option<u64>,
+    #[arg(long, value_parser = at_least_one::<usize>)]
+    pin_iters: Option<usize>,
     /// Pretraining steps of the demo CLIP [default: 200; --quick: 6]
-    #[arg(long, value_parser = at_least_one)]
+    #[arg(long, value_parser = at_least_one::<u64>)]
     pretrain_iters: Option<u64>,
     /// Input resolution of the demo CLIP (a multiple of 32, 32 to 512) [default: 64]
     #[arg(long, value_parser = clip_resolution)]
@@ -70,9 +70,9 @@ pub struct DemoArgs {
 }
 
 /// A count flag of the demo: a whole number, at least 1.
-fn at_least_one(v: &str) -> std::result::Result<u64, String> {
-    match v.parse::<u64>() {
-        Ok(0) => Err("must be at least 1".into()),
+fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(v: &str) -> std::result::Result<T, String> {
+    match v.parse::<T>() {
+        Ok(n) if n < T::from(1) => Err("must be at least 1".into()),
         Ok(n) => Ok(n),
         Err(_) => Err(format!("{v:?} is not a whole number")),
     }
@@ -135,7 +135,7 @@ fn settings(a: &DemoArgs) -> Settings {
         mine_passes: a.mine_passes.unwrap_or(if a.quick { 1 } else { MINE_PASSES }),
         mine_batch: 16,
         mine_crop: 72,
-        pin_iters: a.pin_iters.map_or(if a.quick { 3 } else { 100 }, |v| usize::try_from(v).unwrap_or(usize::MAX)),
+        pin_iters: a.pin_iters.unwrap_or(if a.quick { 3 } else { 100 }),
         rows: a.rows.clone(),
         tests: vec![Condition::Night, Condition::Fog, Condition::Rain, Condition::Snow],
         validation: Condition::Dusk,
